@@ -1,0 +1,76 @@
+"""Output files are written atomically and never overwrite without being asked."""
+
+import contextlib
+import errno
+import os
+import tempfile
+
+
+class OutputExistsError(FileExistsError):
+    """Raised when an output path exists and ``overwrite=True`` was not given."""
+
+
+def check_writable(path, overwrite=False, argument="output_path"):
+    """Fails early, before any expensive work, if ``path`` cannot be written."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{argument}={path!r} is a directory; give a file name inside it.")
+    if os.path.exists(path) and not overwrite:
+        raise OutputExistsError(
+            f"{argument}={path!r} already exists; pass overwrite=True (CLI: --overwrite) "
+            "to replace it, or choose another path."
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"{argument}={path!r}: folder {folder!r} does not exist; create it first."
+        )
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{argument}={path!r}: folder {folder!r} is not writable.")
+    return path
+
+
+def write_atomic(path, data, overwrite=False, argument="output_path"):
+    """Writes ``data`` (bytes or str) to ``path`` through a temp file and a rename.
+
+    A reader never sees a half-written file: either the old state or the complete
+    new file. On any failure (disk full, kill) the temp file is removed.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        OSError: the folder is missing, unwritable or full; the message names the path.
+    """
+    path = check_writable(path, overwrite, argument)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() fails if the target appeared meanwhile, so a racing writer is never clobbered.
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputExistsError(
+                    f"{argument}={path!r} appeared while writing; pass overwrite=True to replace it."
+                ) from None
+            except OSError:
+                # File systems without hard links: fall back to a plain rename.
+                if os.path.exists(path):
+                    raise
+                os.replace(tmp, path)
+    except OSError as exc:
+        if isinstance(exc, OutputExistsError):
+            raise
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        raise OSError(exc.errno, f"Could not write {argument}={path!r}: {reason}. No partial file was left.") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path
