@@ -1,0 +1,417 @@
+"""Keras 3 → TFLite conversion for every post-training mode, through one tested export path.
+
+Every model kind (Sequential, Functional, subclassed) is exported the same way: a
+``keras.export.ExportArchive`` endpoint that calls the model with ``training=False``
+(so BatchNormalization and Dropout run in inference mode), written as a SavedModel
+and converted with ``tf.lite.TFLiteConverter.from_saved_model``.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import warnings
+
+import numpy as np
+
+from tfcompress import representative, tflite_file
+from tfcompress.files import check_writable, write_atomic
+
+MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+_IO_TYPES = {
+    "float32": ("float32",),
+    "float16": ("float32",),
+    "dynamic": ("float32",),
+    "int8": ("float32", "int8", "uint8"),
+    "int16x8": ("float32", "int16"),
+}
+DEFAULT_MAX_CALIBRATION_SAMPLES = 500
+
+
+class ConversionError(RuntimeError):
+    """The TFLite converter could not convert the model; the message names mode and model."""
+
+
+class QuantizationAuditError(ConversionError):
+    """``strict=True`` and the converted model still computes in float where int8 was asked for."""
+
+
+class ConvertedModel(bytes):
+    """The ``.tflite`` flatbuffer as ``bytes``, plus what was converted and how.
+
+    It is a plain ``bytes`` object for every use (write it, pass it to an
+    interpreter); the extra attributes describe it.
+
+    Attributes:
+        mode: the conversion mode.
+        model_name: the Keras model's name.
+        info: a `tflite_file.TFLiteInfo` (op census by type and dtype, weight
+            sparsity, bytes by dtype), computed on first access.
+        notes: list of strings describing choices made (e.g. calibration size).
+    """
+
+    def __new__(cls, data, mode, model_name, notes=()):
+        obj = super().__new__(cls, data)
+        obj.mode = mode
+        obj.model_name = model_name
+        obj.notes = list(notes)
+        obj._info = None
+        return obj
+
+    @property
+    def info(self):
+        if self._info is None:
+            self._info = tflite_file.inspect(bytes(self))
+        return self._info
+
+
+def _check_model(model):
+    import keras
+
+    if isinstance(model, (bytes, bytearray, str, os.PathLike)):
+        raise TypeError(
+            f"model must be a keras.Model, got {type(model).__name__}. To convert a saved model, load it "
+            "first: keras.models.load_model(path)."
+        )
+    if isinstance(model, keras.KerasTensor):
+        raise TypeError(
+            "model is a KerasTensor (the output of calling a layer on keras.Input), not a model. Build the "
+            "model first: keras.Model(inputs, outputs), then convert that."
+        )
+    if any((c.__module__ or "").split(".")[0] == "tf_keras" for c in type(model).__mro__):
+        raise TypeError(
+            f"model is a legacy tf_keras object ({type(model).__name__}); tfcompress converts "
+            "Keras 3 models. Rebuild it with `import keras` (Keras 3), or convert it with "
+            "tf.lite.TFLiteConverter.from_keras_model under TF_USE_LEGACY_KERAS=1."
+        )
+    if not isinstance(model, keras.Model):
+        if isinstance(model, keras.layers.Layer):
+            raise TypeError(
+                f"model is a layer ({type(model).__name__} {model.name!r}), not a keras.Model. Wrap it: "
+                "keras.Sequential([keras.Input(shape), layer])."
+            )
+        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
+    # A Distiller ships only its student.
+    student = getattr(model, "student", None)
+    if student is not None and getattr(model, "teacher", None) is not None and isinstance(student, keras.Model):
+        model = student
+    if not model.built:
+        raise ValueError(
+            f"Model {model.name!r} is not built: call it once on a batch (model(x[:1])) or give it an "
+            "Input layer, so its input shapes are known."
+        )
+    return model
+
+
+def input_specs(model, samples_hint=None, input_shape=None):
+    """The model's inputs as `representative.InputSpec`s.
+
+    Functional and Sequential models know their inputs. A subclassed model's
+    inputs come from ``input_shape`` or the representative data, else from the
+    shapes Keras recorded on its first call.
+    """
+    inputs = None
+    with contextlib.suppress(AttributeError, ValueError):
+        inputs = model.inputs
+    if inputs:
+        return [
+            representative.InputSpec(
+                name=_input_name(t, i),
+                shape=(None,) + tuple(t.shape[1:]),
+                dtype=str(getattr(t.dtype, "name", t.dtype)),
+            )
+            for i, t in enumerate(inputs)
+        ]
+    if input_shape is not None:
+        shapes = input_shape if isinstance(input_shape[0], (list, tuple)) else [input_shape]
+        return [
+            representative.InputSpec(name=f"input_{i}", shape=(None,) + tuple(s)) for i, s in enumerate(shapes)
+        ]
+    if samples_hint is not None:
+        arr = np.asarray(samples_hint) if not hasattr(samples_hint, "element_spec") else None
+        if arr is not None and arr.dtype.kind in "biuf" and arr.ndim >= 2:
+            return [representative.InputSpec(name="input_0", shape=(None,) + arr.shape[1:])]
+    return _recorded_input_specs(model)
+
+
+def _recorded_input_specs(model):
+    # Keras keeps the shapes of a subclassed model's first call only in private state; its own
+    # exporter reads them the same way. This is the only private Keras API tfcompress uses.
+    try:
+        from keras.src.export.export_utils import get_input_signature
+        signature = get_input_signature(model)
+    except Exception as exc:
+        raise ValueError(
+            f"Cannot tell the input shape of subclassed model {model.name!r} ({exc}). Pass "
+            "input_shape=(28, 28, 1) (without the batch dimension) or representative_data."
+        ) from None
+    flat = []
+
+    def collect(spec):
+        if isinstance(spec, (list, tuple)):
+            for s in spec:
+                collect(s)
+        elif isinstance(spec, dict):
+            for s in spec.values():
+                collect(s)
+        else:
+            flat.append(spec)
+
+    collect(signature)
+    return [
+        representative.InputSpec(
+            name=f"input_{i}", shape=(None,) + tuple(s.shape[1:]), dtype=str(getattr(s.dtype, "name", s.dtype))
+        )
+        for i, s in enumerate(flat)
+    ]
+
+
+def _input_name(tensor, index):
+    name = getattr(tensor, "name", None) or f"input_{index}"
+    name = re.sub(r"[^A-Za-z0-9_]", "_", name.split(":")[0])
+    return name if re.match(r"[A-Za-z]", name) else f"input_{index}"
+
+
+def _export_saved_model(model, specs, directory):
+    import keras
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in specs]
+
+    def serve(*args):
+        return model(args[0] if len(args) == 1 else list(args), training=False)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=signature)
+    archive.write_out(directory, verbose=False)
+
+
+def _converter_message(exc):
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if "error:" in ln.lower()]
+    picked = []
+    for ln in lines:
+        ln = re.sub(r"^.*?error:\s*", "", ln, flags=re.IGNORECASE)
+        if ln and ln not in picked:
+            picked.append(ln)
+    if not picked:
+        picked = [text.strip().splitlines()[-1] if text.strip() else type(exc).__name__]
+    return "; ".join(picked[:3])
+
+
+def _tf_dtype(name):
+    import tensorflow as tf
+
+    return {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16}[name]
+
+
+def _configure(converter, mode, samples, io_type, sparse):
+    import tensorflow as tf
+
+    optimizations = []
+    if mode != "float32":
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode in ("int8", "int16x8"):
+        def dataset():
+            for sample in samples:
+                yield sample
+        converter.representative_dataset = dataset
+        if mode == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        else:
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
+        if io_type != "float32":
+            converter.inference_input_type = _tf_dtype(io_type)
+            converter.inference_output_type = _tf_dtype(io_type)
+
+
+def _check_arguments(mode, io_type, keep_float):
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a conversion mode; choose one of {list(MODES)}.")
+    if io_type not in _IO_TYPES[mode]:
+        raise ValueError(
+            f"io_type={io_type!r} is not available for mode={mode!r}; choose one of {list(_IO_TYPES[mode])}."
+        )
+    if keep_float and mode != "int8":
+        raise ValueError(f"keep_float is only meaningful with mode='int8' (got mode={mode!r}).")
+
+
+def _all_layer_names(model):
+    names = set()
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        names.add(layer.name)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return names
+
+
+def to_tflite(
+    model,
+    mode="float32",
+    representative_data=None,
+    output_path=None,
+    overwrite=False,
+    io_type="float32",
+    sparse=False,
+    keep_float=None,
+    strict=False,
+    input_shape=None,
+    max_calibration_samples=DEFAULT_MAX_CALIBRATION_SAMPLES,
+    check_float_outputs=True,
+):
+    """Converts a Keras 3 model to a TFLite flatbuffer.
+
+    Args:
+        model: a built ``keras.Model`` (Sequential, Functional or subclassed). A
+            ``tfcompress.Distiller`` exports its student.
+        mode: ``"float32"``; ``"float16"`` (float16 weights); ``"dynamic"`` (int8
+            weights, float activations); ``"int8"`` (full integer: int8 weights and
+            activations, int8 ops only); ``"int16x8"`` (int16 activations, int8 weights).
+        representative_data: calibration inputs, required for ``"int8"`` and
+            ``"int16x8"``: a numpy array, a ``tf.data.Dataset`` (``(x, y)``
+            elements are fine), a generator (function), or a dict keyed by input
+            name for multi-input models. A missing batch dimension is added.
+            About 100-500 typical samples are enough.
+        output_path: if given, the file is written there atomically.
+        overwrite: allow replacing an existing ``output_path``.
+        io_type: input/output tensor type: ``"float32"`` (default; the model
+            quantizes internally), ``"int8"``/``"uint8"`` for ``"int8"``, ``"int16"``
+            for ``"int16x8"``.
+        sparse: store weights with the converter's sparse encoding
+            (``Optimize.EXPERIMENTAL_SPARSITY``); pays off for pruned models.
+        keep_float: Keras layer names whose ops stay in float in an ``"int8"``
+            model (selective quantization, e.g. a sensitive first or last layer).
+        strict: for ``"int8"``, raise if any compute op is still float.
+        input_shape: input shape without the batch dimension, for subclassed
+            models whose shape cannot be inferred.
+        max_calibration_samples: calibrate on at most this many samples.
+        check_float_outputs: before calibrating, run the float model on the
+            samples and fail if any produces NaN/Inf.
+
+    Returns:
+        A `ConvertedModel`: the ``.tflite`` bytes, with ``.info`` (op census and
+        weight sparsity) and ``.mode``.
+
+    Raises:
+        TypeError / ValueError: a bad model or argument; the message says which.
+        representative.RepresentativeDataError: unusable calibration data.
+        ConversionError: the converter failed; names the mode, the model and the
+            converter's own reason.
+        QuantizationAuditError: ``strict=True`` and float compute ops remain.
+        tfcompress.OutputExistsError: ``output_path`` exists and ``overwrite`` is False.
+
+    Example:
+        >>> b = to_tflite(model, mode="int8", representative_data=x_train[:200],
+        ...               output_path="model_int8.tflite")
+        >>> b.info.op_census_by_dtype
+    """
+    import tensorflow as tf
+
+    _check_arguments(mode, io_type, keep_float)
+    model = _check_model(model)
+    if output_path is not None:
+        check_writable(output_path, overwrite)
+    if keep_float:
+        keep_float = [keep_float] if isinstance(keep_float, str) else list(keep_float)
+        unknown = sorted(set(keep_float) - _all_layer_names(model))
+        if unknown:
+            raise ValueError(
+                f"keep_float names unknown layers {unknown}; model {model.name!r} has layers "
+                f"{sorted(_all_layer_names(model) - {model.name})[:40]}."
+            )
+
+    needs_calibration = mode in ("int8", "int16x8")
+    if needs_calibration and representative_data is None:
+        raise representative.RepresentativeDataError(
+            f"representative_data is required for mode={mode!r}: pass ~100-500 typical inputs "
+            "(e.g. representative_data=x_train[:200]). For no calibration use mode='dynamic'."
+        )
+    specs = input_specs(model, representative_data if needs_calibration else None, input_shape)
+    samples, notes = None, []
+    if needs_calibration:
+        samples = representative.prepare(representative_data, specs, max_samples=max_calibration_samples)
+        notes.append(f"calibrated on {len(samples)} samples")
+        if check_float_outputs:
+            representative.check_model_outputs(model, samples, specs)
+
+    workdir = tempfile.mkdtemp(prefix="tfcompress_export_")
+    try:
+        try:
+            _export_saved_model(model, specs, workdir)
+        except Exception as exc:
+            raise ConversionError(
+                f"Exporting model {model.name!r} for TFLite failed: {type(exc).__name__}: {_converter_message(exc)}. "
+                "Check that model(x, training=False) runs on inputs of shape "
+                f"{[representative._fmt_shape(s.shape) for s in specs]}."
+            ) from None
+        converter = tf.lite.TFLiteConverter.from_saved_model(workdir, signature_keys=["serve"])
+        _configure(converter, mode, samples, io_type, sparse)
+        try:
+            if keep_float:
+                data = _convert_keeping_float(converter, workdir, samples, keep_float)
+                notes.append(f"kept float: {keep_float}")
+            else:
+                data = converter.convert()
+        except Exception as exc:
+            raise ConversionError(
+                f"The TFLite converter could not convert model {model.name!r} to mode={mode!r}: "
+                f"{_converter_message(exc)}. If an op is unsupported in int8, try keep_float=[layer] "
+                "or mode='dynamic'."
+            ) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    result = ConvertedModel(data, mode=mode, model_name=model.name, notes=notes)
+    if strict and mode == "int8":
+        floats = result.info.float_compute_ops()
+        if floats:
+            listed = ", ".join(f"{op.type} ({op.output_names[0] if op.output_names else op.index})" for op in floats[:10])
+            raise QuantizationAuditError(
+                f"strict=True: the int8 model {model.name!r} still has {len(floats)} float compute op(s): "
+                f"{listed}. Remove keep_float for them, or pass strict=False to accept float ops."
+            )
+    if output_path is not None:
+        write_atomic(output_path, bytes(result), overwrite=overwrite)
+    return result
+
+
+def _convert_keeping_float(converter, saved_model_dir, samples, keep_float):
+    """Selective quantization: ops produced by the named Keras layers stay float."""
+    import tensorflow as tf
+
+    # Float ops are allowed next to int8 ones only for the denylisted layers.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    patterns = [re.compile(rf"(^|/){re.escape(name)}(_\d+)?/") for name in keep_float]
+
+    def dataset():
+        for sample in samples:
+            yield sample
+
+    # Op names are only known after conversion: read them off a float conversion.
+    float_converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serve"])
+    info = tflite_file.inspect(float_converter.convert())
+    # A fused op's output may carry the signature's name, so its weights' names identify the layer too.
+    nodes = sorted({
+        op.output_names[0] for op in info.operators
+        if op.output_names and any(p.search(n) for p in patterns for n in op.output_names + op.input_names)
+    })
+    if not nodes:
+        raise ValueError(f"keep_float={keep_float}: no TFLite op comes from these layers; check the names.")
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes, fully_quantize=True)
+    with warnings.catch_warnings():
+        # The debugger runs TF's deprecated tf.lite.Interpreter internally; nothing for the user to act on.
+        warnings.simplefilter("ignore", UserWarning)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=dataset, debug_options=options
+        )
+        return debugger.get_nondebug_quantized_model()

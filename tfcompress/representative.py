@@ -1,0 +1,255 @@
+"""Validates and normalises calibration ("representative") data before the converter sees it.
+
+The TFLite converter's own errors for bad calibration data are cryptic ("TRANSPOSE
+failed to prepare (4 != 3)", "Model resulted in Nan value during calibration") or
+absent (silently poor int8 models). Everything is checked here first and each
+failure names the input, the sample and the fix.
+"""
+
+import collections.abc
+import dataclasses
+import itertools
+
+import numpy as np
+
+
+class RepresentativeDataError(ValueError):
+    """Calibration data that cannot calibrate this model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One model input: its name, shape with ``None`` for the batch, and dtype."""
+
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+
+    @property
+    def rank(self):
+        return len(self.shape)
+
+
+ARG = "representative_data"
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    return type(value).__name__
+
+
+def _as_numeric_array(value, spec, where):
+    try:
+        array = np.asarray(value)
+    except Exception as exc:
+        raise RepresentativeDataError(
+            f"{ARG}: {where} for input {spec.name!r} could not be turned into an array ({exc})."
+        ) from None
+    if array.dtype == object or array.dtype.kind not in "biuf":
+        raise RepresentativeDataError(
+            f"{ARG}: {where} for input {spec.name!r} has dtype {array.dtype}, which cannot be cast to "
+            f"{spec.dtype}. Pass numeric arrays (e.g. images scaled to float32)."
+        )
+    return array
+
+
+def _samples_from_array(array, spec, where):
+    """Splits an array into single samples with a batch dimension of 1."""
+    if array.ndim == spec.rank - 1:
+        array = array[np.newaxis]  # one unbatched sample: add the batch dimension
+    if array.ndim != spec.rank:
+        raise RepresentativeDataError(
+            f"{ARG}: {where} for input {spec.name!r} has shape {array.shape}, but the model expects "
+            f"{_fmt_shape(spec.shape)} (rank {spec.rank}, or rank {spec.rank - 1} for a single sample)."
+        )
+    expected = spec.shape[1:]
+    got = array.shape[1:]
+    for want, have in zip(expected, got):
+        if want is not None and want != have:
+            hint = ""
+            if sorted(d for d in expected if d is not None) == sorted(got) and len(got) == 3:
+                hint = (" It looks like channels-first (NCHW) data; the model is channels-last: "
+                        "use np.transpose(x, (0, 2, 3, 1)).")
+            raise RepresentativeDataError(
+                f"{ARG}: {where} for input {spec.name!r} has per-sample shape {tuple(got)}, but the "
+                f"model expects {tuple(expected)} (full shape {_fmt_shape(spec.shape)}).{hint}"
+            )
+    return [array[i: i + 1] for i in range(array.shape[0])]
+
+
+def _fmt_shape(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def _split_element(element, specs, where):
+    """Maps one yielded element to ``{input name: array}``."""
+    names = [s.name for s in specs]
+    if isinstance(element, collections.abc.Mapping):
+        unknown = sorted(set(element) - set(names))
+        missing = [n for n in names if n not in element]
+        if unknown or missing:
+            raise RepresentativeDataError(
+                f"{ARG}: {where} is a dict with keys {sorted(element)}, but the model's inputs are "
+                f"{names}." + (f" Unknown: {unknown}." if unknown else "") + (f" Missing: {missing}." if missing else "")
+            )
+        return {n: element[n] for n in names}
+    if isinstance(element, (list, tuple)):
+        if len(specs) == 1:
+            # (x, y) pairs from a training dataset, or TFLite's own convention of yielding [x].
+            if len(element) in (1, 2) and not _looks_like_stacked_samples(element, specs[0]):
+                return {names[0]: element[0]}
+            return {names[0]: element}
+        if len(element) == len(specs) + 1 and not isinstance(element[0], (np.ndarray, list)):
+            element = element[: len(specs)]
+        if len(element) == 2 and isinstance(element[0], (list, tuple, collections.abc.Mapping)):
+            return _split_element(element[0], specs, where)  # ((x1, x2), y)
+        if len(element) != len(specs):
+            raise RepresentativeDataError(
+                f"{ARG}: {where} holds {len(element)} arrays, but the model has {len(specs)} inputs "
+                f"{names}. Pass a dict keyed by input name to avoid order mistakes."
+            )
+        return dict(zip(names, element))
+    if len(specs) > 1:
+        raise RepresentativeDataError(
+            f"{ARG}: {where} is a single {_describe(element)}, but the model has {len(specs)} inputs "
+            f"{names}. Pass a dict keyed by input name (or a list in that order)."
+        )
+    return {names[0]: element}
+
+
+def _looks_like_stacked_samples(element, spec):
+    """A list of per-sample arrays (all of the sample shape), rather than an (x, y) pair."""
+    try:
+        shapes = {np.shape(e) for e in element}
+    except Exception:
+        return False
+    return len(shapes) == 1 and len(next(iter(shapes))) == spec.rank - 1 and len(element) > 2
+
+
+def _iter_elements(data, specs):
+    """Yields (element, description) from any supported container."""
+    import tensorflow as tf
+
+    if isinstance(data, tf.data.Dataset):
+        for i, element in enumerate(data.as_numpy_iterator()):
+            yield element, f"dataset element {i}"
+        return
+    if isinstance(data, collections.abc.Mapping):
+        yield data, "the dict"
+        return
+    if isinstance(data, np.ndarray) or hasattr(data, "__array__"):
+        yield np.asarray(data), "the array"
+        return
+    if callable(data) and not isinstance(data, (list, tuple)):
+        try:
+            data = data()
+        except TypeError as exc:
+            raise RepresentativeDataError(
+                f"{ARG}: calling the given function failed ({exc}). Pass a generator function that "
+                "takes no arguments, a generator, an array, a dict or a tf.data.Dataset."
+            ) from None
+    if isinstance(data, (list, tuple)):
+        if len(specs) > 1 and len(data) == len(specs) and all(hasattr(a, "shape") for a in data):
+            yield tuple(data), "the list of per-input arrays"
+            return
+        if len(specs) == 1:
+            yield data, "the list"
+            return
+    if isinstance(data, collections.abc.Iterable):
+        for i, element in enumerate(data):
+            yield element, f"element {i} of the generator"
+        return
+    raise RepresentativeDataError(
+        f"{ARG} has unsupported type {type(data).__name__}. Pass a numpy array, a tf.data.Dataset, "
+        "a generator (or generator function), or a dict of arrays keyed by input name."
+    )
+
+
+def prepare(data, specs, max_samples=None):
+    """Validates calibration data and returns it as a list of samples.
+
+    Args:
+        data: a numpy array, a ``tf.data.Dataset`` (elements may be ``(x, y)``),
+            a generator or generator function, a list of per-input arrays, or a
+            dict keyed by input name (multi-input models).
+        specs: the model's inputs as a list of `InputSpec`.
+        max_samples: stop after this many samples (None: use all).
+
+    Returns:
+        A list of samples; each sample is a list with one array per input, in
+        ``specs`` order, with a leading batch dimension of 1 and the input's dtype.
+
+    Raises:
+        RepresentativeDataError: empty data, wrong structure, rank, shape or
+            dtype, or non-finite values; the message names input and sample.
+    """
+    if data is None:
+        raise RepresentativeDataError(f"{ARG} is required for this conversion mode but None was given.")
+    per_input = {s.name: [] for s in specs}
+    count = 0
+    for element, where in _iter_elements(data, specs):
+        parts = _split_element(element, specs, where)
+        counts = set()
+        for spec in specs:
+            array = _as_numeric_array(parts[spec.name], spec, where)
+            samples = _samples_from_array(array, spec, where)
+            per_input[spec.name].extend(samples)
+            counts.add(len(samples))
+        if len(counts) > 1:
+            raise RepresentativeDataError(
+                f"{ARG}: {where} has different sample counts per input "
+                f"({dict((s.name, len(per_input[s.name])) for s in specs)}); every input needs one entry per sample."
+            )
+        count = len(per_input[specs[0].name])
+        if max_samples is not None and count >= max_samples:
+            break
+    if count == 0:
+        raise RepresentativeDataError(
+            f"{ARG} is empty: it produced no samples. Pass a few hundred typical inputs "
+            "(e.g. x_train[:200])."
+        )
+    if max_samples is not None:
+        count = min(count, max_samples)
+    samples = []
+    for i in range(count):
+        sample = []
+        for spec in specs:
+            array = per_input[spec.name][i]
+            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+                bad = "NaN" if np.isnan(array).any() else "Inf"
+                raise RepresentativeDataError(
+                    f"{ARG}: sample {i} of input {spec.name!r} contains {bad}. Remove or repair it; "
+                    "calibration ranges would be meaningless."
+                )
+            sample.append(array.astype(spec.dtype, copy=False))
+        samples.append(sample)
+    return samples
+
+
+def check_model_outputs(model, samples, specs, batch_size=64):
+    """Runs the float Keras model on the samples; fails naming the first sample with NaN/Inf output."""
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start: start + batch_size]
+        inputs = [np.concatenate([s[i] for s in chunk]) for i in range(len(specs))]
+        outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
+        flat = [np.asarray(o) for o in _flatten(outputs)]
+        finite = np.ones(len(chunk), dtype=bool)
+        for out in flat:
+            if out.dtype.kind == "f":
+                finite &= np.isfinite(out.reshape(len(chunk), -1)).all(axis=1)
+        if not finite.all():
+            index = start + int(np.argmin(finite))
+            raise RepresentativeDataError(
+                f"{ARG}: the float model outputs NaN/Inf on sample {index}. Calibration would fail or "
+                "produce a broken int8 model. Check that sample's preprocessing (scale, dtype) and "
+                "the model's weights (train with a lower learning rate if they diverged)."
+            )
+
+
+def _flatten(structure):
+    if isinstance(structure, collections.abc.Mapping):
+        return list(itertools.chain.from_iterable(_flatten(v) for v in structure.values()))
+    if isinstance(structure, (list, tuple)):
+        return list(itertools.chain.from_iterable(_flatten(v) for v in structure))
+    return [structure]

@@ -1,0 +1,291 @@
+"""Reads a .tflite flatbuffer: op census by type and dtype, weight tensors, sparsity, bytes by dtype.
+
+The flatbuffer schema module shipped inside ``ai_edge_litert`` (``schema_py_generated``)
+is the only reader of the format available without building TensorFlow; this
+is the one place in tfcompress that uses it.
+"""
+
+import dataclasses
+import gzip
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as _schema
+
+_OP_NAMES = {v: k for k, v in vars(_schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k.lower() for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
+_NUMPY_TYPES = {
+    "float32": np.float32, "float16": np.float16, "float64": np.float64,
+    "int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
+    "bool": np.bool_,
+}
+_FLOAT_TYPES = {"float32", "float16", "float64", "bfloat16"}
+# Ops that only move data between int and float at the graph edges, or reshape memory.
+_BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
+_LAYOUT_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SHAPE", "PACK", "UNPACK", "STRIDED_SLICE", "GATHER", "DENSIFY"}
+
+
+class InvalidTFLiteFileError(ValueError):
+    """The bytes are not a readable TFLite flatbuffer."""
+
+
+@dataclasses.dataclass
+class WeightTensor:
+    """A constant tensor stored in the file."""
+
+    name: str
+    dtype: str
+    shape: tuple
+    stored_bytes: int
+    zero_fraction: float
+    sparse_encoded: bool
+    used_by: str
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape)) if self.shape else 1
+
+
+@dataclasses.dataclass
+class Operator:
+    index: int
+    type: str
+    dtype: str  # the dtype the op computes in: its first non-constant input, else its output
+    inputs: list
+    outputs: list
+    input_names: list
+    output_names: list
+
+
+@dataclasses.dataclass
+class TFLiteInfo:
+    """What a .tflite file holds. See `inspect`."""
+
+    file_bytes: int
+    gzip_bytes: int
+    operators: list
+    weights: list
+    input_details: list
+    output_details: list
+
+    @property
+    def op_census(self):
+        """``{op type: count}``."""
+        census = {}
+        for op in self.operators:
+            census[op.type] = census.get(op.type, 0) + 1
+        return dict(sorted(census.items()))
+
+    @property
+    def op_census_by_dtype(self):
+        """``{"CONV_2D/int8": count, ...}``: which ops compute in which dtype."""
+        census = {}
+        for op in self.operators:
+            key = f"{op.type}/{op.dtype}"
+            census[key] = census.get(key, 0) + 1
+        return dict(sorted(census.items()))
+
+    @property
+    def weight_bytes_by_dtype(self):
+        out = {}
+        for w in self.weights:
+            out[w.dtype] = out.get(w.dtype, 0) + w.stored_bytes
+        return dict(sorted(out.items()))
+
+    @property
+    def kernels(self):
+        """Weight tensors of rank >= 2 (kernels and embeddings; biases and shapes excluded)."""
+        return [w for w in self.weights if len(w.shape) >= 2]
+
+    @property
+    def sparsity(self):
+        """Zero fraction over all kernels (rank >= 2 constants), weighted by element count."""
+        kernels = self.kernels
+        total = sum(w.size for w in kernels)
+        if not total:
+            return 0.0
+        return sum(w.zero_fraction * w.size for w in kernels) / total
+
+    @property
+    def sparsity_by_tensor(self):
+        return {w.name: w.zero_fraction for w in self.kernels}
+
+    def float_compute_ops(self):
+        """Ops that still compute in float (boundary QUANTIZE/DEQUANTIZE and pure layout ops excluded)."""
+        return [
+            op for op in self.operators
+            if op.dtype in _FLOAT_TYPES and op.type not in _BOUNDARY_OPS and op.type not in _LAYOUT_OPS
+        ]
+
+    def to_dict(self):
+        return {
+            "file_bytes": self.file_bytes,
+            "gzip_bytes": self.gzip_bytes,
+            "op_census": self.op_census,
+            "op_census_by_dtype": self.op_census_by_dtype,
+            "weight_bytes_by_dtype": self.weight_bytes_by_dtype,
+            "sparsity": self.sparsity,
+            "sparsity_by_tensor": self.sparsity_by_tensor,
+            "inputs": [dict(d) for d in self.input_details],
+            "outputs": [dict(d) for d in self.output_details],
+        }
+
+
+def _tensor_dtype(tensor):
+    return _TYPE_NAMES.get(tensor.Type(), f"type{tensor.Type()}")
+
+
+def _buffer_bytes(model, raw, tensor):
+    """Returns the raw bytes of a tensor's constant buffer (b"" when it has none)."""
+    buf = model.Buffers(tensor.Buffer())
+    if buf is None:
+        return b""
+    if buf.DataLength():
+        return buf.DataAsNumpy().tobytes()
+    # Files over 2 GB keep buffers after the flatbuffer, addressed by offset.
+    offset, size = buf.Offset(), buf.Size()
+    if offset > 1 and size:
+        return raw[offset: offset + size]
+    return b""
+
+
+def _zero_fraction(data, dtype, shape, tensor):
+    np_type = _NUMPY_TYPES.get(dtype)
+    dense_size = int(np.prod(shape)) if len(shape) else 1
+    if np_type is None or not data or dense_size == 0:
+        return 0.0
+    values = np.frombuffer(data, np_type)
+    zero = 0
+    quant = tensor.Quantization()
+    if quant is not None and quant.ZeroPointLength() == 1 and dtype in ("int8", "uint8", "int16"):
+        zero = int(quant.ZeroPoint(0))
+    zeros_stored = int(np.count_nonzero(values == zero))
+    # Sparse-encoded tensors store only (blocks of) non-zeros; the rest are implicit zeros.
+    implicit = dense_size - values.size if tensor.Sparsity() is not None else 0
+    return (zeros_stored + max(implicit, 0)) / dense_size
+
+
+def inspect(tflite):
+    """Parses a .tflite model.
+
+    Args:
+        tflite: the model as ``bytes`` or a path to a ``.tflite`` file.
+
+    Returns:
+        A `TFLiteInfo` with the op census (by type and by compute dtype), every
+        constant weight tensor with its stored bytes and zero fraction, input and
+        output details, file and gzip sizes.
+
+    Raises:
+        InvalidTFLiteFileError: the data is not a TFLite flatbuffer (truncated,
+            corrupted or another format).
+    """
+    raw = _read(tflite)
+    try:
+        return _parse(raw)
+    except InvalidTFLiteFileError:
+        raise
+    except Exception as exc:  # the generated reader raises anything from IndexError to struct.error
+        raise InvalidTFLiteFileError(
+            f"Could not parse the TFLite flatbuffer ({len(raw)} bytes): {type(exc).__name__}: {exc}. "
+            "The file is truncated, corrupted or not a .tflite model; re-export it."
+        ) from None
+
+
+def _read(tflite):
+    if isinstance(tflite, (bytes, bytearray, memoryview)):
+        return bytes(tflite)
+    path = str(tflite)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"TFLite model file {path!r} does not exist.") from None
+
+
+def _parse(raw):
+    if len(raw) < 8 or raw[4:8] != b"TFL3":
+        raise InvalidTFLiteFileError(
+            f"Not a TFLite model: {len(raw)} bytes without the 'TFL3' identifier at offset 4 "
+            "(a .tflite starts with it). Pass the bytes returned by to_tflite or a .tflite path."
+        )
+    model = _schema.Model.GetRootAs(raw, 0)
+    if model.SubgraphsLength() < 1:
+        raise InvalidTFLiteFileError("The TFLite model has no subgraph; re-export it.")
+    op_codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = _OP_NAMES.get(builtin, f"OP{builtin}")
+        if name == "CUSTOM":
+            name = "CUSTOM:" + (code.CustomCode() or b"?").decode("utf-8", "replace")
+        op_codes.append(name)
+
+    operators, weights = [], []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        constant, consumer = {}, {}
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            for t in (op.InputsAsNumpy() if op.InputsLength() else []):
+                if t >= 0:
+                    consumer.setdefault(int(t), op_codes[op.OpcodeIndex()])
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            data = _buffer_bytes(model, raw, tensor)
+            if not data:
+                continue
+            constant[t] = True
+            dtype = _tensor_dtype(tensor)
+            shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+            weights.append(WeightTensor(
+                name=tensor.Name().decode("utf-8", "replace"),
+                dtype=dtype,
+                shape=shape,
+                stored_bytes=len(data),
+                zero_fraction=_zero_fraction(data, dtype, shape, tensor),
+                sparse_encoded=tensor.Sparsity() is not None,
+                used_by=consumer.get(t, ""),
+            ))
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            ins = [int(t) for t in (op.InputsAsNumpy() if op.InputsLength() else []) if t >= 0]
+            outs = [int(t) for t in (op.OutputsAsNumpy() if op.OutputsLength() else []) if t >= 0]
+            activations = [t for t in ins if t not in constant]
+            probe = activations[0] if activations else (outs[0] if outs else None)
+            dtype = _tensor_dtype(graph.Tensors(probe)) if probe is not None else "none"
+            operators.append(Operator(
+                index=i,
+                type=op_codes[op.OpcodeIndex()],
+                dtype=dtype,
+                inputs=ins,
+                outputs=outs,
+                input_names=[graph.Tensors(t).Name().decode("utf-8", "replace") for t in ins],
+                output_names=[graph.Tensors(t).Name().decode("utf-8", "replace") for t in outs],
+            ))
+
+    main = model.Subgraphs(0)
+
+    def details(indices):
+        out = []
+        for t in indices:
+            tensor = main.Tensors(int(t))
+            quant = tensor.Quantization()
+            scale = float(quant.Scale(0)) if quant is not None and quant.ScaleLength() else 0.0
+            zero_point = int(quant.ZeroPoint(0)) if quant is not None and quant.ZeroPointLength() else 0
+            out.append({
+                "name": tensor.Name().decode("utf-8", "replace"),
+                "dtype": _tensor_dtype(tensor),
+                "shape": [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else [],
+                "scale": scale,
+                "zero_point": zero_point,
+            })
+        return out
+
+    return TFLiteInfo(
+        file_bytes=len(raw),
+        gzip_bytes=len(gzip.compress(raw, compresslevel=9)),
+        operators=operators,
+        weights=weights,
+        input_details=details(main.InputsAsNumpy() if main.InputsLength() else []),
+        output_details=details(main.OutputsAsNumpy() if main.OutputsLength() else []),
+    )
