@@ -20,3 +20,4 @@ from tfcompress.files import OutputExistsError, write_atomic  # noqa: E402
 from tfcompress.convert import ConversionError, ConvertedModel, QuantizationAuditError, to_tflite  # noqa: E402
 from tfcompress.representative import RepresentativeDataError  # noqa: E402
 from tfcompress.tflite_file import InvalidTFLiteFileError, inspect as inspect_tflite  # noqa: E402
+from tfcompress.evaluate import EvaluationReport, compare, evaluate_tflite  # noqa: E402

@@ -1,0 +1,433 @@
+"""Size, latency and accuracy of a .tflite model on LiteRT: plain CPU kernels vs the XNNPACK delegate.
+
+Backends:
+    ``"cpu"``: LiteRT's built-in optimized kernels with default delegates disabled
+        (``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
+    ``"xnnpack"``: the default resolver, which applies the XNNPACK delegate.
+
+Latency runs of all backend × thread configurations are interleaved round-robin,
+so slow drifts of the machine (thermal, other processes) hit every configuration
+alike and their ratios stay meaningful.
+"""
+
+import dataclasses
+import gc
+import json
+import statistics
+import time
+
+import numpy as np
+
+from tfcompress import tflite_file
+
+BACKENDS = ("cpu", "xnnpack")
+
+
+@dataclasses.dataclass
+class LatencyResult:
+    """Timings of one backend at one thread count, in milliseconds."""
+
+    backend: str
+    threads: int
+    init_ms: float
+    first_run_ms: float
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    runs: int
+
+    @property
+    def key(self):
+        return f"{self.backend}/{self.threads}t"
+
+
+@dataclasses.dataclass
+class EvaluationReport:
+    """What `evaluate_tflite` measured. ``to_dict()`` is JSON-able; ``to_markdown()`` prints it."""
+
+    name: str
+    file_bytes: int
+    gzip_bytes: int
+    weight_bytes_by_dtype: dict
+    sparsity: float
+    sparsity_by_tensor: dict
+    op_census: dict
+    op_census_by_dtype: dict
+    inputs: list
+    outputs: list
+    latency: list
+    parity: dict
+    accuracy: float = None
+    accuracy_samples: int = 0
+    accuracy_backend: str = None
+    notes: list = dataclasses.field(default_factory=list)
+
+    def latency_for(self, backend, threads=1):
+        for r in self.latency:
+            if r.backend == backend and r.threads == threads:
+                return r
+        return None
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["latency"] = [dataclasses.asdict(r) for r in self.latency]
+        return json.loads(json.dumps(d, default=_json_default))
+
+    def to_json(self, indent=2):
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_markdown(self):
+        lines = [f"### {self.name}", ""]
+        lines.append("| size | gzip -9 | weights by dtype | weight sparsity | accuracy |")
+        lines.append("|---|---|---|---|---|")
+        by_dtype = ", ".join(f"{k} {_kb(v)}" for k, v in self.weight_bytes_by_dtype.items())
+        acc = f"{100 * self.accuracy:.2f}% (n={self.accuracy_samples}, {self.accuracy_backend})" if self.accuracy is not None else "—"
+        lines.append(f"| {_kb(self.file_bytes)} | {_kb(self.gzip_bytes)} | {by_dtype} | {100 * self.sparsity:.1f}% | {acc} |")
+        lines += ["", "| backend | threads | init ms | first run ms | median ms | p90 ms | mean ms | std ms | runs |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in self.latency:
+            lines.append(
+                f"| {r.backend} | {r.threads} | {r.init_ms:.1f} | {r.first_run_ms:.2f} | {r.median_ms:.3f} | "
+                f"{r.p90_ms:.3f} | {r.mean_ms:.3f} | {r.std_ms:.3f} | {r.runs} |"
+            )
+        if self.parity:
+            lines += ["", "| backend vs " + self.parity.get("reference", "?") + " | max abs diff | top-1 agreement |", "|---|---|---|"]
+            for backend, p in self.parity.get("backends", {}).items():
+                lines.append(f"| {backend} | {p['max_abs_diff']:.3g} | {100 * p['top1_agreement']:.2f}% |")
+        lines += ["", "Ops: " + ", ".join(f"{k}×{v}" for k, v in self.op_census_by_dtype.items())]
+        io = "; ".join(f"{d['name']} {d['dtype']}{list(d['shape'])}" for d in self.inputs)
+        lines.append(f"Inputs: {io}")
+        for note in self.notes:
+            lines.append(f"Note: {note}")
+        return "\n".join(lines)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _kb(n):
+    return f"{n / 1024:.1f} KB"
+
+
+def _make_interpreter(raw, backend, threads):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    if backend == "cpu":
+        resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    elif backend == "xnnpack":
+        resolver = OpResolverType.AUTO
+    else:
+        raise ValueError(f"backends: unknown backend {backend!r}; choose from {list(BACKENDS)}.")
+    interpreter = Interpreter(model_content=raw, num_threads=threads, experimental_op_resolver_type=resolver)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def quantize_input(x, detail):
+    """Float data → the interpreter's input dtype, using its scale and zero point."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return np.asarray(x, dtype=dtype)
+    scale, zero_point = detail["quantization"]
+    x = np.asarray(x, dtype=np.float32)
+    if scale == 0:
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize_output(q, detail):
+    """The interpreter's output → float32, using its scale and zero point."""
+    scale, zero_point = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind == "f" or scale == 0:
+        return np.asarray(q, dtype=np.float32)
+    return (q.astype(np.float32) - zero_point) * scale
+
+
+def _split_inputs(x, details):
+    """Maps user inputs (array, list or dict) onto the interpreter's input order."""
+    if len(details) == 1:
+        if isinstance(x, dict):
+            x = next(iter(x.values()))
+        elif isinstance(x, (list, tuple)) and len(x) == 1:
+            x = x[0]
+        return [np.asarray(x)]
+    if isinstance(x, dict):
+        arrays = []
+        for d in details:
+            key = next((k for k in x if k == d["name"] or d["name"].startswith(f"serve_{k}:") or d["name"] == f"serve_{k}"), None)
+            if key is None:
+                raise ValueError(f"x: no entry for model input {d['name']!r}; x has keys {sorted(x)}.")
+            arrays.append(np.asarray(x[key]))
+        return arrays
+    if isinstance(x, (list, tuple)) and len(x) == len(details):
+        return [np.asarray(a) for a in x]
+    raise ValueError(f"x: the model has {len(details)} inputs; pass a list of {len(details)} arrays or a dict.")
+
+
+def _fit_batch(array, detail):
+    """Adds a missing batch dimension."""
+    if array.ndim == len(detail["shape"]) - 1:
+        array = array[np.newaxis]
+    return array
+
+
+def _synthetic_input(detail, rng):
+    shape = [1] + list(detail["shape"][1:])
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return rng.random(shape, dtype=np.float32).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max + 1, size=shape).astype(dtype)
+
+
+def _run(interpreter, arrays):
+    for detail, array in zip(interpreter.get_input_details(), arrays):
+        interpreter.set_tensor(detail["index"], array)
+    interpreter.invoke()
+    return [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+
+
+def _predict(interpreter, inputs_float, batch_size):
+    """Runs float inputs through the model in batches; returns the first output, dequantized."""
+    details = interpreter.get_input_details()
+    n = len(inputs_float[0])
+    signature_batch = [d.get("shape_signature", d["shape"])[0] for d in details]
+    dynamic = all(b == -1 for b in signature_batch)
+    batch = batch_size if dynamic else int(details[0]["shape"][0])
+    current = None
+    outputs = []
+    for start in range(0, n, batch):
+        chunk = [a[start: start + batch] for a in inputs_float]
+        size = len(chunk[0])
+        if dynamic and size != current:
+            for d, a in zip(details, chunk):
+                interpreter.resize_tensor_input(d["index"], [size] + list(a.shape[1:]))
+            interpreter.allocate_tensors()
+            current = size
+            details = interpreter.get_input_details()
+        elif not dynamic and size != batch:
+            chunk = [np.concatenate([a, np.repeat(a[-1:], batch - size, axis=0)]) for a in chunk]
+        arrays = [quantize_input(a, d) for a, d in zip(chunk, details)]
+        out = _run(interpreter, arrays)[0]
+        outputs.append(dequantize_output(out, interpreter.get_output_details()[0])[:size])
+    return np.concatenate(outputs)
+
+
+def _labels(y, n):
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)
+    y = y.reshape(-1)
+    if len(y) != n:
+        raise ValueError(f"y has {len(y)} labels but x has {n} samples; they must match.")
+    return y.astype(np.int64)
+
+
+def evaluate_tflite(
+    model,
+    x=None,
+    y=None,
+    backends=BACKENDS,
+    threads=(1,),
+    num_runs=50,
+    warmup_runs=5,
+    batch_size=256,
+    parity_samples=64,
+    name=None,
+    seed=0,
+):
+    """Measures a .tflite model: size, sparsity, ops, latency per backend, parity and accuracy.
+
+    Args:
+        model: ``.tflite`` bytes (e.g. from `to_tflite`) or a file path.
+        x: optional inputs (float, as for the Keras model; int8/uint8 inputs are
+            quantized for you with the model's scale and zero point). The first
+            sample is the latency input; without x a random input is used.
+        y: optional integer (or one-hot) labels for top-1 accuracy on all of x.
+        backends: any of ``"cpu"`` (built-in kernels, no delegate) and ``"xnnpack"``.
+        threads: thread counts to time, e.g. ``(1, 2)``.
+        num_runs: timed runs per configuration, after ``warmup_runs``.
+        batch_size: batch for the accuracy pass (models with a dynamic batch).
+        parity_samples: samples of x compared across backends.
+        name: label for reports (default: the conversion mode, or "model").
+        seed: seed of the synthetic latency input.
+
+    Returns:
+        An `EvaluationReport`.
+
+    Raises:
+        tfcompress.InvalidTFLiteFileError: the bytes are not a usable .tflite.
+        ValueError: bad backends/threads, or x and y that do not match.
+
+    Example:
+        >>> r = evaluate_tflite(b, x=x_test, y=y_test, threads=(1, 2))
+        >>> print(r.to_markdown())
+    """
+    backends = tuple(backends)
+    for b in backends:
+        if b not in BACKENDS:
+            raise ValueError(f"backends: unknown backend {b!r}; choose from {list(BACKENDS)}.")
+    threads = tuple(int(t) for t in threads)
+    if not threads or any(t < 1 for t in threads):
+        raise ValueError(f"threads must be positive integers, got {threads!r}.")
+    if num_runs < 1:
+        raise ValueError(f"num_runs must be >= 1, got {num_runs!r}.")
+
+    raw = tflite_file._read(model)
+    info = tflite_file.inspect(raw)
+    name = name or getattr(model, "mode", None) or "model"
+    rng = np.random.default_rng(seed)
+    try:
+        probe = _make_interpreter(raw, backends[0] if backends else "cpu", 1)
+    except ValueError as exc:
+        raise tflite_file.InvalidTFLiteFileError(
+            f"LiteRT could not load the model: {str(exc).strip().splitlines()[-1]}. The file is corrupted or uses "
+            "ops this runtime lacks."
+        ) from None
+    details = probe.get_input_details()
+
+    inputs_float = None
+    if x is not None:
+        inputs_float = [_fit_batch(np.asarray(a, dtype=np.float32) if np.asarray(a).dtype.kind == "f" else np.asarray(a), d)
+                        for a, d in zip(_split_inputs(x, details), details)]
+        if y is not None:
+            y = _labels(y, len(inputs_float[0]))
+    elif y is not None:
+        raise ValueError("y was given without x; pass both to measure accuracy.")
+
+    if inputs_float is not None:
+        latency_inputs = [quantize_input(a[:1], d) for a, d in zip(inputs_float, details)]
+    else:
+        latency_inputs = [_synthetic_input(d, rng) for d in details]
+
+    configs = [(b, t) for b in backends for t in threads]
+    interpreters, init_ms, first_ms, times = {}, {}, {}, {}
+    for cfg in configs:
+        start = time.perf_counter()
+        interpreters[cfg] = _make_interpreter(raw, *cfg)
+        init_ms[cfg] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        _run(interpreters[cfg], latency_inputs)
+        first_ms[cfg] = (time.perf_counter() - start) * 1e3
+        times[cfg] = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside a timed run would be charged to whichever config ran then
+    try:
+        for _ in range(warmup_runs):
+            for cfg in configs:
+                interpreters[cfg].invoke()
+        for _ in range(num_runs):
+            for cfg in configs:
+                start = time.perf_counter()
+                interpreters[cfg].invoke()
+                times[cfg].append((time.perf_counter() - start) * 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    latency = []
+    for cfg in configs:
+        t = sorted(times[cfg])
+        latency.append(LatencyResult(
+            backend=cfg[0], threads=cfg[1], init_ms=init_ms[cfg], first_run_ms=first_ms[cfg],
+            median_ms=statistics.median(t), p90_ms=float(np.percentile(t, 90)), mean_ms=statistics.fmean(t),
+            std_ms=statistics.stdev(t) if len(t) > 1 else 0.0, runs=len(t),
+        ))
+
+    parity = {}
+    if len(backends) > 1:
+        sample = [a[:parity_samples] for a in inputs_float] if inputs_float is not None else [
+            np.concatenate([dequantize_output(_synthetic_input(d, rng), d) for _ in range(8)]) for d in details
+        ]
+        outs = {b: _predict(_make_interpreter(raw, b, threads[0]), sample, batch_size) for b in backends}
+        reference = backends[0]
+        parity = {"reference": reference, "samples": int(len(sample[0])), "backends": {}}
+        for b in backends[1:]:
+            diff = float(np.max(np.abs(outs[b] - outs[reference]))) if outs[b].size else 0.0
+            agree = float(np.mean(outs[b].reshape(len(outs[b]), -1).argmax(1) == outs[reference].reshape(len(outs[reference]), -1).argmax(1)))
+            parity["backends"][b] = {"max_abs_diff": diff, "top1_agreement": agree}
+
+    accuracy, accuracy_backend = None, None
+    if y is not None:
+        accuracy_backend = "xnnpack" if "xnnpack" in backends else backends[0]
+        logits = _predict(_make_interpreter(raw, accuracy_backend, max(threads)), inputs_float, batch_size)
+        accuracy = float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
+
+    notes = list(getattr(model, "notes", []))
+    if info.sparsity > 0.3 and "xnnpack" in backends:
+        notes.append(
+            f"{100 * info.sparsity:.0f}% of weights are zero: this shrinks the gzip size; on x86 with AVX, "
+            "XNNPACK runs dense kernels, so no speed-up is expected here (ARM can use sparse kernels)."
+        )
+    return EvaluationReport(
+        name=name,
+        file_bytes=info.file_bytes,
+        gzip_bytes=info.gzip_bytes,
+        weight_bytes_by_dtype=info.weight_bytes_by_dtype,
+        sparsity=info.sparsity,
+        sparsity_by_tensor=info.sparsity_by_tensor,
+        op_census=info.op_census,
+        op_census_by_dtype=info.op_census_by_dtype,
+        inputs=[dict(d) for d in info.input_details],
+        outputs=[dict(d) for d in info.output_details],
+        latency=latency,
+        parity=parity,
+        accuracy=accuracy,
+        accuracy_samples=0 if y is None else int(len(y)),
+        accuracy_backend=accuracy_backend,
+        notes=notes,
+    )
+
+
+def compare(reports, baseline=None, reference_accuracy=None):
+    """A markdown table comparing several evaluated variants.
+
+    Args:
+        reports: a list of `EvaluationReport` (or a dict name → report).
+        baseline: the name of the report that ratios and deltas refer to
+            (default: the first).
+        reference_accuracy: optional accuracy (0-1) of the Keras model, shown as
+            an extra Δ column.
+
+    Returns:
+        A markdown string: size, gzip, size ratio, weight sparsity, accuracy and Δ vs
+        baseline, and per backend × threads the median latency and speed-up vs the
+        baseline on the same backend.
+    """
+    if isinstance(reports, dict):
+        reports = [dataclasses.replace(r, name=k) for k, r in reports.items()]
+    if not reports:
+        raise ValueError("compare() needs at least one report.")
+    base = next((r for r in reports if r.name == baseline), None) if baseline else reports[0]
+    if base is None:
+        raise ValueError(f"baseline={baseline!r} is not among the reports {[r.name for r in reports]}.")
+    keys = [r.key for r in base.latency]
+    header = ["variant", "size", "gzip", "× smaller", "sparsity", "accuracy", f"Δ vs {base.name}"]
+    if reference_accuracy is not None:
+        header.append("Δ vs Keras")
+    header += [f"{k} ms" for k in keys] + [f"{k} speed-up" for k in keys]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in reports:
+        cells = [r.name, _kb(r.file_bytes), _kb(r.gzip_bytes), f"{base.file_bytes / r.file_bytes:.2f}x",
+                 f"{100 * r.sparsity:.1f}%"]
+        if r.accuracy is not None:
+            cells.append(f"{100 * r.accuracy:.2f}%")
+            cells.append(f"{100 * (r.accuracy - base.accuracy):+.2f}" if base.accuracy is not None else "—")
+        else:
+            cells += ["—", "—"]
+        if reference_accuracy is not None:
+            cells.append(f"{100 * (r.accuracy - reference_accuracy):+.2f}" if r.accuracy is not None else "—")
+        by_key = {x.key: x for x in r.latency}
+        base_key = {x.key: x for x in base.latency}
+        cells += [f"{by_key[k].median_ms:.3f}" if k in by_key else "—" for k in keys]
+        cells += [f"{base_key[k].median_ms / by_key[k].median_ms:.2f}x" if k in by_key else "—" for k in keys]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
