@@ -29,8 +29,9 @@ def _keras_cache_dir():
     return os.path.join(base, "datasets", "fashion-mnist")
 
 
-def _seed_keras_cache_from_debian(source_dir=DEBIAN_FASHION_MNIST_DIR):
+def _seed_keras_cache_from_debian(source_dir=None):
     """Copies Debian's Fashion-MNIST files into Keras's cache; True when it did (or they were there)."""
+    source_dir = source_dir or DEBIAN_FASHION_MNIST_DIR
     cache = _keras_cache_dir()
     if all(os.path.exists(os.path.join(cache, f)) for f in _FASHION_FILES):
         return True

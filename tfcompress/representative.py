@@ -150,7 +150,7 @@ def _iter_elements(data, specs):
                 "takes no arguments, a generator, an array, a dict or a tf.data.Dataset."
             ) from None
     if isinstance(data, (list, tuple)):
-        if len(specs) > 1 and len(data) == len(specs) and all(hasattr(a, "shape") for a in data):
+        if len(specs) > 1 and all(hasattr(a, "shape") for a in data):
             yield tuple(data), "the list of per-input arrays"
             return
         if len(specs) == 1:

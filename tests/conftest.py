@@ -1,0 +1,46 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import tfcompress as tfc  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    return tfc.datasets.digits()
+
+
+def small_cnn(input_shape=(8, 8, 1), name="small_cnn"):
+    import keras
+
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", name="conv2")(x)
+    x = keras.layers.ReLU(name="relu2")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(32, activation="relu", name="fc1")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+@pytest.fixture(scope="session")
+def trained_digits_model(digits_data):
+    """A small Functional CNN trained on sklearn digits (~97% test accuracy), shared by tests."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    (x, y), _ = digits_data
+    model = tfc.zoo.compile_classifier(small_cnn(), learning_rate=3e-3)
+    model.fit(x, y, epochs=25, batch_size=32, verbose=0)
+    return model
+
+
+def keras_accuracy(model, x, y):
+    logits = np.asarray(model.predict(x, verbose=0, batch_size=256))
+    return float(np.mean(logits.argmax(1) == y))
