@@ -1,0 +1,529 @@
+"""Knowledge distillation: train a small student to imitate a frozen teacher."""
+
+import contextlib
+import math
+import numbers
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+LABELS_KEY = "labels"
+TEACHER_LOGITS_KEY = "teacher_logits"
+
+# Marks the in-graph label check so `fit`/`evaluate` can turn its failure into a clear ValueError.
+_LABEL_RANGE_MARKER = "tfcompress.Distiller: label out of range"
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class Distiller(keras.distillation.Distiller):
+    """Trains ``student`` on the hard labels and on the softened outputs of a frozen ``teacher``.
+
+    A ``keras.Model`` built on ``keras.distillation.Distiller``: ``compile``, ``fit``,
+    ``evaluate`` and ``predict`` work as for any Keras model, ``predict`` returns the
+    student's logits, and ``distiller.student`` is the plain Keras model to export.
+
+    The loss on a batch with student logits ``z_s`` and teacher logits ``z_t`` is::
+
+        loss = alpha * hard_loss(labels, z_s)
+             + (1 - alpha) * (T**2 * KL(softmax(z_t / T) || softmax(z_s / T))
+                              + feature_weight * sum(feature_losses))
+
+    * ``alpha`` weights the **hard-label** loss (``compile(loss=...)``, by default sparse
+      categorical cross-entropy on logits); ``1 - alpha`` weights the distillation terms.
+      This is the convention of Keras's ``student_loss_weight`` and of the keras.io
+      distillation example; note that some papers use the opposite.
+    * The soft loss is the KL divergence between the temperature-softened distributions,
+      averaged over the batch and multiplied by ``T**2`` (Hinton et al., 2015) so its
+      gradients keep the same scale whatever the temperature.
+    * Each feature loss is the mean squared error between the teacher's and the
+      student's activations at a pair of layers (FitNets-style hints), so the paired
+      layers must have the same output shape.
+
+    The teacher is frozen (``teacher.trainable`` is set to False) and always runs with
+    ``training=False``: its weights and BatchNormalization statistics never change and
+    only the student's weights are trained. Both models must output logits (no final
+    softmax) from a single output.
+
+    When the inputs are not augmented, the teacher's logits can be computed once with
+    :meth:`cache_teacher` and reused every epoch, so a distillation epoch costs about as
+    much as a plain student epoch.
+
+    Args:
+        teacher: a trained, built ``keras.Model`` that outputs logits.
+        student: the ``keras.Model`` to train; same input and output shapes as the teacher.
+        temperature: softmax temperature ``T > 0`` of the soft loss. Higher values pass
+            more of the teacher's "dark knowledge" about wrong classes.
+        alpha: weight in [0, 1] of the hard-label loss; ``1 - alpha`` weights distillation.
+            ``alpha=0`` trains on the teacher alone (labels are then optional), ``alpha=1``
+            is plain supervised training.
+        feature_layers: optional dict ``{teacher_layer_name: student_layer_name}`` of
+            intermediate layers whose activations the student should match (MSE).
+        feature_weight: weight ``>= 0`` of each feature loss relative to the soft loss.
+        name: model name.
+
+    Returns:
+        A ``keras.Model``; call ``compile`` then ``fit``.
+
+    Example:
+
+    >>> (x, y), (x_test, y_test) = tfc.datasets.fashion_mnist(limit_train=5000)
+    >>> teacher = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(width=2))
+    >>> teacher.fit(x, y, epochs=2)
+    >>> distiller = tfc.Distiller(teacher, tfc.zoo.small_student())
+    >>> distiller.compile(optimizer="adam", metrics=["accuracy"])
+    >>> distiller.fit(distiller.cache_teacher(x, y, batch_size=64), epochs=2)
+    >>> distiller.evaluate(x_test, y_test)
+    >>> distiller.student.save("student.keras")  # holds no teacher weights
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        temperature=4.0,
+        alpha=0.1,
+        feature_layers=None,
+        feature_weight=1.0,
+        name="distiller",
+        **kwargs,
+    ):
+        _check_model(teacher, "teacher")
+        _check_model(student, "student")
+        if not teacher.built:
+            raise ValueError(
+                f"teacher {teacher.name!r} is not built: it has no weights, so it cannot have been "
+                "trained. Give it a keras.Input (or call it on a batch) and train it before distilling."
+            )
+        temperature = _check_number(temperature, "temperature")
+        if not temperature > 0:
+            raise ValueError(
+                f"temperature must be > 0, got temperature={temperature!r}. "
+                "Typical values are 2 to 8; 1 means no softening."
+            )
+        alpha = _check_number(alpha, "alpha")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(
+                f"alpha must be in [0, 1], got alpha={alpha!r}. It weights the hard-label loss; "
+                "1 - alpha weights the distillation loss."
+            )
+        feature_weight = _check_number(feature_weight, "feature_weight")
+        if not feature_weight >= 0:
+            raise ValueError(f"feature_weight must be >= 0, got feature_weight={feature_weight!r}.")
+        for model, role in ((teacher, "teacher"), (student, "student")):
+            _check_outputs_logits(model, role)
+        _check_same_shape(teacher, student, "input")
+        _check_same_shape(teacher, student, "output")
+        feature_layers = dict(feature_layers or {})
+        for teacher_layer, student_layer in feature_layers.items():
+            _check_feature_pair(teacher, student, teacher_layer, student_layer)
+
+        # A KLDivergence instance, not the "kl_divergence" string: LogitsDistillation applies
+        # the softmax and the T**2 factor only to the instance (Keras 3.15 sends the string's
+        # plain function raw logits).
+        losses = [
+            keras.distillation.LogitsDistillation(
+                temperature=temperature, loss=keras.losses.KLDivergence()
+            )
+        ]
+        losses += [
+            keras.distillation.FeatureDistillation(
+                loss="mean_squared_error", teacher_layer_name=t, student_layer_name=s
+            )
+            for t, s in feature_layers.items()
+        ]
+        super().__init__(
+            teacher=teacher,
+            student=student,
+            distillation_losses=losses,
+            distillation_loss_weights=[1.0] + [feature_weight] * len(feature_layers),
+            student_loss_weight=alpha,
+            name=name,
+            **kwargs,
+        )
+        self.temperature = temperature
+        self.alpha = alpha
+        self.feature_layers = feature_layers
+        self.feature_weight = feature_weight
+        self._teacher_features = _feature_model(teacher, list(feature_layers))
+        self._student_features = _feature_model(student, list(feature_layers.values()))
+        self._hard_loss = None
+        self._compile_args = None
+
+    @property
+    def logits_distillation(self):
+        """The ``keras.distillation.LogitsDistillation`` computing the soft loss."""
+        return self.distillation_losses[0]
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        """Configures the distiller for training.
+
+        Args:
+            optimizer: optimizer for the student's weights (name or instance).
+            loss: hard-label loss on the student's logits. Defaults to
+                ``keras.losses.SparseCategoricalCrossentropy(from_logits=True)`` (integer
+                labels); use ``CategoricalCrossentropy(from_logits=True)`` for one-hot labels.
+            metrics: list of metrics computed on the student's logits and the labels.
+            **kwargs: passed to ``keras.Model.compile``.
+        """
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        hard_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+        if not callable(hard_loss):
+            raise ValueError(f"loss must be a Keras loss or loss name, got loss={loss!r}.")
+        if _expects_probabilities(hard_loss):
+            raise ValueError(
+                f"loss={loss!r} expects probabilities, but the student outputs logits (the "
+                "Distiller needs logits to apply the temperature). Use a loss on logits, e.g. "
+                "keras.losses.SparseCategoricalCrossentropy(from_logits=True)."
+            )
+        if metrics is not None and not isinstance(metrics, (list, tuple)):
+            metrics = [metrics]
+        self._hard_loss = hard_loss
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        self._compile_args = {"optimizer": self.optimizer, "loss": loss, "metrics": metrics}
+
+    def get_compile_config(self):
+        if self._compile_args is None:
+            return {}
+        return keras.saving.serialize_keras_object(self._compile_args)
+
+    def compile_from_config(self, config):
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        # Creates the optimizer's slots now so the saved ones can be loaded into them.
+        self.optimizer.build(self.trainable_variables)
+
+    def cache_teacher(self, x, y=None, batch_size=32, shuffle=True, seed=None):
+        """Runs the teacher once over ``x`` and returns a dataset to ``fit`` on for many epochs.
+
+        Only valid when the inputs are not augmented: the cached logits belong to these
+        exact images. Each element is ``(images, {"labels": y, "teacher_logits": logits})``;
+        ``fit``/``evaluate`` on it give the same losses as on ``(x, y)``, without the
+        teacher's forward pass.
+
+        Args:
+            x: NumPy array of inputs.
+            y: labels for the hard-label loss, or None when ``alpha == 0``.
+            batch_size: batch size of the returned dataset (and of the teacher's pass).
+            shuffle: reshuffle the samples every epoch.
+            seed: shuffling seed, for reproducible runs.
+
+        Returns:
+            A batched ``tf.data.Dataset``.
+        """
+        if self.feature_layers:
+            raise ValueError(
+                f"cache_teacher caches only the teacher's logits, but feature_layers="
+                f"{self.feature_layers!r} needs its intermediate activations at every step. "
+                "Pass the uncached data to fit instead."
+            )
+        if isinstance(x, tf.data.Dataset):
+            raise TypeError(
+                "cache_teacher takes arrays (x, y), not a tf.data.Dataset: a dataset may "
+                "augment or reorder samples, which would mismatch the cached logits."
+            )
+        x = np.asarray(x)
+        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got batch_size={batch_size!r}.")
+        if y is None:
+            if self.alpha > 0:
+                raise ValueError(
+                    f"y is None but alpha={self.alpha} weights the hard-label loss; pass the "
+                    "labels, or build the Distiller with alpha=0 to train on the teacher alone."
+                )
+            targets = {}
+        else:
+            y = np.asarray(y)
+            if len(y) != len(x):
+                raise ValueError(f"x has {len(x)} samples but y has {len(y)}; they must match.")
+            targets = {LABELS_KEY: y}
+        targets[TEACHER_LOGITS_KEY] = self.teacher.predict(x, batch_size=batch_size, verbose=0)
+        dataset = tf.data.Dataset.from_tensor_slices((x, targets))
+        if shuffle:
+            dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Returns the weighted loss described in the class docstring for one batch.
+
+        ``y`` is the labels, or the targets dict of a :meth:`cache_teacher` dataset.
+        """
+        if sample_weight is not None:
+            raise ValueError(
+                "The Distiller does not support sample_weight (the distillation loss has no "
+                "per-sample weighting); drop sample_weight / class_weight."
+            )
+        if self._hard_loss is None:
+            raise RuntimeError("Call distiller.compile(...) before computing a loss.")
+        labels, cached_logits = _split_targets(y)
+        if y_pred is None:
+            y_pred = self(x, training=training)
+
+        hard_loss = keras.ops.zeros(())
+        if self.alpha > 0:
+            if labels is None:
+                raise ValueError(
+                    f"The batch has no labels but alpha={self.alpha} weights the hard-label "
+                    "loss; pass labels, or build the Distiller with alpha=0."
+                )
+            hard_loss = keras.ops.mean(self._hard_loss(self._checked_labels(labels, y_pred), y_pred))
+
+        distill_loss = keras.ops.zeros(())
+        if self.alpha < 1:
+            if cached_logits is not None:
+                if self.feature_layers:
+                    raise ValueError(
+                        "This batch carries cached teacher logits, but feature_layers needs the "
+                        "teacher's activations; pass uncached data to fit."
+                    )
+                _check_cached_logits(cached_logits, y_pred)
+                teacher_logits = keras.ops.cast(cached_logits, y_pred.dtype)
+            elif self.feature_layers:
+                teacher_outputs = self._teacher_features(x, training=False)
+                teacher_logits = teacher_outputs[0]
+            else:
+                teacher_logits = self.teacher(x, training=False)
+            distill_loss = self.logits_distillation.compute_loss(teacher_logits, y_pred)
+            if self.feature_layers:
+                # The student's training flag matters here: with training=True in evaluate,
+                # its BatchNormalization statistics would drift.
+                student_outputs = self._student_features(x, training=training)
+                for feature_loss, teacher_act, student_act in zip(
+                    self.distillation_losses[1:], teacher_outputs[1:], student_outputs[1:]
+                ):
+                    distill_loss = distill_loss + self.feature_weight * feature_loss.compute_loss(
+                        teacher_act, student_act
+                    )
+
+        total = self.alpha * hard_loss + (1.0 - self.alpha) * distill_loss
+        # Regularizers of the student (the teacher's are constant and would only shift the value).
+        for extra in self.student.losses:
+            total = total + keras.ops.cast(keras.ops.sum(extra), total.dtype)
+        self.student_loss_tracker.update_state(hard_loss)
+        self.distillation_loss_tracker.update_state(distill_loss)
+        self.total_loss_tracker.update_state(total)
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        labels, _ = _split_targets(y)
+        return super().compute_metrics(x, labels, y_pred, sample_weight)
+
+    def fit(self, *args, **kwargs):
+        with _clear_label_errors():
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with _clear_label_errors():
+            return super().evaluate(*args, **kwargs)
+
+    def _checked_labels(self, labels, y_pred):
+        """Fails clearly (at trace time if possible) when labels do not fit the hard loss."""
+        num_classes = y_pred.shape[-1]
+        label_shape = tuple(labels.shape)
+        sparse = _is_sparse_loss(self._hard_loss)
+        if sparse:
+            if len(label_shape) == len(y_pred.shape) and label_shape[-1] not in (1, None):
+                raise ValueError(
+                    f"Labels of shape {label_shape} look one-hot, but the hard-label loss "
+                    f"{_loss_name(self._hard_loss)} expects class indices of shape (batch,). "
+                    "Pass integer labels (e.g. y.argmax(-1)) or compile with "
+                    "loss=keras.losses.CategoricalCrossentropy(from_logits=True)."
+                )
+            if num_classes is None:
+                return labels
+            as_int = tf.cast(labels, tf.int64)
+            check = tf.debugging.Assert(
+                tf.logical_and(tf.reduce_all(as_int >= 0), tf.reduce_all(as_int < num_classes)),
+                [_LABEL_RANGE_MARKER, num_classes, tf.reduce_min(as_int), tf.reduce_max(as_int)],
+            )
+            with tf.control_dependencies([check]):
+                return tf.identity(labels)
+        if _is_categorical_loss(self._hard_loss) and label_shape[-1:] != (num_classes,):
+            raise ValueError(
+                f"Labels of shape {label_shape} do not fit the student's {num_classes} logits: "
+                f"{_loss_name(self._hard_loss)} expects one-hot labels of shape (batch, "
+                f"{num_classes}). Pass one-hot labels or compile with "
+                "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) for class indices."
+            )
+        return labels
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "student": keras.saving.serialize_keras_object(self.student),
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "feature_layers": dict(self.feature_layers),
+            "feature_weight": self.feature_weight,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        return cls(**config)
+
+
+def _check_model(model, argument):
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{argument} must be a keras.Model, got {argument}={model!r}.")
+
+
+def _check_number(value, argument):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{argument} must be a finite number, got {argument}={value!r}.")
+    return float(value)
+
+
+def _single_tensor(tensors, model, role, kind):
+    if len(tensors) != 1:
+        raise ValueError(
+            f"The {role} {model.name!r} has {len(tensors)} {kind}s; the Distiller supports "
+            f"single-input, single-output classifiers. Wrap the {role} so it has one of each."
+        )
+    return tensors[0]
+
+
+def _check_outputs_logits(model, role):
+    if not getattr(model, "outputs", None):
+        return  # Subclassed model: its output is checked on the first batch instead.
+    _single_tensor(model.outputs, model, role, "output")
+    last = model.layers[-1] if model.layers else None
+    activation = getattr(last, "activation", None)
+    if isinstance(last, keras.layers.Softmax) or getattr(activation, "__name__", None) == "softmax":
+        raise ValueError(
+            f"The {role} {model.name!r} ends in a softmax (layer {last.name!r}); the Distiller "
+            "needs logits to apply the temperature. Remove the softmax (e.g. Dense(10) with no "
+            "activation) and train with from_logits=True."
+        )
+
+
+def _check_same_shape(teacher, student, kind):
+    attribute = kind + "s"
+    if not getattr(teacher, attribute, None) or not getattr(student, attribute, None):
+        return
+    teacher_shape = tuple(_single_tensor(getattr(teacher, attribute), teacher, "teacher", kind).shape)
+    student_shape = tuple(_single_tensor(getattr(student, attribute), student, "student", kind).shape)
+    compatible = len(teacher_shape) == len(student_shape) and all(
+        a is None or b is None or a == b for a, b in zip(teacher_shape, student_shape)
+    )
+    if not compatible:
+        hint = (
+            "Both must predict the same classes." if kind == "output"
+            else "Both must read the same images."
+        )
+        raise ValueError(
+            f"The teacher {teacher.name!r} {kind} shape {teacher_shape} does not match the student "
+            f"{student.name!r} {kind} shape {student_shape}. {hint}"
+        )
+
+
+def _check_feature_pair(teacher, student, teacher_layer, student_layer):
+    shapes = []
+    for model, role, layer_name in ((teacher, "teacher", teacher_layer), (student, "student", student_layer)):
+        if not getattr(model, "inputs", None):
+            raise ValueError(
+                f"feature_layers needs Functional or Sequential models, but the {role} "
+                f"{model.name!r} is subclassed (no symbolic inputs). Distil logits only."
+            )
+        names = [layer.name for layer in model.layers]
+        if layer_name not in names:
+            raise ValueError(
+                f"feature_layers names {role} layer {layer_name!r}, which {model.name!r} does not "
+                f"have. Its layers are: {names}."
+            )
+        shapes.append(tuple(model.get_layer(layer_name).output.shape))
+    if shapes[0] != shapes[1]:
+        raise ValueError(
+            f"feature_layers pairs teacher layer {teacher_layer!r} (output shape {shapes[0]}) with "
+            f"student layer {student_layer!r} (output shape {shapes[1]}); the MSE hint needs equal "
+            "shapes. Pick layers of the same shape (e.g. after global pooling with equal widths)."
+        )
+
+
+def _feature_model(model, layer_names):
+    """Model returning ``[final_output, *activations]`` in one pass, or None without layers."""
+    if not layer_names:
+        return None
+    outputs = [model.outputs[0]] + [model.get_layer(name).output for name in layer_names]
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+
+
+def _split_targets(y):
+    """Returns ``(labels, cached_teacher_logits)`` from plain labels or a cache_teacher dict."""
+    if isinstance(y, dict) and TEACHER_LOGITS_KEY in y:
+        unknown = set(y) - {LABELS_KEY, TEACHER_LOGITS_KEY}
+        if unknown:
+            raise ValueError(
+                f"Cached targets have unexpected keys {sorted(unknown)}; build them with "
+                "distiller.cache_teacher(x, y)."
+            )
+        return y.get(LABELS_KEY), y[TEACHER_LOGITS_KEY]
+    return y, None
+
+
+def _check_cached_logits(cached_logits, y_pred):
+    if tuple(cached_logits.shape[1:]) != tuple(y_pred.shape[1:]):
+        raise ValueError(
+            f"Cached teacher logits of shape {tuple(cached_logits.shape)} do not match the "
+            f"student's output shape {tuple(y_pred.shape)}. Rebuild the cache with this "
+            "distiller's cache_teacher()."
+        )
+
+
+def _loss_name(loss):
+    return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
+
+
+def _loss_kind(loss):
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        return "sparse"
+    if isinstance(loss, keras.losses.CategoricalCrossentropy):
+        return "categorical"
+    name = getattr(loss, "__name__", "")
+    if name == "sparse_categorical_crossentropy":
+        return "sparse"
+    if name == "categorical_crossentropy":
+        return "categorical"
+    return None
+
+
+def _is_sparse_loss(loss):
+    return _loss_kind(loss) == "sparse"
+
+
+def _is_categorical_loss(loss):
+    return _loss_kind(loss) == "categorical"
+
+
+def _expects_probabilities(loss):
+    """True for cross-entropies configured for probabilities (the Keras default)."""
+    kind = _loss_kind(loss)
+    if kind is None:
+        return False
+    if isinstance(loss, keras.losses.Loss):
+        return not loss.get_config().get("from_logits", False)
+    return True  # The bare functions default to from_logits=False.
+
+
+@contextlib.contextmanager
+def _clear_label_errors():
+    """Turns the in-graph label range check's TF error into a ValueError naming the labels."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as exc:
+        if _LABEL_RANGE_MARKER not in str(exc):
+            raise
+        values = re.findall(r"-?\d+", str(exc).split(_LABEL_RANGE_MARKER, 1)[1])[:3]
+        num_classes, low, high = (values + ["?"] * 3)[:3]
+        raise ValueError(
+            f"Labels must be class indices in [0, {num_classes}) for a student with {num_classes} "
+            f"logits, but a batch held labels from {low} to {high}. Fix the labels, or give the "
+            "student (and teacher) as many outputs as there are classes."
+        ) from None
