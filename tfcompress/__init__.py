@@ -21,3 +21,4 @@ from tfcompress.convert import ConversionError, ConvertedModel, QuantizationAudi
 from tfcompress.representative import RepresentativeDataError  # noqa: E402
 from tfcompress.tflite_file import InvalidTFLiteFileError, inspect as inspect_tflite  # noqa: E402
 from tfcompress.evaluate import EvaluationReport, compare, evaluate_tflite  # noqa: E402
+from tfcompress.distill import Distiller  # noqa: E402

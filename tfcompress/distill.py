@@ -287,6 +287,8 @@ class Distiller(keras.distillation.Distiller):
                 teacher_logits = teacher_outputs[0]
             else:
                 teacher_logits = self.teacher(x, training=False)
+            # The teacher's outputs are targets: no gradient may flow into the teacher.
+            teacher_logits = keras.ops.stop_gradient(teacher_logits)
             distill_loss = self.logits_distillation.compute_loss(teacher_logits, y_pred)
             if self.feature_layers:
                 # The student's training flag matters here: with training=True in evaluate,
@@ -296,7 +298,7 @@ class Distiller(keras.distillation.Distiller):
                     self.distillation_losses[1:], teacher_outputs[1:], student_outputs[1:]
                 ):
                     distill_loss = distill_loss + self.feature_weight * feature_loss.compute_loss(
-                        teacher_act, student_act
+                        keras.ops.stop_gradient(teacher_act), student_act
                     )
 
         total = self.alpha * hard_loss + (1.0 - self.alpha) * distill_loss
