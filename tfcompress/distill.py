@@ -312,6 +312,14 @@ class Distiller(keras.distillation.Distiller):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         labels, _ = _split_targets(y)
+        if labels is None:
+            if self._compile_args and self._compile_args["metrics"]:
+                raise ValueError(
+                    f"metrics={self._compile_args['metrics']!r} need labels, but this batch has "
+                    "none. Compile without metrics to train on unlabeled data, and evaluate the "
+                    "student on labeled data afterwards."
+                )
+            return self.get_metrics_result()
         return super().compute_metrics(x, labels, y_pred, sample_weight)
 
     def fit(self, *args, **kwargs):
@@ -454,7 +462,7 @@ def _feature_model(model, layer_names):
     if not layer_names:
         return None
     outputs = [model.outputs[0]] + [model.get_layer(name).output for name in layer_names]
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+    return keras.Model(model.input, outputs, name=f"{model.name}_features")
 
 
 def _split_targets(y):

@@ -1,0 +1,324 @@
+"""Distiller on real TensorFlow with sklearn's 8x8 digits (seconds per test)."""
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfcompress as tfc
+from tfcompress.distill import LABELS_KEY, TEACHER_LOGITS_KEY
+
+INPUT_SHAPE = (8, 8, 1)
+
+
+def _teacher(num_classes=10, name="teacher"):
+    """A conv teacher with BatchNormalization, a 32-wide "gap" (like the student's) and a big head."""
+    inputs = keras.Input(INPUT_SHAPE, name="image")
+    x = keras.layers.Conv2D(32, 3, padding="same", name="t_conv1")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="t_bn1")(x)
+    x = keras.layers.ReLU(name="t_relu1")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", name="t_conv2")(x)
+    x = keras.layers.ReLU(name="t_relu2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(512, activation="relu", name="t_fc")(x)
+    outputs = keras.layers.Dense(num_classes, name="t_logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _student(num_classes=10):
+    """zoo.small_student's layers, with a BatchNormalization momentum that settles in a few
+    hundred digits steps (the default 0.99 needs thousands before evaluation is meaningful)."""
+    inputs = keras.Input(INPUT_SHAPE, name="image")
+    x = inputs
+    for i, filters in enumerate((16, 32), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="student")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return tfc.datasets.digits()
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    (x, y), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    model = tfc.zoo.compile_classifier(_teacher(), learning_rate=3e-3)
+    model.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
+    assert accuracy > 0.8, f"test teacher too weak to distil from: accuracy {accuracy:.3f}"
+    return model
+
+
+def _distiller(teacher, **kwargs):
+    distiller = tfc.Distiller(teacher, _student(), **kwargs)
+    distiller.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"])
+    return distiller
+
+
+def _weights(model):
+    return [w.numpy().copy() for w in model.weights]
+
+
+def _softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_is_a_keras_distiller_and_trains_only_the_student(teacher):
+    distiller = _distiller(teacher)
+    assert isinstance(distiller, keras.distillation.Distiller)
+    assert not teacher.trainable
+    trainable = {id(w) for w in distiller.trainable_weights}
+    assert trainable == {id(w) for w in distiller.student.trainable_weights}
+
+
+def test_gradients_reach_only_the_student(teacher, digits):
+    (x, y), _ = digits
+    distiller = _distiller(teacher, alpha=0.3, feature_layers={"gap": "gap"})
+    every_variable = teacher.weights + distiller.student.trainable_weights
+    with tf.GradientTape() as tape:
+        # Watching the teacher's variables too: only stop_gradient keeps them out.
+        tape.watch([v.value for v in teacher.weights])
+        loss = distiller.compute_loss(x[:64], y[:64], training=True)
+    gradients = tape.gradient(loss, [v.value for v in every_variable])
+    teacher_grads = gradients[: len(teacher.weights)]
+    student_grads = gradients[len(teacher.weights):]
+    assert all(g is None for g in teacher_grads)
+    assert all(g is not None and np.any(g.numpy() != 0) for g in student_grads)
+
+
+def test_fit_leaves_teacher_and_its_batchnorm_statistics_unchanged(teacher, digits):
+    (x, y), _ = digits
+    before_teacher = _weights(teacher)
+    distiller = _distiller(teacher, feature_layers={"gap": "gap"})
+    before_student = _weights(distiller.student)
+    distiller.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    for before, after in zip(before_teacher, teacher.weights):
+        np.testing.assert_array_equal(before, after.numpy(), err_msg=after.path)
+    assert any(not np.array_equal(b, a.numpy()) for b, a in zip(before_student, distiller.student.weights))
+
+
+@pytest.mark.parametrize("temperature, alpha", [(1.0, 0.5), (4.0, 0.1), (8.0, 0.0), (2.0, 1.0)])
+def test_loss_is_alpha_hard_plus_one_minus_alpha_t_squared_kl(teacher, digits, temperature, alpha):
+    (x, y), _ = digits
+    x, y = x[:50], y[:50]
+    distiller = _distiller(teacher, temperature=temperature, alpha=alpha)
+    student_logits = distiller.student(x, training=False).numpy().astype(np.float64)
+    teacher_logits = teacher(x, training=False).numpy().astype(np.float64)
+
+    hard = -np.mean(np.log(_softmax(student_logits))[np.arange(len(y)), y])
+    p_teacher = _softmax(teacher_logits / temperature)
+    p_student = _softmax(student_logits / temperature)
+    kl = np.mean(np.sum(p_teacher * np.log(p_teacher / p_student), axis=-1))
+    expected = alpha * hard + (1 - alpha) * temperature**2 * kl
+
+    loss = distiller.compute_loss(x, y, distiller.student(x, training=False), training=False)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+    np.testing.assert_allclose(float(distiller.student_loss_tracker.result()), hard if alpha > 0 else 0, rtol=1e-4)
+    np.testing.assert_allclose(
+        float(distiller.distillation_loss_tracker.result()), temperature**2 * kl if alpha < 1 else 0, rtol=1e-4
+    )
+
+
+def test_feature_loss_is_weighted_mse_inside_the_distillation_term(teacher, digits):
+    (x, y), _ = digits
+    x, y = x[:40], y[:40]
+    temperature, alpha, feature_weight = 3.0, 0.25, 0.5
+    distiller = _distiller(
+        teacher, temperature=temperature, alpha=alpha, feature_layers={"gap": "gap"}, feature_weight=feature_weight
+    )
+    student = distiller.student
+    student_logits = student(x, training=False).numpy().astype(np.float64)
+    teacher_logits = teacher(x, training=False).numpy().astype(np.float64)
+    teacher_gap = keras.Model(teacher.input, teacher.get_layer("gap").output)(x).numpy()
+    student_gap = keras.Model(student.input, student.get_layer("gap").output)(x).numpy()
+
+    hard = -np.mean(np.log(_softmax(student_logits))[np.arange(len(y)), y])
+    p_teacher = _softmax(teacher_logits / temperature)
+    kl = np.mean(np.sum(p_teacher * np.log(p_teacher / _softmax(student_logits / temperature)), axis=-1))
+    mse = np.mean((teacher_gap.astype(np.float64) - student_gap) ** 2)
+    expected = alpha * hard + (1 - alpha) * (temperature**2 * kl + feature_weight * mse)
+
+    loss = distiller.compute_loss(x, y, student(x, training=False), training=False)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+
+
+def test_evaluate_with_feature_layers_leaves_student_batchnorm_alone(teacher, digits):
+    # keras.distillation.Distiller 3.15 runs the student's feature pass with training=True
+    # even in evaluate, which moves its BatchNormalization statistics.
+    (x, y), (x_test, y_test) = digits
+    distiller = _distiller(teacher, feature_layers={"gap": "gap"})
+    distiller.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    before = _weights(distiller.student)
+    distiller.evaluate(x_test, y_test, verbose=0)
+    for b, a in zip(before, distiller.student.weights):
+        np.testing.assert_array_equal(b, a.numpy(), err_msg=a.path)
+
+
+def test_cached_and_uncached_give_the_same_loss_on_the_same_batch(teacher, digits):
+    (x, y), _ = digits
+    distiller = _distiller(teacher, temperature=4.0, alpha=0.2)
+    dataset = distiller.cache_teacher(x, y, batch_size=64, shuffle=False)
+    images, targets = next(iter(dataset))
+    assert set(targets) == {LABELS_KEY, TEACHER_LOGITS_KEY}
+    np.testing.assert_array_equal(images.numpy(), x[:64])
+
+    y_pred = distiller.student(images, training=False)
+    uncached = distiller.compute_loss(images, y[:64], y_pred, training=False)
+    cached = distiller.compute_loss(images, targets, y_pred, training=False)
+    np.testing.assert_allclose(float(cached), float(uncached), rtol=1e-6)
+
+    plain = distiller.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    from_cache = distiller.evaluate(dataset, verbose=0, return_dict=True)
+    for name in ("loss", "accuracy", "student_loss", "distillation_loss"):
+        np.testing.assert_allclose(from_cache[name], plain[name], rtol=1e-5, err_msg=name)
+
+
+def test_fit_on_cached_teacher_learns(teacher, digits):
+    (x, y), (x_test, y_test) = digits
+    keras.utils.set_random_seed(1)
+    distiller = _distiller(teacher)
+    distiller.fit(distiller.cache_teacher(x, y, batch_size=32, seed=1), epochs=4, shuffle=False, verbose=0)
+    accuracy = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
+    assert accuracy > 0.5
+
+
+def test_alpha_zero_trains_from_the_teacher_without_labels(teacher, digits):
+    (x, _), _ = digits
+    distiller = tfc.Distiller(teacher, _student(), alpha=0.0)
+    distiller.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = distiller.fit(distiller.cache_teacher(x, batch_size=64), epochs=2, shuffle=False, verbose=0)
+    losses = history.history["loss"]
+    assert losses[1] < losses[0]
+
+
+def test_saving_the_distiller_round_trips(teacher, digits, tmp_path):
+    (x, y), (x_test, y_test) = digits
+    distiller = _distiller(teacher, temperature=3.0, alpha=0.3, feature_layers={"gap": "gap"}, feature_weight=0.2)
+    distiller.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0)
+    path = tmp_path / "distiller.keras"
+    distiller.save(path)
+    loaded = keras.models.load_model(path)
+
+    assert isinstance(loaded, tfc.Distiller)
+    assert (loaded.temperature, loaded.alpha, loaded.feature_weight) == (3.0, 0.3, 0.2)
+    assert loaded.feature_layers == {"gap": "gap"}
+    np.testing.assert_allclose(loaded.predict(x_test, verbose=0), distiller.predict(x_test, verbose=0), atol=1e-6)
+    for a, b in zip(distiller.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    expected = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    got = loaded.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
+    np.testing.assert_allclose(got["accuracy"], expected["accuracy"])
+    loaded.fit(x[:128], y[:128], epochs=1, verbose=0)  # Still compiled and trainable.
+
+
+def test_exported_student_holds_no_teacher_weights(teacher, digits, tmp_path):
+    (x, y), _ = digits
+    distiller = _distiller(teacher)
+    distiller.fit(x[:256], y[:256], epochs=1, verbose=0)
+    teacher_names = {layer.name for layer in teacher.layers} - {"image", "gap"}
+
+    path = tmp_path / "student.keras"
+    distiller.student.save(path)
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    saved_layers = {layer["config"]["name"] for layer in config["config"]["layers"]}
+    assert not saved_layers & teacher_names
+    reloaded = keras.models.load_model(path)
+    assert reloaded.count_params() == distiller.student.count_params()
+
+    teacher_bytes = 4 * teacher.count_params()
+    for model in (distiller.student, distiller):  # to_tflite exports a Distiller's student.
+        flatbuffer = tfc.to_tflite(model)
+        assert len(flatbuffer) < teacher_bytes / 4
+        assert not any(name in bytes(flatbuffer).decode("latin-1") for name in ("t_fc", "t_conv1", "t_logits"))
+
+
+# --- Clear errors ------------------------------------------------------------
+
+
+def test_output_shapes_must_match(teacher):
+    with pytest.raises(ValueError, match=r"output shape \(None, 10\) does not match the student .*\(None, 5\)"):
+        tfc.Distiller(teacher, _student(num_classes=5))
+
+
+def test_teacher_must_be_built():
+    unbuilt = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(10)], name="lazy")
+    with pytest.raises(ValueError, match="teacher 'lazy' is not built"):
+        tfc.Distiller(unbuilt, _student())
+
+
+def test_models_must_output_logits(teacher):
+    inputs = keras.Input(INPUT_SHAPE)
+    probabilities = keras.layers.Dense(10, activation="softmax", name="probs")(keras.layers.Flatten()(inputs))
+    with pytest.raises(ValueError, match="ends in a softmax \\(layer 'probs'\\)"):
+        tfc.Distiller(keras.Model(inputs, probabilities, name="soft"), _student())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": 0.0}, r"temperature must be > 0, got temperature=0.0"),
+        ({"temperature": -2}, r"temperature must be > 0, got temperature=-2"),
+        ({"temperature": float("nan")}, r"temperature must be a finite number, got temperature=nan"),
+        ({"temperature": "4"}, r"temperature must be a finite number, got temperature='4'"),
+        ({"alpha": 1.5}, r"alpha must be in \[0, 1\], got alpha=1.5"),
+        ({"alpha": -0.1}, r"alpha must be in \[0, 1\], got alpha=-0.1"),
+        ({"feature_weight": -1}, r"feature_weight must be >= 0"),
+        ({"feature_layers": {"nope": "gap"}}, r"teacher layer 'nope', which 'teacher' does not have"),
+        ({"feature_layers": {"t_relu1": "relu1"}}, r"needs equal shapes"),
+    ],
+)
+def test_bad_arguments_are_named(teacher, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tfc.Distiller(teacher, _student(), **kwargs)
+
+
+def test_one_hot_labels_with_sparse_loss_are_explained(teacher, digits):
+    (x, y), _ = digits
+    distiller = _distiller(teacher)
+    with pytest.raises(ValueError, match=r"look one-hot.*CategoricalCrossentropy\(from_logits=True\)"):
+        distiller.fit(x[:64], keras.utils.to_categorical(y[:64], 10), epochs=1, verbose=0)
+
+
+def test_out_of_range_labels_are_explained(teacher, digits):
+    (x, y), _ = digits
+    distiller = _distiller(teacher)
+    bad = y[:64].copy()
+    bad[3] = 12
+    with pytest.raises(ValueError, match=r"class indices in \[0, 10\).*labels from 0 to 12"):
+        distiller.fit(x[:64], bad, epochs=1, verbose=0)
+
+
+def test_probability_losses_are_refused(teacher):
+    distiller = tfc.Distiller(teacher, _student())
+    with pytest.raises(ValueError, match="expects probabilities"):
+        distiller.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="expects probabilities"):
+        distiller.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy())
+
+
+def test_missing_labels_with_positive_alpha_are_explained(teacher, digits):
+    (x, _), _ = digits
+    distiller = _distiller(teacher, alpha=0.5)
+    with pytest.raises(ValueError, match=r"y is None but alpha=0.5"):
+        distiller.cache_teacher(x)
+
+
+def test_cache_refuses_feature_distillation(teacher, digits):
+    (x, y), _ = digits
+    distiller = _distiller(teacher, feature_layers={"gap": "gap"})
+    with pytest.raises(ValueError, match="caches only the teacher's logits"):
+        distiller.cache_teacher(x, y)
