@@ -1,0 +1,3 @@
+from tfcompress.cli import run
+
+run()

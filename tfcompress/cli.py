@@ -1,0 +1,262 @@
+"""The ``tfcompress`` command line: ``tfcompress <command> [flags]`` (also ``python -m tfcompress``).
+
+Each command defines its own absl flags, so ``tfcompress <command> --help`` lists
+exactly the flags of that command with their defaults. Failures exit non-zero
+with one line naming the problem; outputs are written atomically and never
+overwrite without ``--overwrite``.
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+FLAGS = flags.FLAGS
+
+
+class UsageError(Exception):
+    """A bad command line; printed as one line, exit code 2."""
+
+
+def _define_common():
+    flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
+
+
+def _define_data():
+    flags.DEFINE_string(
+        "data", "fashion_mnist",
+        "Dataset: a Keras dataset name known to tfcompress (fashion_mnist, digits) or an .npz file "
+        "holding x_train, y_train, x_test, y_test.")
+    flags.DEFINE_integer("limit_test", None, "Evaluate on the first N test samples only.")
+
+
+def _define_model_loading():
+    flags.DEFINE_boolean(
+        "unsafe", False,
+        "Allow loading .keras models whose Lambda layers carry Python code (Keras safe_mode off). Only "
+        "for files you trust: loading such a model runs its code.")
+
+
+def load_data(spec, limit_test=None):
+    """``fashion_mnist`` / ``digits`` / ``path.npz`` → ``((x_train, y_train), (x_test, y_test))``."""
+    import numpy as np
+
+    from tfcompress import datasets
+
+    if spec.endswith(".npz"):
+        if not os.path.exists(spec):
+            raise UsageError(f"--data={spec!r}: file not found.")
+        try:
+            with np.load(spec, allow_pickle=False) as npz:
+                missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
+                if missing:
+                    raise UsageError(
+                        f"--data={spec!r} lacks arrays {missing}; it must hold x_train, y_train, x_test, y_test "
+                        f"(it holds {sorted(npz.files)}).")
+                (x, y), (xt, yt) = (npz["x_train"], npz["y_train"]), (npz["x_test"], npz["y_test"])
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"--data={spec!r} is not a readable .npz file ({type(exc).__name__}: {exc}).") from None
+        x, xt = x.astype("float32"), xt.astype("float32")
+    else:
+        try:
+            (x, y), (xt, yt) = datasets.load(spec)
+        except ValueError as exc:
+            raise UsageError(f"--data: {exc}") from None
+    if limit_test:
+        xt, yt = xt[:limit_test], yt[:limit_test]
+    return (x, y), (xt, yt)
+
+
+def load_keras_model(path, unsafe=False):
+    import keras
+
+    if not os.path.exists(path):
+        raise UsageError(f"model file {path!r} not found.")
+    if not path.endswith((".keras", ".h5")):
+        raise UsageError(f"model file {path!r} is not a .keras (or .h5) Keras model.")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise UsageError(
+                f"{path!r} contains a Lambda layer with Python code, refused in safe mode. If you trust the "
+                "file, pass --unsafe.") from None
+        raise UsageError(f"could not load {path!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _progress(message, start=None):
+    suffix = f" ({time.perf_counter() - start:.1f} s)" if start is not None else ""
+    print(f"[tfcompress] {message}{suffix}", flush=True)
+
+
+def _int_list(text, name):
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--{name}={text!r}: expected comma-separated integers, e.g. 1,2.") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"--{name}={text!r}: expected positive integers.")
+    return values
+
+
+# --- convert -----------------------------------------------------------------------------------
+
+def _define_convert():
+    from tfcompress.convert import MODES
+
+    _define_common()
+    _define_data()
+    _define_model_loading()
+    flags.DEFINE_enum("mode", "int8", list(MODES), "Conversion mode.")
+    flags.DEFINE_string("output", None, "Output .tflite path (default: MODEL_<mode>.tflite next to the model).")
+    flags.DEFINE_enum("io_type", "float32", ["float32", "int8", "uint8", "int16"], "Input/output tensor type.")
+    flags.DEFINE_boolean("sparse", False, "Store weights with the converter's sparse encoding.")
+    flags.DEFINE_list("keep_float", [], "Keras layer names to keep in float (int8 mode).")
+    flags.DEFINE_boolean("strict", False, "Fail if an int8 model still has float compute ops.")
+    flags.DEFINE_integer("calibration_samples", 200, "Training samples used to calibrate int8/int16x8.")
+
+
+def _convert(argv):
+    import tfcompress as tfc
+
+    if len(argv) != 2:
+        raise UsageError("usage: tfcompress convert MODEL.keras [--mode int8] [--output out.tflite]")
+    model_path = argv[1]
+    output = FLAGS.output or os.path.splitext(model_path)[0] + f"_{FLAGS.mode}.tflite"
+    tfc.files.check_writable(output, FLAGS.overwrite, argument="--output")
+    start = time.perf_counter()
+    model = load_keras_model(model_path, FLAGS.unsafe)
+    calibration = None
+    if FLAGS.mode in ("int8", "int16x8"):
+        (x, _), _ = load_data(FLAGS.data)
+        calibration = x[: FLAGS.calibration_samples]
+    b = tfc.to_tflite(
+        model, mode=FLAGS.mode, representative_data=calibration, output_path=output, overwrite=FLAGS.overwrite,
+        io_type=FLAGS.io_type, sparse=FLAGS.sparse, keep_float=FLAGS.keep_float or None, strict=FLAGS.strict,
+    )
+    _progress(f"wrote {output}: {len(b):,} bytes, ops {b.info.op_census_by_dtype}", start)
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+
+def _define_evaluate():
+    _define_common()
+    _define_data()
+    flags.DEFINE_string("threads", "1", "Comma-separated thread counts to time, e.g. 1,2.")
+    flags.DEFINE_list("backends", ["cpu", "xnnpack"], "Backends: cpu (built-in kernels), xnnpack.")
+    flags.DEFINE_integer("runs", 50, "Timed runs per backend and thread count.")
+    flags.DEFINE_string("json", None, "Also write the report as JSON to this path.")
+    flags.DEFINE_boolean("no_data", False, "Skip accuracy: time a synthetic input only.")
+
+
+def _evaluate(argv):
+    import tfcompress as tfc
+
+    if len(argv) < 2:
+        raise UsageError("usage: tfcompress evaluate MODEL.tflite [MODEL2.tflite ...] [--data fashion_mnist]")
+    threads = _int_list(FLAGS.threads, "threads")
+    if FLAGS.json:
+        tfc.files.check_writable(FLAGS.json, FLAGS.overwrite, argument="--json")
+    x = y = None
+    if not FLAGS.no_data:
+        _, (x, y) = load_data(FLAGS.data, FLAGS.limit_test)
+    reports = []
+    for path in argv[1:]:
+        start = time.perf_counter()
+        report = tfc.evaluate_tflite(path, x=x, y=y, backends=FLAGS.backends, threads=threads,
+                                     num_runs=FLAGS.runs, name=os.path.basename(path))
+        _progress(f"evaluated {path}", start)
+        reports.append(report)
+    for report in reports:
+        print(report.to_markdown())
+        print()
+    if len(reports) > 1:
+        print(tfc.compare(reports))
+    if FLAGS.json:
+        import json
+
+        payload = [r.to_dict() for r in reports]
+        tfc.write_atomic(FLAGS.json, json.dumps(payload if len(payload) > 1 else payload[0], indent=2),
+                         overwrite=FLAGS.overwrite)
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+def _define_demo():
+    _define_common()
+    flags.DEFINE_string("out", "demo_out", "Output folder for report.md, report.json, plots and .tflite files.")
+    flags.DEFINE_boolean("quick", False, "A fast run on a data subset (used by the tests).")
+    flags.DEFINE_integer("epochs", None, "Training epochs of the float model (default: 3).")
+    flags.DEFINE_string("threads", "1,2", "Comma-separated thread counts to time.")
+    flags.DEFINE_string("cache_dir", None, "Where the trained float model is cached (default ~/.cache/tfcompress).")
+
+
+def _demo(argv):
+    from tfcompress import demo
+
+    if len(argv) != 1:
+        raise UsageError(f"demo takes no positional arguments, got {argv[1:]}.")
+    demo.run(out_dir=FLAGS.out, quick=FLAGS.quick, epochs=FLAGS.epochs,
+             threads=_int_list(FLAGS.threads, "threads"), overwrite=FLAGS.overwrite, cache_dir=FLAGS.cache_dir)
+
+
+COMMANDS = {
+    "convert": (_define_convert, _convert, "Convert a .keras model to .tflite (float32/float16/dynamic/int8/int16x8)."),
+    "evaluate": (_define_evaluate, _evaluate, "Size, latency (CPU vs XNNPACK) and accuracy of .tflite files."),
+    "demo": (_define_demo, _demo, "The end-to-end demo on Fashion-MNIST: train, compress, evaluate, report."),
+}
+
+
+def _usage():
+    lines = ["usage: tfcompress <command> [flags]   (tfcompress <command> --help for its flags)", "", "commands:"]
+    lines += [f"  {name:<10} {doc}" for name, (_, _, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _known_errors():
+    from tfcompress.convert import ConversionError
+    from tfcompress.representative import RepresentativeDataError
+    from tfcompress.tflite_file import InvalidTFLiteFileError
+
+    return (UsageError, ConversionError, RepresentativeDataError, InvalidTFLiteFileError,
+            ValueError, TypeError, OSError, RuntimeError)
+
+
+def run(argv=None):
+    """Entry point of the ``tfcompress`` console script."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(_usage())
+        sys.exit(0 if len(argv) >= 2 else 2)
+    command = argv[1]
+    if command not in COMMANDS:
+        print(f"tfcompress: unknown command {command!r}.\n\n{_usage()}", file=sys.stderr)
+        sys.exit(2)
+    define, main, doc = COMMANDS[command]
+    define()
+    if any(a in ("-h", "--help", "-?") for a in argv[2:]):
+        # absl's own --help lists only the flags of the launching script's module, which here holds none.
+        print(f"usage: tfcompress {command} [flags]\n\n{doc}\n\nflags:")
+        print(FLAGS.module_help(__name__))
+        sys.exit(0)
+
+    def guarded_main(args):
+        if not FLAGS["verbosity"].present:
+            # TensorFlow logs every SavedModel export at INFO through absl; users want our progress lines.
+            absl_logging.set_verbosity(absl_logging.WARNING)
+        try:
+            main(args)
+        except _known_errors() as exc:
+            message = " ".join(str(exc).split())
+            print(f"tfcompress {command}: error: {message}", file=sys.stderr)
+            sys.exit(2 if isinstance(exc, UsageError) else 1)
+
+    app.run(guarded_main, argv=[f"tfcompress {command}"] + argv[2:])
+
+
+if __name__ == "__main__":
+    run()
