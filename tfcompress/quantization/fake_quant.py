@@ -1,0 +1,108 @@
+"""Fake quantization: float tensors rounded to the int8 grid TFLite will use.
+
+Both helpers go through `keras.quantizers.fake_quant_with_min_max_vars`, which on
+the TensorFlow backend emits `tf.quantization.fake_quant_with_min_max_vars(_per_channel)`:
+the ops the TFLite converter turns into int8 kernels, reusing their ranges as
+the tensors' scales and zero points.
+"""
+
+import keras
+from keras import ops
+
+# A zero-width range makes the quantization scale 0 and the op divide by it.
+_MIN_RANGE = 1e-6
+
+
+def fake_quant_weights(kernel, per_channel):
+    """Symmetric int8 fake quantization of a kernel whose output channels are the last axis.
+
+    Symmetric with ``narrow_range`` gives zero point 0 and the grid [-127, 127],
+    which is what TFLite requires for weights; 0 maps exactly to 0, so pruned
+    zeros survive.
+
+    Args:
+        kernel: float tensor, output channels last.
+        per_channel: one range per output channel (True) or one for the tensor.
+
+    Returns:
+        The kernel rounded to the int8 grid, as float. Gradients pass straight
+        through to ``kernel``; the range itself gets none (it is the kernel's
+        current absolute maximum, recomputed every step).
+    """
+    if per_channel:
+        reduce_axes = tuple(range(len(kernel.shape) - 1))
+        bound = ops.max(ops.abs(kernel), axis=reduce_axes)
+    else:
+        bound = ops.max(ops.abs(kernel))
+    bound = ops.stop_gradient(ops.maximum(bound, _MIN_RANGE))
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        kernel, -bound, bound, num_bits=8, narrow_range=True, axis=-1 if per_channel else None
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake-quantizes a tensor to asymmetric int8 with a moving-average range.
+
+    During training each batch's min and max (widened to include 0, as int8
+    needs an exact zero) update the range as exponential moving averages; at
+    inference, and once frozen, the range is fixed. The TFLite converter uses the
+    range as the int8 scale and zero point of this tensor.
+
+    Args:
+        ema_decay: decay of the moving averages. The first update copies the
+            batch range, and early ones use ``min(ema_decay, (1 + n) / (10 + n))``
+            so a fresh quantizer settles within a few batches.
+        **kwargs: base layer arguments such as ``name``.
+
+    Returns:
+        A tensor of the input's shape and dtype, on the int8 grid of the range.
+
+    Example:
+
+    >>> q = ActivationQuantizer(name="relu1_quant")
+    >>> y = q(keras.ops.convert_to_tensor([[-1.0, 0.5, 3.0]]), training=True)
+    """
+
+    def __init__(self, ema_decay=0.999, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}.")
+        self.ema_decay = float(ema_decay)
+        self.supports_masking = True
+
+    def build(self, input_shape=None):
+        # tfmot's initial range: wide enough for ReLU6 networks before any batch is seen.
+        self.range_min = self.add_weight(name="range_min", shape=(), initializer=keras.initializers.Constant(-6.0), trainable=False)
+        self.range_max = self.add_weight(name="range_max", shape=(), initializer=keras.initializers.Constant(6.0), trainable=False)
+        self.num_updates = self.add_weight(name="num_updates", shape=(), initializer="zeros", trainable=False)
+        # A variable rather than a Python flag, so freezing takes effect inside a running fit().
+        self.frozen = self.add_weight(name="frozen", shape=(), initializer="zeros", trainable=False)
+
+    def call(self, inputs, training=None):
+        if training:
+            self._update_range(inputs)
+        low = ops.minimum(self.range_min, 0.0)
+        high = ops.maximum(ops.maximum(self.range_max, 0.0), low + _MIN_RANGE)
+        return keras.quantizers.fake_quant_with_min_max_vars(inputs, low, high, num_bits=8, narrow_range=False)
+
+    def _update_range(self, inputs):
+        values = ops.stop_gradient(ops.cast(inputs, "float32"))
+        batch_min = ops.minimum(ops.min(values), 0.0)
+        batch_max = ops.maximum(ops.max(values), 0.0)
+        n = self.num_updates
+        decay = ops.where(n > 0, ops.minimum(self.ema_decay, (1.0 + n) / (10.0 + n)), 0.0)
+        new_min = decay * self.range_min + (1.0 - decay) * batch_min
+        new_max = decay * self.range_max + (1.0 - decay) * batch_max
+        frozen = self.frozen > 0
+        self.range_min.assign(ops.where(frozen, self.range_min, new_min))
+        self.range_max.assign(ops.where(frozen, self.range_max, new_max))
+        self.num_updates.assign(ops.where(frozen, n, n + 1.0))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["ema_decay"] = self.ema_decay
+        return config

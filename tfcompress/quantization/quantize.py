@@ -1,0 +1,437 @@
+"""`quantize_model`: a Keras 3 model in, a quantization-aware-training model out."""
+
+import dataclasses
+import difflib
+import warnings
+
+import keras
+import numpy as np
+
+from tfcompress.quantization import graph, registry
+from tfcompress.quantization.config import QuantizationConfig
+from tfcompress.quantization.fake_quant import ActivationQuantizer
+from tfcompress.quantization.quantized_layers import FUSABLE_ACTIVATIONS, QuantizedLayerMixin, activation_name
+
+# Ops TFLite can fuse a following ReLU/ReLU6 into, so their own output needs no range.
+_FUSES_ACTIVATION = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)
+
+
+@dataclasses.dataclass
+class QuantizationReport:
+    """What `quantize_model` did to each layer.
+
+    Attributes:
+        quantized: names of layers whose kernels are fake-quantized.
+        folded: ``(batch_norm_name, into_layer_name)`` pairs.
+        float_layers: ``(layer_name, reason)`` for layers left in float.
+    """
+
+    quantized: list = dataclasses.field(default_factory=list)
+    folded: list = dataclasses.field(default_factory=list)
+    float_layers: list = dataclasses.field(default_factory=list)
+
+    def to_markdown(self):
+        lines = [
+            f"Quantized layers: {len(self.quantized)}; folded BatchNormalization: {len(self.folded)}; "
+            f"float layers: {len(self.float_layers)}."
+        ]
+        if self.float_layers:
+            lines += ["", "| layer | kept float because |", "| --- | --- |"]
+            lines += [f"| {name} | {reason} |" for name, reason in self.float_layers]
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.to_markdown()
+
+
+@dataclasses.dataclass
+class _Plan:
+    action: str  # "quantize", "fold" (a BN folded away), "keep", "nested"
+    quantize_output: bool = False
+    fold_into: str = None
+    folded_bn: object = None
+    masked_kernels: tuple = ()
+
+
+def quantize_model(model, keep_float=None, config=None):
+    """Turns a Keras 3 model into a quantization-aware-training (QAT) model.
+
+    Kernels are fake-quantized to symmetric int8 (per-channel for convolutions,
+    per-tensor for Dense), activations to asymmetric int8 with moving-average
+    ranges, and a BatchNormalization right after a Conv/Dense layer is folded
+    into it. Train the result with ``fit`` as usual (a few epochs at a low
+    learning rate from a trained float model is typical), then convert with
+    ``tfc.to_tflite(qat_model, mode="int8", ...)``: the int8 file computes what
+    the QAT model computes at inference.
+
+    Works on built Sequential and Functional models, including nested
+    Sequential/Functional sub-models (their layers are quantized in place; a
+    BatchNormalization is only folded into a layer of the same sub-model).
+    Subclassed models cannot be rewritten: quantize their Functional or
+    Sequential parts instead. Layers the registry does not cover stay float and
+    are listed in ``qat_model.quantization_report`` (with a warning) rather
+    than raising.
+
+    The QAT model contains tfcompress layer classes registered with Keras, so
+    ``keras.models.load_model("qat.keras")`` works after ``import tfcompress``.
+
+    Args:
+        model: a built ``keras.Model`` (Sequential or Functional).
+        keep_float: layer name or names to leave in float (their kernels are
+            not quantized; their outputs still get an int8 range so the next
+            layer can run in int8).
+        config: a `QuantizationConfig`; defaults to ``QuantizationConfig()``.
+
+    Returns:
+        A new Functional ``keras.Model`` with the original layer names (folded
+        BatchNormalization layers disappear, ``<name>_quant`` activation
+        quantizers appear), the original weights, and the original compile
+        settings if the model was compiled. ``model`` is not modified.
+
+    Raises:
+        TypeError: ``model`` is not a Keras 3 model, is subclassed, or
+            ``config`` is not a `QuantizationConfig`.
+        ValueError: the model is not built, is already quantized, or a
+            ``keep_float`` name is not a layer of it.
+
+    Example:
+
+    >>> qat = tfc.quantize_model(model)
+    >>> tfc.zoo.compile_classifier(qat, learning_rate=1e-4)
+    >>> qat.fit(x, y, epochs=2)
+    >>> int8_bytes = tfc.to_tflite(qat, mode="int8", representative_data=x[:100])
+    """
+    config = _check_config(config)
+    _check_model(model)
+    keep_float = _check_keep_float(model, keep_float)
+    report = QuantizationReport()
+    quantized = _quantize_functional(model, keep_float, config, report, quantize_inputs=True)
+    if model.compiled:
+        quantized.compile_from_config(model.get_compile_config())
+    if report.float_layers:
+        listed = ", ".join(f"{name} ({reason})" for name, reason in report.float_layers)
+        warnings.warn(f"quantize_model left {len(report.float_layers)} layer(s) in float: {listed}.", stacklevel=2)
+    quantized.quantization_report = report
+    return quantized
+
+
+def freeze(model, frozen=True):
+    """Freezes activation ranges and folded BatchNormalization statistics of a QAT model.
+
+    Typical for the last epoch or two of QAT: weights keep training against
+    fixed ranges and statistics, which is what the int8 model will use. Takes
+    effect immediately, also inside a running ``fit`` (the switches are
+    variables). ``freeze(model, False)`` thaws them again.
+
+    Args:
+        model: a model returned by `quantize_model` (or loaded from one).
+        frozen: True to freeze, False to thaw.
+
+    Returns:
+        The number of layers switched.
+
+    Raises:
+        ValueError: ``model`` contains no quantized layer.
+    """
+    count = 0
+    for layer in _walk_layers(model):
+        if isinstance(layer, QuantizedLayerMixin):
+            layer.set_frozen(frozen)
+            count += 1
+        elif isinstance(layer, ActivationQuantizer):
+            layer.frozen.assign(1.0 if frozen else 0.0)
+            count += 1
+    if not count:
+        raise ValueError(
+            f"Model {getattr(model, 'name', model)!r} has no quantized layer to freeze; "
+            "pass the model returned by tfc.quantize_model."
+        )
+    return count
+
+
+class FreezeQuantization(keras.callbacks.Callback):
+    """Freezes activation ranges and folded BN statistics from a given epoch on.
+
+    Args:
+        start_epoch: 0-based epoch at whose beginning `freeze` is applied.
+
+    Example:
+
+    >>> qat.fit(x, y, epochs=4, callbacks=[tfc.quantization.FreezeQuantization(start_epoch=3)])
+    """
+
+    def __init__(self, start_epoch):
+        super().__init__()
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch!r}.")
+        self.start_epoch = start_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.start_epoch:
+            freeze(self.model)
+
+
+def _walk_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _walk_layers(layer)
+
+
+def _check_config(config):
+    if config is None:
+        return QuantizationConfig()
+    if not isinstance(config, QuantizationConfig):
+        raise TypeError(
+            f"config must be a tfc.QuantizationConfig, got {type(config).__name__}: {config!r}. "
+            "Example: tfc.QuantizationConfig(ema_decay=0.99)."
+        )
+    return config
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        module = type(model).__module__ or ""
+        hint = ""
+        if module.startswith(("tf_keras", "keras.src.engine", "tensorflow.python.keras")):
+            hint = " This looks like a tf_keras (Keras 2) model; rebuild it with Keras 3 (`import keras`)."
+        elif isinstance(model, keras.layers.Layer):
+            hint = " Wrap the layer in a model first: keras.Sequential([keras.Input(shape), layer])."
+        raise TypeError(f"quantize_model expects a Keras 3 keras.Model, got {type(model).__name__}: {model!r}.{hint}")
+    if not isinstance(model, keras.Sequential) and not _is_functional(model):
+        raise TypeError(
+            f"quantize_model cannot rewrite subclassed model {model.name!r} ({type(model).__name__}): its "
+            "graph lives in Python code. Build it with the Functional or Sequential API, or apply "
+            "quantize_model to the Functional/Sequential sub-models it calls."
+        )
+    if not model.built or not model.inputs:
+        raise ValueError(
+            f"Model {model.name!r} is not built, so its layers have no weights to quantize. "
+            "Give it an input shape (keras.Input or model.build(input_shape)) or call it on data first."
+        )
+    for layer in _walk_layers(model):
+        if isinstance(layer, (QuantizedLayerMixin, ActivationQuantizer)):
+            raise ValueError(
+                f"Model {model.name!r} is already quantized (layer {layer.name!r} is {type(layer).__name__}); "
+                "pass the original float model."
+            )
+
+
+def _is_functional(model):
+    # A Functional model's config lists its layers with their inbound nodes; keras.Model subclasses do not.
+    return type(model) is keras.Model or (hasattr(model, "inputs") and "Functional" in [c.__name__ for c in type(model).__mro__])
+
+
+def _check_keep_float(model, keep_float):
+    if keep_float is None:
+        return set()
+    names = [keep_float] if isinstance(keep_float, str) else keep_float
+    try:
+        names = list(names)
+    except TypeError:
+        raise TypeError(f"keep_float must be a layer name or a list of names, got {keep_float!r}.") from None
+    known = [layer.name for layer in _walk_layers(model)]
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"keep_float must hold layer names (str), got {name!r} in {keep_float!r}.")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f" Did you mean {close}?" if close else f" Layers: {known}."
+            raise ValueError(f"keep_float names layer {name!r}, which model {model.name!r} does not have.{hint}")
+    return set(names)
+
+
+def _as_functional(model):
+    if isinstance(model, keras.Sequential):
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    return model
+
+
+def _is_fusable_activation(layer):
+    if type(layer) is keras.layers.ReLU:
+        config = layer.get_config()
+        return not config.get("negative_slope") and not config.get("threshold") and config.get("max_value") in (None, 6.0, 6)
+    if type(layer) is keras.layers.Activation:
+        return activation_name(layer.activation) in FUSABLE_ACTIVATIONS
+    return False
+
+
+def _float_reason(layer, spec, keep_float):
+    """Why ``layer`` stays float, or None when it can be quantized."""
+    if layer.name in keep_float:
+        return "listed in keep_float"
+    if spec is None:
+        return f"{type(layer).__name__} is not in the quantization registry"
+    if getattr(layer, "quantization_mode", None):
+        return f"already quantized by Keras (quantization_mode={layer.quantization_mode!r})"
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return "data_format='channels_first'; TFLite kernels are channels_last"
+    if layer.dtype_policy.compute_dtype != "float32":
+        return f"dtype policy {layer.dtype_policy.name!r}; quantization needs float32"
+    activation = getattr(layer, "activation", None)
+    if activation is not None and activation_name(activation) not in registry.SUPPORTED_ACTIVATIONS:
+        return f"activation {activation_name(activation)!r} has no int8 TFLite kernel"
+    return None
+
+
+def _plan(model, nodes, keep_float, config, report, prefix):
+    plans = {}
+    for name, node in nodes.items():
+        layer = model.get_layer(name)
+        if isinstance(layer, keras.layers.InputLayer):
+            plans[name] = _Plan("keep")
+            continue
+        if isinstance(layer, keras.Model):
+            plans[name] = _Plan("nested")
+            continue
+        spec = registry.lookup(layer)
+        reason = _float_reason(layer, spec, keep_float)
+        if reason is not None:
+            report.float_layers.append((prefix + name, reason))
+            plans[name] = _Plan("keep", quantize_output=True)
+        elif spec.kind == "weighted":
+            masked = ()
+            if config.preserve_zeros:
+                masked = tuple(w for w in spec.quantized_weights if np.any(keras.ops.convert_to_numpy(getattr(layer, w)) == 0))
+            plans[name] = _Plan("quantize", quantize_output=True, masked_kernels=masked)
+            report.quantized.append(prefix + name)
+        else:
+            plans[name] = _Plan("keep", quantize_output=spec.kind == "output")
+
+    if config.fold_batch_norm:
+        for name, node in nodes.items():
+            layer = model.get_layer(name)
+            if type(layer) is not keras.layers.BatchNormalization or name in keep_float or not node.single_call:
+                continue
+            producers = node.producers
+            if len(producers) != 1 or plans[producers[0]].action != "quantize":
+                continue
+            source = nodes[producers[0]]
+            source_layer = model.get_layer(source.name)
+            rank = len(source_layer.output.shape)
+            if (
+                source.single_call
+                and source.consumers == [name]
+                and not source.is_output
+                and plans[source.name].folded_bn is None
+                and activation_name(source_layer.activation) == "linear"
+                and layer.axis in (-1, rank - 1)
+            ):
+                plans[name] = _Plan("fold", fold_into=source.name)
+                plans[source.name].folded_bn = layer
+                report.folded.append((prefix + name, prefix + source.name))
+
+    # A ReLU/ReLU6 that TFLite fuses into the op before it carries that op's output range.
+    for name, node in nodes.items():
+        plan = plans[name]
+        layer = model.get_layer(name)
+        fuses = plan.action == "quantize" or (type(layer) in _FUSES_ACTIVATION and name not in keep_float)
+        if not fuses or not node.single_call:
+            continue
+        output_node = node
+        if plan.folded_bn is not None:
+            output_node = nodes[plan.folded_bn.name]
+        if output_node.is_output or len(output_node.consumers) != 1:
+            continue
+        consumer = nodes[output_node.consumers[0]]
+        consumer_layer = model.get_layer(consumer.name)
+        if consumer.single_call and consumer.name not in keep_float and _is_fusable_activation(consumer_layer):
+            plan.quantize_output = False
+    return plans
+
+
+def _qat_options(plan, config):
+    options = {"per_channel": config.per_channel, "ema_decay": config.ema_decay, "masked_kernels": list(plan.masked_kernels)}
+    if plan.folded_bn is not None:
+        bn = plan.folded_bn
+        options["batch_norm"] = {"epsilon": float(bn.epsilon), "momentum": float(bn.momentum)}
+    return options
+
+
+def _clone_layer(layer):
+    try:
+        return type(layer).from_config(layer.get_config())
+    except Exception:  # noqa: BLE001 - e.g. a Lambda that cannot be rebuilt from its config
+        # Sharing the instance keeps the model correct; the layer's weights are then shared too.
+        return layer
+
+
+def _quantize_functional(model, keep_float, config, report, quantize_inputs, prefix=""):
+    functional = _as_functional(model)
+    nodes = graph.read_graph(functional)
+    plans = _plan(functional, nodes, keep_float, config, report, prefix)
+    originals = {}
+    used_names = {layer.name for layer in functional.layers}
+
+    def unique_name(base):
+        name, i = base, 1
+        while name in used_names:
+            name, i = f"{base}_{i}", i + 1
+        used_names.add(name)
+        return name
+
+    def clone_function(layer):
+        plan = plans[layer.name]
+        originals[layer.name] = layer
+        if plan.action == "nested":
+            return _quantize_functional(layer, keep_float, config, report, False, prefix=f"{prefix}{layer.name}/")
+        if plan.action == "quantize":
+            layer_config = layer.get_config()
+            layer_config["qat_options"] = _qat_options(plan, config)
+            return registry.lookup(layer).quantized_class.from_config(layer_config)
+        return _clone_layer(layer)
+
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in functional.inputs]
+    quantized_inputs = {}
+
+    def quantize_input(tensor):
+        if not quantize_inputs or not any(tensor is t for t in inputs) or "float" not in str(tensor.dtype):
+            return tensor
+        key = id(tensor)
+        if key not in quantized_inputs:
+            quantized_inputs[key] = ActivationQuantizer(config.ema_decay, name=unique_name(f"{tensor.name}_quant"))(tensor)
+        return quantized_inputs[key]
+
+    def call_function(layer, *args, **kwargs):
+        plan = plans[layer.name]
+        args, kwargs = keras.tree.map_structure(quantize_input, (args, kwargs))
+        if plan.action == "fold":
+            return args[0]
+        outputs = layer(*args, **kwargs)
+        if plan.quantize_output:
+            outputs = keras.tree.map_structure(
+                lambda t: ActivationQuantizer(config.ema_decay, name=unique_name(f"{layer.name}_quant"))(t), outputs
+            )
+        return outputs
+
+    structured_inputs = inputs if isinstance(functional.input, (list, tuple)) else inputs[0]
+    if isinstance(functional.input, dict):
+        structured_inputs = dict(zip(functional.input.keys(), inputs))
+    quantized = keras.models.clone_model(
+        functional, input_tensors=structured_inputs, clone_function=clone_function, call_function=call_function
+    )
+    for new_layer in quantized.layers:
+        original = originals.get(new_layer.name)
+        if original is None or original is new_layer or isinstance(new_layer, keras.Model):
+            continue
+        _copy_weights(original, new_layer, plans[new_layer.name])
+    return quantized
+
+
+def _copy_weights(original, new_layer, plan):
+    if plan.action != "quantize":
+        new_layer.set_weights(original.get_weights())
+        return
+    for name in ("kernel", "depthwise_kernel", "pointwise_kernel", "bias"):
+        source = getattr(original, name, None)
+        if source is not None:
+            getattr(new_layer, name).assign(source)
+    for name, mask in new_layer.kernel_masks.items():
+        mask.assign(keras.ops.cast(keras.ops.not_equal(getattr(original, name), 0), mask.dtype))
+    bn = plan.folded_bn
+    if bn is not None:
+        channels = new_layer.bn_gamma.shape[0]
+        new_layer.bn_gamma.assign(bn.gamma if bn.scale else np.ones(channels, "float32"))
+        new_layer.bn_beta.assign(bn.beta if bn.center else np.zeros(channels, "float32"))
+        new_layer.bn_moving_mean.assign(bn.moving_mean)
+        new_layer.bn_moving_variance.assign(bn.moving_variance)

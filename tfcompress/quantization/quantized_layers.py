@@ -1,0 +1,292 @@
+"""Keras layers with fake-quantized kernels and, optionally, a folded BatchNormalization.
+
+Each class subclasses the Keras layer it replaces (same constructor arguments,
+same ``kernel``/``bias`` weights, same name), adding one ``qat_options`` argument.
+They are registered under the ``tfcompress`` package, so a saved QAT model loads
+with plain ``keras.models.load_model`` once ``tfcompress`` is imported.
+"""
+
+import keras
+from keras import layers, ops
+
+from tfcompress.quantization import folding
+from tfcompress.quantization.fake_quant import ActivationQuantizer, fake_quant_weights
+
+# TFLite fuses these into the preceding op; anything else runs as its own int8
+# op and needs a quantized input.
+FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
+
+
+def activation_name(activation):
+    return getattr(activation, "__name__", None) if activation is not None else "linear"
+
+
+def _default_options():
+    return {"per_channel": True, "ema_decay": 0.999, "batch_norm": None, "masked_kernels": []}
+
+
+class QuantizedLayerMixin:
+    """Shared QAT behaviour of the quantized Conv/Dense classes.
+
+    ``qat_options`` (a dict, so it serializes as is):
+        per_channel: per-channel kernel ranges (ignored where TFLite needs per-tensor).
+        ema_decay: decay of the internal activation quantizers.
+        batch_norm: ``None``, or ``{"epsilon", "momentum"}`` of a folded BatchNormalization;
+            the layer then owns ``bn_gamma``, ``bn_beta``, ``bn_moving_mean``, ``bn_moving_variance``.
+        masked_kernels: names of kernels whose zeros are kept (pruning-preserving QAT);
+            each gets a ``<name>_mask`` weight.
+    """
+
+    kernel_names = ("kernel",)
+    fold_kernel_name = "kernel"
+    supports_per_channel = True
+
+    def __init__(self, *args, qat_options=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        options = _default_options()
+        options.update(qat_options or {})
+        unknown = sorted(set(options) - set(_default_options()))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r}: unknown qat_options {unknown}; "
+                f"valid keys are {sorted(_default_options())}."
+            )
+        self.qat_options = options
+        self.pre_activation_quantizer = None
+        if activation_name(self.activation) not in FUSABLE_ACTIVATIONS:
+            # The activation is a separate int8 op whose input needs its own range.
+            self.pre_activation_quantizer = ActivationQuantizer(options["ema_decay"], name="pre_activation_quantizer")
+
+    # Channel views: the folding factor and per-channel ranges apply on the last axis.
+    def channels_last(self, name, kernel):
+        return kernel
+
+    def from_channels_last(self, name, view, shape):
+        return view
+
+    def linear(self, inputs, kernels, training):
+        raise NotImplementedError
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        options = self.qat_options
+        channels = self.channels_last(self.fold_kernel_name, getattr(self, self.fold_kernel_name)).shape[-1]
+        if options["batch_norm"] is not None:
+            self.bn_gamma = self.add_weight(name="bn_gamma", shape=(channels,), initializer="ones")
+            self.bn_beta = self.add_weight(name="bn_beta", shape=(channels,), initializer="zeros")
+            self.bn_moving_mean = self.add_weight(
+                name="bn_moving_mean", shape=(channels,), initializer="zeros", trainable=False
+            )
+            self.bn_moving_variance = self.add_weight(
+                name="bn_moving_variance", shape=(channels,), initializer="ones", trainable=False
+            )
+            # A variable, not a Python flag, so freezing takes effect inside a running fit().
+            self.bn_frozen = self.add_weight(name="bn_frozen", shape=(), initializer="zeros", trainable=False)
+        self.kernel_masks = {}
+        for name in options["masked_kernels"]:
+            shape = tuple(getattr(self, name).shape)
+            self.kernel_masks[name] = self.add_weight(name=f"{name}_mask", shape=shape, initializer="ones", trainable=False)
+        for quantizer in self.activation_quantizers():
+            quantizer.build(None)
+
+    def activation_quantizers(self):
+        return [q for q in (self.pre_activation_quantizer,) if q is not None]
+
+    def set_frozen(self, frozen):
+        """Freezes (or thaws) folded BN statistics and every activation range of this layer."""
+        value = 1.0 if frozen else 0.0
+        if self.qat_options["batch_norm"] is not None:
+            self.bn_frozen.assign(value)
+        for quantizer in self.activation_quantizers():
+            quantizer.frozen.assign(value)
+
+    def _quantized_kernels(self):
+        bn = self.qat_options["batch_norm"]
+        scale = None
+        if bn is not None:
+            scale = folding.fold_scale(self.bn_gamma, self.bn_moving_variance, bn["epsilon"])
+        kernels = {}
+        for name in self.kernel_names:
+            kernel = getattr(self, name)
+            if name in self.kernel_masks:
+                kernel = kernel * self.kernel_masks[name]
+            view = self.channels_last(name, kernel)
+            if scale is not None and name == self.fold_kernel_name:
+                view = view * scale
+            view = fake_quant_weights(view, self.qat_options["per_channel"] and self.supports_per_channel)
+            kernels[name] = self.from_channels_last(name, view, tuple(kernel.shape))
+        return kernels, scale
+
+    def call(self, inputs, training=None):
+        kernels, scale = self._quantized_kernels()
+        outputs = self.linear(inputs, kernels, training)
+        bias = self.bias if self.use_bias else ops.zeros((outputs.shape[-1],), outputs.dtype)
+        bn = self.qat_options["batch_norm"]
+        if bn is None:
+            if self.use_bias:
+                outputs = ops.add(outputs, bias)
+        else:
+            inference = ops.add(outputs, folding.folded_bias(bias, self.bn_beta, self.bn_moving_mean, scale))
+            if training:
+                trained, batch_mean, batch_variance = folding.batch_norm_training(
+                    outputs, scale, bias, self.bn_beta, self.bn_moving_variance, bn["epsilon"]
+                )
+                frozen = self.bn_frozen > 0
+                momentum = bn["momentum"]
+                for variable, batch_value in (
+                    (self.bn_moving_mean, batch_mean),
+                    (self.bn_moving_variance, batch_variance),
+                ):
+                    updated = variable * momentum + ops.stop_gradient(batch_value) * (1.0 - momentum)
+                    variable.assign(ops.where(frozen, variable, updated))
+                outputs = ops.where(frozen, inference, trained)
+            else:
+                outputs = inference
+        if self.pre_activation_quantizer is not None:
+            outputs = self.pre_activation_quantizer(outputs, training=training)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config["qat_options"] = dict(self.qat_options)
+        return config
+
+
+def _register(cls):
+    return keras.saving.register_keras_serializable(package="tfcompress")(cls)
+
+
+class _ConvMixin(QuantizedLayerMixin):
+    def linear(self, inputs, kernels, training):
+        return self.convolution_op(inputs, kernels["kernel"])
+
+
+@_register
+class QuantizedConv1D(_ConvMixin, layers.Conv1D):
+    """`keras.layers.Conv1D` with a per-channel int8 fake-quantized kernel (see `QuantizedLayerMixin`)."""
+
+
+@_register
+class QuantizedConv2D(_ConvMixin, layers.Conv2D):
+    """`keras.layers.Conv2D` with a per-channel int8 fake-quantized kernel (see `QuantizedLayerMixin`)."""
+
+
+@_register
+class QuantizedConv3D(_ConvMixin, layers.Conv3D):
+    """`keras.layers.Conv3D` with a per-channel int8 fake-quantized kernel (see `QuantizedLayerMixin`)."""
+
+
+class _DepthwiseMixin(QuantizedLayerMixin):
+    # Kernel (..., in, multiplier): TFLite's output channel is in * multiplier.
+    def channels_last(self, name, kernel):
+        shape = tuple(kernel.shape)
+        return ops.reshape(kernel, shape[:-2] + (shape[-2] * shape[-1],))
+
+    def from_channels_last(self, name, view, shape):
+        return ops.reshape(view, shape)
+
+    def linear(self, inputs, kernels, training):
+        return ops.depthwise_conv(
+            inputs,
+            kernels["kernel"],
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+
+
+@_register
+class QuantizedDepthwiseConv1D(_DepthwiseMixin, layers.DepthwiseConv1D):
+    """`keras.layers.DepthwiseConv1D` with a per-channel int8 fake-quantized kernel."""
+
+
+@_register
+class QuantizedDepthwiseConv2D(_DepthwiseMixin, layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` with a per-channel int8 fake-quantized kernel."""
+
+
+class _SeparableMixin(QuantizedLayerMixin):
+    kernel_names = ("depthwise_kernel", "pointwise_kernel")
+    fold_kernel_name = "pointwise_kernel"
+
+    def __init__(self, *args, qat_options=None, **kwargs):
+        super().__init__(*args, qat_options=qat_options, **kwargs)
+        # TFLite runs SeparableConv as DEPTHWISE_CONV_2D then CONV_2D; the tensor between needs a range.
+        self.intermediate_quantizer = ActivationQuantizer(self.qat_options["ema_decay"], name="intermediate_quantizer")
+
+    def activation_quantizers(self):
+        return super().activation_quantizers() + [self.intermediate_quantizer]
+
+    def channels_last(self, name, kernel):
+        if name == "depthwise_kernel":
+            shape = tuple(kernel.shape)
+            return ops.reshape(kernel, shape[:-2] + (shape[-2] * shape[-1],))
+        return kernel
+
+    def from_channels_last(self, name, view, shape):
+        return ops.reshape(view, shape)
+
+    def linear(self, inputs, kernels, training):
+        depthwise = ops.depthwise_conv(
+            inputs,
+            kernels["depthwise_kernel"],
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        depthwise = self.intermediate_quantizer(depthwise, training=training)
+        return ops.conv(depthwise, kernels["pointwise_kernel"], strides=1, padding="valid", data_format=self.data_format)
+
+
+@_register
+class QuantizedSeparableConv1D(_SeparableMixin, layers.SeparableConv1D):
+    """`keras.layers.SeparableConv1D` with per-channel int8 fake-quantized kernels and a quantized intermediate."""
+
+
+@_register
+class QuantizedSeparableConv2D(_SeparableMixin, layers.SeparableConv2D):
+    """`keras.layers.SeparableConv2D` with per-channel int8 fake-quantized kernels and a quantized intermediate."""
+
+
+class _ConvTransposeMixin(QuantizedLayerMixin):
+    # Kernel (..., filters, in): the output channel is the second-to-last axis.
+    def channels_last(self, name, kernel):
+        return ops.swapaxes(kernel, -1, -2)
+
+    def from_channels_last(self, name, view, shape):
+        return ops.swapaxes(view, -1, -2)
+
+    def linear(self, inputs, kernels, training):
+        return ops.conv_transpose(
+            inputs,
+            kernels["kernel"],
+            strides=list(self.strides),
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+
+
+@_register
+class QuantizedConv2DTranspose(_ConvTransposeMixin, layers.Conv2DTranspose):
+    """`keras.layers.Conv2DTranspose` with an int8 fake-quantized kernel."""
+
+
+@_register
+class QuantizedDense(QuantizedLayerMixin, layers.Dense):
+    """`keras.layers.Dense` with a per-tensor int8 fake-quantized kernel.
+
+    Per-tensor because the converter transposes the Dense kernel after
+    quantizing it, and per-channel ranges then fail with "'tfl.transpose' op has
+    mismatched quantized axes".
+    """
+
+    supports_per_channel = False
+
+    def linear(self, inputs, kernels, training):
+        return ops.matmul(inputs, kernels["kernel"])

@@ -1,0 +1,109 @@
+"""Which Keras layers can be quantized, and how.
+
+Three kinds, looked up by exact class (a subclass may override ``call``, so it
+is not assumed to compute what its parent does):
+
+* ``weighted``: replaced by a ``Quantized*`` class whose listed kernels are
+  fake-quantized (symmetric int8; per-channel where TFLite accepts it). A
+  BatchNormalization right after one of these is folded into it.
+* ``output``: kept as is, followed by an `ActivationQuantizer` that gives its
+  output an int8 range (the op has its own output scale in TFLite).
+* ``passthrough``: kept as is with no quantizer; TFLite gives the output the
+  input's scale (pooling, reshapes, padding, nearest-neighbour upsampling, and
+  layers that vanish at inference like Dropout).
+"""
+
+import dataclasses
+
+from keras import layers
+
+from tfcompress.quantization import quantized_layers as ql
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeSpec:
+    """How one Keras layer class is quantized.
+
+    Args:
+        kind: ``"weighted"``, ``"output"`` or ``"passthrough"``.
+        quantized_weights: names of the kernels that are fake-quantized.
+        per_channel: whether those kernels may take per-channel ranges.
+        quantized_class: the replacement class for ``weighted`` layers.
+    """
+
+    kind: str
+    quantized_weights: tuple = ()
+    per_channel: bool = False
+    quantized_class: type = None
+
+
+def _weighted(cls, weights=("kernel",), per_channel=True):
+    return QuantizeSpec("weighted", weights, per_channel, cls)
+
+
+_OUTPUT = QuantizeSpec("output")
+_PASSTHROUGH = QuantizeSpec("passthrough")
+
+REGISTRY = {
+    layers.Conv1D: _weighted(ql.QuantizedConv1D),
+    layers.Conv2D: _weighted(ql.QuantizedConv2D),
+    layers.Conv3D: _weighted(ql.QuantizedConv3D),
+    layers.DepthwiseConv1D: _weighted(ql.QuantizedDepthwiseConv1D),
+    layers.DepthwiseConv2D: _weighted(ql.QuantizedDepthwiseConv2D),
+    layers.SeparableConv1D: _weighted(ql.QuantizedSeparableConv1D, ("depthwise_kernel", "pointwise_kernel")),
+    layers.SeparableConv2D: _weighted(ql.QuantizedSeparableConv2D, ("depthwise_kernel", "pointwise_kernel")),
+    layers.Conv2DTranspose: _weighted(ql.QuantizedConv2DTranspose),
+    layers.Dense: _weighted(ql.QuantizedDense, per_channel=False),
+    # BatchNormalization that cannot be folded runs as int8 MUL + ADD.
+    layers.BatchNormalization: _OUTPUT,
+    layers.ReLU: _OUTPUT,
+    layers.LeakyReLU: _OUTPUT,
+    layers.PReLU: _OUTPUT,
+    layers.ELU: _OUTPUT,
+    layers.Softmax: _OUTPUT,
+    layers.Activation: _OUTPUT,
+    layers.Add: _OUTPUT,
+    layers.Subtract: _OUTPUT,
+    layers.Multiply: _OUTPUT,
+    layers.Average: _OUTPUT,
+    layers.Maximum: _OUTPUT,
+    layers.Minimum: _OUTPUT,
+    layers.Concatenate: _OUTPUT,
+    layers.Rescaling: _OUTPUT,
+    layers.Normalization: _OUTPUT,
+    layers.MaxPooling1D: _PASSTHROUGH,
+    layers.MaxPooling2D: _PASSTHROUGH,
+    layers.MaxPooling3D: _PASSTHROUGH,
+    layers.AveragePooling1D: _PASSTHROUGH,
+    layers.AveragePooling2D: _PASSTHROUGH,
+    layers.GlobalAveragePooling1D: _PASSTHROUGH,
+    layers.GlobalAveragePooling2D: _PASSTHROUGH,
+    layers.GlobalMaxPooling1D: _PASSTHROUGH,
+    layers.GlobalMaxPooling2D: _PASSTHROUGH,
+    layers.Reshape: _PASSTHROUGH,
+    layers.Flatten: _PASSTHROUGH,
+    layers.Permute: _PASSTHROUGH,
+    layers.Dropout: _PASSTHROUGH,
+    layers.SpatialDropout1D: _PASSTHROUGH,
+    layers.SpatialDropout2D: _PASSTHROUGH,
+    layers.GaussianNoise: _PASSTHROUGH,
+    layers.Identity: _PASSTHROUGH,
+    layers.ZeroPadding1D: _PASSTHROUGH,
+    layers.ZeroPadding2D: _PASSTHROUGH,
+    layers.Cropping1D: _PASSTHROUGH,
+    layers.Cropping2D: _PASSTHROUGH,
+    layers.UpSampling1D: _PASSTHROUGH,
+    layers.UpSampling2D: _PASSTHROUGH,
+    layers.InputLayer: _PASSTHROUGH,
+}
+
+# Activations TFLite has int8 kernels for (fused or standalone).
+SUPPORTED_ACTIVATIONS = frozenset({
+    "linear", "relu", "relu6", "sigmoid", "tanh", "softmax", "hard_sigmoid",
+    "hard_swish", "hard_silu", "swish", "silu", "leaky_relu", "elu", "gelu",
+})
+
+
+def lookup(layer):
+    """Returns the `QuantizeSpec` for ``layer``'s exact class, or None when unsupported."""
+    return REGISTRY.get(type(layer))
