@@ -322,3 +322,19 @@ def test_cache_refuses_feature_distillation(teacher, digits):
     distiller = _distiller(teacher, feature_layers={"gap": "gap"})
     with pytest.raises(ValueError, match="caches only the teacher's logits"):
         distiller.cache_teacher(x, y)
+
+
+@pytest.mark.parametrize("feature_layers", [None, {"gap": "gap"}])
+def test_prune_while_distilling_leaves_a_sparse_student_and_an_intact_teacher(teacher, digits, feature_layers):
+    (x, y), (x_test, y_test) = digits
+    before_teacher = _weights(teacher)
+    distiller = _distiller(teacher, feature_layers=feature_layers)
+    pruning = tfc.PruningCallback(tfc.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=60, frequency=10), verbose=0)
+    distiller.fit(x, y, epochs=3, batch_size=32, callbacks=[pruning], verbose=0)
+
+    kernels = [layer.kernel.numpy() for layer in distiller.student.layers if hasattr(layer, "kernel")]
+    zeros = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
+    assert 0.45 <= zeros <= 0.55
+    for before, after in zip(before_teacher, teacher.weights):
+        np.testing.assert_array_equal(before, after.numpy(), err_msg=after.path)
+    assert distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"] > 0.5

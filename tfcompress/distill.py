@@ -150,6 +150,10 @@ class Distiller(keras.distillation.Distiller):
         self._student_features = _feature_model(student, list(feature_layers.values()))
         self._hard_loss = None
         self._compile_args = None
+        # Every weight lives in the teacher and student, so once the student is built the
+        # Distiller is too; callbacks that inspect weights in on_train_begin (pruning) need it.
+        if student.built:
+            self.built = True
 
     @property
     def logits_distillation(self):
