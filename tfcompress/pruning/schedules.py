@@ -28,8 +28,8 @@ def _check_sparsity(value, argument):
         raise TypeError(f"{argument} must be a float in [0, 1), got {value!r}.")
     if not 0.0 <= value < 1.0:
         raise ValueError(
-            f"{argument} must be in [0, 1) (the fraction of weights set to zero; 1.0 would remove "
-            f"every weight), got {value!r}. For 90% sparsity pass 0.9."
+            f"{argument} must be in [0, 1), got {value!r}: it is the fraction of weights set to "
+            "zero (1.0 would remove every weight). For 90% sparsity pass 0.9."
         )
     return float(value)
 
