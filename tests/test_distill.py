@@ -338,3 +338,20 @@ def test_prune_while_distilling_leaves_a_sparse_student_and_an_intact_teacher(te
     for before, after in zip(before_teacher, teacher.weights):
         np.testing.assert_array_equal(before, after.numpy(), err_msg=after.path)
     assert distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"] > 0.5
+
+
+def test_distils_into_a_qat_student_that_exports_to_int8(teacher, digits):
+    from tfcompress.quantization import quantize_model
+
+    (x, y), (x_test, y_test) = digits
+    keras.utils.set_random_seed(2)
+    qat_student = quantize_model(_student())
+    distiller = tfc.Distiller(teacher, qat_student)
+    distiller.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"])
+    distiller.fit(distiller.cache_teacher(x, y, batch_size=32, seed=2), epochs=4, shuffle=False, verbose=0)
+    keras_accuracy = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
+    assert keras_accuracy > 0.5
+
+    flatbuffer = tfc.to_tflite(distiller, mode="int8", representative_data=x[:100])
+    report = tfc.evaluate_tflite(flatbuffer, x=x_test, y=y_test, backends=("cpu",), num_runs=1, warmup_runs=0)
+    assert abs(report.accuracy - keras_accuracy) < 0.05
