@@ -51,7 +51,7 @@ def _tensor_producers(structure, found):
 
 
 def read_graph(model):
-    """Returns ``{layer name: LayerNode}`` for a Functional model.
+    """Returns ``({layer name: LayerNode}, [input layer names])`` for a Functional model.
 
     Raises:
         ValueError: the model's config cannot be read (a layer without a working
@@ -82,4 +82,7 @@ def read_graph(model):
         outputs = [outputs]
     for name, _, _ in outputs:
         nodes[name].is_output = True
-    return nodes
+    inputs = config["input_layers"]
+    if inputs and isinstance(inputs[0], str):
+        inputs = [inputs]
+    return nodes, [name for name, _, _ in inputs]

@@ -358,7 +358,7 @@ def _clone_layer(layer):
 
 def _quantize_functional(model, keep_float, config, report, quantize_inputs, prefix=""):
     functional = _as_functional(model)
-    nodes = graph.read_graph(functional)
+    nodes, input_names = graph.read_graph(functional)
     plans = _plan(functional, nodes, keep_float, config, report, prefix)
     originals = {}
     used_names = {layer.name for layer in functional.layers}
@@ -381,7 +381,7 @@ def _quantize_functional(model, keep_float, config, report, quantize_inputs, pre
             return registry.lookup(layer).quantized_class.from_config(layer_config)
         return _clone_layer(layer)
 
-    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in functional.inputs]
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=n) for t, n in zip(functional.inputs, input_names)]
     quantized_inputs = {}
 
     def quantize_input(tensor):
@@ -435,3 +435,39 @@ def _copy_weights(original, new_layer, plan):
         new_layer.bn_beta.assign(bn.beta if bn.center else np.zeros(channels, "float32"))
         new_layer.bn_moving_mean.assign(bn.moving_mean)
         new_layer.bn_moving_variance.assign(bn.moving_variance)
+
+
+def calibrate(model, x, batch_size=128):
+    """Sets activation ranges of a QAT model from data, without training or touching BN statistics.
+
+    Optional: training sets ranges on its own within a few batches. Calibrating
+    first gives the very first QAT steps (and a QAT model converted without
+    training) realistic ranges instead of the initial [-6, 6].
+
+    Args:
+        model: a model returned by `quantize_model`.
+        x: a NumPy array of inputs (or a list of arrays for several inputs).
+        batch_size: samples per forward pass.
+
+    Returns:
+        ``model``, with its activation ranges updated.
+    """
+    layers = [layer for layer in _walk_layers(model) if isinstance(layer, QuantizedLayerMixin)]
+    if not layers and not any(isinstance(layer, ActivationQuantizer) for layer in _walk_layers(model)):
+        raise ValueError(
+            f"Model {getattr(model, 'name', model)!r} has no quantized layer to calibrate; "
+            "pass the model returned by tfc.quantize_model."
+        )
+    saved = [(layer, keras.ops.convert_to_numpy(layer.bn_frozen)) for layer in layers if layer.qat_options["batch_norm"]]
+    inputs = x if isinstance(x, (list, tuple)) else [x]
+    count = len(inputs[0])
+    try:
+        for layer, _ in saved:
+            layer.bn_frozen.assign(1.0)
+        for start in range(0, count, batch_size):
+            batch = [np.asarray(a[start:start + batch_size]) for a in inputs]
+            model(batch if len(batch) > 1 else batch[0], training=True)
+    finally:
+        for layer, value in saved:
+            layer.bn_frozen.assign(value)
+    return model

@@ -148,6 +148,14 @@ class QuantizedLayerMixin:
             outputs = self.activation(outputs)
         return outputs
 
+    # Conv and Dense save only kernel and bias; the generic Layer methods save every own
+    # variable (folded BN statistics, masks), so nothing is silently dropped on reload.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
     def get_config(self):
         config = super().get_config()
         config["qat_options"] = dict(self.qat_options)
@@ -165,7 +173,13 @@ class _ConvMixin(QuantizedLayerMixin):
 
 @_register
 class QuantizedConv1D(_ConvMixin, layers.Conv1D):
-    """`keras.layers.Conv1D` with a per-channel int8 fake-quantized kernel (see `QuantizedLayerMixin`)."""
+    """`keras.layers.Conv1D` with a per-tensor int8 fake-quantized kernel (see `QuantizedLayerMixin`).
+
+    Per-tensor because TFLite runs Conv1D as CONV_2D on an expanded kernel, and
+    the converter rejects per-channel ranges through that reshape.
+    """
+
+    supports_per_channel = False
 
 
 @_register
@@ -200,7 +214,9 @@ class _DepthwiseMixin(QuantizedLayerMixin):
 
 @_register
 class QuantizedDepthwiseConv1D(_DepthwiseMixin, layers.DepthwiseConv1D):
-    """`keras.layers.DepthwiseConv1D` with a per-channel int8 fake-quantized kernel."""
+    """`keras.layers.DepthwiseConv1D` with a per-tensor int8 fake-quantized kernel (expanded to 2D, as Conv1D)."""
+
+    supports_per_channel = False
 
 
 @_register
@@ -244,7 +260,9 @@ class _SeparableMixin(QuantizedLayerMixin):
 
 @_register
 class QuantizedSeparableConv1D(_SeparableMixin, layers.SeparableConv1D):
-    """`keras.layers.SeparableConv1D` with per-channel int8 fake-quantized kernels and a quantized intermediate."""
+    """`keras.layers.SeparableConv1D` with per-tensor int8 fake-quantized kernels (expanded to 2D, as Conv1D)."""
+
+    supports_per_channel = False
 
 
 @_register
@@ -274,7 +292,13 @@ class _ConvTransposeMixin(QuantizedLayerMixin):
 
 @_register
 class QuantizedConv2DTranspose(_ConvTransposeMixin, layers.Conv2DTranspose):
-    """`keras.layers.Conv2DTranspose` with an int8 fake-quantized kernel."""
+    """`keras.layers.Conv2DTranspose` with a per-tensor int8 fake-quantized kernel.
+
+    Per-tensor because the converter transposes this kernel after quantizing
+    it ("'tfl.transpose' op has mismatched quantized axes" with per-channel).
+    """
+
+    supports_per_channel = False
 
 
 @_register

@@ -45,14 +45,16 @@ _OUTPUT = QuantizeSpec("output")
 _PASSTHROUGH = QuantizeSpec("passthrough")
 
 REGISTRY = {
-    layers.Conv1D: _weighted(ql.QuantizedConv1D),
+    layers.Conv1D: _weighted(ql.QuantizedConv1D, per_channel=False),
     layers.Conv2D: _weighted(ql.QuantizedConv2D),
     layers.Conv3D: _weighted(ql.QuantizedConv3D),
-    layers.DepthwiseConv1D: _weighted(ql.QuantizedDepthwiseConv1D),
+    layers.DepthwiseConv1D: _weighted(ql.QuantizedDepthwiseConv1D, per_channel=False),
     layers.DepthwiseConv2D: _weighted(ql.QuantizedDepthwiseConv2D),
-    layers.SeparableConv1D: _weighted(ql.QuantizedSeparableConv1D, ("depthwise_kernel", "pointwise_kernel")),
+    layers.SeparableConv1D: _weighted(
+        ql.QuantizedSeparableConv1D, ("depthwise_kernel", "pointwise_kernel"), per_channel=False
+    ),
     layers.SeparableConv2D: _weighted(ql.QuantizedSeparableConv2D, ("depthwise_kernel", "pointwise_kernel")),
-    layers.Conv2DTranspose: _weighted(ql.QuantizedConv2DTranspose),
+    layers.Conv2DTranspose: _weighted(ql.QuantizedConv2DTranspose, per_channel=False),
     layers.Dense: _weighted(ql.QuantizedDense, per_channel=False),
     # BatchNormalization that cannot be folded runs as int8 MUL + ADD.
     layers.BatchNormalization: _OUTPUT,
