@@ -205,7 +205,10 @@ def test_alpha_zero_trains_from_the_teacher_without_labels(teacher, digits):
 
 def test_saving_the_distiller_round_trips(teacher, digits, tmp_path):
     (x, y), (x_test, y_test) = digits
-    distiller = _distiller(teacher, temperature=3.0, alpha=0.3, feature_layers={"gap": "gap"}, feature_weight=0.2)
+    distiller = _distiller(
+        teacher, temperature=3.0, alpha=0.3, feature_layers={"t_relu1": "relu1"}, feature_weight=0.2,
+        feature_loss="attention",
+    )
     distiller.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0)
     path = tmp_path / "distiller.keras"
     distiller.save(path)
@@ -213,7 +216,7 @@ def test_saving_the_distiller_round_trips(teacher, digits, tmp_path):
 
     assert isinstance(loaded, tfc.Distiller)
     assert (loaded.temperature, loaded.alpha, loaded.feature_weight) == (3.0, 0.3, 0.2)
-    assert loaded.feature_layers == {"gap": "gap"}
+    assert loaded.feature_layers == {"t_relu1": "relu1"} and loaded.feature_loss == "attention"
     np.testing.assert_allclose(loaded.predict(x_test, verbose=0), distiller.predict(x_test, verbose=0), atol=1e-6)
     for a, b in zip(distiller.optimizer.variables, loaded.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
@@ -279,6 +282,8 @@ def test_models_must_output_logits(teacher):
         ({"feature_weight": -1}, r"feature_weight must be >= 0"),
         ({"feature_layers": {"nope": "gap"}}, r"teacher layer 'nope', which 'teacher' does not have"),
         ({"feature_layers": {"t_relu1": "relu1"}}, r"needs equal shapes"),
+        ({"feature_loss": "l1"}, r"feature_loss must be one of \[.attention., .mse.\], got feature_loss=.l1."),
+        ({"feature_layers": {"gap": "gap"}, "feature_loss": "attention"}, r"same height and width"),
     ],
 )
 def test_bad_arguments_are_named(teacher, kwargs, message):
@@ -355,3 +360,35 @@ def test_distils_into_a_qat_student_that_exports_to_int8(teacher, digits):
     flatbuffer = tfc.to_tflite(distiller, mode="int8", representative_data=x[:100])
     report = tfc.evaluate_tflite(flatbuffer, x=x_test, y=y_test, backends=("cpu",), num_runs=1, warmup_runs=0)
     assert abs(report.accuracy - keras_accuracy) < 0.05
+
+
+def test_attention_feature_loss_matches_hand_computation_across_widths(teacher, digits):
+    (x, y), _ = digits
+    x, y = x[:30], y[:30]
+    alpha, feature_weight, temperature = 0.5, 2.0, 2.0
+    # Teacher relu1 is 8x8x32, student relu1 is 8x8x16: only attention transfer can pair them.
+    with pytest.raises(ValueError, match="feature_loss='attention'"):
+        tfc.Distiller(teacher, _student(), feature_layers={"t_relu1": "relu1"})
+    distiller = _distiller(
+        teacher, temperature=temperature, alpha=alpha, feature_layers={"t_relu1": "relu1"},
+        feature_weight=feature_weight, feature_loss="attention",
+    )
+    student = distiller.student
+
+    def attention(activations):
+        energy = np.mean(activations.astype(np.float64) ** 2, axis=-1).reshape(len(activations), -1)
+        return energy / np.linalg.norm(energy, axis=-1, keepdims=True)
+
+    teacher_act = keras.Model(teacher.input, teacher.get_layer("t_relu1").output)(x).numpy()
+    student_act = keras.Model(student.input, student.get_layer("relu1").output)(x).numpy()
+    transfer = np.mean(np.sum((attention(teacher_act) - attention(student_act)) ** 2, axis=-1))
+    student_logits = student(x, training=False).numpy().astype(np.float64)
+    p_teacher = _softmax(teacher(x, training=False).numpy().astype(np.float64) / temperature)
+    kl = np.mean(np.sum(p_teacher * np.log(p_teacher / _softmax(student_logits / temperature)), axis=-1))
+    hard = -np.mean(np.log(_softmax(student_logits))[np.arange(len(y)), y])
+    expected = alpha * hard + (1 - alpha) * (temperature**2 * kl + feature_weight * transfer)
+
+    loss = distiller.compute_loss(x, y, student(x, training=False), training=False)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+    assert transfer > 0
+    distiller.fit(x, y, epochs=1, verbose=0)  # Trains end to end.

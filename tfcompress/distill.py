@@ -37,9 +37,14 @@ class Distiller(keras.distillation.Distiller):
     * The soft loss is the KL divergence between the temperature-softened distributions,
       averaged over the batch and multiplied by ``T**2`` (Hinton et al., 2015) so its
       gradients keep the same scale whatever the temperature.
-    * Each feature loss is the mean squared error between the teacher's and the
-      student's activations at a pair of layers (FitNets-style hints), so the paired
-      layers must have the same output shape.
+    * Each feature loss compares the teacher's and the student's activations at a pair
+      of layers. ``feature_loss="mse"``: mean squared error of the activations
+      (FitNets-style hints; the layers need the same output shape).
+      ``feature_loss="attention"``: attention transfer (Zagoruyko & Komodakis, 2017):
+      each activation map ``(H, W, C)`` becomes ``mean_c(a**2)`` flattened and
+      L2-normalised, and the loss is the squared distance of the two maps summed over
+      positions, averaged over the batch; only the spatial shapes must match, so a
+      narrow student can learn from a wide teacher.
 
     The teacher is frozen (``teacher.trainable`` is set to False) and always runs with
     ``training=False``: its weights and BatchNormalization statistics never change and
@@ -59,8 +64,9 @@ class Distiller(keras.distillation.Distiller):
             ``alpha=0`` trains on the teacher alone (labels are then optional), ``alpha=1``
             is plain supervised training.
         feature_layers: optional dict ``{teacher_layer_name: student_layer_name}`` of
-            intermediate layers whose activations the student should match (MSE).
+            intermediate layers whose activations the student should match.
         feature_weight: weight ``>= 0`` of each feature loss relative to the soft loss.
+        feature_loss: ``"mse"`` or ``"attention"`` (see above).
         name: model name.
 
     Returns:
@@ -86,6 +92,7 @@ class Distiller(keras.distillation.Distiller):
         alpha=0.1,
         feature_layers=None,
         feature_weight=1.0,
+        feature_loss="mse",
         name="distiller",
         **kwargs,
     ):
@@ -115,9 +122,13 @@ class Distiller(keras.distillation.Distiller):
             _check_outputs_logits(model, role)
         _check_same_shape(teacher, student, "input")
         _check_same_shape(teacher, student, "output")
+        if feature_loss not in _FEATURE_LOSSES:
+            raise ValueError(
+                f"feature_loss must be one of {sorted(_FEATURE_LOSSES)}, got feature_loss={feature_loss!r}."
+            )
         feature_layers = dict(feature_layers or {})
         for teacher_layer, student_layer in feature_layers.items():
-            _check_feature_pair(teacher, student, teacher_layer, student_layer)
+            _check_feature_pair(teacher, student, teacher_layer, student_layer, feature_loss)
 
         # A KLDivergence instance, not the "kl_divergence" string: LogitsDistillation applies
         # the softmax and the T**2 factor only to the instance (Keras 3.15 sends the string's
@@ -129,7 +140,7 @@ class Distiller(keras.distillation.Distiller):
         ]
         losses += [
             keras.distillation.FeatureDistillation(
-                loss="mean_squared_error", teacher_layer_name=t, student_layer_name=s
+                loss=_FEATURE_LOSSES[feature_loss](), teacher_layer_name=t, student_layer_name=s
             )
             for t, s in feature_layers.items()
         ]
@@ -146,6 +157,7 @@ class Distiller(keras.distillation.Distiller):
         self.alpha = alpha
         self.feature_layers = feature_layers
         self.feature_weight = feature_weight
+        self.feature_loss = feature_loss
         self._teacher_features = _feature_model(teacher, list(feature_layers))
         self._student_features = _feature_model(student, list(feature_layers.values()))
         self._hard_loss = None
@@ -374,6 +386,7 @@ class Distiller(keras.distillation.Distiller):
             "alpha": self.alpha,
             "feature_layers": dict(self.feature_layers),
             "feature_weight": self.feature_weight,
+            "feature_loss": self.feature_loss,
         }
 
     @classmethod
@@ -438,7 +451,7 @@ def _check_same_shape(teacher, student, kind):
         )
 
 
-def _check_feature_pair(teacher, student, teacher_layer, student_layer):
+def _check_feature_pair(teacher, student, teacher_layer, student_layer, feature_loss):
     shapes = []
     for model, role, layer_name in ((teacher, "teacher", teacher_layer), (student, "student", student_layer)):
         if not getattr(model, "inputs", None):
@@ -453,12 +466,40 @@ def _check_feature_pair(teacher, student, teacher_layer, student_layer):
                 f"have. Its layers are: {names}."
             )
         shapes.append(tuple(model.get_layer(layer_name).output.shape))
-    if shapes[0] != shapes[1]:
+    pair = (
+        f"feature_layers pairs teacher layer {teacher_layer!r} (output shape {shapes[0]}) with "
+        f"student layer {student_layer!r} (output shape {shapes[1]})"
+    )
+    if feature_loss == "mse" and shapes[0] != shapes[1]:
         raise ValueError(
-            f"feature_layers pairs teacher layer {teacher_layer!r} (output shape {shapes[0]}) with "
-            f"student layer {student_layer!r} (output shape {shapes[1]}); the MSE hint needs equal "
-            "shapes. Pick layers of the same shape (e.g. after global pooling with equal widths)."
+            f"{pair}; feature_loss='mse' needs equal shapes. Pick layers of the same shape, or use "
+            "feature_loss='attention', which only needs the same spatial size."
         )
+    if feature_loss == "attention" and (len(shapes[0]) != 4 or shapes[0][:-1] != shapes[1][:-1]):
+        raise ValueError(
+            f"{pair}; feature_loss='attention' needs image activations (batch, height, width, "
+            "channels) of the same height and width. Pick layers at the same resolution."
+        )
+
+
+class _AttentionTransfer(keras.losses.Loss):
+    """Squared distance of L2-normalised spatial attention maps ``mean_c(a**2)``, per sample."""
+
+    def __init__(self, name="attention_transfer"):
+        super().__init__(name=name)
+
+    def call(self, y_true, y_pred):
+        return keras.ops.sum(keras.ops.square(_attention_map(y_true) - _attention_map(y_pred)), axis=-1)
+
+
+def _attention_map(activations):
+    energy = keras.ops.mean(keras.ops.square(activations), axis=-1)
+    flat = keras.ops.reshape(energy, (keras.ops.shape(energy)[0], -1))
+    # The epsilon keeps an all-zero map (dead ReLUs) from dividing by zero.
+    return flat / (keras.ops.norm(flat, axis=-1, keepdims=True) + 1e-12)
+
+
+_FEATURE_LOSSES = {"mse": keras.losses.MeanSquaredError, "attention": _AttentionTransfer}
 
 
 def _feature_model(model, layer_names):
