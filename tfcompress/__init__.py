@@ -25,3 +25,5 @@ from tfcompress.distill import Distiller  # noqa: E402
 from tfcompress.pruning import (  # noqa: E402
     ConstantSparsity, PolynomialDecay, Pruner, PruningCallback, SparsityReport, sparsity_report,
 )
+from tfcompress import quantization  # noqa: E402
+from tfcompress.quantization import QuantizationConfig, TFLiteParityCallback, quantize_model  # noqa: E402

@@ -9,3 +9,4 @@ from tfcompress.quantization.config import QuantizationConfig
 from tfcompress.quantization.fake_quant import ActivationQuantizer, fake_quant_weights
 from tfcompress.quantization.quantize import FreezeQuantization, QuantizationReport, calibrate, freeze, quantize_model
 from tfcompress.quantization.registry import REGISTRY, QuantizeSpec
+from tfcompress.quantization.parity_callback import TFLiteParityCallback
