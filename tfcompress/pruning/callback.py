@@ -131,11 +131,16 @@ class PruningCallback(keras.callbacks.Callback):
 
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
+        sparsities = self.pruner.sparsities()
+        sizes = {e.path: int(np.prod(e.shape)) for e in self.pruner.targets}
+        scalars = {f"pruning/{path}": value for path, value in sparsities.items()}
+        scalars["pruning/overall"] = sum(sparsities[p] * sizes[p] for p in sizes) / sum(sizes.values())
+        scalars["pruning/scheduled_sparsity"] = self.schedule.sparsity(step)
+        # tf.summary.scalar needs the tensorboard package; tf.summary.write with the
+        # scalars plugin's metadata writes the same event without it.
+        metadata = tf.compat.v1.SummaryMetadata(
+            plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
         with self._writer.as_default(step=step):
-            tf.summary.scalar("pruning/scheduled_sparsity", self.schedule.sparsity(step))
-            sparsities = self.pruner.sparsities()
-            for path, value in sparsities.items():
-                tf.summary.scalar(f"pruning/{path}", value)
-            sizes = {e.path: int(np.prod(e.shape)) for e in self.pruner.targets}
-            total = sum(sizes.values())
-            tf.summary.scalar("pruning/overall", sum(sparsities[p] * sizes[p] for p in sizes) / total)
+            for tag, value in scalars.items():
+                tf.summary.write(tag, tf.constant(value, tf.float32), metadata=metadata)

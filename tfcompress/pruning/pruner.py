@@ -98,8 +98,9 @@ class Pruner:
             schedule (default, most accurate); ``"layer"`` gives every weight the
             schedule's sparsity (tfmot's behaviour).
         min_density: in global scope, the smallest fraction of weights kept in
-            any one weight. Stops global ranking from emptying a small but
-            essential layer (the first conv, the classifier).
+            any one weight (capped at the overall target density). Stops global
+            ranking from emptying a small but essential layer (the first conv,
+            the classifier).
         layers: names (or '/'-paths) of the only layers to prune; naming a
             DepthwiseConv layer opts it in.
         skip: names (or '/'-paths) of layers never to prune.
@@ -287,7 +288,9 @@ def _global_keep_counts(scores, sparsity, min_density):
     """
     sizes = np.array([s.size for s in scores])
     budget = _keep_count(int(sizes.sum()), sparsity)
-    floors = np.minimum(sizes, np.maximum(1, np.ceil(sizes * min_density))).astype(int)
+    # A floor above the target density would silently miss the requested sparsity.
+    floor_density = min(min_density, budget / sizes.sum())
+    floors = np.minimum(sizes, np.maximum(1, np.floor(sizes * floor_density))).astype(int)
     floored = np.zeros(len(scores), bool)
     while True:
         free = [i for i in range(len(scores)) if not floored[i]]

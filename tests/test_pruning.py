@@ -1,0 +1,416 @@
+"""PruningCallback / Pruner on real Keras 3 models and real (small) data."""
+
+import glob
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+import tfcompress as tfc
+
+STEPS_PER_EPOCH = 43  # 1,347 digits training images at batch size 32
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return tfc.datasets.digits()
+
+
+def cnn(name="cnn"):
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = layers.Conv2D(16, 3, padding="same", name="conv1")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(name="pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(32, activation="relu", name="fc1")(x)
+    outputs = layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def compiled(model, learning_rate=3e-3):
+    return tfc.zoo.compile_classifier(model, learning_rate=learning_rate)
+
+
+def schedule(final=0.75, end_step=60, frequency=10):
+    return tfc.PolynomialDecay(0.0, final, begin_step=0, end_step=end_step, frequency=frequency)
+
+
+def accuracy(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
+
+
+def zeros_where_masked(pruner):
+    return all(
+        np.all(entry.variable.numpy()[mask.numpy() == 0] == 0)
+        for entry, mask in zip(pruner.targets, pruner.masks)
+    )
+
+
+class ZeroChecker(keras.callbacks.Callback):
+    """Records, at every batch end, whether masked weights are exactly zero and the sparsity."""
+
+    def __init__(self, pruning_callback):
+        super().__init__()
+        self.pruning_callback = pruning_callback
+        self.exact, self.trace = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        pruner = self.pruning_callback.pruner
+        self.exact.append(zeros_where_masked(pruner))
+        self.trace.append((pruner.step, round(tfc.sparsity_report(self.model).overall, 4)))
+
+
+def test_fit_leaves_exact_zeros_at_every_batch_and_a_plain_model(digits, capsys):
+    (x, y), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    model = compiled(cnn())
+    layer_types = [type(layer) for layer in model.layers]
+    n_weights = len(model.weights)
+    cb = tfc.PruningCallback(schedule(0.75))
+    checker = ZeroChecker(cb)
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[cb, checker])
+
+    assert "Pruning plan for 'cnn'" in capsys.readouterr().out
+    assert all(checker.exact) and len(checker.exact) == 3 * STEPS_PER_EPOCH
+    report = tfc.sparsity_report(model)
+    assert report.overall == pytest.approx(0.75, abs=2e-3)
+    assert set(report) == {"conv1/kernel", "conv2/kernel", "fc1/kernel", "logits/kernel"}
+    assert accuracy(model, x_test, y_test) > 0.85
+    # Still the same plain model: no wrappers, no extra weights, constraints restored.
+    assert [type(layer) for layer in model.layers] == layer_types
+    assert len(model.weights) == n_weights
+    assert all(v.constraint is None for v in model.weights)
+    # Sparsity rose along the schedule, updating every 10 steps from step 10.
+    steps_with_change = [s for (s, a), (_, b) in zip(checker.trace, checker.trace[1:]) if b > a]
+    assert steps_with_change[:3] == [9, 19, 29]  # recorded at the end of the step before the update
+
+
+def test_checkpoints_and_saved_files_are_sparse_and_load_without_custom_objects(digits, tmp_path):
+    (x, y), (x_test, _) = digits
+    keras.utils.set_random_seed(1)
+    model = compiled(cnn())
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "epoch{epoch}.keras"))
+    cb = tfc.PruningCallback(schedule(0.8, end_step=40), verbose=0)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[cb, checkpoint])
+
+    path = str(tmp_path / "final.keras")
+    model.save(path)
+    for saved in [path] + sorted(glob.glob(str(tmp_path / "epoch*.keras"))):
+        loaded = keras.models.load_model(saved)  # no custom_objects
+        assert tfc.sparsity_report(loaded).overall >= 0.5
+    loaded = keras.models.load_model(path)
+    assert tfc.sparsity_report(loaded) == tfc.sparsity_report(model)
+    np.testing.assert_allclose(loaded.predict(x_test, verbose=0), model.predict(x_test, verbose=0), atol=1e-5)
+    assert "tfcompress" not in json.dumps(loaded.get_config())
+    # The loaded model trains on as a dense model: nothing of the pruner is left in it
+    # (weights feeding dead ReLUs get no gradient and may stay zero).
+    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert tfc.sparsity_report(loaded).overall < 0.2
+
+
+def test_layer_scope_gives_every_weight_the_scheduled_sparsity(digits):
+    (x, y), _ = digits
+    model = compiled(cnn())
+    cb = tfc.PruningCallback(schedule(0.6, end_step=40), scope="layer", verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    for path, value in tfc.sparsity_report(model).items():
+        assert value == pytest.approx(0.6, abs=0.01), path
+
+
+def test_global_scope_hits_overall_target_and_keeps_the_floor(digits):
+    (x, y), _ = digits
+    model = compiled(cnn())
+    cb = tfc.PruningCallback(schedule(0.8, end_step=40), scope="global", min_density=0.15, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    report = tfc.sparsity_report(model)
+    assert report.overall == pytest.approx(0.8, abs=1e-3)
+    assert all(value <= 0.85 + 1e-3 for value in report.values())
+    assert len({round(v, 2) for v in report.values()}) > 1  # layers got different sparsities
+
+
+def test_pruning_plan_table_names_every_weight_and_why(digits):
+    model = cnn()
+    pruner = tfc.Pruner(model, schedule(), skip=["logits"])
+    table = pruner.table()
+    rows = {tuple(cell.strip() for cell in line.strip("|").split("|")) for line in table.splitlines()}
+    assert ("conv1", "kernel", "3x3x1x16", "144", "pruned: Conv2D.kernel") in rows
+    assert ("fc1", "kernel", "512x32", "16384", "pruned: Dense.kernel") in rows
+    assert ("logits", "kernel", "32x10", "320", "skipped: named in skip=") in rows
+    assert any(r[:2] == ("bn1", "gamma") and r[-1].startswith("skipped") for r in rows)
+    assert any(r[:2] == ("conv1", "bias") and r[-1].startswith("skipped") for r in rows)
+    assert "21,136 of 21,610 parameters are pruned" in table
+
+
+class Block(layers.Layer):
+    """A layer holding layers: a conv and a list of dense layers."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = layers.Conv2D(8, 3, padding="same", activation="relu", name="inner_conv")
+        self.denses = [layers.Dense(16, activation="relu", name=f"inner_dense{i}") for i in range(2)]
+        self.flatten = layers.Flatten()
+
+    def call(self, inputs):
+        x = self.flatten(self.conv(inputs))
+        for dense in self.denses:
+            x = dense(x)
+        return x
+
+
+class Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.block = Block(name="block")
+        self.head = layers.Dense(10, name="head")
+
+    def call(self, inputs):
+        return self.head(self.block(inputs))
+
+
+def nested_model():
+    inner = keras.Sequential(
+        [keras.Input((8, 8, 1)), layers.Conv2D(8, 3, activation="relu", name="c"), layers.Flatten()],
+        name="inner",
+    )
+    inputs = keras.Input((8, 8, 1))
+    x = inner(inputs)
+    x = layers.Dense(16, activation="relu", name="d")(x)
+    outer = keras.Model(inputs, layers.Dense(10, name="out")(x), name="outer")
+    return keras.Sequential([outer], name="wrapper")
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: Subclassed(name="sub"),
+     {"block/inner_conv/kernel", "block/inner_dense0/kernel", "block/inner_dense1/kernel", "head/kernel"}),
+    (nested_model, {"outer/inner/c/kernel", "outer/d/kernel", "outer/out/kernel"}),
+])
+def test_subclassed_and_nested_models_are_pruned(digits, make, expected):
+    (x, y), _ = digits
+    model = make()
+    model(x[:1])
+    compiled(model)
+    cb = tfc.PruningCallback(schedule(0.7, end_step=30), verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    report = tfc.sparsity_report(model)
+    assert set(report) == expected
+    assert report.overall == pytest.approx(0.7, abs=2e-3)
+    assert zeros_where_masked(cb.pruner)
+
+
+class Gate(layers.Layer):
+    """A custom layer that names its prunable weight."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 12), name="w")
+        self.unpruned = self.add_weight(shape=(input_shape[-1], 12), name="unpruned")
+
+    def call(self, x):
+        return x @ self.w + x @ self.unpruned
+
+    def get_prunable_weights(self):
+        return [self.w]
+
+
+def test_default_targets_depthwise_on_request_and_custom_layers():
+    inputs = keras.Input((8, 8, 4))
+    x = layers.DepthwiseConv2D(3, name="dw")(inputs)
+    x = layers.SeparableConv2D(8, 3, name="sep")(x)
+    x = layers.Conv2DTranspose(8, 3, name="convt")(x)
+    x = layers.Flatten()(x)
+    x = Gate(name="gate")(x)
+    x = layers.EinsumDense("ab,bc->ac", output_shape=6, name="einsum")(x)
+    tokens = keras.Input((5,), dtype="int32")
+    e = layers.Flatten()(layers.Embedding(50, 4, name="embed")(tokens))
+    model = keras.Model([inputs, tokens], layers.Concatenate()([x, e]))
+    decisions = {e.path: e.reason for e in tfc.Pruner(model, schedule()).entries}
+    pruned = {path for path, reason in decisions.items() if reason.startswith("pruned")}
+    assert pruned == {"sep/pointwise_kernel", "convt/kernel", "gate/w", "einsum/kernel", "embed/embeddings"}
+    assert "name the layer in layers=" in decisions["dw/kernel"]
+    assert decisions["sep/depthwise_kernel"].startswith("skipped")
+    assert "get_prunable_weights" in decisions["gate/w"]
+
+    opted_in = tfc.Pruner(model, schedule(), layers=["dw", "gate"])
+    assert {e.path for e in opted_in.targets} == {"dw/kernel", "gate/w"}
+
+
+def test_resume_with_backup_and_restore_continues_the_schedule(digits, tmp_path):
+    (x, y), _ = digits
+    backup = str(tmp_path / "backup")
+
+    def run(epochs, interrupt_after=None, pre_trained_steps=0):
+        keras.utils.set_random_seed(3)
+        model = compiled(cnn())
+        if pre_trained_steps:  # dense pre-training with the same optimizer is not pruning time
+            model.fit(x[: 32 * pre_trained_steps], y[: 32 * pre_trained_steps], batch_size=32, verbose=0)
+        cb = tfc.PruningCallback(schedule(0.8, end_step=150, frequency=10), verbose=0)
+        checker = ZeroChecker(cb)
+        callbacks = [cb, keras.callbacks.BackupAndRestore(backup), checker]
+        if interrupt_after is not None:
+            class Interrupt(keras.callbacks.Callback):
+                def on_epoch_end(self, epoch, logs=None):
+                    if epoch + 1 == interrupt_after:
+                        raise KeyboardInterrupt
+            callbacks.append(Interrupt())
+        try:
+            model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks)
+        except KeyboardInterrupt:
+            pass
+        return checker.trace
+
+    reference = run(4)
+    first_part = run(4, interrupt_after=2, pre_trained_steps=5)
+    resumed = run(4)  # a new process would do the same: new model, new callback
+    assert [s for s, _ in first_part] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    assert [s for s, _ in resumed] == list(range(2 * STEPS_PER_EPOCH + 1, 4 * STEPS_PER_EPOCH + 1))
+    # Same sparsity at every step as the uninterrupted run: the schedule did not restart.
+    assert first_part + resumed == reference
+    assert resumed[0][1] >= first_part[-1][1] > 0.5
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision(digits, policy):
+    (x, y), (x_test, y_test) = digits
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(4)
+        model = compiled(cnn())
+        cb = tfc.PruningCallback(schedule(0.75, end_step=60), verbose=0)
+        checker = ZeroChecker(cb)
+        model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[cb, checker])
+        if policy == "mixed_float16":
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert all(checker.exact)
+        assert all(m.dtype == e.variable.dtype == "float32" for e, m in zip(cb.pruner.targets, cb.pruner.masks))
+        assert tfc.sparsity_report(model).overall == pytest.approx(0.75, abs=2e-3)
+        assert accuracy(model, x_test, y_test) > 0.8
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_block_structure_prunes_whole_blocks(digits):
+    (x, y), _ = digits
+    model = compiled(cnn())
+    cb = tfc.PruningCallback(schedule(0.5, end_step=20), structure="block", block_shape=(4, 1), verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    for entry in cb.pruner.targets:
+        matrix = entry.variable.numpy().reshape(-1, entry.shape[-1])
+        rows = matrix.shape[0] // 4 * 4
+        blocks = (matrix[:rows].reshape(-1, 4, matrix.shape[1]) == 0).sum(axis=1)
+        assert set(np.unique(blocks)) <= {0, 4}, entry.path  # a block is all zero or all kept
+    assert tfc.sparsity_report(model).overall == pytest.approx(0.5, abs=0.02)
+
+
+def test_2_by_4_structure_along_input_channels(digits):
+    (x, y), _ = digits
+    model = compiled(cnn())
+    cb = tfc.PruningCallback(schedule(0.3, end_step=20), structure="2:4", verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    decisions = {e.path: e.reason for e in cb.pruner.entries}
+    assert "1 input channels are not a multiple of 4" in decisions["conv1/kernel"]
+    for entry in cb.pruner.targets:
+        kernel = np.moveaxis(entry.variable.numpy(), -2, -1)  # input channels last
+        zeros_per_group = (kernel.reshape(-1, 4) == 0).sum(axis=1)
+        assert np.all(zeros_per_group >= 2), entry.path
+        assert np.mean(zeros_per_group == 2) > 0.99
+    assert tfc.sparsity_report(model)["conv1/kernel"] == 0.0
+
+
+def test_custom_training_loop_api(digits):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(5)
+    model = cnn()
+    optimizer = keras.optimizers.Adam(3e-3)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    pruner = tfc.Pruner(model, schedule(0.75, end_step=40))
+    updates = []
+    with pruner:  # installs the masking constraints before train_step is traced
+        for step in range(1, 61):
+            i = (step * 32) % (len(x) - 32)
+            updates.append(pruner.on_step())
+            train_step(x[i: i + 32], y[i: i + 32])
+            assert zeros_where_masked(pruner)
+    assert [s for s, updated in enumerate(updates, 1) if updated] == [10, 20, 30, 40]
+    assert pruner.step == 60
+    assert all(v.constraint is None for v in model.weights)
+    assert tfc.sparsity_report(model).overall == pytest.approx(0.75, abs=2e-3)
+
+    # Weights changed outside a Keras optimizer: apply_masks() restores the zeros.
+    for entry in pruner.targets:
+        entry.variable.assign(entry.variable + 0.01)
+    pruner.apply_masks()
+    assert tfc.sparsity_report(model).overall == pytest.approx(0.75, abs=2e-3)
+
+
+def test_log_dir_writes_per_layer_sparsity_for_tensorboard(digits, tmp_path):
+    (x, y), _ = digits
+    model = compiled(cnn())
+    cb = tfc.PruningCallback(schedule(0.5, end_step=30), log_dir=str(tmp_path), verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    values = {}
+    for path in glob.glob(str(tmp_path / "events.out.tfevents*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                values.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
+    assert {"pruning/conv2/kernel", "pruning/logits/kernel", "pruning/overall",
+            "pruning/scheduled_sparsity"} <= set(values)
+    assert values["pruning/overall"][-1] == (STEPS_PER_EPOCH, pytest.approx(0.5, abs=2e-3))
+    assert [s for s, _ in values["pruning/scheduled_sparsity"]][:3] == [10, 20, 30]
+
+
+def test_bad_arguments_raise_clear_errors():
+    model = cnn()
+    with pytest.raises(ValueError, match=r"layers=\['conv9'\]: no layer of model 'cnn'.*conv1"):
+        tfc.Pruner(model, schedule(), layers=["conv9"])
+    with pytest.raises(ValueError, match=r"skip=\['nope'\]"):
+        tfc.Pruner(model, schedule(), skip="nope")
+    with pytest.raises(ValueError, match="Nothing to prune in model 'cnn'"):
+        tfc.Pruner(model, schedule(), layers=["bn1"])
+    only_bn = keras.Sequential([keras.Input((4,)), layers.BatchNormalization()], name="bn_only")
+    with pytest.raises(ValueError, match="Nothing to prune in model 'bn_only'"):
+        tfc.Pruner(only_bn, schedule())
+    tensor = keras.Input((8, 8, 1))
+    with pytest.raises(TypeError, match="got a KerasTensor"):
+        tfc.Pruner(layers.Dense(3)(tensor), schedule())
+    with pytest.raises(TypeError, match="got a KerasTensor"):
+        tfc.sparsity_report(tensor)
+    with pytest.raises(ValueError, match="is not built"):
+        tfc.Pruner(Subclassed(), schedule())
+    with pytest.raises(ValueError, match="structure must be .* got '3:2'"):
+        tfc.PruningCallback(schedule(), structure="3:2")
+    with pytest.raises(ValueError, match=r"block_shape must be two positive integers.*got \(0, 4\)"):
+        tfc.PruningCallback(schedule(), structure="block", block_shape=(0, 4))
+    with pytest.raises(ValueError, match="scope must be 'global' or 'layer', got 'model'"):
+        tfc.PruningCallback(schedule(), scope="model")
+    with pytest.raises(TypeError, match="Pass layer.name rather than the layer"):
+        tfc.Pruner(model, schedule(), layers=[model.layers[1]])
+
+
+def test_sparse_tflite_export_keeps_per_tensor_sparsity(digits):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(6)
+    model = compiled(cnn())
+    cb = tfc.PruningCallback(schedule(0.75, end_step=40), scope="layer", verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    keras_sparsity = sorted(tfc.sparsity_report(model).values())
+    for mode in ("float32", "int8"):
+        data = tfc.to_tflite(model, mode=mode, representative_data=x[:100], sparse=True)
+        kernels = tfc.inspect_tflite(data).kernels
+        assert len(kernels) == len(keras_sparsity), [k.name for k in kernels]
+        np.testing.assert_allclose(sorted(k.zero_fraction for k in kernels), keras_sparsity, atol=1e-6)
+        dense = tfc.to_tflite(model, mode=mode, representative_data=x[:100])
+        assert len(data) < len(dense)
