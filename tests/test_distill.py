@@ -391,4 +391,3 @@ def test_attention_feature_loss_matches_hand_computation_across_widths(teacher, 
     loss = distiller.compute_loss(x, y, student(x, training=False), training=False)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
     assert transfer > 0
-    distiller.fit(x, y, epochs=1, verbose=0)  # Trains end to end.
