@@ -1,0 +1,410 @@
+"""Pruning benchmark on Fashion-MNIST: tfcompress vs tfmot vs a dense control.
+
+The reference CNN is trained dense first. From those weights, each run fine-tunes
+for ``ramp_epochs + hold_epochs`` epochs: a dense control (no pruning), ours
+(``PruningCallback`` with its defaults) and tfmot (``prune_low_magnitude`` under
+tf_keras, in a subprocess) with PolynomialDecay(0 -> s) over ``ramp_epochs``,
+frequency 100, for each sparsity s. Reported per run: test accuracy of the Keras
+model and of its int8 TFLite model, measured sparsity of the pruned kernels, and
+the int8 .tflite size after gzip (with the ratio to the float32 .tflite).
+
+Training overhead is the time per training step with pruning / without, measured
+interleaved (each round runs one epoch of each) on ``timing_samples`` images,
+first batch of every fit excluded (tracing), median over rounds. The machine's
+other load distorts timings: rerun on a quiet machine before trusting them.
+
+Usage:
+    python tools/bench_pruning.py                 # full: 60k images, 3+2+1 epochs, tfmot too
+    python tools/bench_pruning.py --quick         # smoke test (a few minutes; accuracies meaningless)
+    python tools/bench_pruning.py --notfmot --sparsities=0.75 --out=/tmp/pruning.json
+"""
+
+import gzip
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sparsities", ["0.5", "0.75", "0.9"], "Final sparsities to benchmark.")
+flags.DEFINE_integer("dense_epochs", 3, "Epochs of dense training before pruning.")
+flags.DEFINE_integer("ramp_epochs", 2, "Epochs over which sparsity ramps from 0 to the target.")
+flags.DEFINE_integer("hold_epochs", 1, "Epochs of fine-tuning at the final sparsity.")
+flags.DEFINE_integer("frequency", 100, "Mask update frequency in steps (ours and tfmot).")
+flags.DEFINE_integer("batch_size", 64, "Batch size of every fit.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (dense training and fine-tuning).")
+flags.DEFINE_integer("train_limit", None, "Use only the first N training images.")
+flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
+flags.DEFINE_integer("seed", 0, "Random seed (same for every run).")
+flags.DEFINE_bool("tfmot", True, "Also run tfmot under tf_keras in a subprocess.")
+flags.DEFINE_integer("timing_rounds", 3, "Interleaved rounds of the overhead timing (0 skips it).")
+flags.DEFINE_integer("timing_samples", 6400, "Training images per timed epoch.")
+flags.DEFINE_bool("quick", False, "Smoke test: 4000 images, 1+1+1 epochs, one timing round.")
+flags.DEFINE_string("out", None, "Also write all results as JSON to this file.")
+flags.DEFINE_string("output", None, "Also write the markdown table to this file.")
+flags.DEFINE_bool("overwrite", False, "Allow replacing --out / --output.")
+# Internal: the tfmot worker subprocess.
+flags.DEFINE_string("tfmot_worker", None, "(internal) run the tfmot side with this JSON job file.")
+
+
+def _settings():
+    s = dict(
+        sparsities=[float(v) for v in FLAGS.sparsities], dense_epochs=FLAGS.dense_epochs,
+        ramp_epochs=FLAGS.ramp_epochs, hold_epochs=FLAGS.hold_epochs, frequency=FLAGS.frequency,
+        batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, train_limit=FLAGS.train_limit,
+        test_limit=FLAGS.test_limit, seed=FLAGS.seed, timing_rounds=FLAGS.timing_rounds,
+        timing_samples=FLAGS.timing_samples,
+    )
+    if FLAGS.quick:
+        s.update(dense_epochs=1, ramp_epochs=1, hold_epochs=1, train_limit=4000, test_limit=1000,
+                 timing_rounds=1, timing_samples=1280, frequency=20)
+    return s
+
+
+def _data(s):
+    import tfcompress as tfc
+
+    return tfc.datasets.fashion_mnist(limit_train=s["train_limit"], limit_test=s["test_limit"])
+
+
+def _steps_per_epoch(s, n):
+    return -(-n // s["batch_size"])
+
+
+def _int8_metrics(tflite_int8, x_test, y_test, tflite_int8_sparse=None):
+    import tfcompress as tfc
+
+    report = tfc.evaluate_tflite(tflite_int8, x=x_test, y=y_test, backends=("xnnpack",),
+                                 num_runs=1, warmup_runs=0, parity_samples=0)
+    metrics = {"int8_accuracy": report.accuracy, "int8_gzip_bytes": len(gzip.compress(tflite_int8, 9))}
+    if tflite_int8_sparse is not None:
+        metrics["int8_sparse_encoded_gzip_bytes"] = len(gzip.compress(tflite_int8_sparse, 9))
+    return metrics
+
+
+class _StepTimer:
+    """Seconds per training step, first batch of the fit (tracing) excluded."""
+
+    def __new__(cls):
+        import keras
+
+        class Timer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.start, self.steps, self.seconds = None, 0, 0.0
+
+            def on_train_batch_end(self, batch, logs=None):
+                now = time.perf_counter()
+                if self.start is not None:
+                    self.seconds += now - self.start
+                    self.steps += 1
+                self.start = now
+
+            @property
+            def per_step(self):
+                return self.seconds / max(self.steps, 1)
+
+        return Timer()
+
+
+# Ours -----------------------------------------------------------------------------------
+
+
+def _ours(s, workdir):
+    import keras
+    import numpy as np
+
+    import tfcompress as tfc
+
+    (x, y), (x_test, y_test) = _data(s)
+    spe = _steps_per_epoch(s, len(x))
+    fit_kwargs = dict(batch_size=s["batch_size"], verbose=0)
+
+    def fresh(weights):
+        keras.utils.set_random_seed(s["seed"] + 1)
+        model = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["learning_rate"])
+        if weights is not None:
+            model.set_weights(weights)
+        return model
+
+    keras.utils.set_random_seed(s["seed"])
+    dense = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["learning_rate"])
+    dense.fit(x, y, epochs=s["dense_epochs"], **fit_kwargs)
+    weights = dense.get_weights()
+    np.savez(os.path.join(workdir, "dense_weights.npz"), *weights)
+    float_bytes = len(tfc.to_tflite(dense, mode="float32"))
+
+    results = {"float32_tflite_bytes": float_bytes, "dense_pretrained_accuracy": _accuracy(dense, x_test, y_test)}
+    epochs = s["ramp_epochs"] + s["hold_epochs"]
+    runs = [("dense control", None)] + [(f"tfcompress {v:.0%}", v) for v in s["sparsities"]]
+    for name, sparsity in runs:
+        model = fresh(weights)
+        callbacks = []
+        if sparsity is not None:
+            schedule = tfc.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=s["ramp_epochs"] * spe,
+                                           frequency=s["frequency"])
+            callbacks = [tfc.PruningCallback(schedule, verbose=0)]
+        model.fit(x, y, epochs=epochs, callbacks=callbacks, **fit_kwargs)
+        row = {"keras_accuracy": _accuracy(model, x_test, y_test),
+               "sparsity": tfc.sparsity_report(model).overall if sparsity is not None else 0.0,
+               "target": sparsity}
+        if sparsity is not None:
+            row["per_weight"] = dict(tfc.sparsity_report(model))
+        row.update(_int8_metrics(
+            tfc.to_tflite(model, mode="int8", representative_data=x[:200]), x_test, y_test,
+            tfc.to_tflite(model, mode="int8", representative_data=x[:200], sparse=True),
+        ))
+        results[name] = row
+        print(f"  {name}: {json.dumps({k: v for k, v in row.items() if k != 'per_weight'})}", flush=True)
+
+    if s["timing_rounds"]:
+        results["overhead"] = _ours_overhead(s, weights, x, y)
+    return results
+
+
+def _ours_overhead(s, weights, x, y):
+    import keras
+
+    import tfcompress as tfc
+
+    xt, yt = x[: s["timing_samples"]], y[: s["timing_samples"]]
+    spe = _steps_per_epoch(s, len(xt))
+    plain = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["learning_rate"])
+    pruned = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["learning_rate"])
+    plain.set_weights(weights)
+    pruned.set_weights(weights)
+    keras.utils.set_random_seed(s["seed"])
+    callback = tfc.PruningCallback(
+        tfc.PolynomialDecay(0.0, 0.75, 0, (s["timing_rounds"] + 1) * spe, frequency=s["frequency"]), verbose=0)
+    kwargs = dict(batch_size=s["batch_size"], verbose=0, shuffle=False)
+    plain.fit(xt, yt, epochs=1, **kwargs)  # warm-up: tracing, allocator
+    pruned.fit(xt, yt, epochs=1, callbacks=[callback], **kwargs)
+    ratios = []
+    for round_index in range(s["timing_rounds"]):
+        times = {}
+        order = ("plain", "pruned") if round_index % 2 == 0 else ("pruned", "plain")
+        for which in order:
+            timer = _StepTimer()
+            if which == "plain":
+                plain.fit(xt, yt, epochs=1, callbacks=[timer], **kwargs)
+            else:
+                pruned.fit(xt, yt, epochs=1, callbacks=[callback, timer], **kwargs)
+            times[which] = timer.per_step
+        ratios.append(times["pruned"] / times["plain"])
+    return {"step_time_ratio": statistics.median(ratios), "ratios": ratios}
+
+
+def _accuracy(model, x, y):
+    import numpy as np
+
+    return float(np.mean(np.argmax(model.predict(x, verbose=0, batch_size=512), -1) == y))
+
+
+# tfmot (subprocess, tf_keras) ---------------------------------------------------------------
+
+
+def _tfmot_reference_cnn(tf_keras, input_shape=(28, 28, 1), num_classes=10):
+    """``tfcompress.zoo.reference_cnn`` rebuilt with tf_keras layers (same layers, same order)."""
+    layers = tf_keras.layers
+    inputs = tf_keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for i, filters in enumerate((32, 64, 128), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+        if i < 3:
+            x = layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(128, activation="relu", name="fc1")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return tf_keras.Model(inputs, outputs, name="reference_cnn")
+
+
+def _tfmot_worker(job_path):
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    with open(job_path) as f:
+        job = json.load(f)
+    s = job["settings"]
+    (x, y), (x_test, y_test) = _data(s)
+    spe = _steps_per_epoch(s, len(x))
+    with np.load(job["weights"]) as archive:
+        weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+    sparsity_api = tfmot.sparsity.keras
+
+    def compiled(model):
+        model.compile(
+            optimizer=tf_keras.optimizers.Adam(s["learning_rate"]),
+            loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        return model
+
+    def pruned_model(sparsity, end_step):
+        tf_keras.utils.set_random_seed(s["seed"] + 1)
+        base = _tfmot_reference_cnn(tf_keras)
+        base.set_weights(weights)
+        schedule = sparsity_api.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end_step,
+                                                frequency=s["frequency"])
+        return compiled(sparsity_api.prune_low_magnitude(base, pruning_schedule=schedule))
+
+    results = {}
+    for sparsity in s["sparsities"]:
+        model = pruned_model(sparsity, s["ramp_epochs"] * spe)
+        model.fit(x, y, epochs=s["ramp_epochs"] + s["hold_epochs"], batch_size=s["batch_size"], verbose=0,
+                  callbacks=[sparsity_api.UpdatePruningStep()])
+        stripped = sparsity_api.strip_pruning(model)
+        kernels = [v.numpy() for v in stripped.weights if "kernel" in v.name]
+        zeros = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
+        logits = stripped.predict(x_test, verbose=0, batch_size=512)
+
+        def int8(sparse):
+            converter = tf.lite.TFLiteConverter.from_keras_model(stripped)
+            converter.optimizations = [tf.lite.Optimize.DEFAULT] + (
+                [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else [])
+            converter.representative_dataset = lambda: ([x[i: i + 1]] for i in range(200))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            return converter.convert()
+
+        row = {"keras_accuracy": float(np.mean(logits.argmax(-1) == y_test)), "sparsity": zeros,
+               "target": sparsity}
+        row.update(_int8_metrics(int8(False), x_test, y_test, int8(True)))
+        results[f"tfmot {sparsity:.0%}"] = row
+        print(f"  tfmot {sparsity:.0%}: {json.dumps(row)}", flush=True)
+
+    if s["timing_rounds"]:
+        xt, yt = x[: s["timing_samples"]], y[: s["timing_samples"]]
+        spe_t = _steps_per_epoch(s, len(xt))
+        plain = _tfmot_reference_cnn(tf_keras)
+        plain.set_weights(weights)
+        compiled(plain)
+        pruned = pruned_model(0.75, (s["timing_rounds"] + 1) * spe_t)
+        kwargs = dict(batch_size=s["batch_size"], verbose=0, shuffle=False)
+        update_step = sparsity_api.UpdatePruningStep()
+
+        class Timer(tf_keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.start, self.steps, self.seconds = None, 0, 0.0
+
+            def on_train_batch_end(self, batch, logs=None):
+                now = time.perf_counter()
+                if self.start is not None:
+                    self.seconds += now - self.start
+                    self.steps += 1
+                self.start = now
+
+        plain.fit(xt, yt, epochs=1, **kwargs)
+        pruned.fit(xt, yt, epochs=1, callbacks=[update_step], **kwargs)
+        ratios = []
+        for round_index in range(s["timing_rounds"]):
+            times = {}
+            for which in (("plain", "pruned") if round_index % 2 == 0 else ("pruned", "plain")):
+                timer = Timer()
+                if which == "plain":
+                    plain.fit(xt, yt, epochs=1, callbacks=[timer], **kwargs)
+                else:
+                    pruned.fit(xt, yt, epochs=1, callbacks=[update_step, timer], **kwargs)
+                times[which] = timer.seconds / max(timer.steps, 1)
+            ratios.append(times["pruned"] / times["plain"])
+        results["overhead"] = {"step_time_ratio": statistics.median(ratios), "ratios": ratios}
+    with open(job["out"], "w") as f:
+        json.dump(results, f)
+
+
+def _run_tfmot(s, workdir):
+    job = {"settings": s, "weights": os.path.join(workdir, "dense_weights.npz"),
+           "out": os.path.join(workdir, "tfmot.json")}
+    job_path = os.path.join(workdir, "tfmot_job.json")
+    with open(job_path, "w") as f:
+        json.dump(job, f)
+    # tfmot only works with tf_keras, which must be selected before TensorFlow is imported.
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--tfmot_worker={job_path}"],
+                          env=env, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        print(f"tfmot run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return {}
+    with open(job["out"]) as f:
+        return json.load(f)
+
+
+# Report ---------------------------------------------------------------------------------
+
+
+def _markdown(s, ours, theirs):
+    float_bytes = ours["float32_tflite_bytes"]
+    control = ours["dense control"]
+    lines = [
+        f"Fashion-MNIST, reference CNN: {s['dense_epochs']} dense epochs, then {s['ramp_epochs']} epochs of "
+        f"PolynomialDecay ramp + {s['hold_epochs']} at the target (frequency {s['frequency']}), batch "
+        f"{s['batch_size']}, Adam {s['learning_rate']:g}, seed {s['seed']}"
+        f"{', ' + str(s['train_limit']) + ' training images' if s['train_limit'] else ''}. "
+        f"float32 .tflite: {float_bytes / 1024:.1f} KiB.",
+        "",
+        "| run | target | measured sparsity | Keras acc | Δ vs dense | int8 acc | int8+gzip KiB "
+        "| float32 / int8+gzip | sparse-encoded int8+gzip KiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [("dense control", control)]
+    for v in s["sparsities"]:
+        for name in (f"tfcompress {v:.0%}", f"tfmot {v:.0%}"):
+            source = ours if name.startswith("tfcompress") else theirs
+            if name in source:
+                rows.append((name, source[name]))
+    for name, r in rows:
+        delta = (r["keras_accuracy"] - control["keras_accuracy"]) * 100
+        target = "-" if r["target"] is None else f"{r['target']:.0%}"
+        encoded = r.get("int8_sparse_encoded_gzip_bytes")
+        encoded = "-" if encoded is None else f"{encoded / 1024:.1f}"
+        lines.append(
+            f"| {name} | {target} | {r['sparsity']:.1%} | "
+            f"{r['keras_accuracy']:.2%} | {delta:+.1f} pt | {r['int8_accuracy']:.2%} | "
+            f"{r['int8_gzip_bytes'] / 1024:.1f} | {float_bytes / r['int8_gzip_bytes']:.1f}x | {encoded} |"
+        )
+    for name, source in (("tfcompress", ours), ("tfmot", theirs)):
+        if "overhead" in source:
+            o = source["overhead"]
+            lines.append(f"\n{name} training step time with pruning / without: {o['step_time_ratio']:.3f} "
+                         f"(rounds: {', '.join(f'{r:.3f}' for r in o['ratios'])}; shared machine, indicative only)")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # TF's SavedModel export logs every step at INFO
+    if FLAGS.tfmot_worker:
+        _tfmot_worker(FLAGS.tfmot_worker)
+        return
+    import tfcompress as tfc
+
+    for path in (FLAGS.out, FLAGS.output):
+        if path:
+            tfc.files.check_writable(path, FLAGS.overwrite)
+    s = _settings()
+    with tempfile.TemporaryDirectory(prefix="bench_pruning_") as workdir:
+        print("tfcompress runs:", flush=True)
+        ours = _ours(s, workdir)
+        theirs = {}
+        if FLAGS.tfmot:
+            print("tfmot runs (subprocess, tf_keras):", flush=True)
+            theirs = _run_tfmot(s, workdir)
+    table = _markdown(s, ours, theirs)
+    print(table)
+    if FLAGS.output:
+        tfc.write_atomic(FLAGS.output, table + "\n", overwrite=FLAGS.overwrite, argument="--output")
+    if FLAGS.out:
+        blob = json.dumps({"settings": s, "tfcompress": ours, "tfmot": theirs}, indent=2, default=float)
+        tfc.write_atomic(FLAGS.out, blob, overwrite=FLAGS.overwrite, argument="--out")
+
+
+if __name__ == "__main__":
+    app.run(main)
