@@ -4,7 +4,7 @@ import keras
 from keras import layers
 
 
-def reference_cnn(input_shape=(28, 28, 1), num_classes=10, width=1, name="reference_cnn"):
+def reference_cnn(input_shape=(28, 28, 1), num_classes=10, width=1, name="reference_cnn", bn_momentum=0.99):
     """The reference CNN every benchmark uses.
 
     Input → [Conv2D(32·w, 3, same) → BN → ReLU → MaxPool] → [Conv2D(64·w) → BN → ReLU → MaxPool]
@@ -15,6 +15,8 @@ def reference_cnn(input_shape=(28, 28, 1), num_classes=10, width=1, name="refere
         num_classes: number of output logits.
         width: channel multiplier (the distillation teacher uses 2).
         name: model name.
+        bn_momentum: BatchNormalization momentum. Keras's 0.99 needs ~1,000 training
+            steps before the moving statistics match the data; short runs use 0.9.
 
     Returns:
         An unbuilt-optimizer Functional ``keras.Model`` producing logits.
@@ -26,7 +28,7 @@ def reference_cnn(input_shape=(28, 28, 1), num_classes=10, width=1, name="refere
     x = inputs
     for i, filters in enumerate((32 * w, 64 * w, 128 * w), start=1):
         x = layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
         if i < 3:
             x = layers.MaxPooling2D(name=f"pool{i}")(x)
