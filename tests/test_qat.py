@@ -1,0 +1,371 @@
+"""Quantization-aware training: numerics, BN folding, layer coverage, int8 conversion, PQAT, saving, errors."""
+
+import numpy as np
+import pytest
+import keras
+from keras import layers
+
+import tfcompress as tfc
+from tfcompress import quantization as tq
+from tfcompress.quantization import folding
+
+
+def _digits_cnn(bn=True):
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = layers.Conv2D(16, 3, padding="same", use_bias=not bn, name="conv1")(inputs)
+    if bn:
+        x = layers.BatchNormalization(momentum=0.9, name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    if bn:
+        x = layers.BatchNormalization(momentum=0.9, name="dw_bn")(x)
+    x = layers.ReLU(6.0, name="dw_relu")(x)
+    x = layers.Conv2D(32, 1, name="pw")(x)
+    x = layers.ReLU(name="pw_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, outputs, name="digits_cnn")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return tfc.datasets.digits()
+
+
+@pytest.fixture(scope="module")
+def trained_float(digits):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(1)
+    model = tfc.zoo.compile_classifier(_digits_cnn(), learning_rate=3e-3)
+    model.fit(x, y, epochs=25, batch_size=32, verbose=0)
+    return model
+
+
+def _run_tflite(tflite_bytes, x):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=bytes(tflite_bytes))
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x.astype(np.float32))
+    interpreter.invoke()
+    return interpreter.get_tensor(out["index"])
+
+
+def _middle_dequantize_ops(info):
+    """DEQUANTIZE ops that feed another op (a float island inside the int8 graph)."""
+    consumed = {t for op in info.operators for t in op.inputs}
+    return [op for op in info.operators if op.type == "DEQUANTIZE" and any(t in consumed for t in op.outputs)]
+
+
+# --- numerics -----------------------------------------------------------------------------
+
+
+def _numpy_symmetric(w, per_channel):
+    bound = np.abs(w).max(axis=tuple(range(w.ndim - 1))) if per_channel else np.abs(w).max()
+    scale = bound / 127.0
+    return np.clip(np.round(w / scale), -127, 127) * scale
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_weight_fake_quant_matches_numpy_symmetric_int8(per_channel):
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((3, 3, 4, 6)) * np.array([0.01, 0.1, 1, 2, 5, 0.5])).astype(np.float32)
+    got = keras.ops.convert_to_numpy(tq.fake_quant_weights(keras.ops.convert_to_tensor(w), per_channel))
+    np.testing.assert_allclose(got, _numpy_symmetric(w, per_channel), rtol=1e-5, atol=1e-7)
+    # 0 stays exactly 0 (pruned weights survive).
+    w[0, 0] = 0.0
+    got = keras.ops.convert_to_numpy(tq.fake_quant_weights(keras.ops.convert_to_tensor(w), per_channel))
+    assert np.all(got[0, 0] == 0.0)
+
+
+def _numpy_asymmetric(x, low, high):
+    # TF's FakeQuant: nudge the zero point onto the integer grid, then round.
+    scale = (high - low) / 255.0
+    zero_point = np.clip(np.round(-low / scale), 0, 255)
+    nudged_low, nudged_high = -zero_point * scale, (255 - zero_point) * scale
+    clipped = np.clip(x, nudged_low, nudged_high)
+    return np.floor((clipped - nudged_low) / scale + 0.5) * scale + nudged_low
+
+
+def test_activation_quantizer_moving_average_and_numerics():
+    quantizer = tq.ActivationQuantizer(ema_decay=0.9)
+    rng = np.random.default_rng(0)
+    first = rng.uniform(-1.0, 3.0, (32, 5)).astype(np.float32)
+    quantizer(first, training=True)
+    # The first update copies the batch range.
+    assert float(quantizer.range_min.numpy()) == pytest.approx(first.min(), rel=1e-6)
+    assert float(quantizer.range_max.numpy()) == pytest.approx(first.max(), rel=1e-6)
+    second = rng.uniform(-2.0, 5.0, (32, 5)).astype(np.float32)
+    quantizer(second, training=True)
+    decay = min(0.9, 2.0 / 11.0)
+    expected_min = decay * first.min() + (1 - decay) * second.min()
+    expected_max = decay * first.max() + (1 - decay) * second.max()
+    assert float(quantizer.range_min.numpy()) == pytest.approx(expected_min, rel=1e-5)
+    assert float(quantizer.range_max.numpy()) == pytest.approx(expected_max, rel=1e-5)
+    x = rng.uniform(-4.0, 7.0, (64, 5)).astype(np.float32)
+    got = keras.ops.convert_to_numpy(quantizer(x, training=False))
+    np.testing.assert_allclose(got, _numpy_asymmetric(x, expected_min, expected_max), atol=1e-5)
+    # Inference does not move the range; freezing stops training updates.
+    quantizer.frozen.assign(1.0)
+    quantizer(x * 10, training=True)
+    assert float(quantizer.range_max.numpy()) == pytest.approx(expected_max, rel=1e-5)
+
+
+def test_fold_math_matches_batch_norm():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 3, 2, 4)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 2, 4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    mean, var = rng.standard_normal(4).astype(np.float32), rng.uniform(0.1, 3, 4).astype(np.float32)
+    x = rng.standard_normal((2, 6, 6, 2)).astype(np.float32)
+    conv = keras.ops.convert_to_numpy(keras.ops.conv(x, w)) + b
+    expected = gamma * (conv - mean) / np.sqrt(var + 1e-3) + beta
+    scale = keras.ops.convert_to_numpy(folding.fold_scale(gamma, var, 1e-3))
+    bias = keras.ops.convert_to_numpy(folding.folded_bias(b, beta, mean, scale))
+    got = keras.ops.convert_to_numpy(keras.ops.conv(x, w * scale)) + bias
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_folded_model_matches_float_model_before_training(trained_float, digits):
+    (x, _), (x_test, _) = digits
+    qat = tq.quantize_model(trained_float)
+    report = qat.quantization_report
+    assert ("bn1", "conv1") in report.folded and ("dw_bn", "dw") in report.folded
+    names = [layer.name for layer in qat.layers]
+    assert "bn1" not in names and "dw_bn" not in names
+    tq.calibrate(qat, x[:256])
+    float_out = trained_float.predict(x_test, verbose=0)
+    qat_out = qat.predict(x_test, verbose=0)
+    # Only int8 rounding separates them: small logit error, near-identical decisions.
+    spread = float_out.max() - float_out.min()
+    assert np.abs(qat_out - float_out).mean() < 0.02 * spread
+    assert np.mean(qat_out.argmax(1) == float_out.argmax(1)) >= 0.97
+
+
+def test_folded_bn_training_step_follows_batch_statistics():
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((6, 6, 3))
+    outputs = layers.BatchNormalization(momentum=0.5, name="bn")(layers.Conv2D(4, 3, name="conv")(inputs))
+    model = keras.Model(inputs, outputs)
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(rng.standard_normal(4).astype(np.float32))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, 4).astype(np.float32))
+    qat = tq.quantize_model(model)
+    x = rng.uniform(0, 1, (16, 6, 6, 3)).astype(np.float32)
+    tq.calibrate(qat, x)
+    expected = keras.ops.convert_to_numpy(model(x, training=True))
+    got = keras.ops.convert_to_numpy(qat(x, training=True))
+    # Batch statistics, not moving ones: differences are int8 rounding, plus clipping of the
+    # few extremes beyond the output quantizer's moving-average range.
+    error, spread = np.abs(got - expected), expected.max() - expected.min()
+    assert np.quantile(error, 0.95) < 0.02 * spread
+    np.testing.assert_allclose(
+        qat.get_layer("conv").bn_moving_mean.numpy(), bn.moving_mean.numpy(), atol=0.02
+    )
+
+
+# --- conversion and coverage --------------------------------------------------------------
+
+_COVERAGE = {
+    "conv_bn_relu": lambda x: layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(8, 3)(x))),
+    "depthwise_bn_relu6": lambda x: layers.ReLU(6.0)(
+        layers.BatchNormalization()(layers.DepthwiseConv2D(3, depth_multiplier=2)(x))
+    ),
+    "separable_bn_activation": lambda x: layers.Activation("relu")(
+        layers.BatchNormalization()(layers.SeparableConv2D(8, 3)(x))
+    ),
+    "conv2d_transpose": lambda x: layers.Conv2DTranspose(4, 3, strides=2, padding="same")(x),
+    "conv1d": lambda x: layers.Conv1D(8, 3, activation="relu")(layers.Reshape((32, 6))(x)),
+    "dense_bn_softmax": lambda x: layers.Dense(5, activation="softmax")(
+        layers.BatchNormalization()(layers.Dense(8)(layers.Flatten()(x)))
+    ),
+    "add_concat_relu": lambda x: layers.Concatenate()(
+        [layers.ReLU()(layers.Add()([layers.Conv2D(4, 1)(x), layers.Conv2D(4, 1)(x)])), layers.Conv2D(4, 1)(x)]
+    ),
+    "pooling": lambda x: layers.GlobalAveragePooling2D()(
+        layers.AveragePooling2D(2)(layers.MaxPooling2D()(layers.Conv2D(4, 3, padding="same")(x)))
+    ),
+    "pad_upsample_dropout": lambda x: layers.Dropout(0.2)(
+        layers.UpSampling2D()(layers.ZeroPadding2D()(layers.Conv2D(4, 3)(x)))
+    ),
+    "rescaling_activations": lambda x: layers.Activation("tanh")(
+        layers.LeakyReLU(0.1)(layers.Conv2D(4, 3)(layers.Rescaling(2.0, offset=-1.0)(layers.Conv2D(3, 1)(x))))
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_COVERAGE))
+def test_supported_layers_convert_to_int8_ops_only(case):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), name="x")
+    model = keras.Model(inputs, _COVERAGE[case](inputs), name=case)
+    x = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 3)).astype(np.float32)
+    qat = tq.quantize_model(model)
+    assert qat.quantization_report.float_layers == []
+    tq.calibrate(qat, x)
+    tflite = tfc.to_tflite(qat, mode="int8", representative_data=x[:16], strict=True)
+    info = tflite.info
+    assert info.float_compute_ops() == []
+    assert _middle_dequantize_ops(info) == []
+    assert any(k.endswith("/int8") for k in info.op_census_by_dtype)
+    expected = qat.predict(x, verbose=0)
+    got = _run_tflite(tflite, x)
+    # The int8 file computes what the QAT model computes, up to a few output quantization steps.
+    assert np.abs(got - expected).max() <= 0.08 * (np.abs(expected).max() + 1e-6)
+
+
+def test_unsupported_layer_is_reported_and_left_float():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 1, name="c1")(inputs)
+    x = layers.Lambda(lambda t: t * t, name="square")(x)
+    outputs = layers.Conv2D(4, 1, name="c2")(x)
+    model = keras.Model(inputs, outputs)
+    with pytest.warns(UserWarning, match="square"):
+        qat = tq.quantize_model(model)
+    report = qat.quantization_report
+    assert [name for name, _ in report.float_layers] == ["square"]
+    assert "Lambda" in report.float_layers[0][1]
+    assert type(qat.get_layer("square")) is layers.Lambda
+    assert isinstance(qat.get_layer("c2"), tq.quantized_layers.QuantizedConv2D)
+    x_data = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(qat.get_layer("c1")(x_data)).shape, (8, 8, 8, 4)
+    )
+
+
+def test_keep_float_forces_float_by_name(trained_float):
+    with pytest.warns(UserWarning, match="keep_float"):
+        qat = tq.quantize_model(trained_float, keep_float=["pw"])
+    assert type(qat.get_layer("pw")) is layers.Conv2D
+    assert ("pw", "listed in keep_float") in qat.quantization_report.float_layers
+    assert "pw" not in qat.quantization_report.quantized
+    np.testing.assert_array_equal(qat.get_layer("pw").kernel.numpy(), trained_float.get_layer("pw").kernel.numpy())
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+def test_qat_trains_and_int8_file_matches_keras(trained_float, digits):
+    (x, y), (x_test, y_test) = digits
+    float_accuracy = np.mean(trained_float.predict(x_test, verbose=0).argmax(1) == y_test)
+    qat = tfc.zoo.compile_classifier(tq.quantize_model(trained_float), learning_rate=5e-4)
+    parity = tfc.TFLiteParityCallback(every_n_epochs=2, x=x_test, y=y_test)
+    history = qat.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[parity])
+    assert np.isfinite(history.history["loss"]).all()
+    keras_out = qat.predict(x_test, verbose=0)
+    keras_accuracy = np.mean(keras_out.argmax(1) == y_test)
+    tflite = tfc.to_tflite(qat, mode="int8", representative_data=x[:50], io_type="int8", strict=True)
+    assert tflite.info.float_compute_ops() == []
+    report = tfc.evaluate_tflite(tflite, x=x_test, y=y_test, backends=("xnnpack",), num_runs=1, warmup_runs=0)
+    assert float_accuracy > 0.85
+    assert keras_accuracy >= float_accuracy - 0.03
+    assert abs(report.accuracy - keras_accuracy) <= 0.01
+    assert len(parity.history) == 1 and abs(parity.history[0]["gap"]) <= 1.0
+
+
+def test_sequential_and_nested_models():
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential(
+        [keras.Input((8, 8, 4)), layers.Conv2D(4, 3, padding="same", name="inner_conv"),
+         layers.BatchNormalization(name="inner_bn"), layers.ReLU(name="inner_relu")],
+        name="block",
+    )
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 1, name="stem")(inputs)
+    x = inner(x)
+    outputs = layers.Dense(3, name="head")(layers.Flatten()(x))
+    nested = keras.Model(inputs, outputs)
+    qat = tq.quantize_model(nested)
+    assert ("block/inner_bn", "block/inner_conv") in qat.quantization_report.folded
+    assert isinstance(qat.get_layer("block").get_layer("inner_conv"), tq.quantized_layers.QuantizedConv2D)
+
+    sequential = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, name="c"), layers.Flatten(), layers.Dense(3)])
+    qat_seq = tq.quantize_model(sequential)
+    assert isinstance(qat_seq.get_layer("c"), tq.quantized_layers.QuantizedConv2D)
+    x_data = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 3)).astype(np.float32)
+    for model in (qat, qat_seq):
+        tq.calibrate(model, x_data)
+        tflite = tfc.to_tflite(model, mode="int8", representative_data=x_data[:8], strict=True)
+        assert tflite.info.float_compute_ops() == []
+
+
+def test_pruned_model_keeps_its_zeros_through_qat_and_in_int8(trained_float, digits):
+    (x, y), _ = digits
+    pruned = keras.models.clone_model(trained_float)
+    pruned.set_weights(trained_float.get_weights())
+    for name in ("conv1", "pw", "logits"):
+        kernel = pruned.get_layer(name).kernel
+        values = kernel.numpy()
+        threshold = np.quantile(np.abs(values), 0.75)
+        kernel.assign(np.where(np.abs(values) < threshold, 0.0, values))
+    qat = tq.quantize_model(pruned)
+    assert "kernel" in qat.get_layer("pw").qat_options["masked_kernels"]
+    tfc.zoo.compile_classifier(qat, learning_rate=1e-3)
+    qat.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    tflite = tfc.to_tflite(qat, mode="int8", representative_data=x[:50])
+    sparsity = {w.shape: w.zero_fraction for w in tflite.info.kernels if w.dtype == "int8"}
+    # TFLite stores conv kernels as (out, kh, kw, in) and FC kernels as (out, in).
+    assert sparsity[(16, 3, 3, 1)] >= 0.74
+    assert sparsity[(32, 1, 1, 16)] >= 0.74
+    assert sparsity[(10, 32)] >= 0.74
+
+
+def test_keras_file_round_trip_with_plain_load_model(trained_float, digits, tmp_path):
+    (x, y), (x_test, _) = digits
+    qat = tfc.zoo.compile_classifier(tq.quantize_model(trained_float), learning_rate=1e-4)
+    qat.fit(x[:256], y[:256], epochs=1, batch_size=32, verbose=0)
+    path = str(tmp_path / "qat.keras")
+    qat.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x_test, verbose=0), qat.predict(x_test, verbose=0), atol=1e-5)
+    conv = loaded.get_layer("conv1")
+    np.testing.assert_array_equal(conv.bn_moving_variance.numpy(), qat.get_layer("conv1").bn_moving_variance.numpy())
+    loaded.fit(x[:64], y[:64], epochs=1, verbose=0)  # compiled state and QAT behaviour survive
+
+
+def test_freeze_stops_range_and_statistics_updates(trained_float, digits):
+    (x, y), _ = digits
+    qat = tfc.zoo.compile_classifier(tq.quantize_model(trained_float), learning_rate=1e-3)
+    qat.fit(x[:64], y[:64], epochs=1, verbose=0)
+    quantizer, conv = qat.get_layer("relu1_quant"), qat.get_layer("conv1")
+    assert tq.freeze(qat) > 0
+    before = (quantizer.range_max.numpy(), conv.bn_moving_mean.numpy().copy(), conv.kernel.numpy().copy())
+    qat.fit(x[:128], y[:128], epochs=1, verbose=0)
+    assert quantizer.range_max.numpy() == before[0]
+    np.testing.assert_array_equal(conv.bn_moving_mean.numpy(), before[1])
+    assert not np.array_equal(conv.kernel.numpy(), before[2])  # weights still train
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors(trained_float):
+    with pytest.raises(TypeError, match="keras.Model"):
+        tq.quantize_model("model.keras")
+    unbuilt = keras.Sequential([layers.Dense(3)], name="unbuilt")
+    with pytest.raises(ValueError, match="'unbuilt' is not built"):
+        tq.quantize_model(unbuilt)
+    with pytest.raises(ValueError, match="'cnov1'.*Did you mean.*conv1"):
+        tq.quantize_model(trained_float, keep_float=["cnov1"])
+    with pytest.raises(TypeError, match="QuantizationConfig"):
+        tq.quantize_model(trained_float, config={"ema_decay": 0.9})
+    with pytest.raises(ValueError, match="ema_decay.*1.5"):
+        tfc.QuantizationConfig(ema_decay=1.5)
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    subclassed = Subclassed()
+    subclassed(np.zeros((1, 3), np.float32))
+    with pytest.raises(TypeError, match="subclassed"):
+        tq.quantize_model(subclassed)
+    qat = tq.quantize_model(trained_float)
+    with pytest.raises(ValueError, match="already quantized"):
+        tq.quantize_model(qat)
