@@ -44,7 +44,8 @@ class Distiller(keras.distillation.Distiller):
       each activation map ``(H, W, C)`` becomes ``mean_c(a**2)`` flattened and
       L2-normalised, and the loss is the squared distance of the two maps summed over
       positions, averaged over the batch; only the spatial shapes must match, so a
-      narrow student can learn from a wide teacher.
+      narrow student can learn from a wide teacher. Feature distillation cannot use the
+      teacher cache and costs a second student pass per step for the activations.
 
     The teacher is frozen (``teacher.trainable`` is set to False) and always runs with
     ``training=False``: its weights and BatchNormalization statistics never change and
