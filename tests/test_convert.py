@@ -203,3 +203,16 @@ class TestBadArguments:
         with pytest.raises(convert.ConversionError, match=r"fft_model.*mode='int8'") as info:
             tfc.to_tflite(model, mode="int8", representative_data=np.ones((4, 4), np.float32))
         assert "Traceback" not in str(info.value)
+
+
+def test_isolated_conversion_matches_inline_and_reports_failures(trained_digits_model, digits_data):
+    (x, _), _ = digits_data
+    inline = tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:32])
+    isolated = tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:32], isolate=True)
+    assert bytes(inline) == bytes(isolated)  # same seed-free pipeline → identical bytes
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda t: keras.ops.fft((t, t))[0])(inputs), name="fft_model")
+    with pytest.raises(convert.ConversionError, match=r"'fft_model'.*'tf.FFT' op is neither"):
+        tfc.to_tflite(model, mode="int8", representative_data=np.ones((4, 4), np.float32), isolate=True)
+    with pytest.raises(convert.ConversionError, match="longer than 0.01 s"):
+        tfc.to_tflite(trained_digits_model, mode="float32", isolate=True, timeout=0.01)

@@ -118,6 +118,9 @@ def _define_convert():
     flags.DEFINE_list("keep_float", [], "Keras layer names to keep in float (int8 mode).")
     flags.DEFINE_boolean("strict", False, "Fail if an int8 model still has float compute ops.")
     flags.DEFINE_integer("calibration_samples", 200, "Training samples used to calibrate int8/int16x8.")
+    flags.DEFINE_boolean("isolate", True, "Run the TFLite converter in a subprocess, so a converter crash "
+                         "becomes a readable error.")
+    flags.DEFINE_integer("timeout", 600, "Seconds before an isolated conversion is stopped.")
 
 
 def _convert(argv):
@@ -137,6 +140,7 @@ def _convert(argv):
     b = tfc.to_tflite(
         model, mode=FLAGS.mode, representative_data=calibration, output_path=output, overwrite=FLAGS.overwrite,
         io_type=FLAGS.io_type, sparse=FLAGS.sparse, keep_float=FLAGS.keep_float or None, strict=FLAGS.strict,
+        isolate=FLAGS.isolate, timeout=FLAGS.timeout,
     )
     _progress(f"wrote {output}: {len(b):,} bytes, ops {b.info.op_census_by_dtype}", start)
 

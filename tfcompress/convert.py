@@ -27,6 +27,7 @@ _IO_TYPES = {
     "int16x8": ("float32", "int16"),
 }
 DEFAULT_MAX_CALIBRATION_SAMPLES = 500
+DEFAULT_TIMEOUT_S = 600
 
 
 class ConversionError(RuntimeError):
@@ -194,7 +195,9 @@ def _converter_message(exc):
     picked = []
     for ln in lines:
         ln = re.sub(r"^.*?error:\s*", "", ln, flags=re.IGNORECASE)
-        if ln and ln not in picked:
+        # MLIR prefixes each error with its source location; users need the op and the reason.
+        ln = re.sub(r"^loc\(.*\):\s*", "", ln)
+        if ln and ln not in picked and not ln.startswith("failed while converting"):
             picked.append(ln)
     if not picked:
         picked = [text.strip().splitlines()[-1] if text.strip() else type(exc).__name__]
@@ -268,6 +271,8 @@ def to_tflite(
     input_shape=None,
     max_calibration_samples=DEFAULT_MAX_CALIBRATION_SAMPLES,
     check_float_outputs=True,
+    isolate=False,
+    timeout=DEFAULT_TIMEOUT_S,
 ):
     """Converts a Keras 3 model to a TFLite flatbuffer.
 
@@ -297,6 +302,10 @@ def to_tflite(
         max_calibration_samples: calibrate on at most this many samples.
         check_float_outputs: before calibrating, run the float model on the
             samples and fail if any produces NaN/Inf.
+        isolate: run the TFLite converter in a subprocess, so that a converter
+            abort or segfault becomes a `ConversionError` instead of killing the
+            caller (the CLI does this by default).
+        timeout: with ``isolate``, seconds before the converter is stopped.
 
     Returns:
         A `ConvertedModel`: the ``.tflite`` bytes, with ``.info`` (op census and
@@ -315,8 +324,6 @@ def to_tflite(
         ...               output_path="model_int8.tflite")
         >>> b.info.op_census_by_dtype
     """
-    import tensorflow as tf
-
     _check_arguments(mode, io_type, keep_float)
     model = _check_model(model)
     if output_path is not None:
@@ -345,29 +352,26 @@ def to_tflite(
             representative.check_model_outputs(model, samples, specs)
 
     workdir = tempfile.mkdtemp(prefix="tfcompress_export_")
+    saved_model_dir = os.path.join(workdir, "saved_model")
     try:
         try:
-            _export_saved_model(model, specs, workdir)
+            _export_saved_model(model, specs, saved_model_dir)
         except Exception as exc:
             raise ConversionError(
                 f"Exporting model {model.name!r} for TFLite failed: {type(exc).__name__}: {_converter_message(exc)}. "
                 "Check that model(x, training=False) runs on inputs of shape "
                 f"{[representative._fmt_shape(s.shape) for s in specs]}."
             ) from None
-        converter = tf.lite.TFLiteConverter.from_saved_model(workdir, signature_keys=["serve"])
-        _configure(converter, mode, samples, io_type, sparse)
-        try:
-            if keep_float:
-                data = _convert_keeping_float(converter, workdir, samples, keep_float)
-                notes.append(f"kept float: {keep_float}")
-            else:
-                data = converter.convert()
-        except Exception as exc:
-            raise ConversionError(
-                f"The TFLite converter could not convert model {model.name!r} to mode={mode!r}: "
-                f"{_converter_message(exc)}. If an op is unsupported in int8, try keep_float=[layer] "
-                "or mode='dynamic'."
-            ) from None
+        if isolate:
+            data = _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep_float, timeout,
+                                          model.name)
+        else:
+            try:
+                data = convert_saved_model(saved_model_dir, mode, samples, io_type, sparse, keep_float)
+            except Exception as exc:
+                raise ConversionError(_failure_message(model.name, mode, _converter_message(exc))) from None
+        if keep_float:
+            notes.append(f"kept float: {keep_float}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -415,3 +419,60 @@ def _convert_keeping_float(converter, saved_model_dir, samples, keep_float):
             converter=converter, debug_dataset=dataset, debug_options=options
         )
         return debugger.get_nondebug_quantized_model()
+
+
+def _failure_message(model_name, mode, reason):
+    return (
+        f"The TFLite converter could not convert model {model_name!r} to mode={mode!r}: {reason}. "
+        "If an op is unsupported in int8, try keep_float=[layer] or mode='dynamic'."
+    )
+
+
+def convert_saved_model(saved_model_dir, mode, samples, io_type="float32", sparse=False, keep_float=None):
+    """Runs the TFLite converter on an exported SavedModel (``serve`` endpoint); returns the bytes."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serve"])
+    _configure(converter, mode, samples, io_type, sparse)
+    if keep_float:
+        return _convert_keeping_float(converter, saved_model_dir, samples, keep_float)
+    return converter.convert()
+
+
+def _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep_float, timeout, model_name):
+    """The converter in a child process: a native crash or a hang becomes a ConversionError."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    job = os.path.join(os.path.dirname(saved_model_dir), "job")
+    os.makedirs(job)
+    with open(os.path.join(job, "job.json"), "w") as f:
+        json.dump({"mode": mode, "io_type": io_type, "sparse": bool(sparse), "keep_float": keep_float}, f)
+    if samples:
+        arrays = {f"input_{j}": np.concatenate([s[j] for s in samples]) for j in range(len(samples[0]))}
+        np.savez(os.path.join(job, "samples.npz"), **arrays)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    command = [sys.executable, "-m", "tfcompress._convert_worker", saved_model_dir, job]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise ConversionError(
+            f"Converting model {model_name!r} to mode={mode!r} took longer than {timeout} s and was stopped. "
+            "Raise timeout= (CLI: --timeout) for very large models."
+        ) from None
+    if result.returncode == 0:
+        with open(os.path.join(job, "model.tflite"), "rb") as f:
+            return f.read()
+    error_file = os.path.join(job, "error.txt")
+    if result.returncode > 0 and os.path.exists(error_file):
+        with open(error_file) as f:
+            raise ConversionError(_failure_message(model_name, mode, f.read().strip()))
+    if result.returncode < 0:
+        name = signal.Signals(-result.returncode).name
+        reason = f"the converter process crashed with {name}"
+    else:
+        tail = [ln for ln in result.stderr.strip().splitlines() if ln.strip()][-1:] or ["no output"]
+        reason = f"the converter process exited with code {result.returncode} ({tail[0][:300]})"
+    raise ConversionError(_failure_message(model_name, mode, reason))

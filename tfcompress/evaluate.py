@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from tfcompress import tflite_file
+from tfcompress.convert import ConvertedModel
 
 BACKENDS = ("cpu", "xnnpack")
 
@@ -244,6 +245,7 @@ def evaluate_tflite(
     parity_samples=64,
     name=None,
     seed=0,
+    verify="auto",
 ):
     """Measures a .tflite model: size, sparsity, ops, latency per backend, parity and accuracy.
 
@@ -260,6 +262,10 @@ def evaluate_tflite(
         parity_samples: samples of x compared across backends.
         name: label for reports (default: the conversion mode, or "model").
         seed: seed of the synthetic latency input.
+        verify: load and run the model once in a child process first, so a
+            corrupted file cannot crash the caller. ``"auto"`` (default) does it
+            for files and bytes from elsewhere and skips it for the output of
+            `to_tflite` in this process.
 
     Returns:
         An `EvaluationReport`.
@@ -284,11 +290,13 @@ def evaluate_tflite(
 
     raw = tflite_file._read(model)
     info = tflite_file.inspect(raw)
+    if verify is True or (verify == "auto" and not isinstance(model, ConvertedModel)):
+        tflite_file.check_loads(raw)
     name = name or getattr(model, "mode", None) or "model"
     rng = np.random.default_rng(seed)
     try:
         probe = _make_interpreter(raw, backends[0] if backends else "cpu", 1)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         raise tflite_file.InvalidTFLiteFileError(
             f"LiteRT could not load the model: {str(exc).strip().splitlines()[-1]}. The file is corrupted or uses "
             "ops this runtime lacks."

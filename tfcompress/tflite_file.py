@@ -289,3 +289,59 @@ def _parse(raw):
         input_details=details(main.InputsAsNumpy() if main.InputsLength() else []),
         output_details=details(main.OutputsAsNumpy() if main.OutputsLength() else []),
     )
+
+
+_LOAD_CHECK = r"""
+import sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+for resolver in (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, OpResolverType.AUTO):
+    it = Interpreter(model_path=sys.argv[1], experimental_op_resolver_type=resolver)
+    it.allocate_tensors()
+    for d in it.get_input_details():
+        it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    it.invoke()
+"""
+
+
+def check_loads(tflite, timeout=120):
+    """Loads and runs the model once, on both backends, in a separate process.
+
+    A corrupted flatbuffer can crash the native interpreter (a segfault cannot be
+    caught in Python); doing the first load in a child process turns that into an
+    exception for the caller.
+
+    Raises:
+        InvalidTFLiteFileError: the child crashed, failed or timed out; the message
+            says which.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    raw = _read(tflite)
+    fd, path = tempfile.mkstemp(suffix=".tflite", prefix="tfcompress_check_")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        try:
+            result = subprocess.run([sys.executable, "-c", _LOAD_CHECK, path], capture_output=True, text=True,
+                                    timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise InvalidTFLiteFileError(
+                f"LiteRT did not finish loading and running the model within {timeout} s; the file is "
+                "corrupted or far larger than expected.") from None
+    finally:
+        os.unlink(path)
+    if result.returncode == 0:
+        return
+    if result.returncode < 0:
+        reason = f"the LiteRT interpreter crashed ({signal.Signals(-result.returncode).name})"
+    else:
+        lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith(("WARNING", "INFO"))]
+        reason = f"LiteRT refused it: {lines[-1][:300] if lines else 'no reason given'}"
+    raise InvalidTFLiteFileError(
+        f"The .tflite model cannot be run: {reason}. The file is corrupted, truncated or uses ops this "
+        "runtime lacks; re-export it.")

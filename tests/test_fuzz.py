@@ -1,0 +1,44 @@
+"""Corrupted .tflite files give a clear error and never crash the caller."""
+
+import pytest
+
+import tfcompress as tfc
+from tfcompress import fuzz, tflite_file
+
+
+@pytest.fixture(scope="module")
+def int8_bytes(trained_digits_model, digits_data):
+    (x, _), _ = digits_data
+    return bytes(tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:64]))
+
+
+def test_parser_survives_hundreds_of_mutations(int8_bytes):
+    outcomes = {"parsed": 0, "rejected": 0}
+    for _, data in fuzz.mutations(int8_bytes, 400, seed=1):
+        try:
+            tflite_file.inspect(data)
+            outcomes["parsed"] += 1
+        except tflite_file.InvalidTFLiteFileError as exc:
+            assert "re-export" in str(exc) or "TFL3" in str(exc)
+            outcomes["rejected"] += 1
+    assert outcomes["rejected"] > 20 and sum(outcomes.values()) == 400
+
+
+def test_evaluator_turns_corruption_into_an_error(int8_bytes):
+    outcomes = {"ran": 0, "rejected": 0}
+    for kind, data in fuzz.mutations(int8_bytes, 18, seed=2):
+        try:
+            tfc.evaluate_tflite(data, num_runs=1, warmup_runs=0, backends=("cpu",))
+            outcomes["ran"] += 1
+        except tfc.InvalidTFLiteFileError as exc:
+            assert "Traceback" not in str(exc)
+            outcomes["rejected"] += 1
+    assert outcomes["rejected"] >= 3, outcomes
+
+
+def test_check_loads_reports_a_crash_as_an_error(int8_bytes):
+    tflite_file.check_loads(int8_bytes)  # a good file passes
+    with pytest.raises(tfc.InvalidTFLiteFileError, match="cannot be run|TFL3|parse"):
+        data = bytearray(int8_bytes)
+        data[8:64] = b"\xff" * 56
+        tflite_file.check_loads(bytes(data))

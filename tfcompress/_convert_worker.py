@@ -1,0 +1,40 @@
+"""Child process of ``to_tflite(isolate=True)``: converts one exported SavedModel.
+
+Usage: ``python -m tfcompress._convert_worker SAVED_MODEL_DIR JOB_DIR``. Reads
+``job.json`` (and ``samples.npz``) from JOB_DIR, writes ``model.tflite`` there, or
+``error.txt`` and exit code 3 when the converter raises. A native crash shows as a
+signal in the parent.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def main(saved_model_dir, job_dir):
+    from tfcompress.convert import _converter_message, convert_saved_model
+
+    with open(os.path.join(job_dir, "job.json")) as f:
+        job = json.load(f)
+    samples = None
+    samples_path = os.path.join(job_dir, "samples.npz")
+    if os.path.exists(samples_path):
+        with np.load(samples_path) as npz:
+            inputs = [npz[f"input_{j}"] for j in range(len(npz.files))]
+        samples = [[a[i: i + 1] for a in inputs] for i in range(len(inputs[0]))]
+    try:
+        data = convert_saved_model(saved_model_dir, job["mode"], samples, job["io_type"], job["sparse"],
+                                   job["keep_float"])
+    except Exception as exc:
+        with open(os.path.join(job_dir, "error.txt"), "w") as f:
+            f.write(_converter_message(exc))
+        return 3
+    with open(os.path.join(job_dir, "model.tflite"), "wb") as f:
+        f.write(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
