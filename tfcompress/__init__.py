@@ -27,3 +27,4 @@ from tfcompress.pruning import (  # noqa: E402
 )
 from tfcompress import quantization  # noqa: E402
 from tfcompress.quantization import QuantizationConfig, TFLiteParityCallback, quantize_model  # noqa: E402
+from tfcompress.recipe import CompressionResult, Convert, Distill, Prune, QuantizeAware, compress  # noqa: E402

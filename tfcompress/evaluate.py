@@ -63,6 +63,7 @@ class EvaluationReport:
     accuracy_samples: int = 0
     accuracy_backend: str = None
     notes: list = dataclasses.field(default_factory=list)
+    failed_backends: dict = dataclasses.field(default_factory=dict)
 
     def latency_for(self, backend, threads=1):
         for r in self.latency:
@@ -317,16 +318,26 @@ def evaluate_tflite(
     else:
         latency_inputs = [_synthetic_input(d, rng) for d in details]
 
-    configs = [(b, t) for b in backends for t in threads]
-    interpreters, init_ms, first_ms, times = {}, {}, {}, {}
-    for cfg in configs:
-        start = time.perf_counter()
-        interpreters[cfg] = _make_interpreter(raw, *cfg)
-        init_ms[cfg] = (time.perf_counter() - start) * 1e3
-        start = time.perf_counter()
-        _run(interpreters[cfg], latency_inputs)
-        first_ms[cfg] = (time.perf_counter() - start) * 1e3
-        times[cfg] = []
+    interpreters, init_ms, first_ms, times, failures = {}, {}, {}, {}, {}
+    for cfg in [(b, t) for b in backends for t in threads]:
+        if cfg[0] in failures:
+            continue
+        try:
+            start = time.perf_counter()
+            interpreters[cfg] = _make_interpreter(raw, *cfg)
+            init_ms[cfg] = (time.perf_counter() - start) * 1e3
+            start = time.perf_counter()
+            _run(interpreters[cfg], latency_inputs)
+            first_ms[cfg] = (time.perf_counter() - start) * 1e3
+            times[cfg] = []
+        except (RuntimeError, ValueError) as exc:
+            # A backend that cannot run this model (e.g. a delegate refusing an op) is a finding, not a crash.
+            failures[cfg[0]] = " ".join(str(exc).split())[:300]
+            interpreters.pop(cfg, None)
+    if not interpreters:
+        raise RuntimeError(f"No backend could run the model: {failures}.")
+    configs = list(interpreters)
+    backends = tuple(dict.fromkeys(b for b, _ in configs))
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed run would be charged to whichever config ran then
     try:
@@ -370,6 +381,7 @@ def evaluate_tflite(
         accuracy = float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
 
     notes = list(getattr(model, "notes", []))
+    notes += [f"backend {b} failed: {reason}" for b, reason in failures.items()]
     if info.sparsity > 0.3 and "xnnpack" in backends:
         notes.append(
             f"{100 * info.sparsity:.0f}% of weights are zero: this shrinks the gzip size; on x86 with AVX, "
@@ -392,6 +404,7 @@ def evaluate_tflite(
         accuracy_samples=0 if y is None else int(len(y)),
         accuracy_backend=accuracy_backend,
         notes=notes,
+        failed_backends=failures,
     )
 
 

@@ -1,0 +1,71 @@
+"""compress(): recipes chain pruning, distillation, QAT and conversion on real models."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfcompress as tfc
+from tfcompress.recipe import Convert, Distill, Prune, QuantizeAware, compress
+
+
+def test_prune_qat_int8_chain_keeps_zeros_and_accuracy(trained_digits_model, digits_data):
+    before = [w.copy() for w in trained_digits_model.get_weights()]
+    result = compress(trained_digits_model, digits_data, [Prune(0.75, epochs=3), QuantizeAware(epochs=1),
+                                                          Convert("int8")], batch_size=32, num_runs=3, verbose=0)
+    assert list(result.artifacts) == ["prune75-qat-int8"]
+    report = result.reports["prune75-qat-int8"]
+    assert report.sparsity == pytest.approx(0.75, abs=0.03)
+    assert report.accuracy > result.keras_accuracy - 0.03
+    assert report.op_census_by_dtype.get("FULLY_CONNECTED/int8") == 2
+    # copy=True: the caller's model is untouched.
+    for a, b in zip(before, trained_digits_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert "prune75-qat-int8" in result.to_markdown()
+    assert [m for m, _ in result.log][0].startswith("pruned to 75%")
+
+
+def test_named_ptq_recipe_produces_every_artifact(trained_digits_model, digits_data):
+    result = compress(trained_digits_model, digits_data, "ptq-all", evaluate=False, verbose=0)
+    assert list(result.artifacts) == ["float32", "float16", "dynamic", "int8"]
+    sizes = [len(result.artifacts[k]) for k in ("float32", "float16", "int8")]
+    assert sizes[0] > sizes[1] > sizes[2]
+
+
+def test_distill_with_pruning_into_a_small_student(trained_digits_model, digits_data):
+    keras.utils.set_random_seed(0)
+    student = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                                keras.layers.Flatten(), keras.layers.Dense(10)], name="student")
+    result = compress(student, digits_data, [Distill(trained_digits_model, epochs=6, sparsity=0.5), Convert("int8")],
+                      batch_size=32, num_runs=2, verbose=0)
+    report = result.reports["distill-prune50-int8"]
+    assert report.sparsity == pytest.approx(0.5, abs=0.03)
+    assert report.accuracy > 0.8
+    assert len(result.artifacts["distill-prune50-int8"]) < 0.5 * len(tfc.to_tflite(trained_digits_model, mode="int8",
+                                                                                 representative_data=digits_data[0][0][:32]))
+
+
+class TestBadRecipes:
+    def test_unknown_named_recipe(self, trained_digits_model, digits_data):
+        with pytest.raises(ValueError, match="recipe='shrink'.*prune-qat-int8"):
+            compress(trained_digits_model, digits_data, "shrink")
+
+    def test_pruning_after_qat(self, trained_digits_model, digits_data):
+        with pytest.raises(ValueError, match="before QuantizeAware"):
+            compress(trained_digits_model, digits_data, [QuantizeAware(), Prune(0.5)])
+
+    def test_bad_step_arguments(self):
+        with pytest.raises(ValueError, match=r"Prune\(sparsity=1.5\)"):
+            Prune(1.5)
+        with pytest.raises(ValueError, match=r"Convert\(mode='int4'\)"):
+            Convert("int4")
+        with pytest.raises(ValueError, match=r"QuantizeAware\(epochs=0\)"):
+            QuantizeAware(epochs=0)
+
+    def test_not_a_step(self, trained_digits_model, digits_data):
+        with pytest.raises(TypeError, match="recipe step 0"):
+            compress(trained_digits_model, digits_data, ["prune"])
+
+    def test_mismatched_data(self, trained_digits_model, digits_data):
+        (x, y), test = digits_data
+        with pytest.raises(ValueError, match="must match"):
+            compress(trained_digits_model, ((x, y[:5]), test), "int8")

@@ -1,0 +1,321 @@
+"""One verb for a whole compression chain: ``compress(model, data, recipe)``.
+
+A recipe is a list of small step objects run in order on (a copy of) the model:
+
+    >>> result = tfc.compress(model, data, [tfc.Prune(0.75), tfc.QuantizeAware(), tfc.Convert("int8")])
+    >>> result.artifacts["int8"]            # the .tflite bytes
+    >>> print(result.to_markdown())          # the evaluation of every artifact
+
+or a named recipe: ``"int8"``, ``"float16"``, ``"dynamic"``, ``"prune-int8"``, ``"qat-int8"``,
+``"prune-qat-int8"``, ``"ptq-all"`` (float32, float16, dynamic, int8). The demo and the CLI
+are thin users of this function.
+"""
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from tfcompress import datasets
+from tfcompress.convert import MODES, to_tflite
+from tfcompress.evaluate import compare, evaluate_tflite
+
+
+def _check_epochs(step, epochs):
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"{type(step).__name__}(epochs={epochs!r}): epochs must be a positive integer.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prune:
+    """Magnitude-prune while fine-tuning.
+
+    Args:
+        sparsity: final fraction of zero weights, in [0, 1).
+        epochs: fine-tuning epochs; sparsity ramps (polynomial decay, tfmot's formula)
+            over the first ``ramp_fraction`` of the steps and holds for the rest.
+        structure: ``"unstructured"``, ``"block"`` or ``"2:4"`` (see `PruningCallback`).
+        learning_rate: Adam learning rate of the fine-tuning.
+        ramp_fraction: share of the steps spent ramping sparsity up.
+    """
+
+    sparsity: float = 0.75
+    epochs: int = 2
+    structure: str = "unstructured"
+    learning_rate: float = 1e-3
+    ramp_fraction: float = 2 / 3
+
+    def __post_init__(self):
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"Prune(sparsity={self.sparsity!r}): sparsity must be in [0, 1).")
+        _check_epochs(self, self.epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Distill:
+    """Train the current model as a student of ``teacher`` (knowledge distillation).
+
+    Args:
+        teacher: a trained Keras model with the same output shape (logits).
+        epochs: distillation epochs (teacher logits are computed once and cached).
+        sparsity: if set, prune the student to this sparsity while distilling.
+        temperature, alpha: passed to `Distiller` (None keeps its defaults).
+        learning_rate: Adam learning rate.
+    """
+
+    teacher: object
+    epochs: int = 3
+    sparsity: float = None
+    temperature: float = None
+    alpha: float = None
+    learning_rate: float = 1e-3
+
+    def __post_init__(self):
+        _check_epochs(self, self.epochs)
+        if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"Distill(sparsity={self.sparsity!r}): sparsity must be in [0, 1).")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeAware:
+    """Quantization-aware fine-tuning (`quantize_model`, then ``fit``).
+
+    Args:
+        epochs: QAT epochs.
+        learning_rate: Adam learning rate (low: the model is already trained).
+        config: a `QuantizationConfig` or None for the defaults.
+    """
+
+    epochs: int = 1
+    learning_rate: float = 1e-4
+    config: object = None
+
+    def __post_init__(self):
+        _check_epochs(self, self.epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Convert:
+    """Convert the current model to a .tflite artifact (see `to_tflite`).
+
+    Args:
+        mode: conversion mode; ``"int8"`` calibrates on 200 training samples.
+        name: artifact name (default: the chain so far, e.g. ``"prune75-qat-int8"``).
+        io_type, sparse, keep_float: passed to `to_tflite`.
+    """
+
+    mode: str = "int8"
+    name: str = None
+    io_type: str = "float32"
+    sparse: bool = False
+    keep_float: tuple = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"Convert(mode={self.mode!r}): choose one of {list(MODES)}.")
+
+
+NAMED_RECIPES = {
+    "float32": [Convert("float32")],
+    "float16": [Convert("float16")],
+    "dynamic": [Convert("dynamic")],
+    "int8": [Convert("int8")],
+    "int16x8": [Convert("int16x8")],
+    "ptq-all": [Convert("float32"), Convert("float16"), Convert("dynamic"), Convert("int8")],
+    "prune-int8": [Prune(0.75), Convert("int8")],
+    "qat-int8": [QuantizeAware(), Convert("int8")],
+    "prune-qat-int8": [Prune(0.75), QuantizeAware(), Convert("int8")],
+}
+
+
+@dataclasses.dataclass
+class CompressionResult:
+    """What `compress` produced.
+
+    Attributes:
+        model: the final Keras model (pruned / distilled / QAT as the recipe says).
+        artifacts: ``{name: ConvertedModel}`` for every `Convert` step.
+        reports: ``{name: EvaluationReport}`` (empty when ``evaluate=False``).
+        keras_accuracy: test accuracy of the input model before compression.
+        log: ``[(step description, seconds)]``.
+    """
+
+    model: object
+    artifacts: dict
+    reports: dict
+    keras_accuracy: float
+    log: list
+
+    def to_markdown(self):
+        if not self.reports:
+            return "(not evaluated)"
+        return compare(self.reports, reference_accuracy=self.keras_accuracy)
+
+
+def _resolve_recipe(recipe):
+    if isinstance(recipe, str):
+        if recipe not in NAMED_RECIPES:
+            raise ValueError(f"recipe={recipe!r} is not a named recipe; choose one of {sorted(NAMED_RECIPES)} "
+                             "or pass a list of steps (Prune, Distill, QuantizeAware, Convert).")
+        return list(NAMED_RECIPES[recipe])
+    if isinstance(recipe, (Prune, Distill, QuantizeAware, Convert)):
+        recipe = [recipe]
+    steps = list(recipe)
+    for i, step in enumerate(steps):
+        if not isinstance(step, (Prune, Distill, QuantizeAware, Convert)):
+            raise TypeError(f"recipe step {i} is {step!r}; steps are Prune, Distill, QuantizeAware or Convert.")
+    if not steps:
+        raise ValueError("recipe is empty; add at least one step (e.g. Convert('int8')).")
+    if not any(isinstance(s, Convert) for s in steps):
+        steps.append(Convert("int8"))
+    quantized_at = next((i for i, s in enumerate(steps) if isinstance(s, QuantizeAware)), None)
+    if quantized_at is not None:
+        late = [type(s).__name__ for s in steps[quantized_at + 1:] if isinstance(s, (Prune, Distill))]
+        if late:
+            raise ValueError(f"recipe: {late} after QuantizeAware would train a fake-quantized model outside "
+                             "QAT; put pruning and distillation before QuantizeAware.")
+    return steps
+
+
+def _resolve_data(data):
+    if isinstance(data, str):
+        return datasets.load(data)
+    try:
+        (x, y), (x_test, y_test) = data
+    except (TypeError, ValueError):
+        raise ValueError("data must be ((x_train, y_train), (x_test, y_test)) or a dataset name such as "
+                         "'fashion_mnist'.") from None
+    if len(x) != len(y) or len(x_test) != len(y_test):
+        raise ValueError(f"data: x_train has {len(x)} samples and y_train {len(y)}; x_test {len(x_test)} and "
+                         f"y_test {len(y_test)}; each pair must match.")
+    return (np.asarray(x), np.asarray(y)), (np.asarray(x_test), np.asarray(y_test))
+
+
+def _copy(model):
+    import keras
+
+    try:
+        clone = keras.models.clone_model(model)
+    except Exception as exc:
+        raise ValueError(
+            f"compress could not copy model {model.name!r} ({type(exc).__name__}: {exc}); pass copy=False to "
+            "compress it in place.") from None
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _loss_of(model):
+    import keras
+
+    loss = getattr(model, "loss", None)
+    if loss is None:
+        # Models from tfcompress.zoo and most classifiers end in logits.
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return loss
+
+
+def _accuracy(model, x, y, batch_size=512):
+    logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == np.asarray(y).reshape(-1)))
+
+
+def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=True, threads=(1,),
+             num_runs=50, calibration_samples=200, verbose=1, seed=0):
+    """Runs a compression recipe on a model and evaluates every artifact.
+
+    Args:
+        model: a trained, built Keras 3 classifier producing logits (or compiled
+            with its own loss, which fine-tuning steps reuse).
+        data: ``((x_train, y_train), (x_test, y_test))`` or a dataset name
+            (``"fashion_mnist"``, ``"digits"``).
+        recipe: a list of steps (`Prune`, `Distill`, `QuantizeAware`, `Convert`)
+            or a named recipe (see ``NAMED_RECIPES``). Without a `Convert` step, an
+            int8 conversion ends the chain.
+        batch_size: training batch size of fine-tuning steps.
+        copy: work on a copy and leave ``model`` untouched.
+        evaluate: evaluate every artifact on the test data with `evaluate_tflite`.
+        threads, num_runs: evaluator settings.
+        calibration_samples: training samples used to calibrate int8 conversions.
+        verbose: 0 silent, 1 one line per step (+ Keras progress per epoch).
+        seed: random seed of the fine-tuning steps.
+
+    Returns:
+        A `CompressionResult`.
+
+    Example:
+        >>> r = tfc.compress(model, "fashion_mnist", [tfc.Prune(0.75, epochs=2), tfc.Convert("int8")])
+        >>> print(r.to_markdown())
+    """
+    import keras
+
+    from tfcompress import quantization
+    from tfcompress.distill import Distiller
+    from tfcompress.pruning import PolynomialDecay, PruningCallback
+
+    steps = _resolve_recipe(recipe)
+    (x, y), (x_test, y_test) = _resolve_data(data)
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
+    keras_accuracy = _accuracy(model, x_test, y_test)
+    loss = _loss_of(model)
+    current = _copy(model) if copy else model
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    fit_verbose = 2 if verbose else 0
+    chain, log, artifacts, reports = [], [], {}, {}
+
+    def say(message, start):
+        seconds = time.perf_counter() - start
+        log.append((message, seconds))
+        if verbose:
+            print(f"[tfcompress] {message} ({seconds:.1f} s)", flush=True)
+
+    for step in steps:
+        start = time.perf_counter()
+        keras.utils.set_random_seed(seed)
+        if isinstance(step, Prune):
+            total = step.epochs * steps_per_epoch
+            end = max(1, int(total * step.ramp_fraction))
+            schedule = PolynomialDecay(0.0, step.sparsity, begin_step=0, end_step=end,
+                                       frequency=max(1, min(100, end // 10)))
+            current.compile(optimizer=keras.optimizers.Adam(step.learning_rate), loss=loss, metrics=["accuracy"])
+            current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
+                        callbacks=[PruningCallback(schedule, structure=step.structure, verbose=0)])
+            chain.append(f"prune{round(100 * step.sparsity)}")
+            say(f"pruned to {100 * step.sparsity:.0f}% over {step.epochs} epoch(s)", start)
+        elif isinstance(step, Distill):
+            kwargs = {k: v for k, v in (("temperature", step.temperature), ("alpha", step.alpha)) if v is not None}
+            distiller = Distiller(teacher=step.teacher, student=current, **kwargs)
+            distiller.compile(optimizer=keras.optimizers.Adam(step.learning_rate), metrics=["accuracy"])
+            callbacks = []
+            if step.sparsity:
+                total = step.epochs * steps_per_epoch
+                end = max(1, int(total * 2 / 3))
+                callbacks.append(PruningCallback(
+                    PolynomialDecay(0.0, step.sparsity, begin_step=0, end_step=end,
+                                    frequency=max(1, min(100, end // 10))), verbose=0))
+            distiller.fit(distiller.cache_teacher(x, y, batch_size=batch_size, seed=seed), epochs=step.epochs,
+                          verbose=fit_verbose, callbacks=callbacks)
+            current = distiller.student
+            chain.append("distill" + (f"-prune{round(100 * step.sparsity)}" if step.sparsity else ""))
+            say(f"distilled for {step.epochs} epoch(s)", start)
+        elif isinstance(step, QuantizeAware):
+            current = quantization.quantize_model(current, config=step.config)
+            current.compile(optimizer=keras.optimizers.Adam(step.learning_rate), loss=loss, metrics=["accuracy"])
+            current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose)
+            chain.append("qat")
+            say(f"quantization-aware training for {step.epochs} epoch(s)", start)
+        else:
+            name = step.name or "-".join(chain + [step.mode])
+            calibration = x[:calibration_samples] if step.mode in ("int8", "int16x8") else None
+            artifacts[name] = to_tflite(current, mode=step.mode, representative_data=calibration,
+                                        io_type=step.io_type, sparse=step.sparse,
+                                        keep_float=list(step.keep_float) if step.keep_float else None)
+            say(f"converted {name}: {len(artifacts[name]) / 1024:.1f} KB", start)
+            if evaluate:
+                start = time.perf_counter()
+                reports[name] = evaluate_tflite(artifacts[name], x=x_test, y=y_test, threads=threads,
+                                                num_runs=num_runs, name=name)
+                say(f"evaluated {name}: accuracy {100 * reports[name].accuracy:.2f}%", start)
+    return CompressionResult(model=current, artifacts=artifacts, reports=reports, keras_accuracy=keras_accuracy,
+                             log=log)
