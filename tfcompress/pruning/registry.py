@@ -195,6 +195,8 @@ def _skip_reason(layer, variable):
         return "skipped: not trainable"
     if variable.name in ("bias", "gamma", "beta") or len(variable.shape) <= 1:
         return "skipped: bias/scale vector (tiny, accuracy-critical)"
+    if type(layer).__module__.startswith("keras."):
+        return f"skipped: {type(layer).__name__}.{variable.name} is not a pruning target"
     return (
         f"skipped: no pruning rule for {type(layer).__name__}.{variable.name} "
         "(define get_prunable_weights() on the layer to prune it)"
