@@ -1,12 +1,52 @@
 """Quantization-aware training (QAT) for Keras 3 models, converting to fully int8 TFLite.
 
     >>> qat = tfc.quantize_model(model)          # fake-quantized copy, BN folded
-    >>> qat.compile(...); qat.fit(x, y, epochs=2)
+    >>> tfc.zoo.compile_classifier(qat, learning_rate=1e-4)
+    >>> qat.fit(x, y, epochs=2, callbacks=[tfc.TFLiteParityCallback(1, x_val, y_val)])
     >>> b = tfc.to_tflite(qat, mode="int8", representative_data=x[:100])
+
+What the QAT model is: a plain Functional ``keras.Model`` whose Conv/Dense layers
+are ``Quantized*`` subclasses of the Keras layers (same names, same weights,
+plus folded BN statistics) and whose activations pass through
+`ActivationQuantizer` layers named ``<layer>_quant``. Both use
+``keras.quantizers.fake_quant_with_min_max_vars``, which on the TensorFlow
+backend is TF's FakeQuant op; the TFLite converter turns it into int8 kernels
+with exactly the trained ranges, so no calibration is needed beyond what
+``to_tflite`` asks for. The classes are registered under the ``tfcompress``
+package: ``keras.models.load_model("qat.keras")`` works after ``import tfcompress``,
+without ``custom_objects``.
+
+What works:
+
+* Sequential and Functional models, including Keras applications
+  (MobileNetV2, EfficientNetB0) and nested Sequential/Functional sub-models
+  (quantized in place; BN folds only within one sub-model).
+* Subclassed models do not: their graph is Python code. Quantize the
+  Functional/Sequential models they call, or rebuild them functionally.
+* Layers (see ``registry.REGISTRY``): Conv1D/2D/3D, DepthwiseConv1D/2D,
+  SeparableConv1D/2D, Conv2DTranspose, Dense (kernels quantized; per-channel
+  for 2D convolutions, per-tensor for Dense, 1D convolutions and
+  Conv2DTranspose because the converter rejects per-channel ranges through
+  their kernel transposes/reshapes), BatchNormalization (folded after those,
+  else MUL+ADD), ReLU/ReLU6/LeakyReLU/PReLU/ELU/Softmax/Activation, Add,
+  Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Rescaling,
+  Normalization, pooling, Reshape/Flatten/Permute, Dropout, ZeroPadding,
+  Cropping, UpSampling.
+* Anything else (custom layers, Lambda, RNNs, channels_first, Keras-quantized
+  layers) stays float, gets an int8 range on its output, and is listed with
+  the reason in ``qat_model.quantization_report`` (plus a warning).
+* Pruned models: exact zeros in kernels are masked, so they survive QAT, BN
+  folding and int8 conversion.
 """
 
 from tfcompress.quantization.config import QuantizationConfig
 from tfcompress.quantization.fake_quant import ActivationQuantizer, fake_quant_weights
-from tfcompress.quantization.quantize import FreezeQuantization, QuantizationReport, calibrate, freeze, quantize_model
-from tfcompress.quantization.registry import REGISTRY, QuantizeSpec
 from tfcompress.quantization.parity_callback import TFLiteParityCallback
+from tfcompress.quantization.quantize import (
+    FreezeQuantization,
+    QuantizationReport,
+    calibrate,
+    freeze,
+    quantize_model,
+)
+from tfcompress.quantization.registry import REGISTRY, QuantizeSpec

@@ -1,0 +1,409 @@
+"""Quantization-aware training benchmark on Fashion-MNIST: float vs PTQ vs our QAT vs tfmot QAT vs PQAT.
+
+The reference CNN is trained in float first (``float_epochs``). From those
+weights:
+
+* float32: the float model as a float32 .tflite.
+* PTQ int8: post-training int8 of the float model (``to_tflite(mode="int8")``).
+* tfcompress QAT: ``quantize_model`` + ``qat_epochs`` of fine-tuning (ranges and
+  folded BN frozen for the last epoch when there are 2 or more), then int8.
+* tfmot QAT: tfmot's ``quantize_model`` under tf_keras (subprocess), same
+  weights, data, epochs, batch, learning rate and seed, converted the same way.
+* pruned + tfcompress QAT: ``PruningCallback`` to ``sparsity`` over
+  ``prune_epochs``, then our QAT; the .tflite's kernel sparsity shows the zeros
+  survived.
+
+Every .tflite is scored on the whole test set (10k) with LiteRT (XNNPACK).
+
+Coverage: Keras applications MobileNetV2 (alpha 0.35) and EfficientNetB0 at
+96x96 with random weights (weights=None): the QAT model builds, converts with
+int8 ops only, and its top-1 is compared with the .tflite's on
+``coverage_samples`` inputs (Fashion-MNIST upscaled to 96x96x3). Random-weight
+networks with BatchNormalization amplify tiny rounding differences layer after
+layer, so before quantizing the float network gets ``coverage_epochs`` of
+training on ``coverage_train`` upscaled images and its BN statistics are
+re-estimated on them (random weights, then a few steps: no download).
+
+Usage:
+    python tools/bench_qat.py                 # full: 60k images, 3 float + 2 QAT epochs, tfmot, coverage
+    python tools/bench_qat.py --quick         # smoke test (a few minutes; accuracies meaningless)
+    python tools/bench_qat.py --notfmot --nocoverage --output=/tmp/qat.md
+"""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("float_epochs", 3, "Epochs of float training before quantization.")
+flags.DEFINE_integer("qat_epochs", 2, "Epochs of quantization-aware fine-tuning (ours and tfmot).")
+flags.DEFINE_integer("prune_epochs", 2, "Epochs of pruning (ramp over the first 70%) before PQAT.")
+flags.DEFINE_float("sparsity", 0.75, "Target sparsity of the pruned + QAT run.")
+flags.DEFINE_integer("batch_size", 64, "Batch size of every fit.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of float training and pruning.")
+flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of QAT fine-tuning (ours and tfmot).")
+flags.DEFINE_integer("calibration_samples", 200, "Representative samples given to the converter.")
+flags.DEFINE_integer("train_limit", None, "Use only the first N training images.")
+flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
+flags.DEFINE_integer("seed", 0, "Random seed (same for every run).")
+flags.DEFINE_bool("tfmot", True, "Also run tfmot QAT under tf_keras in a subprocess.")
+flags.DEFINE_bool("coverage", True, "Run the MobileNetV2 / EfficientNetB0 coverage check.")
+flags.DEFINE_list("coverage_models", ["MobileNetV2", "EfficientNetB0"], "Keras applications to check.")
+flags.DEFINE_integer("coverage_train", 2048, "Upscaled training images for the coverage models.")
+flags.DEFINE_integer("coverage_epochs", 1, "Float epochs of the coverage models before QAT.")
+flags.DEFINE_integer("coverage_samples", 512, "Inputs on which Keras and TFLite top-1 are compared.")
+flags.DEFINE_bool("quick", False, "Smoke test: 4000 images, 1 epoch each, small coverage runs.")
+flags.DEFINE_string("out", None, "Also write all results as JSON to this file.")
+flags.DEFINE_string("output", None, "Also write the markdown table to this file.")
+flags.DEFINE_bool("overwrite", False, "Allow replacing --out / --output.")
+# Internal: the tfmot worker subprocess.
+flags.DEFINE_string("tfmot_worker", None, "(internal) run the tfmot side with this JSON job file.")
+
+
+def _settings():
+    s = dict(
+        float_epochs=FLAGS.float_epochs, qat_epochs=FLAGS.qat_epochs, prune_epochs=FLAGS.prune_epochs,
+        sparsity=FLAGS.sparsity, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+        qat_learning_rate=FLAGS.qat_learning_rate, calibration_samples=FLAGS.calibration_samples,
+        train_limit=FLAGS.train_limit, test_limit=FLAGS.test_limit, seed=FLAGS.seed,
+        coverage_models=list(FLAGS.coverage_models), coverage_train=FLAGS.coverage_train,
+        coverage_epochs=FLAGS.coverage_epochs, coverage_samples=FLAGS.coverage_samples,
+    )
+    if FLAGS.quick:
+        s.update(float_epochs=1, qat_epochs=1, prune_epochs=1, train_limit=4000, test_limit=1000,
+                 coverage_train=256, coverage_samples=128)
+    return s
+
+
+def _data(s):
+    import tfcompress as tfc
+
+    return tfc.datasets.fashion_mnist(limit_train=s["train_limit"], limit_test=s["test_limit"])
+
+
+def _tflite_metrics(tflite, x_test, y_test):
+    import tfcompress as tfc
+
+    report = tfc.evaluate_tflite(tflite, x=x_test, y=y_test, backends=("xnnpack",), num_runs=1, warmup_runs=0,
+                                 parity_samples=0)
+    info = tfc.inspect_tflite(bytes(tflite))
+    int8_kernels = [w for w in info.kernels if w.dtype == "int8"]
+    return {
+        "tflite_accuracy": report.accuracy,
+        "bytes": len(tflite),
+        "gzip_bytes": len(gzip.compress(bytes(tflite), 9)),
+        "sparsity": info.sparsity,
+        "zero_weights": int(round(sum(w.zero_fraction * w.size for w in int8_kernels))),
+        "float_compute_ops": sorted({op.type for op in info.float_compute_ops()}),
+    }
+
+
+def _accuracy(model, x, y):
+    import numpy as np
+
+    return float(np.mean(np.argmax(model.predict(x, verbose=0, batch_size=512), -1) == y))
+
+
+# Ours -----------------------------------------------------------------------------------
+
+
+def _ours(s, workdir):
+    import keras
+    import numpy as np
+
+    import tfcompress as tfc
+
+    (x, y), (x_test, y_test) = _data(s)
+    representative = x[: s["calibration_samples"]]
+    fit_kwargs = dict(batch_size=s["batch_size"], verbose=0)
+    results = {}
+
+    keras.utils.set_random_seed(s["seed"])
+    base = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["learning_rate"])
+    base.fit(x, y, epochs=s["float_epochs"], **fit_kwargs)
+    weights = base.get_weights()
+    np.savez(os.path.join(workdir, "float_weights.npz"), *weights)
+
+    float_row = {"keras_accuracy": _accuracy(base, x_test, y_test)}
+    float_row.update(_tflite_metrics(tfc.to_tflite(base, mode="float32"), x_test, y_test))
+    results["float32"] = float_row
+    print(f"  float32: {json.dumps(float_row)}", flush=True)
+
+    ptq_row = {"keras_accuracy": float_row["keras_accuracy"]}
+    ptq_row.update(_tflite_metrics(tfc.to_tflite(base, mode="int8", representative_data=representative),
+                                   x_test, y_test))
+    results["PTQ int8"] = ptq_row
+    print(f"  PTQ int8: {json.dumps(ptq_row)}", flush=True)
+
+    def qat(model):
+        keras.utils.set_random_seed(s["seed"] + 1)
+        qat_model = tfc.zoo.compile_classifier(tfc.quantize_model(model), learning_rate=s["qat_learning_rate"])
+        callbacks = []
+        if s["qat_epochs"] >= 2:
+            callbacks.append(tfc.quantization.FreezeQuantization(start_epoch=s["qat_epochs"] - 1))
+        qat_model.fit(x, y, epochs=s["qat_epochs"], callbacks=callbacks, **fit_kwargs)
+        row = {"keras_accuracy": _accuracy(qat_model, x_test, y_test)}
+        row.update(_tflite_metrics(tfc.to_tflite(qat_model, mode="int8", representative_data=representative),
+                                   x_test, y_test))
+        return row
+
+    results["tfcompress QAT int8"] = qat(base)
+    print(f"  tfcompress QAT int8: {json.dumps(results['tfcompress QAT int8'])}", flush=True)
+
+    keras.utils.set_random_seed(s["seed"] + 2)
+    pruned = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["learning_rate"])
+    pruned.set_weights(weights)
+    steps = s["prune_epochs"] * -(-len(x) // s["batch_size"])
+    schedule = tfc.PolynomialDecay(0.0, s["sparsity"], begin_step=0, end_step=max(1, int(0.7 * steps)),
+                                   frequency=max(1, steps // 20))
+    pruned.fit(x, y, epochs=s["prune_epochs"], callbacks=[tfc.PruningCallback(schedule, verbose=0)], **fit_kwargs)
+    kernels = [layer.kernel.numpy() for layer in pruned.layers if hasattr(layer, "kernel")]
+    zeros_before = int(sum(np.sum(k == 0) for k in kernels))
+    row = qat(pruned)
+    row["pruned_keras_accuracy"] = _accuracy(pruned, x_test, y_test)
+    row["zeros_before_qat"] = zeros_before
+    row["zeros_kept"] = row["zero_weights"] / max(zeros_before, 1)
+    results[f"pruned {s['sparsity']:.0%} + tfcompress QAT int8"] = row
+    print(f"  pruned + QAT: {json.dumps(row)}", flush=True)
+    return results
+
+
+# Coverage -------------------------------------------------------------------------------
+
+
+def _coverage(s):
+    import keras
+    import numpy as np
+
+    import tfcompress as tfc
+
+    (x, y), (x_test, _) = tfc.datasets.fashion_mnist(limit_train=s["coverage_train"],
+                                                       limit_test=s["coverage_samples"])
+
+    def upscale(images):
+        resized = keras.ops.convert_to_numpy(keras.ops.image.resize(images, (96, 96)))
+        return np.repeat(resized, 3, axis=-1) * 255.0
+
+    results = {}
+    for name in s["coverage_models"]:
+        keras.utils.set_random_seed(s["seed"])
+        if name == "MobileNetV2":
+            model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10,
+                                                   classifier_activation=None)
+            prepare = keras.applications.mobilenet_v2.preprocess_input
+        elif name == "EfficientNetB0":
+            model = keras.applications.EfficientNetB0(input_shape=(96, 96, 3), weights=None, classes=10,
+                                                      classifier_activation=None)
+            prepare = keras.applications.efficientnet.preprocess_input
+        else:
+            raise ValueError(f"--coverage_models: unknown model {name!r}; use MobileNetV2 or EfficientNetB0.")
+        x_train, x_eval = prepare(upscale(x)).astype("float32"), prepare(upscale(x_test)).astype("float32")
+        tfc.zoo.compile_classifier(model)
+        model.fit(x_train, y, epochs=s["coverage_epochs"], batch_size=32, verbose=0)
+        _reestimate_batch_norm(model, x_train)
+        row = {}
+        try:
+            qat = tfc.quantize_model(model)
+            row["float_layers"] = qat.quantization_report.float_layers
+            row["folded_bn"] = len(qat.quantization_report.folded)
+            tfc.quantization.calibrate(qat, x_train[:256], batch_size=32)
+            tflite = tfc.to_tflite(qat, mode="int8", representative_data=x_train[:32])
+            info = tflite.info
+            row["float_compute_ops"] = sorted({op.type for op in info.float_compute_ops()})
+            row["op_census"] = info.op_census_by_dtype
+            keras_top1 = np.argmax(qat.predict(x_eval, verbose=0, batch_size=64), -1)
+            tflite_top1 = np.argmax(_run_tflite(tflite, x_eval), -1)
+            row["top1_agreement"] = float(np.mean(keras_top1 == tflite_top1))
+            row["distinct_predictions"] = int(len(np.unique(keras_top1)))
+            row["bytes"] = len(tflite)
+        except Exception as exc:  # noqa: BLE001 - a coverage failure is a result to report
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+        results[name] = row
+        print(f"  {name}: {json.dumps({k: v for k, v in row.items() if k != 'op_census'})}", flush=True)
+    return results
+
+
+def _run_tflite(tflite, x):
+    """Float outputs of a float-I/O .tflite for all of ``x`` in one call (XNNPACK)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=bytes(tflite))
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(out["index"])
+
+
+def _reestimate_batch_norm(model, x, batch=256):
+    """Sets every BN's moving statistics to those of one large batch (a few float steps leave them stale)."""
+    import keras
+
+    bns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    model(x[:batch], training=True)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+
+
+# tfmot (subprocess, tf_keras) ---------------------------------------------------------------
+
+
+def _tfmot_reference_cnn(tf_keras, input_shape=(28, 28, 1), num_classes=10):
+    """``tfcompress.zoo.reference_cnn`` rebuilt with tf_keras layers (same layers, same order)."""
+    layers = tf_keras.layers
+    inputs = tf_keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for i, filters in enumerate((32, 64, 128), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+        if i < 3:
+            x = layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(128, activation="relu", name="fc1")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return tf_keras.Model(inputs, outputs, name="reference_cnn")
+
+
+def _tfmot_worker(job_path):
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    with open(job_path) as f:
+        job = json.load(f)
+    s = job["settings"]
+    (x, y), (x_test, y_test) = _data(s)
+    with np.load(job["weights"]) as archive:
+        weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+    base = _tfmot_reference_cnn(tf_keras)
+    base.set_weights(weights)
+    tf_keras.utils.set_random_seed(s["seed"] + 1)
+    model = tfmot.quantization.keras.quantize_model(base)
+    model.compile(
+        optimizer=tf_keras.optimizers.Adam(s["qat_learning_rate"]),
+        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=s["qat_epochs"], batch_size=s["batch_size"], verbose=0)
+    logits = model.predict(x_test, verbose=0, batch_size=512)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[i: i + 1]] for i in range(s["calibration_samples"]))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    row = {"keras_accuracy": float(np.mean(logits.argmax(-1) == y_test))}
+    row.update(_tflite_metrics(converter.convert(), x_test, y_test))
+    print(f"  tfmot QAT int8: {json.dumps(row)}", flush=True)
+    with open(job["out"], "w") as f:
+        json.dump({"tfmot QAT int8": row}, f)
+
+
+def _run_tfmot(s, workdir):
+    job = {"settings": s, "weights": os.path.join(workdir, "float_weights.npz"),
+           "out": os.path.join(workdir, "tfmot.json")}
+    job_path = os.path.join(workdir, "tfmot_job.json")
+    with open(job_path, "w") as f:
+        json.dump(job, f)
+    # tfmot only works with tf_keras, which must be selected before TensorFlow is imported.
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--tfmot_worker={job_path}"],
+                          env=env, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        print(f"tfmot run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return {}
+    with open(job["out"]) as f:
+        return json.load(f)
+
+
+# Report ---------------------------------------------------------------------------------
+
+
+def _markdown(s, ours, theirs, coverage):
+    float_row = ours["float32"]
+    lines = [
+        f"Fashion-MNIST, reference CNN: {s['float_epochs']} float epochs, then {s['qat_epochs']} QAT epochs "
+        f"(Adam {s['qat_learning_rate']:g}, batch {s['batch_size']}, seed {s['seed']}"
+        f"{', ' + str(s['train_limit']) + ' training images' if s['train_limit'] else ''}); "
+        f"every .tflite scored on {'all 10k' if not s['test_limit'] else s['test_limit']} test images (XNNPACK).",
+        "",
+        "| run | Keras acc | TFLite acc | Δ vs float TFLite | Keras − TFLite | size KiB | gzip KiB "
+        "| kernel sparsity in .tflite | float ops |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [(name, ours[name]) for name in ("float32", "PTQ int8", "tfcompress QAT int8")]
+    rows += [(name, row) for name, row in theirs.items()]
+    rows += [(name, row) for name, row in ours.items() if name.startswith("pruned")]
+    for name, r in rows:
+        delta = (r["tflite_accuracy"] - float_row["tflite_accuracy"]) * 100
+        gap = (r["keras_accuracy"] - r["tflite_accuracy"]) * 100
+        floats = ", ".join(r["float_compute_ops"]) if name != "float32" and r["float_compute_ops"] else "-"
+        lines.append(
+            f"| {name} | {r['keras_accuracy']:.2%} | {r['tflite_accuracy']:.2%} | {delta:+.2f} pt | "
+            f"{gap:+.2f} pt | {r['bytes'] / 1024:.1f} | {r['gzip_bytes'] / 1024:.1f} | {r['sparsity']:.1%} | {floats} |"
+        )
+    pruned = [r for name, r in ours.items() if name.startswith("pruned")]
+    if pruned:
+        r = pruned[0]
+        lines.append(
+            f"\nPruned + QAT: {r['zeros_before_qat']} zero kernel weights before QAT, {r['zero_weights']} zero "
+            f"int8 kernel weights in the .tflite ({r['zeros_kept']:.1%} kept)."
+        )
+    if coverage:
+        lines += ["", "| coverage (96x96, random init + short training) | float layers | folded BN | float ops in .tflite "
+                  "| Keras vs TFLite top-1 agreement |", "|---|---|---|---|---|"]
+        for name, r in coverage.items():
+            if "error" in r:
+                lines.append(f"| {name} | - | - | failed: {r['error']} | - |")
+                continue
+            floats = ", ".join(layer for layer, _ in r["float_layers"]) or "none"
+            ops = ", ".join(r["float_compute_ops"]) or "none (int8 only)"
+            lines.append(f"| {name} | {floats} | {r['folded_bn']} | {ops} | "
+                         f"{r['top1_agreement']:.1%} of {s['coverage_samples']} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # TF's SavedModel export logs every step at INFO
+    if FLAGS.tfmot_worker:
+        _tfmot_worker(FLAGS.tfmot_worker)
+        return
+    import tfcompress as tfc
+
+    for path in (FLAGS.out, FLAGS.output):
+        if path:
+            tfc.files.check_writable(path, FLAGS.overwrite)
+    s = _settings()
+    with tempfile.TemporaryDirectory(prefix="bench_qat_") as workdir:
+        print("tfcompress runs:", flush=True)
+        ours = _ours(s, workdir)
+        theirs = {}
+        if FLAGS.tfmot:
+            print("tfmot run (subprocess, tf_keras):", flush=True)
+            theirs = _run_tfmot(s, workdir)
+    coverage = {}
+    if FLAGS.coverage:
+        print("coverage:", flush=True)
+        coverage = _coverage(s)
+    table = _markdown(s, ours, theirs, coverage)
+    print(table)
+    if FLAGS.output:
+        tfc.write_atomic(FLAGS.output, table + "\n", overwrite=FLAGS.overwrite, argument="--output")
+    if FLAGS.out:
+        blob = json.dumps({"settings": s, "tfcompress": ours, "tfmot": theirs, "coverage": coverage}, indent=2,
+                          default=str)
+        tfc.write_atomic(FLAGS.out, blob, overwrite=FLAGS.overwrite, argument="--out")
+
+
+if __name__ == "__main__":
+    app.run(main)
