@@ -7,6 +7,11 @@ then converted to int8. Then the sizes, and the epoch time of plain student trai
 vs distillation with and without the teacher cache, measured interleaved (each round
 runs one epoch of each, in rotating order) and summarised by medians.
 
+Keep at least ~1000 student steps (images x epochs / batch): the student's first
+BatchNormalization sees activations of variance ~0.004, and with momentum 0.99 the
+initial moving variance of 1.0 dominates for several hundred steps, so shorter runs
+(like --quick) give meaningless inference-mode accuracies.
+
 Usage:
     python tools/bench_distill.py                      # full run, 3 seeds
     python tools/bench_distill.py --quick              # a smoke test in about a minute
@@ -33,7 +38,7 @@ flags.DEFINE_float("temperature", None, "Distillation temperature (default: the 
 flags.DEFINE_float("alpha", None, "Hard-label weight (default: the Distiller's).")
 flags.DEFINE_integer("timing_rounds", 3, "Interleaved rounds of the epoch-time comparison (0 skips it).")
 flags.DEFINE_integer("timing_samples", 10000, "Training images per timed epoch.")
-flags.DEFINE_bool("quick", False, "Smoke test: 3000 images, 1 epoch, 1 seed, 1 timing round.")
+flags.DEFINE_bool("quick", False, "Smoke test of the code path (accuracies meaningless): 3000 images, 1 epoch, 1 seed.")
 flags.DEFINE_bool("sweep", False, "Sweep temperature x alpha instead of the benchmark.")
 flags.DEFINE_string("teacher_path", None, "Load the teacher from this .keras file, or train and save it there.")
 flags.DEFINE_string("output", None, "Also write the markdown report to this file.")
