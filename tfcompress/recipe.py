@@ -285,6 +285,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             say(f"pruned to {100 * step.sparsity:.0f}% over {step.epochs} epoch(s)", start)
         elif isinstance(step, Distill):
             kwargs = {k: v for k, v in (("temperature", step.temperature), ("alpha", step.alpha)) if v is not None}
+            teacher_was_trainable = step.teacher.trainable
             distiller = Distiller(teacher=step.teacher, student=current, **kwargs)
             distiller.compile(optimizer=keras.optimizers.Adam(step.learning_rate), metrics=["accuracy"])
             callbacks = []
@@ -294,8 +295,12 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
                 callbacks.append(PruningCallback(
                     PolynomialDecay(0.0, step.sparsity, begin_step=0, end_step=end,
                                     frequency=max(1, min(100, end // 10))), verbose=0))
-            distiller.fit(distiller.cache_teacher(x, y, batch_size=batch_size, seed=seed), epochs=step.epochs,
-                          verbose=fit_verbose, callbacks=callbacks)
+            try:
+                distiller.fit(distiller.cache_teacher(x, y, batch_size=batch_size, seed=seed), epochs=step.epochs,
+                              verbose=fit_verbose, callbacks=callbacks)
+            finally:
+                # The Distiller freezes its teacher; the caller's model must come back as it was given.
+                step.teacher.trainable = teacher_was_trainable
             current = distiller.student
             chain.append("distill" + (f"-prune{round(100 * step.sparsity)}" if step.sparsity else ""))
             say(f"distilled for {step.epochs} epoch(s)", start)

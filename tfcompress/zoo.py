@@ -63,13 +63,13 @@ def mobilenet_style(input_shape=(28, 28, 1), num_classes=10, alpha=1.0, name="mo
     return keras.Model(inputs, outputs, name=name)
 
 
-def small_student(input_shape=(28, 28, 1), num_classes=10, name="student"):
+def small_student(input_shape=(28, 28, 1), num_classes=10, name="student", bn_momentum=0.99):
     """The distillation student: Conv2D(16)→BN→ReLU→Pool→Conv2D(32)→BN→ReLU→Pool→GAP→Dense(classes)."""
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     for i, filters in enumerate((16, 32), start=1):
         x = layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
         x = layers.MaxPooling2D(name=f"pool{i}")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
