@@ -118,3 +118,26 @@ def test_demo_quick(tmp_path):
     # A second run refuses to overwrite the folder.
     again = tfcompress("demo", "--quick", f"--out={out}", f"--cache_dir={tmp_path / 'cache'}")
     assert again.returncode == 1 and "--overwrite" in again.stderr
+
+
+def test_prune_quantize_distill_commands(saved_model, tmp_path):
+    pruned, pruned_tflite = tmp_path / "p.keras", tmp_path / "p.tflite"
+    result = tfcompress("prune", str(saved_model), "--data=digits", "--sparsity=0.8", "--batch_size=32",
+                        f"--output={pruned}", f"--tflite={pruned_tflite}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = keras.models.load_model(pruned)  # plain Keras, no custom objects
+    kernel = model.get_layer("fc1").kernel.numpy()
+    assert 0.7 < np.mean(kernel == 0) < 0.95
+    assert "| result |" in result.stdout
+
+    qat_tflite = tmp_path / "q.tflite"
+    result = tfcompress("quantize", str(pruned), "--data=digits", "--batch_size=32", f"--output={tmp_path / 'q.keras'}",
+                        f"--tflite={qat_tflite}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    import tfcompress as tfc
+
+    info = tfc.inspect_tflite(str(qat_tflite))
+    assert info.float_compute_ops() == [] and info.sparsity > 0.5  # pruned zeros survive QAT
+
+    result = tfcompress("distill", str(saved_model), "--data=digits")
+    assert result.returncode == 2 and "--teacher" in result.stderr

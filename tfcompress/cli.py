@@ -188,6 +188,98 @@ def _evaluate(argv):
                          overwrite=FLAGS.overwrite)
 
 
+# --- prune / distill / quantize: fine-tuning commands built on compress() ---------------------
+
+def _define_training(default_epochs):
+    _define_common()
+    _define_data()
+    _define_model_loading()
+    flags.DEFINE_integer("epochs", default_epochs, "Fine-tuning epochs.")
+    flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+    flags.DEFINE_float("learning_rate", None, "Adam learning rate (default: the step's own default).")
+    flags.DEFINE_string("output", None, "Where to save the compressed Keras model (.keras).")
+    flags.DEFINE_string("tflite", None, "Also convert the result and write this .tflite file.")
+    flags.DEFINE_enum("mode", "int8", ["float32", "float16", "dynamic", "int8"], "Conversion mode for --tflite.")
+    flags.DEFINE_string("threads", "1", "Comma-separated thread counts for the evaluation.")
+
+
+def _define_prune():
+    _define_training(2)
+    flags.DEFINE_float("sparsity", 0.75, "Final fraction of zero weights, in [0, 1).")
+    flags.DEFINE_enum("structure", "unstructured", ["unstructured", "block", "2:4"], "Sparsity pattern.")
+
+
+def _define_distill():
+    _define_training(3)
+    flags.DEFINE_string("teacher", None, "The trained teacher model (.keras).")
+    flags.DEFINE_float("temperature", None, "Softmax temperature (default: the Distiller's).")
+    flags.DEFINE_float("alpha", None, "Weight of the hard-label loss in [0, 1] (default: the Distiller's).")
+    flags.DEFINE_float("sparsity", None, "Also prune the student to this sparsity while distilling.")
+
+
+def _define_quantize():
+    _define_training(1)
+
+
+def _finish_training(command, model_path, steps):
+    import tfcompress as tfc
+    from tfcompress.recipe import Convert, compress
+
+    output = FLAGS.output or os.path.splitext(model_path)[0] + f"_{command}.keras"
+    tfc.files.check_writable(output, FLAGS.overwrite, argument="--output")
+    if FLAGS.tflite:
+        tfc.files.check_writable(FLAGS.tflite, FLAGS.overwrite, argument="--tflite")
+    model = load_keras_model(model_path, FLAGS.unsafe)
+    data = load_data(FLAGS.data, FLAGS.limit_test)
+    recipe = steps + ([Convert(FLAGS.mode, name="result")] if FLAGS.tflite else [])
+    result = compress(model, data, recipe, batch_size=FLAGS.batch_size, evaluate=bool(FLAGS.tflite),
+                      threads=_int_list(FLAGS.threads, "threads"), convert_default=False)
+    tfc.files.save_keras_atomic(result.model, output, overwrite=FLAGS.overwrite, argument="--output")
+    _progress(f"wrote {output}")
+    if FLAGS.tflite:
+        tfc.write_atomic(FLAGS.tflite, bytes(result.artifacts["result"]), overwrite=FLAGS.overwrite,
+                         argument="--tflite")
+        _progress(f"wrote {FLAGS.tflite}")
+        print(result.to_markdown())
+
+
+def _one_model(argv, command):
+    if len(argv) != 2:
+        raise UsageError(f"usage: tfcompress {command} MODEL.keras [flags]; see tfcompress {command} --help.")
+    return argv[1]
+
+
+def _learning_rate(default):
+    return FLAGS.learning_rate if FLAGS.learning_rate is not None else default
+
+
+def _prune(argv):
+    from tfcompress.recipe import Prune
+
+    path = _one_model(argv, "prune")
+    _finish_training("pruned", path, [Prune(FLAGS.sparsity, epochs=FLAGS.epochs, structure=FLAGS.structure,
+                                            learning_rate=_learning_rate(1e-3))])
+
+
+def _distill(argv):
+    from tfcompress.recipe import Distill
+
+    path = _one_model(argv, "distill")
+    if not FLAGS.teacher:
+        raise UsageError("--teacher=TEACHER.keras is required: the trained model to distil from.")
+    teacher = load_keras_model(FLAGS.teacher, FLAGS.unsafe)
+    _finish_training("distilled", path, [Distill(teacher, epochs=FLAGS.epochs, sparsity=FLAGS.sparsity,
+                                                 temperature=FLAGS.temperature, alpha=FLAGS.alpha,
+                                                 learning_rate=_learning_rate(1e-3))])
+
+
+def _quantize(argv):
+    from tfcompress.recipe import QuantizeAware
+
+    path = _one_model(argv, "quantize")
+    _finish_training("qat", path, [QuantizeAware(epochs=FLAGS.epochs, learning_rate=_learning_rate(1e-4))])
+
+
 # --- demo --------------------------------------------------------------------------------------
 
 def _define_demo():
@@ -209,6 +301,9 @@ def _demo(argv):
 
 
 COMMANDS = {
+    "prune": (_define_prune, _prune, "Magnitude-prune a .keras model while fine-tuning it."),
+    "distill": (_define_distill, _distill, "Distil a teacher .keras model into a student .keras model."),
+    "quantize": (_define_quantize, _quantize, "Quantization-aware training, then an int8 .tflite (--tflite)."),
     "convert": (_define_convert, _convert, "Convert a .keras model to .tflite (float32/float16/dynamic/int8/int16x8)."),
     "evaluate": (_define_evaluate, _evaluate, "Size, latency (CPU vs XNNPACK) and accuracy of .tflite files."),
     "demo": (_define_demo, _demo, "The end-to-end demo on Fashion-MNIST: train, compress, evaluate, report."),

@@ -7,13 +7,12 @@ small, fast run).
 
 import json
 import os
-import tempfile
 import sys
 import time
 
 from tfcompress import datasets, zoo
 from tfcompress.evaluate import compare
-from tfcompress.files import OutputExistsError, write_atomic
+from tfcompress.files import OutputExistsError, save_keras_atomic, write_atomic
 
 
 def _say(message, start=None):
@@ -27,20 +26,6 @@ def _prepare_out_dir(out_dir, overwrite):
             f"--out={out_dir!r} already holds files; pass --overwrite to replace them or choose another folder."
         )
     os.makedirs(out_dir, exist_ok=True)
-
-
-def save_keras_atomic(model, path):
-    """``model.save`` through a temp file in the same folder, then a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder, prefix=".tmp_")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def trained_reference_cnn(x, y, epochs, cache_dir=None, seed=0, batch_size=128, bn_momentum=0.99):
@@ -61,6 +46,7 @@ def trained_reference_cnn(x, y, epochs, cache_dir=None, seed=0, batch_size=128, 
     model = zoo.compile_classifier(zoo.reference_cnn(bn_momentum=bn_momentum))
     # Progress bars redraw with carriage returns; in a log file one line per epoch reads better.
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=1 if sys.stdout.isatty() else 2)
+    os.makedirs(cache_dir, exist_ok=True)
     save_keras_atomic(model, path)
     return model
 

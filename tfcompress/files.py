@@ -74,3 +74,20 @@ def write_atomic(path, data, overwrite=False, argument="output_path"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return path
+
+
+def save_keras_atomic(model, path, overwrite=True, argument="output_path"):
+    """``model.save`` through a temp file in the same folder, then a rename."""
+    path = check_writable(path, overwrite, argument)
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"{argument}={path!r}: a Keras model file name must end in .keras.")
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder, prefix=".tmp_")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path

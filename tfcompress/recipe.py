@@ -153,7 +153,7 @@ class CompressionResult:
         return compare(self.reports, reference_accuracy=self.keras_accuracy)
 
 
-def _resolve_recipe(recipe):
+def _resolve_recipe(recipe, convert_default=True):
     if isinstance(recipe, str):
         if recipe not in NAMED_RECIPES:
             raise ValueError(f"recipe={recipe!r} is not a named recipe; choose one of {sorted(NAMED_RECIPES)} "
@@ -167,7 +167,7 @@ def _resolve_recipe(recipe):
             raise TypeError(f"recipe step {i} is {step!r}; steps are Prune, Distill, QuantizeAware or Convert.")
     if not steps:
         raise ValueError("recipe is empty; add at least one step (e.g. Convert('int8')).")
-    if not any(isinstance(s, Convert) for s in steps):
+    if convert_default and not any(isinstance(s, Convert) for s in steps):
         steps.append(Convert("int8"))
     quantized_at = next((i for i, s in enumerate(steps) if isinstance(s, QuantizeAware)), None)
     if quantized_at is not None:
@@ -221,7 +221,7 @@ def _accuracy(model, x, y, batch_size=512):
 
 
 def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=True, threads=(1,),
-             num_runs=50, calibration_samples=200, verbose=1, seed=0):
+             num_runs=50, calibration_samples=200, verbose=1, seed=0, convert_default=True):
     """Runs a compression recipe on a model and evaluates every artifact.
 
     Args:
@@ -239,6 +239,8 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         calibration_samples: training samples used to calibrate int8 conversions.
         verbose: 0 silent, 1 one line per step (+ Keras progress per epoch).
         seed: random seed of the fine-tuning steps.
+        convert_default: append ``Convert("int8")`` when the recipe has no
+            `Convert` step (False: return only the trained model).
 
     Returns:
         A `CompressionResult`.
@@ -253,7 +255,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
     from tfcompress.distill import Distiller
     from tfcompress.pruning import PolynomialDecay, PruningCallback
 
-    steps = _resolve_recipe(recipe)
+    steps = _resolve_recipe(recipe, convert_default)
     (x, y), (x_test, y_test) = _resolve_data(data)
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
