@@ -134,6 +134,23 @@ def test_global_scope_hits_overall_target_and_keeps_the_floor(digits):
     assert len({round(v, 2) for v in report.values()}) > 1  # layers got different sparsities
 
 
+def test_erk_scope_allocates_by_size(digits):
+    (x, y), _ = digits
+    model = compiled(cnn())
+    cb = tfc.PruningCallback(schedule(0.9, end_step=40), scope="erk", verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    report = tfc.sparsity_report(model)
+    assert report.overall == pytest.approx(0.9, abs=2e-3)
+    # Density ∝ sum(shape) / prod(shape): the small first conv and classifier stay denser.
+    assert report["conv1/kernel"] < report["logits/kernel"] < report["conv2/kernel"]
+    assert report["fc1/kernel"] > 0.85
+    shapes = [(3, 3, 1, 16), (3, 3, 16, 32), (512, 32), (32, 10)]
+    densities = tfc.pruning.pruner._erk_densities(shapes, 0.9)
+    sizes = np.array([np.prod(s) for s in shapes])
+    assert np.sum(densities * sizes) == pytest.approx(0.1 * sizes.sum())
+    assert densities[2] / densities[1] == pytest.approx((512 + 32) / 16384 / ((3 + 3 + 16 + 32) / 4608))
+
+
 def test_pruning_plan_table_names_every_weight_and_why(digits):
     model = cnn()
     pruner = tfc.Pruner(model, schedule(), skip=["logits"])
@@ -394,7 +411,7 @@ def test_bad_arguments_raise_clear_errors():
         tfc.PruningCallback(schedule(), structure="3:2")
     with pytest.raises(ValueError, match=r"block_shape must be two positive integers.*got \(0, 4\)"):
         tfc.PruningCallback(schedule(), structure="block", block_shape=(0, 4))
-    with pytest.raises(ValueError, match="scope must be 'global' or 'layer', got 'model'"):
+    with pytest.raises(ValueError, match=r"scope must be one of \('erk', 'global', 'layer'\), got 'model'"):
         tfc.PruningCallback(schedule(), scope="model")
     with pytest.raises(TypeError, match="Pass layer.name rather than the layer"):
         tfc.Pruner(model, schedule(), layers=[model.layers[1]])

@@ -57,8 +57,8 @@ class PruningCallback(keras.callbacks.Callback):
         # Validate now so mistakes surface at construction, not after an epoch of data loading.
         self.schedule = schedules_module.get(schedule)
         pruner_module._parse_structure(structure, block_shape)
-        if scope not in ("global", "layer"):
-            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}.")
+        if scope not in pruner_module.SCOPES:
+            raise ValueError(f"scope must be one of {pruner_module.SCOPES}, got {scope!r}.")
         if log_dir is not None and not isinstance(log_dir, str):
             raise TypeError(f"log_dir must be a folder path (str) or None, got {log_dir!r}.")
         self._pruner_kwargs = dict(

@@ -8,6 +8,9 @@ import numpy as np
 from tfcompress.pruning import registry, report
 from tfcompress.pruning import schedules as schedules_module
 
+SCOPES = ("erk", "global", "layer")
+
+
 class _MaskConstraint(keras.constraints.Constraint):
     """Multiplies a weight by its mask after every optimizer update.
 
@@ -123,8 +126,8 @@ class Pruner:
         self.model = model
         self.schedule = schedules_module.get(schedule)
         self.structure, self._structure_param = _parse_structure(structure, block_shape)
-        if scope not in ("global", "layer"):
-            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}.")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
         self.scope = scope
         if isinstance(min_density, bool) or not isinstance(min_density, (int, float)) or not 0 <= min_density <= 1:
             raise ValueError(f"min_density must be a fraction in [0, 1], got {min_density!r}.")
@@ -257,6 +260,9 @@ class Pruner:
         scored = [_scores(v, self.structure, self._structure_param) for v in values]
         if self.scope == "layer":
             keeps = [_keep_count(s.size, sparsity) for s, _ in scored]
+        elif self.scope == "erk":
+            densities = _erk_densities([e.shape for e in self.targets], sparsity)
+            keeps = [max(int(round(d * s.size)), 1) for d, (s, _) in zip(densities, scored)]
         else:
             keeps = _global_keep_counts([s for s, _ in scored], sparsity, self.min_density)
         return [expand(_top_k_mask(s, k)) for (s, expand), k in zip(scored, keeps)]
@@ -278,6 +284,25 @@ class Pruner:
 def _keep_count(size, sparsity):
     # tfmot's rounding: keep round(n * (1 - s)) weights, at least one.
     return max(int(round(size * (1.0 - sparsity))), 1)
+
+
+def _erk_densities(shapes, sparsity):
+    """Erdős–Rényi-kernel densities (Evci et al., 2020): density ∝ sum(shape) / prod(shape).
+
+    Small weights (the first conv, the classifier) stay dense or nearly so and
+    large ones absorb the sparsity; the overall kept fraction is ``1 - sparsity``.
+    """
+    sizes = np.array([float(np.prod(shape)) for shape in shapes])
+    raw = np.array([sum(shape) for shape in shapes]) / sizes
+    budget = sizes.sum() * (1.0 - sparsity)
+    dense = np.zeros(len(shapes), bool)
+    while True:
+        scale = (budget - sizes[dense].sum()) / (raw[~dense] * sizes[~dense]).sum()
+        densities = np.where(dense, 1.0, scale * raw)
+        overflow = (densities > 1.0) & ~dense
+        if not overflow.any():
+            return densities
+        dense |= overflow
 
 
 def _global_keep_counts(scores, sparsity, min_density):
