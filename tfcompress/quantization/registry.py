@@ -78,8 +78,9 @@ REGISTRY = {
     layers.MaxPooling3D: _PASSTHROUGH,
     layers.AveragePooling1D: _PASSTHROUGH,
     layers.AveragePooling2D: _PASSTHROUGH,
-    layers.GlobalAveragePooling1D: _PASSTHROUGH,
-    layers.GlobalAveragePooling2D: _PASSTHROUGH,
+    # TFLite's MEAN rounds to its own output scale; quantizing the output in Keras too keeps them in step.
+    layers.GlobalAveragePooling1D: _OUTPUT,
+    layers.GlobalAveragePooling2D: _OUTPUT,
     layers.GlobalMaxPooling1D: _PASSTHROUGH,
     layers.GlobalMaxPooling2D: _PASSTHROUGH,
     layers.Reshape: _PASSTHROUGH,
