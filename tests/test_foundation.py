@@ -71,3 +71,11 @@ def test_write_atomic(tmp_path):
     with pytest.raises(IsADirectoryError, match="directory"):
         tfc.write_atomic(tmp_path, b"x")
     assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_write_atomic_gives_normal_permissions(tmp_path):
+    path = tmp_path / "perm.bin"
+    tfc.write_atomic(path, b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (os.stat(path).st_mode & 0o777) == (0o666 & ~mask)

@@ -224,14 +224,22 @@ def _predict(interpreter, inputs_float, batch_size):
     return np.concatenate(outputs)
 
 
-def _labels(y, n):
+def _labels(y, n, num_classes):
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1:
         y = y.argmax(axis=1)
     y = y.reshape(-1)
     if len(y) != n:
         raise ValueError(f"y has {len(y)} labels but x has {n} samples; they must match.")
-    return y.astype(np.int64)
+    if y.dtype.kind not in "biu" and not np.all(np.mod(y, 1) == 0):
+        raise ValueError(f"y must hold integer class indices (or one-hot rows), got values like {y[:3].tolist()}.")
+    y = y.astype(np.int64)
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if bad.size:
+        raise ValueError(
+            f"y[{bad[0]}] = {y[bad[0]]} is not a class index of this model, which has {num_classes} outputs "
+            f"(valid: 0..{num_classes - 1}); {bad.size} label(s) are out of range. Check the label encoding.")
+    return y
 
 
 def evaluate_tflite(
@@ -309,7 +317,8 @@ def evaluate_tflite(
         inputs_float = [_fit_batch(np.asarray(a, dtype=np.float32) if np.asarray(a).dtype.kind == "f" else np.asarray(a), d)
                         for a, d in zip(_split_inputs(x, details), details)]
         if y is not None:
-            y = _labels(y, len(inputs_float[0]))
+            output_shape = probe.get_output_details()[0]["shape"]
+            y = _labels(y, len(inputs_float[0]), int(np.prod(output_shape[1:])) if len(output_shape) > 1 else 1)
     elif y is not None:
         raise ValueError("y was given without x; pass both to measure accuracy.")
 

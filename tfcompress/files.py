@@ -10,6 +10,12 @@ class OutputExistsError(FileExistsError):
     """Raised when an output path exists and ``overwrite=True`` was not given."""
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path, overwrite=False, argument="output_path"):
     """Fails early, before any expensive work, if ``path`` cannot be written."""
     path = os.fspath(path)
@@ -46,6 +52,8 @@ def write_atomic(path, data, overwrite=False, argument="output_path"):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        # mkstemp creates 0600 files; outputs should get the permissions any new file would.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -84,6 +92,7 @@ def save_keras_atomic(model, path, overwrite=True, argument="output_path"):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder, prefix=".tmp_")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         model.save(tmp)
         os.replace(tmp, path)

@@ -215,6 +215,17 @@ def _loss_of(model):
     return loss
 
 
+def _check_labels(model, y, argument):
+    classes = int(np.prod(model.output_shape[1:])) if len(model.output_shape) > 1 else 1
+    y = np.asarray(y).reshape(-1)
+    if y.dtype.kind not in "biu":
+        raise ValueError(f"data: {argument} must hold integer class indices, got dtype {y.dtype}.")
+    bad = np.flatnonzero((y < 0) | (y >= classes))
+    if bad.size:
+        raise ValueError(f"data: {argument}[{bad[0]}] = {y[bad[0]]} is outside the model's {classes} classes "
+                         f"(0..{classes - 1}); {bad.size} label(s) are out of range.")
+
+
 def _accuracy(model, x, y, batch_size=512):
     logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
     return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == np.asarray(y).reshape(-1)))
@@ -259,6 +270,8 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
     (x, y), (x_test, y_test) = _resolve_data(data)
     if not isinstance(model, keras.Model):
         raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
+    _check_labels(model, y, "y_train")
+    _check_labels(model, y_test, "y_test")
     keras_accuracy = _accuracy(model, x_test, y_test)
     loss = _loss_of(model)
     current = _copy(model) if copy else model
