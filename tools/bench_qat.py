@@ -22,7 +22,8 @@ int8 ops only, and its top-1 is compared with the .tflite's on
 networks with BatchNormalization amplify tiny rounding differences layer after
 layer, so before quantizing the float network gets ``coverage_epochs`` of
 training on ``coverage_train`` upscaled images and its BN statistics are
-re-estimated on them (random weights, then a few steps: no download).
+re-estimated on them, then one QAT epoch with ranges and BN frozen (random
+weights, then a few steps: no download).
 
 Usage:
     python tools/bench_qat.py                 # full: 60k images, 3 float + 2 QAT epochs, tfmot, coverage
@@ -54,8 +55,8 @@ flags.DEFINE_integer("seed", 0, "Random seed (same for every run).")
 flags.DEFINE_bool("tfmot", True, "Also run tfmot QAT under tf_keras in a subprocess.")
 flags.DEFINE_bool("coverage", True, "Run the MobileNetV2 / EfficientNetB0 coverage check.")
 flags.DEFINE_list("coverage_models", ["MobileNetV2", "EfficientNetB0"], "Keras applications to check.")
-flags.DEFINE_integer("coverage_train", 2048, "Upscaled training images for the coverage models.")
-flags.DEFINE_integer("coverage_epochs", 1, "Float epochs of the coverage models before QAT.")
+flags.DEFINE_integer("coverage_train", 4096, "Upscaled training images for the coverage models.")
+flags.DEFINE_integer("coverage_epochs", 2, "Float epochs of the coverage models before QAT (1 QAT epoch follows).")
 flags.DEFINE_integer("coverage_samples", 512, "Inputs on which Keras and TFLite top-1 are compared.")
 flags.DEFINE_bool("quick", False, "Smoke test: 4000 images, 1 epoch each, small coverage runs.")
 flags.DEFINE_string("out", None, "Also write all results as JSON to this file.")
@@ -76,7 +77,7 @@ def _settings():
     )
     if FLAGS.quick:
         s.update(float_epochs=1, qat_epochs=1, prune_epochs=1, train_limit=4000, test_limit=1000,
-                 coverage_train=256, coverage_samples=128)
+                 coverage_train=256, coverage_epochs=1, coverage_samples=128)
     return s
 
 
@@ -212,6 +213,10 @@ def _coverage(s):
             row["float_layers"] = qat.quantization_report.float_layers
             row["folded_bn"] = len(qat.quantization_report.folded)
             tfc.quantization.calibrate(qat, x_train[:256], batch_size=32)
+            # One QAT epoch with ranges and BN frozen: the network learns to tolerate int8 rounding.
+            tfc.quantization.freeze(qat)
+            tfc.zoo.compile_classifier(qat, learning_rate=1e-4)
+            qat.fit(x_train, y, epochs=1, batch_size=32, verbose=0)
             tflite = tfc.to_tflite(qat, mode="int8", representative_data=x_train[:32])
             info = tflite.info
             row["float_compute_ops"] = sorted({op.type for op in info.float_compute_ops()})
