@@ -35,10 +35,12 @@ class PruningCallback(keras.callbacks.Callback):
             input-channel axis).
         block_shape: (rows, cols) blocks on the (inputs, outputs) view of each
             kernel for ``structure="block"``.
-        scope: ``"global"`` (rank magnitudes across layers; default) or
+        scope: ``"erk"`` (default: density by weight size, small layers stay
+            dense), ``"global"`` (one magnitude ranking across weights) or
             ``"layer"`` (every weight at the schedule's sparsity, like tfmot).
-        min_density: in global scope, the smallest fraction of weights any one
-            weight keeps.
+            See ``Pruner``.
+        min_density: for ``scope="global"``, the smallest fraction of weights
+            any one weight keeps.
         layers: names of the only layers to prune (DepthwiseConv opts in here).
         skip: names of layers never to prune.
         log_dir: if set, per-weight sparsity and the scheduled sparsity are
@@ -51,7 +53,7 @@ class PruningCallback(keras.callbacks.Callback):
         >>> print(sparsity_report(model))
     """
 
-    def __init__(self, schedule, structure="unstructured", block_shape=(4, 1), scope="global",
+    def __init__(self, schedule, structure="unstructured", block_shape=(4, 1), scope="erk",
                  min_density=0.05, layers=None, skip=None, log_dir=None, verbose=1):
         super().__init__()
         # Validate now so mistakes surface at construction, not after an epoch of data loading.
