@@ -12,6 +12,14 @@ from keras import ops
 # A zero-width range makes the quantization scale 0 and the op divide by it.
 _MIN_RANGE = 1e-6
 
+# TFLite's int8 kernels for these activations produce a fixed output scale and zero
+# point; quantizing to exactly that grid spares a requantize op after them.
+FIXED_OUTPUT_RANGES = {
+    "sigmoid": (0.0, 255.0 / 256.0),  # scale 1/256, zero point -128
+    "softmax": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),  # scale 1/128, zero point 0
+}
+
 
 def fake_quant_weights(kernel, per_channel):
     """Symmetric int8 fake quantization of a kernel whose output channels are the last axis.
@@ -53,6 +61,8 @@ class ActivationQuantizer(keras.layers.Layer):
         ema_decay: decay of the moving averages. The first update copies the
             batch range, and early ones use ``min(ema_decay, (1 + n) / (10 + n))``
             so a fresh quantizer settles within a few batches.
+        fixed_range: ``(min, max)`` to use instead of learning one, for outputs
+            whose int8 grid TFLite fixes (see ``FIXED_OUTPUT_RANGES``).
         **kwargs: base layer arguments such as ``name``.
 
     Returns:
@@ -64,23 +74,29 @@ class ActivationQuantizer(keras.layers.Layer):
     >>> y = q(keras.ops.convert_to_tensor([[-1.0, 0.5, 3.0]]), training=True)
     """
 
-    def __init__(self, ema_decay=0.999, **kwargs):
+    def __init__(self, ema_decay=0.999, fixed_range=None, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= float(ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}.")
+        if fixed_range is not None:
+            fixed_range = tuple(float(v) for v in fixed_range)
+            if len(fixed_range) != 2 or not fixed_range[0] <= 0.0 < fixed_range[1]:
+                raise ValueError(f"fixed_range must be (min, max) with min <= 0 < max, got {fixed_range!r}.")
         self.ema_decay = float(ema_decay)
+        self.fixed_range = fixed_range
         self.supports_masking = True
 
     def build(self, input_shape=None):
         # tfmot's initial range: wide enough for ReLU6 networks before any batch is seen.
-        self.range_min = self.add_weight(name="range_min", shape=(), initializer=keras.initializers.Constant(-6.0), trainable=False)
-        self.range_max = self.add_weight(name="range_max", shape=(), initializer=keras.initializers.Constant(6.0), trainable=False)
+        low, high = self.fixed_range or (-6.0, 6.0)
+        self.range_min = self.add_weight(name="range_min", shape=(), initializer=keras.initializers.Constant(low), trainable=False)
+        self.range_max = self.add_weight(name="range_max", shape=(), initializer=keras.initializers.Constant(high), trainable=False)
         self.num_updates = self.add_weight(name="num_updates", shape=(), initializer="zeros", trainable=False)
         # A variable rather than a Python flag, so freezing takes effect inside a running fit().
         self.frozen = self.add_weight(name="frozen", shape=(), initializer="zeros", trainable=False)
 
     def call(self, inputs, training=None):
-        if training:
+        if training and self.fixed_range is None:
             self._update_range(inputs)
         low = ops.minimum(self.range_min, 0.0)
         high = ops.maximum(ops.maximum(self.range_max, 0.0), low + _MIN_RANGE)
@@ -105,4 +121,5 @@ class ActivationQuantizer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["ema_decay"] = self.ema_decay
+        config["fixed_range"] = self.fixed_range
         return config

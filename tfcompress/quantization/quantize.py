@@ -9,7 +9,7 @@ import numpy as np
 
 from tfcompress.quantization import graph, registry
 from tfcompress.quantization.config import QuantizationConfig
-from tfcompress.quantization.fake_quant import ActivationQuantizer
+from tfcompress.quantization.fake_quant import FIXED_OUTPUT_RANGES, ActivationQuantizer
 from tfcompress.quantization.quantized_layers import FUSABLE_ACTIVATIONS, QuantizedLayerMixin, activation_name
 
 # Ops TFLite can fuse a following ReLU/ReLU6 into, so their own output needs no range.
@@ -256,6 +256,15 @@ def _is_fusable_activation(layer):
     return False
 
 
+def _output_activation(layer):
+    """Name of the activation that produces ``layer``'s output, if it has one."""
+    if type(layer) is keras.layers.Softmax:
+        return "softmax"
+    if hasattr(layer, "activation") and not isinstance(layer, keras.Model):
+        return activation_name(layer.activation)
+    return None
+
+
 def _float_reason(layer, spec, keep_float):
     """Why ``layer`` stays float, or None when it can be quantized."""
     if layer.name in keep_float:
@@ -399,8 +408,10 @@ def _quantize_functional(model, keep_float, config, report, quantize_inputs, pre
             return args[0]
         outputs = layer(*args, **kwargs)
         if plan.quantize_output:
+            fixed_range = FIXED_OUTPUT_RANGES.get(_output_activation(layer))
             outputs = keras.tree.map_structure(
-                lambda t: ActivationQuantizer(config.ema_decay, name=unique_name(f"{layer.name}_quant"))(t), outputs
+                lambda t: ActivationQuantizer(config.ema_decay, fixed_range, name=unique_name(f"{layer.name}_quant"))(t),
+                outputs,
             )
         return outputs
 
