@@ -7,6 +7,7 @@ and converted with ``tf.lite.TFLiteConverter.from_saved_model``.
 """
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -357,6 +358,7 @@ def to_tflite(
         try:
             _export_saved_model(model, specs, saved_model_dir)
         except Exception as exc:
+            _raise_if_out_of_space(exc, model.name)
             raise ConversionError(
                 f"Exporting model {model.name!r} for TFLite failed: {type(exc).__name__}: {_converter_message(exc)}. "
                 "Check that model(x, training=False) runs on inputs of shape "
@@ -419,6 +421,17 @@ def _convert_keeping_float(converter, saved_model_dir, samples, keep_float):
             converter=converter, debug_dataset=dataset, debug_options=options
         )
         return debugger.get_nondebug_quantized_model()
+
+
+def _raise_if_out_of_space(exc, model_name):
+    text = str(exc)
+    for symptom in ("No space left on device", "File too large", "Disk quota exceeded"):
+        if symptom in text:
+            raise OSError(
+                errno.ENOSPC,
+                f"Exporting model {model_name!r} needs temporary space in {tempfile.gettempdir()!r} and writing "
+                f"there failed ({symptom}). Free disk space or point TMPDIR to a larger folder; no output was written.",
+            ) from None
 
 
 def _failure_message(model_name, mode, reason):

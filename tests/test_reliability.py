@@ -1,0 +1,207 @@
+"""Kills, full disks, unwritable folders and repeat runs: nothing is lost, nothing is half-written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import tfcompress as tfc
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+
+
+def _python(code, *args, timeout=600, **kwargs):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], capture_output=True,
+                          text=True, env=ENV, timeout=timeout, **kwargs)
+
+
+MODEL_CODE = """
+import keras
+def small_cnn():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", name="conv2")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))
+    x = keras.layers.Dense(32, activation="relu", name="fc1")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+"""
+
+DETERMINISM = MODEL_CODE + """
+import hashlib, sys
+import numpy as np, tfcompress as tfc
+data = tfc.datasets.digits()
+(x, y), _ = data
+keras.utils.set_random_seed(0)
+model = tfc.zoo.compile_classifier(small_cnn(), 3e-3)
+model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+result = tfc.compress(model, data, [tfc.Prune(0.75, epochs=1), tfc.Convert("int8")], batch_size=32,
+                      evaluate=False, verbose=0)
+masks = b"".join((w.numpy() == 0).tobytes() for w in result.model.weights)
+print(hashlib.sha256(masks).hexdigest(), hashlib.sha256(bytes(result.artifacts["prune75-int8"])).hexdigest())
+"""
+
+
+def test_same_seed_and_data_give_identical_masks_and_tflite_bytes():
+    runs = [_python(DETERMINISM) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    digests = [r.stdout.split()[-2:] for r in runs]
+    assert digests[0] == digests[1]
+
+
+RESUMABLE_PRUNING = MODEL_CODE + """
+import json, os, sys, time
+import numpy as np, tfcompress as tfc
+backup, log_path = sys.argv[1], sys.argv[2]
+(x, y), _ = tfc.datasets.digits()
+keras.utils.set_random_seed(0)
+model = tfc.zoo.compile_classifier(small_cnn(), 3e-3)
+
+class EpochLog(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        kernels = [l.kernel.numpy() for l in self.model.layers if hasattr(l, "kernel")]
+        zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"epoch": epoch, "sparsity": zeros}) + "\\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+class Pace(keras.callbacks.Callback):  # slow enough that a kill lands mid-epoch
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(0.03)
+
+schedule = tfc.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=200, frequency=10)
+model.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[
+    tfc.PruningCallback(schedule, verbose=0),
+    keras.callbacks.BackupAndRestore(backup, save_freq=15),
+    EpochLog(), Pace()])
+print("finished")
+"""
+
+
+def _epoch_sparsity(log_path):
+    by_epoch = {}
+    with open(log_path) as f:
+        for line in f:
+            entry = json.loads(line)
+            by_epoch[entry["epoch"]] = entry["sparsity"]  # a replayed epoch's last record wins
+    return by_epoch
+
+
+def test_sigkill_mid_epoch_then_resume_follows_the_same_schedule(tmp_path):
+    reference = _python(RESUMABLE_PRUNING, tmp_path / "ref_backup", tmp_path / "ref.log")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    expected = _epoch_sparsity(tmp_path / "ref.log")
+
+    log = tmp_path / "run.log"
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RESUMABLE_PRUNING), str(tmp_path / "backup"),
+                              str(log)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.1)
+    time.sleep(0.6)  # into epoch 3
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed_at = len(log.read_text().splitlines())
+    assert 2 <= killed_at < 6, "the kill must land mid-training"
+
+    resumed = _python(RESUMABLE_PRUNING, tmp_path / "backup", log)
+    assert resumed.returncode == 0 and "finished" in resumed.stdout, resumed.stderr[-2000:]
+    got = _epoch_sparsity(log)
+    assert sorted(got) == list(range(6))
+    for epoch in range(6):
+        assert got[epoch] == pytest.approx(expected[epoch], abs=0.01), (epoch, got, expected)
+    assert got[5] == pytest.approx(0.8, abs=0.01)
+
+
+EXPORT_LOOP = """
+import sys
+import numpy as np, tfcompress as tfc
+model = tfc.zoo.reference_cnn(width=2)
+path = sys.argv[1]
+tfc.to_tflite(model, mode="float32", output_path=path, overwrite=True)
+print("ready", flush=True)  # from here on, every kill lands inside a later export
+while True:
+    tfc.to_tflite(model, mode="float32", output_path=path, overwrite=True)
+"""
+
+
+def test_sigkill_during_export_never_leaves_a_half_written_file(tmp_path):
+    path = tmp_path / "model.tflite"
+    expected = bytes(tfc.to_tflite(tfc.zoo.reference_cnn(width=2), mode="float32"))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        child = subprocess.Popen([sys.executable, "-c", EXPORT_LOOP, str(path)], env=ENV,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.2, 2.0)))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        data = path.read_bytes()
+        assert len(data) == len(expected) and tfc.inspect_tflite(data).op_census["CONV_2D"] == 3
+    # A killed writer can leave only its hidden temp file, never a partial model.tflite.
+    assert all(name == "model.tflite" or name.startswith(".model.tflite.") for name in os.listdir(tmp_path))
+
+
+def test_full_disk_gives_a_clear_error_and_no_partial_file(tmp_path):
+    # RLIMIT_FSIZE makes writes past 64 KB fail like a full disk would, without filling a real one.
+    code = """
+    import resource, signal, sys
+    import tfcompress as tfc
+    model = tfc.zoo.reference_cnn()
+    data = bytes(tfc.to_tflite(model, mode="float32"))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+    try:
+        tfc.write_atomic(sys.argv[1], data)
+    except OSError as exc:
+        print("WRITE", exc)
+    try:  # the temporary SavedModel of the export hits the limit first
+        tfc.to_tflite(model, mode="float32", output_path=sys.argv[1])
+    except OSError as exc:
+        print("EXPORT", exc)
+    """
+    target = tmp_path / "big.tflite"
+    result = _python(code, target)
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("WRITE", "EXPORT")))
+    assert set(lines) == {"WRITE", "EXPORT"}, result.stdout + result.stderr[-2000:]
+    assert "Could not write output_path=" in lines["WRITE"] and "No partial file" in lines["WRITE"]
+    assert "TMPDIR" in lines["EXPORT"] and "no output was written" in lines["EXPORT"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_folder_fails_before_any_work():
+    import shutil
+    import tempfile
+
+    # pytest's tmp_path is private to root; an ordinary user must be able to reach the folder.
+    base = tempfile.mkdtemp(prefix="tfcompress_ro_", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        folder = os.path.join(base, "readonly")
+        os.mkdir(folder)
+        os.chmod(folder, 0o555)
+        code = """
+        import os, sys
+        from tfcompress import files  # imported before dropping privileges: root owns the interpreter's files
+        if os.getuid() == 0:
+            os.setgid(65534); os.setuid(65534)  # root writes anywhere; act as an ordinary user
+        try:
+            files.write_atomic(sys.argv[1], b"data")
+        except PermissionError as exc:
+            print("ERROR", exc)
+        """
+        result = _python(code, os.path.join(folder, "out.bin"))
+        assert "ERROR" in result.stdout and "is not writable" in result.stdout, result.stdout + result.stderr[-2000:]
+        assert os.listdir(folder) == []
+    finally:
+        os.chmod(os.path.join(base, "readonly"), 0o755)
+        shutil.rmtree(base)
