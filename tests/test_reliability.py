@@ -205,3 +205,17 @@ def test_unwritable_folder_fails_before_any_work():
     finally:
         os.chmod(os.path.join(base, "readonly"), 0o755)
         shutil.rmtree(base)
+
+
+def test_repeated_convert_and_evaluate_leave_no_temp_files(trained_digits_model, digits_data):
+    import tempfile
+
+    (x, _), (x_test, y_test) = digits_data
+    folder = tempfile.gettempdir()
+    before = {n for n in os.listdir(folder) if n.startswith("tfcompress_")}
+    for mode in ("float32", "int8", "dynamic"):
+        b = tfc.to_tflite(trained_digits_model, mode=mode, representative_data=x[:16] if mode == "int8" else None,
+                          isolate=mode == "int8")
+        tfc.evaluate_tflite(bytes(b), x=x_test[:32], y=y_test[:32], num_runs=2)  # bytes: verified in a child
+    after = {n for n in os.listdir(folder) if n.startswith("tfcompress_")}
+    assert after - before == set()
