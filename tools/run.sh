@@ -15,7 +15,9 @@ setup() {
     $SUDO apt-get install -y -qq dataset-fashion-mnist \
       || echo "[setup] warning: apt-get failed; Fashion-MNIST will need Keras's download instead" >&2
   fi
-  if ! "$PYTHON" -c "import tfcompress, pytest, sklearn, nbclient" 2>/dev/null; then
+  # -I: ignore the current folder, so this checks what is installed, not the source tree.
+  if ! "$PYTHON" -I -c "import os, sys, tfcompress, pytest, sklearn, nbclient, pytest_timeout
+sys.exit(os.path.dirname(os.path.dirname(tfcompress.__file__)) != os.getcwd())" 2>/dev/null; then
     echo "[setup] pip install -e .[test]"
     "$PYTHON" -m pip install -q -e ".[test]"
   fi
