@@ -311,8 +311,9 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
                     PolynomialDecay(0.0, step.sparsity, begin_step=0, end_step=end,
                                     frequency=max(1, min(100, end // 10))), verbose=0))
             try:
+                # shuffle=False: cache_teacher's dataset reshuffles itself; Keras would only warn.
                 distiller.fit(distiller.cache_teacher(x, y, batch_size=batch_size, seed=seed), epochs=step.epochs,
-                              verbose=fit_verbose, callbacks=callbacks)
+                              verbose=fit_verbose, callbacks=callbacks, shuffle=False)
             finally:
                 # The Distiller freezes its teacher; the caller's model must come back as it was given.
                 step.teacher.trainable = teacher_was_trainable
