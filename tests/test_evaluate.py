@@ -101,3 +101,13 @@ class TestBadInput:
         _, (x_test, y_test) = digits_data
         with pytest.raises(ValueError, match="labels but x has"):
             tfc.evaluate_tflite(float_and_int8[0], x=x_test, y=y_test[:10])
+
+
+def test_evaluate_many_times_models_together(float_and_int8, digits_data):
+    _, (x_test, y_test) = digits_data
+    f32, i8 = float_and_int8
+    reports = tfc.evaluate_many({"float32": f32, "int8": i8}, x=x_test, y=y_test, threads=(1,), num_runs=7)
+    assert list(reports) == ["float32", "int8"]
+    for r in reports.values():
+        assert all(lat.runs == 7 and lat.median_ms > 0 for lat in r.latency)
+        assert r.accuracy > 0.9

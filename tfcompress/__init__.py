@@ -20,7 +20,7 @@ from tfcompress.files import OutputExistsError, write_atomic  # noqa: E402
 from tfcompress.convert import ConversionError, ConvertedModel, QuantizationAuditError, to_tflite  # noqa: E402
 from tfcompress.representative import RepresentativeDataError  # noqa: E402
 from tfcompress.tflite_file import InvalidTFLiteFileError, inspect as inspect_tflite  # noqa: E402
-from tfcompress.evaluate import EvaluationReport, compare, evaluate_tflite  # noqa: E402
+from tfcompress.evaluate import EvaluationReport, compare, evaluate_many, evaluate_tflite  # noqa: E402
 from tfcompress.distill import Distiller  # noqa: E402
 from tfcompress.pruning import (  # noqa: E402
     ConstantSparsity, PolynomialDecay, Pruner, PruningCallback, SparsityReport, sparsity_report,

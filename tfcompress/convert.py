@@ -187,7 +187,26 @@ def _export_saved_model(model, specs, directory):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", serve, input_signature=signature)
-    archive.write_out(directory, verbose=False)
+    with _quiet_tensorflow_logs():
+        archive.write_out(directory, verbose=False)
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logs():
+    """TensorFlow logs each SavedModel write ("Assets written to ...") at INFO; it is our temp folder."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    tf_logger = logging.getLogger("tensorflow")
+    old_level, old_verbosity = tf_logger.level, absl_logging.get_verbosity()
+    tf_logger.setLevel(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        yield
+    finally:
+        tf_logger.setLevel(old_level)
+        absl_logging.set_verbosity(old_verbosity)
 
 
 def _converter_message(exc):

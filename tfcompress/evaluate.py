@@ -242,6 +242,75 @@ def _labels(y, n, num_classes):
     return y
 
 
+def _time_round_robin(interpreters, num_runs, warmup_runs):
+    """Times ``invoke()`` of every interpreter (inputs already set), one run of each per round."""
+    times = {key: [] for key in interpreters}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside a timed run would be charged to whichever config ran then
+    try:
+        for _ in range(warmup_runs):
+            for interpreter in interpreters.values():
+                interpreter.invoke()
+        for _ in range(num_runs):
+            for key, interpreter in interpreters.items():
+                start = time.perf_counter()
+                interpreter.invoke()
+                times[key].append((time.perf_counter() - start) * 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
+def _summary(times):
+    t = sorted(times)
+    return dict(median_ms=statistics.median(t), p90_ms=float(np.percentile(t, 90)), mean_ms=statistics.fmean(t),
+                std_ms=statistics.stdev(t) if len(t) > 1 else 0.0, runs=len(t))
+
+
+def _latency_inputs(details, x, rng):
+    if x is None:
+        return [_synthetic_input(d, rng) for d in details]
+    arrays = [_fit_batch(np.asarray(a), d) for a, d in zip(_split_inputs(x, details), details)]
+    return [quantize_input(a[:1], d) for a, d in zip(arrays, details)]
+
+
+def evaluate_many(models, x=None, y=None, backends=BACKENDS, threads=(1,), num_runs=50, warmup_runs=5, seed=0,
+                  **kwargs):
+    """Evaluates several .tflite models with their latencies measured together.
+
+    Timing separate `evaluate_tflite` calls at different moments lets machine load
+    masquerade as speed-ups. Here every model × backend × thread count is timed in
+    the same round-robin rounds, so ratios between models are meaningful.
+
+    Args:
+        models: ``{name: .tflite bytes or path}``.
+        x, y, backends, threads, num_runs, warmup_runs, seed: as in `evaluate_tflite`.
+        **kwargs: passed on to `evaluate_tflite` (e.g. ``batch_size``, ``verify``).
+
+    Returns:
+        ``{name: EvaluationReport}`` in the order of ``models``.
+    """
+    rng = np.random.default_rng(seed)
+    reports = {name: evaluate_tflite(m, x=x, y=y, backends=backends, threads=threads, num_runs=1, warmup_runs=0,
+                                     name=name, seed=seed, **kwargs) for name, m in models.items()}
+    interpreters = {}
+    for name, m in models.items():
+        raw = tflite_file._read(m)
+        for r in reports[name].latency:
+            interpreter = _make_interpreter(raw, r.backend, r.threads)
+            details = interpreter.get_input_details()
+            for d, a in zip(details, _latency_inputs(details, x, rng)):
+                interpreter.set_tensor(d["index"], a)
+            interpreters[(name, r.backend, r.threads)] = interpreter
+    times = _time_round_robin(interpreters, num_runs, warmup_runs)
+    for (name, backend, n_threads), t in times.items():
+        result = reports[name].latency_for(backend, n_threads)
+        for field, value in _summary(t).items():
+            setattr(result, field, value)
+    return reports
+
+
 def evaluate_tflite(
     model,
     x=None,
@@ -322,10 +391,7 @@ def evaluate_tflite(
     elif y is not None:
         raise ValueError("y was given without x; pass both to measure accuracy.")
 
-    if inputs_float is not None:
-        latency_inputs = [quantize_input(a[:1], d) for a, d in zip(inputs_float, details)]
-    else:
-        latency_inputs = [_synthetic_input(d, rng) for d in details]
+    latency_inputs = _latency_inputs(details, inputs_float, rng)
 
     interpreters, init_ms, first_ms, times, failures = {}, {}, {}, {}, {}
     for cfg in [(b, t) for b in backends for t in threads]:
@@ -347,28 +413,9 @@ def evaluate_tflite(
         raise RuntimeError(f"No backend could run the model: {failures}.")
     configs = list(interpreters)
     backends = tuple(dict.fromkeys(b for b, _ in configs))
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside a timed run would be charged to whichever config ran then
-    try:
-        for _ in range(warmup_runs):
-            for cfg in configs:
-                interpreters[cfg].invoke()
-        for _ in range(num_runs):
-            for cfg in configs:
-                start = time.perf_counter()
-                interpreters[cfg].invoke()
-                times[cfg].append((time.perf_counter() - start) * 1e3)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    latency = []
-    for cfg in configs:
-        t = sorted(times[cfg])
-        latency.append(LatencyResult(
-            backend=cfg[0], threads=cfg[1], init_ms=init_ms[cfg], first_run_ms=first_ms[cfg],
-            median_ms=statistics.median(t), p90_ms=float(np.percentile(t, 90)), mean_ms=statistics.fmean(t),
-            std_ms=statistics.stdev(t) if len(t) > 1 else 0.0, runs=len(t),
-        ))
+    times = _time_round_robin(interpreters, num_runs, warmup_runs)
+    latency = [LatencyResult(backend=cfg[0], threads=cfg[1], init_ms=init_ms[cfg], first_run_ms=first_ms[cfg],
+                             **_summary(times[cfg])) for cfg in configs]
 
     parity = {}
     if len(backends) > 1:

@@ -43,11 +43,11 @@ def trained_mobilenet_style(x, y, epochs, seed=0):
 
 def bench_model(model, name, x, y, x_test, y_test, runs):
     keras_acc = float(np.mean(np.asarray(model.predict(x_test, batch_size=512, verbose=0)).argmax(1) == y_test))
-    reports = {}
-    for mode in MODES:
-        b = tfc.to_tflite(model, mode=mode, representative_data=x[:200] if mode in ("int8", "int16x8") else None)
-        reports[mode] = tfc.evaluate_tflite(b, x=x_test, y=y_test, threads=(1, 2), num_runs=runs, name=mode)
-        print(f"[bench_ptq] {name} {mode}: {len(b):,} B, acc {100 * reports[mode].accuracy:.2f}%", flush=True)
+    files = {mode: tfc.to_tflite(model, mode=mode, representative_data=x[:200] if mode in ("int8", "int16x8") else None)
+             for mode in MODES}
+    reports = tfc.evaluate_many(files, x=x_test, y=y_test, threads=(1, 2), num_runs=runs)
+    for mode, r in reports.items():
+        print(f"[bench_ptq] {name} {mode}: {r.file_bytes:,} B, acc {100 * r.accuracy:.2f}%", flush=True)
     return keras_acc, reports
 
 
