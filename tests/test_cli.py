@@ -109,12 +109,18 @@ def test_demo_quick(tmp_path):
                         timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted(os.listdir(out))
-    assert {"report.md", "report.json", "reference_cnn_int8.tflite", "reference_cnn_float32.tflite"} <= set(files)
+    expected = {"float32", "float16", "dynamic", "int8", "prune50-int8", "prune75-int8", "prune90-int8",
+                "distill-int8", "distill-prune50-int8", "qat-int8", "prune75-qat-int8"}
+    assert {"report.md", "report.json", "report.png"} | {f"{v}.tflite" for v in expected} <= set(files)
     report = json.loads((out / "report.json").read_text())
+    assert set(report["variants"]) == expected
     assert report["keras_accuracy"] > 0.75
-    int8 = report["variants"]["int8"]
-    assert abs(int8["accuracy"] - report["keras_accuracy"]) < 0.03
-    assert "| int8 |" in result.stdout
+    variants = report["variants"]
+    assert abs(variants["int8"]["accuracy"] - report["keras_accuracy"]) < 0.03
+    assert variants["prune75-int8"]["sparsity"] == pytest.approx(0.75, abs=0.02)
+    assert variants["prune75-qat-int8"]["sparsity"] > 0.7  # zeros survive QAT into the int8 file
+    assert variants["distill-int8"]["file_bytes"] < variants["int8"]["file_bytes"] / 5
+    assert "| prune75-qat-int8 |" in result.stdout
     # A second run refuses to overwrite the folder.
     again = tfcompress("demo", "--quick", f"--out={out}", f"--cache_dir={tmp_path / 'cache'}")
     assert again.returncode == 1 and "--overwrite" in again.stderr
