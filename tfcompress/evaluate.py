@@ -410,7 +410,9 @@ def evaluate_tflite(
             failures[cfg[0]] = " ".join(str(exc).split())[:300]
             interpreters.pop(cfg, None)
     if not interpreters:
-        raise RuntimeError(f"No backend could run the model: {failures}.")
+        raise tflite_file.InvalidTFLiteFileError(
+            f"No backend could run the model: {failures}. The file is corrupted or uses ops this runtime "
+            "lacks; re-export it.")
     configs = list(interpreters)
     backends = tuple(dict.fromkeys(b for b, _ in configs))
     times = _time_round_robin(interpreters, num_runs, warmup_runs)
