@@ -216,3 +216,17 @@ def test_isolated_conversion_matches_inline_and_reports_failures(trained_digits_
         tfc.to_tflite(model, mode="int8", representative_data=np.ones((4, 4), np.float32), isolate=True)
     with pytest.raises(convert.ConversionError, match="longer than 0.01 s"):
         tfc.to_tflite(trained_digits_model, mode="float32", isolate=True, timeout=0.01)
+
+
+def test_qat_model_converts_to_int8_without_calibration_data(trained_digits_model, digits_data):
+    (x, y), (x_test, y_test) = digits_data
+    qat = tfc.quantize_model(trained_digits_model)
+    qat.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    qat.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    b = tfc.to_tflite(qat, mode="int8", io_type="int8", strict=True)
+    assert b.info.input_details[0]["dtype"] == "int8"
+    assert any("no calibration" in n for n in b.notes)
+    report = tfc.evaluate_tflite(b, x=x_test, y=y_test, num_runs=2)
+    assert report.accuracy == pytest.approx(keras_accuracy(qat, x_test, y_test), abs=0.01)
+    with pytest.raises(ValueError, match="keep_float.*QAT model"):
+        tfc.to_tflite(qat, mode="int8", keep_float=["fc1"])

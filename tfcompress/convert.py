@@ -169,6 +169,17 @@ def _recorded_input_specs(model):
     ]
 
 
+def is_qat_model(model):
+    """True when the model holds tfcompress fake-quant layers (made by `quantize_model`)."""
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        if type(layer).__module__.startswith("tfcompress.quantization"):
+            return True
+        stack.extend(getattr(layer, "layers", []) or [])
+    return False
+
+
 def _input_name(tensor, index):
     name = getattr(tensor, "name", None) or f"input_{index}"
     name = re.sub(r"[^A-Za-z0-9_]", "_", name.split(":")[0])
@@ -241,6 +252,12 @@ def _configure(converter, mode, samples, io_type, sparse):
     converter.optimizations = optimizations
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
+    if mode == "int8" and samples is None:
+        # A QAT model carries its ranges in FakeQuant ops: the converter needs no calibration.
+        if io_type != "float32":
+            converter.inference_input_type = _tf_dtype(io_type)
+            converter.inference_output_type = _tf_dtype(io_type)
+        return
     if mode in ("int8", "int16x8"):
         def dataset():
             for sample in samples:
@@ -303,7 +320,8 @@ def to_tflite(
             weights, float activations); ``"int8"`` (full integer: int8 weights and
             activations, int8 ops only); ``"int16x8"`` (int16 activations, int8 weights).
         representative_data: calibration inputs, required for ``"int8"`` and
-            ``"int16x8"``: a numpy array, a ``tf.data.Dataset`` (``(x, y)``
+            ``"int16x8"`` (optional for a QAT model from `quantize_model`, whose
+            ranges were trained): a numpy array, a ``tf.data.Dataset`` (``(x, y)``
             elements are fine), a generator (function), or a dict keyed by input
             name for multi-input models. A missing batch dimension is added.
             About 100-500 typical samples are enough.
@@ -358,13 +376,23 @@ def to_tflite(
             )
 
     needs_calibration = mode in ("int8", "int16x8")
+    qat = is_qat_model(model)
+    if qat and keep_float:
+        raise ValueError(
+            f"keep_float={keep_float} cannot apply to QAT model {model.name!r}: its int8 ranges are trained into "
+            "it. Quantize a float model with keep_float, or leave those layers out of quantize_model.")
+    if qat and mode == "int8" and representative_data is None:
+        needs_calibration = False
+        notes_qat = ["QAT model: int8 ranges from training, no calibration"]
+    else:
+        notes_qat = []
     if needs_calibration and representative_data is None:
         raise representative.RepresentativeDataError(
             f"representative_data is required for mode={mode!r}: pass ~100-500 typical inputs "
             "(e.g. representative_data=x_train[:200]). For no calibration use mode='dynamic'."
         )
     specs = input_specs(model, representative_data if needs_calibration else None, input_shape)
-    samples, notes = None, []
+    samples, notes = None, notes_qat
     if needs_calibration:
         samples = representative.prepare(representative_data, specs, max_samples=max_calibration_samples)
         notes.append(f"calibrated on {len(samples)} samples")
