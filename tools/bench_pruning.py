@@ -30,6 +30,8 @@ import time
 
 from absl import app, flags, logging
 
+import tfmot_baseline  # tools/ is on sys.path: it is the script's own folder
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sparsities", ["0.5", "0.75", "0.9"], "Final sparsities to benchmark.")
 flags.DEFINE_integer("dense_epochs", 3, "Epochs of dense training before pruning.")
@@ -224,23 +226,6 @@ def _accuracy(model, x, y):
 # tfmot (subprocess, tf_keras) ---------------------------------------------------------------
 
 
-def _tfmot_reference_cnn(tf_keras, input_shape=(28, 28, 1), num_classes=10):
-    """``tfcompress.zoo.reference_cnn`` rebuilt with tf_keras layers (same layers, same order)."""
-    layers = tf_keras.layers
-    inputs = tf_keras.Input(shape=input_shape, name="image")
-    x = inputs
-    for i, filters in enumerate((32, 64, 128), start=1):
-        x = layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
-        if i < 3:
-            x = layers.MaxPooling2D(name=f"pool{i}")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dense(128, activation="relu", name="fc1")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
-    return tf_keras.Model(inputs, outputs, name="reference_cnn")
-
-
 def _tfmot_worker(job_path):
     import numpy as np
     import tensorflow as tf
@@ -266,7 +251,7 @@ def _tfmot_worker(job_path):
 
     def pruned_model(sparsity, end_step):
         tf_keras.utils.set_random_seed(s["seed"] + 1)
-        base = _tfmot_reference_cnn(tf_keras)
+        base = tfmot_baseline.reference_cnn(tf_keras)
         base.set_weights(weights)
         schedule = sparsity_api.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end_step,
                                                 frequency=s["frequency"])
@@ -299,7 +284,7 @@ def _tfmot_worker(job_path):
     if s["timing_rounds"]:
         xt, yt = x[: s["timing_samples"]], y[: s["timing_samples"]]
         spe_t = _steps_per_epoch(s, len(xt))
-        plain = _tfmot_reference_cnn(tf_keras)
+        plain = tfmot_baseline.reference_cnn(tf_keras)
         plain.set_weights(weights)
         compiled(plain)
         pruned = pruned_model(0.75, (s["timing_rounds"] + 1) * spe_t)

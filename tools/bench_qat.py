@@ -42,6 +42,8 @@ import tempfile
 
 from absl import app, flags, logging
 
+import tfmot_baseline  # tools/ is on sys.path: it is the script's own folder
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("float_epochs", 3, "Epochs of float training before quantization.")
 flags.DEFINE_integer("qat_epochs", 2, "Epochs of quantization-aware fine-tuning (ours and tfmot).")
@@ -274,23 +276,6 @@ def _reestimate_batch_norm(model, x, batch=256):
 # tfmot (subprocess, tf_keras) ---------------------------------------------------------------
 
 
-def _tfmot_reference_cnn(tf_keras, input_shape=(28, 28, 1), num_classes=10):
-    """``tfcompress.zoo.reference_cnn`` rebuilt with tf_keras layers (same layers, same order)."""
-    layers = tf_keras.layers
-    inputs = tf_keras.Input(shape=input_shape, name="image")
-    x = inputs
-    for i, filters in enumerate((32, 64, 128), start=1):
-        x = layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
-        if i < 3:
-            x = layers.MaxPooling2D(name=f"pool{i}")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dense(128, activation="relu", name="fc1")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
-    return tf_keras.Model(inputs, outputs, name="reference_cnn")
-
-
 def _tfmot_worker(job_path):
     import numpy as np
     import tensorflow as tf
@@ -303,7 +288,7 @@ def _tfmot_worker(job_path):
     (x, y), (x_test, y_test) = _data(s)
     with np.load(job["weights"]) as archive:
         weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]
-    base = _tfmot_reference_cnn(tf_keras)
+    base = tfmot_baseline.reference_cnn(tf_keras)
     base.set_weights(weights)
     tf_keras.utils.set_random_seed(s["seed"] + 1)
     model = tfmot.quantization.keras.quantize_model(base)
