@@ -63,7 +63,9 @@ class Distiller(keras.distillation.Distiller):
             more of the teacher's "dark knowledge" about wrong classes.
         alpha: weight in [0, 1] of the hard-label loss; ``1 - alpha`` weights distillation.
             ``alpha=0`` trains on the teacher alone (labels are then optional), ``alpha=1``
-            is plain supervised training.
+            is plain supervised training. The defaults (T=2, alpha=0.5) come from a small
+            sweep on Fashion-MNIST (reference CNN teacher, `zoo.small_student`, 2 epochs):
+            T=2/alpha=0.5 71.9%, T=1/0.5 67.9%, plain training 65.5%, T=4/0.1 38.3%.
         feature_layers: optional dict ``{teacher_layer_name: student_layer_name}`` of
             intermediate layers whose activations the student should match.
         feature_weight: weight ``>= 0`` of each feature loss relative to the soft loss.
@@ -89,8 +91,8 @@ class Distiller(keras.distillation.Distiller):
         self,
         teacher,
         student,
-        temperature=4.0,
-        alpha=0.1,
+        temperature=2.0,
+        alpha=0.5,
         feature_layers=None,
         feature_weight=1.0,
         feature_loss="mse",
