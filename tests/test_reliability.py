@@ -81,7 +81,10 @@ class Pace(keras.callbacks.Callback):  # slow enough that a kill lands mid-epoch
 schedule = tfc.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=200, frequency=10)
 model.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[
     tfc.PruningCallback(schedule, verbose=0),
-    keras.callbacks.BackupAndRestore(backup, save_freq=15),
+    # save_freq="epoch": Keras writes its backup .weights.h5 in place, so a kill during a mid-epoch
+    # backup write corrupts it (seen: "bad object header version number"); the epoch-end backup is
+    # complete before EpochLog reports the epoch, and the kill lands mid-epoch after it.
+    keras.callbacks.BackupAndRestore(backup, save_freq="epoch"),
     EpochLog(), Pace()])
 print("finished")
 """
