@@ -169,15 +169,18 @@ def _recorded_input_specs(model):
     ]
 
 
-def is_qat_model(model):
-    """True when the model holds tfcompress fake-quant layers (made by `quantize_model`)."""
+def _walk_layers(model):
+    """The model and every layer nested in it (through ``.layers``)."""
     stack = [model]
     while stack:
         layer = stack.pop()
-        if type(layer).__module__.startswith("tfcompress.quantization"):
-            return True
+        yield layer
         stack.extend(getattr(layer, "layers", []) or [])
-    return False
+
+
+def is_qat_model(model):
+    """True when the model holds tfcompress fake-quant layers (made by `quantize_model`)."""
+    return any(type(layer).__module__.startswith("tfcompress.quantization") for layer in _walk_layers(model))
 
 
 def _input_name(tensor, index):
@@ -286,13 +289,7 @@ def _check_arguments(mode, io_type, keep_float):
 
 
 def _all_layer_names(model):
-    names = set()
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        names.add(layer.name)
-        stack.extend(getattr(layer, "layers", []) or [])
-    return names
+    return {layer.name for layer in _walk_layers(model)}
 
 
 def to_tflite(
