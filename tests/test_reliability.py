@@ -81,10 +81,8 @@ class Pace(keras.callbacks.Callback):  # slow enough that a kill lands mid-epoch
 schedule = tfc.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=200, frequency=10)
 model.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[
     tfc.PruningCallback(schedule, verbose=0),
-    # save_freq="epoch": Keras writes its backup .weights.h5 in place, so a kill during a mid-epoch
-    # backup write corrupts it (seen: "bad object header version number"); the epoch-end backup is
-    # complete before EpochLog reports the epoch, and the kill lands mid-epoch after it.
-    keras.callbacks.BackupAndRestore(backup, save_freq="epoch"),
+    # A backup every 3 batches: most kills land during or right after a backup write.
+    tfc.BackupAndRestore(backup, save_freq=3),
     EpochLog(), Pace()])
 print("finished")
 """
@@ -99,30 +97,82 @@ def _epoch_sparsity(log_path):
     return by_epoch
 
 
-def test_sigkill_mid_epoch_then_resume_follows_the_same_schedule(tmp_path):
+def _start_and_kill(code, args, log, min_lines, delay):
+    """Starts ``code``, waits until ``log`` has ``min_lines`` lines, then SIGKILLs it ``delay`` s later."""
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and child.poll() is None and (
+            not log.exists() or len(log.read_text().splitlines()) < min_lines):
+        time.sleep(0.05)
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    return child.wait()
+
+
+def test_repeated_sigkills_mid_epoch_then_resume_follow_the_same_schedule(tmp_path):
     reference = _python(RESUMABLE_PRUNING, tmp_path / "ref_backup", tmp_path / "ref.log")
     assert reference.returncode == 0, reference.stderr[-2000:]
     expected = _epoch_sparsity(tmp_path / "ref.log")
 
-    log = tmp_path / "run.log"
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RESUMABLE_PRUNING), str(tmp_path / "backup"),
-                              str(log)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
-        time.sleep(0.1)
-    time.sleep(0.6)  # into epoch 3
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    killed_at = len(log.read_text().splitlines())
-    assert 2 <= killed_at < 6, "the kill must land mid-training"
-
-    resumed = _python(RESUMABLE_PRUNING, tmp_path / "backup", log)
+    backup, log = tmp_path / "backup", tmp_path / "run.log"
+    # Three kills at different moments, each after at least one more epoch, so that every restart
+    # resumes from a mid-epoch backup written by the killed process.
+    for kills, delay in enumerate((0.45, 0.7, 0.25)):
+        code = _start_and_kill(RESUMABLE_PRUNING, (backup, log), log, min_lines=kills + 1, delay=delay)
+        assert code == -signal.SIGKILL, "the kill must land mid-training"
+    assert len(_epoch_sparsity(log)) < 6
+    resumed = _python(RESUMABLE_PRUNING, backup, log)
     assert resumed.returncode == 0 and "finished" in resumed.stdout, resumed.stderr[-2000:]
     got = _epoch_sparsity(log)
     assert sorted(got) == list(range(6))
     for epoch in range(6):
         assert got[epoch] == pytest.approx(expected[epoch], abs=0.01), (epoch, got, expected)
     assert got[5] == pytest.approx(0.8, abs=0.01)
+    assert not backup.exists(), "a completed fit removes its backup"
+
+
+RESUMABLE_QAT = MODEL_CODE + """
+import json, os, sys, time
+import numpy as np, tfcompress as tfc
+backup, log_path = sys.argv[1], sys.argv[2]
+(x, y), (x_test, y_test) = tfc.datasets.digits()
+keras.utils.set_random_seed(0)
+model = tfc.zoo.compile_classifier(small_cnn(), 3e-3)
+model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+qat = tfc.quantize_model(model)
+qat.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"])
+
+class EpochLog(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"epoch": epoch}) + "\\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+class Pace(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(0.03)
+
+qat.fit(x, y, epochs=4, batch_size=32, verbose=0,
+        callbacks=[tfc.BackupAndRestore(backup, save_freq=4), EpochLog(), Pace()])
+b = tfc.to_tflite(qat, mode="int8", strict=True)
+print("accuracy", tfc.evaluate_tflite(b, x=x_test, y=y_test, num_runs=1).accuracy)
+"""
+
+
+def test_sigkill_during_qat_then_resume_finishes_an_int8_model(tmp_path):
+    backup, log = tmp_path / "backup", tmp_path / "qat.log"
+    assert _start_and_kill(RESUMABLE_QAT, (backup, log), log, min_lines=1, delay=0.6) == -signal.SIGKILL
+    assert 1 <= len(log.read_text().splitlines()) < 4, "the kill must land mid-training"
+    resumed = _python(RESUMABLE_QAT, backup, log)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert sorted(set(epochs)) == [0, 1, 2, 3]
+    assert epochs[-1] == 3 and len(epochs) <= 5, f"the resumed run must not start over: {epochs}"
+    accuracy = float(resumed.stdout.split("accuracy")[-1])
+    assert accuracy > 0.9
 
 
 EXPORT_LOOP = """

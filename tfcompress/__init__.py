@@ -21,6 +21,7 @@ from tfcompress.convert import ConversionError, ConvertedModel, QuantizationAudi
 from tfcompress.representative import RepresentativeDataError  # noqa: E402
 from tfcompress.tflite_file import InvalidTFLiteFileError, inspect as inspect_tflite  # noqa: E402
 from tfcompress.evaluate import EvaluationReport, compare, evaluate_many, evaluate_tflite  # noqa: E402
+from tfcompress.backup import BackupAndRestore  # noqa: E402
 from tfcompress.distill import Distiller  # noqa: E402
 from tfcompress.pruning import (  # noqa: E402
     ConstantSparsity, PolynomialDecay, Pruner, PruningCallback, SparsityReport, sparsity_report,

@@ -249,8 +249,9 @@ def _one_model(argv, command):
     return argv[1]
 
 
-def _learning_rate(default):
-    return FLAGS.learning_rate if FLAGS.learning_rate is not None else default
+def _learning_rate():
+    """``{"learning_rate": --learning_rate}`` when given; otherwise the step keeps its own default."""
+    return {} if FLAGS.learning_rate is None else {"learning_rate": FLAGS.learning_rate}
 
 
 def _prune(argv):
@@ -258,7 +259,7 @@ def _prune(argv):
 
     path = _one_model(argv, "prune")
     _finish_training("pruned", path, [Prune(FLAGS.sparsity, epochs=FLAGS.epochs, structure=FLAGS.structure,
-                                            learning_rate=_learning_rate(1e-3))])
+                                            **_learning_rate())])
 
 
 def _distill(argv):
@@ -270,14 +271,14 @@ def _distill(argv):
     teacher = load_keras_model(FLAGS.teacher, FLAGS.unsafe)
     _finish_training("distilled", path, [Distill(teacher, epochs=FLAGS.epochs, sparsity=FLAGS.sparsity,
                                                  temperature=FLAGS.temperature, alpha=FLAGS.alpha,
-                                                 learning_rate=_learning_rate(1e-3))])
+                                                 **_learning_rate())])
 
 
 def _quantize(argv):
     from tfcompress.recipe import QuantizeAware
 
     path = _one_model(argv, "quantize")
-    _finish_training("qat", path, [QuantizeAware(epochs=FLAGS.epochs, learning_rate=_learning_rate(1e-4))])
+    _finish_training("qat", path, [QuantizeAware(epochs=FLAGS.epochs, **_learning_rate())])
 
 
 # --- demo --------------------------------------------------------------------------------------

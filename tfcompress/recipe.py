@@ -36,7 +36,8 @@ class Prune:
         epochs: fine-tuning epochs; sparsity ramps (polynomial decay, tfmot's formula)
             over the first ``ramp_fraction`` of the steps and holds for the rest.
         structure: ``"unstructured"``, ``"block"`` or ``"2:4"`` (see `PruningCallback`).
-        learning_rate: Adam learning rate of the fine-tuning.
+        learning_rate: initial Adam learning rate of the fine-tuning (cosine-decayed to
+            zero over the step, so the pruned model ends on settled weights).
         ramp_fraction: share of the steps spent ramping sparsity up.
     """
 
@@ -61,7 +62,8 @@ class Distill:
         epochs: distillation epochs (teacher logits are computed once and cached).
         sparsity: if set, prune the student to this sparsity while distilling.
         temperature, alpha: passed to `Distiller` (None keeps its defaults).
-        learning_rate: Adam learning rate.
+        learning_rate: initial Adam learning rate, cosine-decayed to zero over the step
+            (at a constant rate the last weights of a short run swing by points).
     """
 
     teacher: object
@@ -69,7 +71,7 @@ class Distill:
     sparsity: float = None
     temperature: float = None
     alpha: float = None
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
 
     def __post_init__(self):
         _check_epochs(self, self.epochs)
@@ -83,7 +85,8 @@ class QuantizeAware:
 
     Args:
         epochs: QAT epochs.
-        learning_rate: Adam learning rate (low: the model is already trained).
+        learning_rate: initial Adam learning rate (low: the model is already trained),
+            cosine-decayed to zero over the step.
         config: a `QuantizationConfig` or None for the defaults.
     """
 
@@ -285,6 +288,10 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         if verbose:
             print(f"[tfcompress] {message} ({seconds:.1f} s)", flush=True)
 
+    def _adam(step):
+        decay_steps = step.epochs * steps_per_epoch
+        return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(step.learning_rate, decay_steps))
+
     for step in steps:
         start = time.perf_counter()
         keras.utils.set_random_seed(seed)
@@ -293,7 +300,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             end = max(1, int(total * step.ramp_fraction))
             schedule = PolynomialDecay(0.0, step.sparsity, begin_step=0, end_step=end,
                                        frequency=max(1, min(100, end // 10)))
-            current.compile(optimizer=keras.optimizers.Adam(step.learning_rate), loss=loss, metrics=["accuracy"])
+            current.compile(optimizer=_adam(step), loss=loss, metrics=["accuracy"])
             current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
                         callbacks=[PruningCallback(schedule, structure=step.structure, verbose=0)])
             chain.append(f"prune{round(100 * step.sparsity)}")
@@ -302,7 +309,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             kwargs = {k: v for k, v in (("temperature", step.temperature), ("alpha", step.alpha)) if v is not None}
             teacher_was_trainable = step.teacher.trainable
             distiller = Distiller(teacher=step.teacher, student=current, **kwargs)
-            distiller.compile(optimizer=keras.optimizers.Adam(step.learning_rate), metrics=["accuracy"])
+            distiller.compile(optimizer=_adam(step), metrics=["accuracy"])
             callbacks = []
             if step.sparsity:
                 total = step.epochs * steps_per_epoch
@@ -322,7 +329,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             say(f"distilled for {step.epochs} epoch(s)", start)
         elif isinstance(step, QuantizeAware):
             current = quantization.quantize_model(current, config=step.config)
-            current.compile(optimizer=keras.optimizers.Adam(step.learning_rate), loss=loss, metrics=["accuracy"])
+            current.compile(optimizer=_adam(step), loss=loss, metrics=["accuracy"])
             current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose)
             chain.append("qat")
             say(f"quantization-aware training for {step.epochs} epoch(s)", start)
