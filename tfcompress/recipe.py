@@ -36,6 +36,7 @@ class Prune:
         epochs: fine-tuning epochs; sparsity ramps (polynomial decay, tfmot's formula)
             over the first ``ramp_fraction`` of the steps and holds for the rest.
         structure: ``"unstructured"``, ``"block"`` or ``"2:4"`` (see `PruningCallback`).
+        block_shape: (rows, cols) of the blocks for ``structure="block"``.
         learning_rate: initial Adam learning rate of the fine-tuning (cosine-decayed to
             zero over the step, so the pruned model ends on settled weights).
         ramp_fraction: share of the steps spent ramping sparsity up.
@@ -44,6 +45,7 @@ class Prune:
     sparsity: float = 0.75
     epochs: int = 2
     structure: str = "unstructured"
+    block_shape: tuple = (4, 1)
     learning_rate: float = 1e-3
     ramp_fraction: float = 2 / 3
 
@@ -302,7 +304,8 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
                                        frequency=max(1, min(100, end // 10)))
             current.compile(optimizer=_adam(step), loss=loss, metrics=["accuracy"])
             current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
-                        callbacks=[PruningCallback(schedule, structure=step.structure, verbose=0)])
+                        callbacks=[PruningCallback(schedule, structure=step.structure, block_shape=step.block_shape,
+                                                   verbose=0)])
             chain.append(f"prune{round(100 * step.sparsity)}")
             say(f"pruned to {100 * step.sparsity:.0f}% over {step.epochs} epoch(s)", start)
         elif isinstance(step, Distill):

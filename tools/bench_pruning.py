@@ -34,6 +34,10 @@ import tfmot_baseline  # tools/ is on sys.path: it is the script's own folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sparsities", ["0.5", "0.75", "0.9"], "Final sparsities to benchmark.")
+flags.DEFINE_list("block_sparsities", ["0.75"],
+                  "Sparsities also run with structure='block' (4x1: 4 input channels of one output, TFLite's "
+                  "1x4 block), whose zero runs compress better.")
+flags.DEFINE_bool("timing_only", False, "Only the step-overhead timing (ours and tfmot), for a quiet machine.")
 flags.DEFINE_integer("dense_epochs", 3, "Epochs of dense training before pruning.")
 flags.DEFINE_integer("ramp_epochs", 2, "Epochs over which sparsity ramps from 0 to the target.")
 flags.DEFINE_integer("hold_epochs", 1, "Epochs of fine-tuning at the final sparsity.")
@@ -60,8 +64,10 @@ def _settings():
         ramp_epochs=FLAGS.ramp_epochs, hold_epochs=FLAGS.hold_epochs, frequency=FLAGS.frequency,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, train_limit=FLAGS.train_limit,
         test_limit=FLAGS.test_limit, seed=FLAGS.seed, timing_rounds=FLAGS.timing_rounds,
-        timing_samples=FLAGS.timing_samples,
+        timing_samples=FLAGS.timing_samples, block_sparsities=[float(v) for v in FLAGS.block_sparsities],
     )
+    if FLAGS.timing_only:
+        s.update(sparsities=[], block_sparsities=[], dense_epochs=0)
     if FLAGS.quick:
         s.update(dense_epochs=1, ramp_epochs=1, hold_epochs=1, train_limit=4000, test_limit=1000,
                  timing_rounds=1, timing_samples=1280, frequency=20)
@@ -136,21 +142,24 @@ def _ours(s, workdir):
 
     keras.utils.set_random_seed(s["seed"])
     dense = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["learning_rate"])
-    dense.fit(x, y, epochs=s["dense_epochs"], **fit_kwargs)
+    if s["dense_epochs"]:
+        dense.fit(x, y, epochs=s["dense_epochs"], **fit_kwargs)
     weights = dense.get_weights()
     np.savez(os.path.join(workdir, "dense_weights.npz"), *weights)
     float_bytes = len(tfc.to_tflite(dense, mode="float32"))
 
     results = {"float32_tflite_bytes": float_bytes, "dense_pretrained_accuracy": _accuracy(dense, x_test, y_test)}
     epochs = s["ramp_epochs"] + s["hold_epochs"]
-    runs = [("dense control", None)] + [(f"tfcompress {v:.0%}", v) for v in s["sparsities"]]
-    for name, sparsity in runs:
+    runs = [("dense control", None, "unstructured")] if s["sparsities"] or s["block_sparsities"] else []
+    runs += [(f"tfcompress {v:.0%}", v, "unstructured") for v in s["sparsities"]]
+    runs += [(f"tfcompress {v:.0%} block 4x1", v, "block") for v in s["block_sparsities"]]
+    for name, sparsity, structure in runs:
         model = fresh(weights)
         callbacks = []
         if sparsity is not None:
             schedule = tfc.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=s["ramp_epochs"] * spe,
                                            frequency=s["frequency"])
-            callbacks = [tfc.PruningCallback(schedule, verbose=0)]
+            callbacks = [tfc.PruningCallback(schedule, structure=structure, block_shape=(4, 1), verbose=0)]
         model.fit(x, y, epochs=epochs, callbacks=callbacks, **fit_kwargs)
         row = {"keras_accuracy": _accuracy(model, x_test, y_test),
                "sparsity": tfc.sparsity_report(model).overall if sparsity is not None else 0.0,
@@ -343,7 +352,9 @@ def _run_tfmot(s, workdir):
 
 def _markdown(s, ours, theirs):
     float_bytes = ours["float32_tflite_bytes"]
-    control = ours["dense control"]
+    control = ours.get("dense control")
+    if control is None:  # --timing_only
+        return "\n".join(_overhead_lines(ours, theirs)).strip()
     lines = [
         f"Fashion-MNIST, reference CNN: {s['dense_epochs']} dense epochs, then {s['ramp_epochs']} epochs of "
         f"PolynomialDecay ramp + {s['hold_epochs']} at the target (frequency {s['frequency']}), batch "
@@ -361,6 +372,7 @@ def _markdown(s, ours, theirs):
             source = ours if name.startswith("tfcompress") else theirs
             if name in source:
                 rows.append((name, source[name]))
+    rows += [(f"tfcompress {v:.0%} block 4x1", ours[f"tfcompress {v:.0%} block 4x1"]) for v in s["block_sparsities"]]
     for name, r in rows:
         delta = (r["keras_accuracy"] - control["keras_accuracy"]) * 100
         target = "-" if r["target"] is None else f"{r['target']:.0%}"
@@ -371,6 +383,11 @@ def _markdown(s, ours, theirs):
             f"{r['keras_accuracy']:.2%} | {delta:+.1f} pt | {r['int8_accuracy']:.2%} | "
             f"{r['int8_gzip_bytes'] / 1024:.1f} | {float_bytes / r['int8_gzip_bytes']:.1f}x | {encoded} |"
         )
+    return "\n".join(lines + _overhead_lines(ours, theirs))
+
+
+def _overhead_lines(ours, theirs):
+    lines = []
     for name, source in (("tfcompress", ours), ("tfmot", theirs)):
         if "overhead" in source:
             o = source["overhead"]
@@ -379,7 +396,7 @@ def _markdown(s, ours, theirs):
             if "callback_python_time_per_step_share" in o:
                 lines.append(f"{name} callback Python time per step / plain step time: "
                              f"{o['callback_python_time_per_step_share']:.2%} (mask updates included)")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv):
