@@ -37,15 +37,46 @@ def fake_quant_weights(kernel, per_channel):
         through to ``kernel``; the range itself gets none (it is the kernel's
         current absolute maximum, recomputed every step).
     """
+    bound = _weight_bound(kernel, per_channel)
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        kernel, -bound, bound, num_bits=8, narrow_range=True, axis=-1 if per_channel else None
+    )
+
+
+def _weight_bound(kernel, per_channel):
     if per_channel:
         reduce_axes = tuple(range(len(kernel.shape) - 1))
         bound = ops.max(ops.abs(kernel), axis=reduce_axes)
     else:
         bound = ops.max(ops.abs(kernel))
-    bound = ops.stop_gradient(ops.maximum(bound, _MIN_RANGE))
-    return keras.quantizers.fake_quant_with_min_max_vars(
-        kernel, -bound, bound, num_bits=8, narrow_range=True, axis=-1 if per_channel else None
-    )
+    return ops.stop_gradient(ops.maximum(bound, _MIN_RANGE))
+
+
+def weight_scale(kernel, per_channel):
+    """The int8 scale(s) `fake_quant_weights` gives ``kernel``: ``max|kernel| / 127`` (per output channel or not)."""
+    return _weight_bound(kernel, per_channel) / 127.0
+
+
+def fake_quant_bias(bias, step):
+    """Rounds a bias to the int32 grid TFLite stores it on.
+
+    TFLite keeps the bias of an int8 Conv/Dense as int32 with scale
+    ``input_scale * weight_scale`` (per output channel), so the int8 file adds
+    ``round(bias / step) * step``, not ``bias``. The difference is tiny, but it
+    is systematic (the same offset at every position of a channel) and, with
+    folded BatchNormalization whose scale makes ``weight_scale`` large, a
+    sizeable fraction of an output step: enough to flip the rounding of that
+    fraction of the outputs, which deep networks amplify layer after layer.
+
+    Args:
+        bias: float bias, one value per output channel.
+        step: ``input_scale * weight_scale``, a scalar or one per channel.
+
+    Returns:
+        The bias on that grid, as float; the gradient passes straight through.
+    """
+    step = ops.stop_gradient(ops.maximum(step, 1e-30))
+    return bias + ops.stop_gradient(ops.round(bias / step) * step - bias)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -98,9 +129,19 @@ class ActivationQuantizer(keras.layers.Layer):
     def call(self, inputs, training=None):
         if training and self.fixed_range is None:
             self._update_range(inputs)
+        low, high = self.quantization_range()
+        return keras.quantizers.fake_quant_with_min_max_vars(inputs, low, high, num_bits=8, narrow_range=False)
+
+    def quantization_range(self):
+        """The ``(min, max)`` the tensor is quantized to: the range widened to include 0, never empty."""
         low = ops.minimum(self.range_min, 0.0)
         high = ops.maximum(ops.maximum(self.range_max, 0.0), low + _MIN_RANGE)
-        return keras.quantizers.fake_quant_with_min_max_vars(inputs, low, high, num_bits=8, narrow_range=False)
+        return low, high
+
+    def scale(self):
+        """The int8 scale of the quantized tensor, ``(max - min) / 255`` (what TFLite stores for it)."""
+        low, high = self.quantization_range()
+        return (high - low) / 255.0
 
     def _update_range(self, inputs):
         values = ops.stop_gradient(ops.cast(inputs, "float32"))

@@ -6,11 +6,13 @@ They are registered under the ``tfcompress`` package, so a saved QAT model loads
 with plain ``keras.models.load_model`` once ``tfcompress`` is imported.
 """
 
+import weakref
+
 import keras
 from keras import layers, ops
 
 from tfcompress.quantization import folding
-from tfcompress.quantization.fake_quant import ActivationQuantizer, fake_quant_weights
+from tfcompress.quantization.fake_quant import ActivationQuantizer, fake_quant_bias, fake_quant_weights, weight_scale
 
 # TFLite fuses these into the preceding op; anything else runs as its own int8
 # op and needs a quantized input.
@@ -23,6 +25,46 @@ def activation_name(activation):
 
 def _default_options():
     return {"per_channel": True, "ema_decay": 0.999, "batch_norm": None, "masked_kernels": []}
+
+
+# Safety bound on how many scale-preserving layers are looked through to find an input's quantizer.
+_MAX_PASSTHROUGH_DEPTH = 64
+
+
+def input_quantizer(tensor):
+    """The `ActivationQuantizer` whose int8 grid a symbolic tensor is on, or None.
+
+    Looks back through layers that keep their input's scale in TFLite (the
+    registry's ``passthrough`` kind: padding, pooling, reshapes, dropout...).
+
+    Args:
+        tensor: a ``keras.KerasTensor`` (a Functional model's intermediate tensor).
+
+    Returns:
+        The quantizer, or None when the tensor's producer is anything else (a
+        model input, a nested model's input, a layer with its own output scale).
+    """
+    from tfcompress.quantization import registry  # registry imports this module
+
+    for _ in range(_MAX_PASSTHROUGH_DEPTH):
+        if not isinstance(tensor, keras.KerasTensor):
+            return None
+        # Keras records the layer that produced a symbolic tensor in `_keras_history`
+        # (operation, node_index, tensor_index); there is no public accessor for it.
+        history = getattr(tensor, "_keras_history", None)
+        operation = getattr(history, "operation", None)
+        if isinstance(operation, ActivationQuantizer):
+            return operation
+        if not isinstance(operation, keras.layers.Layer) or isinstance(operation, keras.layers.InputLayer):
+            return None
+        spec = registry.lookup(operation)
+        if spec is None or spec.kind != "passthrough":
+            return None
+        try:
+            tensor = operation.input  # raises for a layer called more than once
+        except (AttributeError, ValueError):
+            return None
+    return None
 
 
 class QuantizedLayerMixin:
@@ -52,6 +94,10 @@ class QuantizedLayerMixin:
                 f"valid keys are {sorted(_default_options())}."
             )
         self.qat_options = options
+        # A weak reference to the quantizer of this layer's input, set when the layer is called on a
+        # Functional model's tensor (also when load_model rebuilds the graph); not a tracked sublayer,
+        # since the quantizer belongs to the model, not to this layer.
+        self._input_quantizer_ref = None
         self.pre_activation_quantizer = None
         if activation_name(self.activation) not in FUSABLE_ACTIVATIONS:
             # The activation is a separate int8 op whose input needs its own range.
@@ -66,6 +112,24 @@ class QuantizedLayerMixin:
 
     def linear(self, inputs, kernels, training):
         raise NotImplementedError
+
+    def __call__(self, inputs, *args, **kwargs):
+        if isinstance(inputs, keras.KerasTensor):
+            quantizer = input_quantizer(inputs)
+            object.__setattr__(self, "_input_quantizer_ref", weakref.ref(quantizer) if quantizer is not None else None)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def bias_input_scale(self):
+        """The int8 scale of the tensor the biased kernel reads (a scalar tensor), or None when unknown."""
+        quantizer = self._input_quantizer_ref() if self._input_quantizer_ref is not None else None
+        return quantizer.scale() if quantizer is not None else None
+
+    def _quantize_bias(self, bias, bias_weight_scale):
+        # TFLite stores the bias as int32 with scale input_scale * weight_scale: add exactly that.
+        input_scale = self.bias_input_scale()
+        if input_scale is None:
+            return bias
+        return fake_quant_bias(bias, input_scale * bias_weight_scale)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -106,6 +170,8 @@ class QuantizedLayerMixin:
         if bn is not None:
             scale = folding.fold_scale(self.bn_gamma, self.bn_moving_variance, bn["epsilon"])
         kernels = {}
+        per_channel = self.qat_options["per_channel"] and self.supports_per_channel
+        bias_weight_scale = None
         for name in self.kernel_names:
             kernel = getattr(self, name)
             if name in self.kernel_masks:
@@ -113,20 +179,23 @@ class QuantizedLayerMixin:
             view = self.channels_last(name, kernel)
             if scale is not None and name == self.fold_kernel_name:
                 view = view * scale
-            view = fake_quant_weights(view, self.qat_options["per_channel"] and self.supports_per_channel)
+            if name == self.fold_kernel_name:
+                bias_weight_scale = weight_scale(view, per_channel)
+            view = fake_quant_weights(view, per_channel)
             kernels[name] = self.from_channels_last(name, view, tuple(kernel.shape))
-        return kernels, scale
+        return kernels, scale, bias_weight_scale
 
     def call(self, inputs, training=None):
-        kernels, scale = self._quantized_kernels()
+        kernels, scale, bias_weight_scale = self._quantized_kernels()
         outputs = self.linear(inputs, kernels, training)
         bias = self.bias if self.use_bias else ops.zeros((outputs.shape[-1],), outputs.dtype)
         bn = self.qat_options["batch_norm"]
         if bn is None:
             if self.use_bias:
-                outputs = ops.add(outputs, bias)
+                outputs = ops.add(outputs, self._quantize_bias(bias, bias_weight_scale))
         else:
-            inference = ops.add(outputs, folding.folded_bias(bias, self.bn_beta, self.bn_moving_mean, scale))
+            folded = folding.folded_bias(bias, self.bn_beta, self.bn_moving_mean, scale)
+            inference = ops.add(outputs, self._quantize_bias(folded, bias_weight_scale))
             if training:
                 trained, batch_mean, batch_variance = folding.batch_norm_training(
                     outputs, scale, bias, self.bn_beta, self.bn_moving_variance, bn["epsilon"]
@@ -235,6 +304,10 @@ class _SeparableMixin(QuantizedLayerMixin):
 
     def activation_quantizers(self):
         return super().activation_quantizers() + [self.intermediate_quantizer]
+
+    def bias_input_scale(self):
+        # The bias belongs to the pointwise CONV_2D, whose input is the intermediate tensor.
+        return self.intermediate_quantizer.scale()
 
     def channels_last(self, name, kernel):
         if name == "depthwise_kernel":
