@@ -10,7 +10,13 @@ import numpy as np
 from tfcompress.quantization import graph, registry
 from tfcompress.quantization.config import QuantizationConfig
 from tfcompress.quantization.fake_quant import FIXED_OUTPUT_RANGES, ActivationQuantizer
-from tfcompress.quantization.quantized_layers import FUSABLE_ACTIVATIONS, QuantizedLayerMixin, activation_name
+from tfcompress.quantization.quantized_layers import (
+    FUSABLE_ACTIVATIONS,
+    SIGMOID_GATED_ACTIVATIONS,
+    QuantizedActivation,
+    QuantizedLayerMixin,
+    activation_name,
+)
 
 # Ops TFLite can fuse a following ReLU/ReLU6 into, so their own output needs no range.
 _FUSES_ACTIVATION = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)
@@ -358,6 +364,9 @@ def _qat_options(plan, config):
 
 
 def _clone_layer(layer):
+    if type(layer) is keras.layers.Activation and activation_name(layer.activation) in SIGMOID_GATED_ACTIVATIONS:
+        # Swish runs as LOGISTIC + MUL in int8; this class rounds the sigmoid gate as LOGISTIC does.
+        return QuantizedActivation.from_config(layer.get_config())
     try:
         return type(layer).from_config(layer.get_config())
     except Exception:  # noqa: BLE001 - e.g. a Lambda that cannot be rebuilt from its config

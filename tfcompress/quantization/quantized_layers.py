@@ -12,15 +12,42 @@ import keras
 from keras import layers, ops
 
 from tfcompress.quantization import folding
-from tfcompress.quantization.fake_quant import ActivationQuantizer, fake_quant_bias, fake_quant_weights, weight_scale
+from tfcompress.quantization.fake_quant import (
+    FIXED_OUTPUT_RANGES,
+    ActivationQuantizer,
+    fake_quant_bias,
+    fake_quant_weights,
+    weight_scale,
+)
 
 # TFLite fuses these into the preceding op; anything else runs as its own int8
 # op and needs a quantized input.
 FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
 
 
+# Activations TFLite runs as several int8 ops: swish (x * sigmoid(x)) is LOGISTIC then MUL, and
+# the LOGISTIC output in between sits on its fixed int8 grid (scale 1/256, zero point -128).
+SIGMOID_GATED_ACTIVATIONS = ("silu", "swish")
+
+
 def activation_name(activation):
     return getattr(activation, "__name__", None) if activation is not None else "linear"
+
+
+def apply_activation(activation, inputs):
+    """Applies ``activation`` as TFLite's int8 kernels compute it.
+
+    Same as ``activation(inputs)`` except for swish/silu, whose sigmoid gate is
+    rounded to the fixed int8 grid of TFLite's LOGISTIC output before the
+    multiplication (the converter splits swish into LOGISTIC and MUL).
+    """
+    if activation_name(activation) in SIGMOID_GATED_ACTIVATIONS:
+        low, high = FIXED_OUTPUT_RANGES["sigmoid"]
+        gate = keras.quantizers.fake_quant_with_min_max_vars(
+            ops.sigmoid(inputs), low, high, num_bits=8, narrow_range=False
+        )
+        return ops.multiply(inputs, gate)
+    return activation(inputs)
 
 
 def _default_options():
@@ -214,7 +241,7 @@ class QuantizedLayerMixin:
         if self.pre_activation_quantizer is not None:
             outputs = self.pre_activation_quantizer(outputs, training=training)
         if self.activation is not None:
-            outputs = self.activation(outputs)
+            outputs = apply_activation(self.activation, outputs)
         return outputs
 
     # Conv and Dense save only kernel and bias; the generic Layer methods save every own
@@ -387,3 +414,15 @@ class QuantizedDense(QuantizedLayerMixin, layers.Dense):
 
     def linear(self, inputs, kernels, training):
         return ops.matmul(inputs, kernels["kernel"])
+
+
+@_register
+class QuantizedActivation(layers.Activation):
+    """`keras.layers.Activation` computed as TFLite's int8 kernels do (see `apply_activation`).
+
+    Used in QAT models in place of ``Activation("swish")``/``Activation("silu")``;
+    same config, no weights.
+    """
+
+    def call(self, inputs):
+        return apply_activation(self.activation, inputs)
