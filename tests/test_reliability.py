@@ -272,3 +272,28 @@ def test_repeated_convert_and_evaluate_leave_no_temp_files(trained_digits_model,
         tfc.evaluate_tflite(bytes(b), x=x_test[:32], y=y_test[:32], num_runs=2)  # bytes: verified in a child
     after = {n for n in os.listdir(folder) if n.startswith("tfcompress_")}
     assert after - before == set()
+
+
+def test_cli_prune_killed_then_rerun_resumes_from_its_backup(tmp_path, trained_digits_model):
+    model_path, output, backup = tmp_path / "m.keras", tmp_path / "pruned.keras", tmp_path / "backup"
+    trained_digits_model.save(model_path)
+    command = [sys.executable, "-m", "tfcompress", "prune", str(model_path), "--data=digits", "--sparsity=0.8",
+               "--epochs=6", "--batch_size=8", f"--output={output}", f"--backup_dir={backup}"]
+    child = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifests = lambda: list(backup.glob("*/tfcompress_backup.json"))  # noqa: E731
+    deadline = time.time() + 300
+    while time.time() < deadline and child.poll() is None and not (
+            manifests() and json.loads(manifests()[0].read_text())["epoch"] >= 2):
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL, "the kill must land mid-training"
+    assert not output.exists()
+
+    resumed = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Epoch 1/6" not in resumed.stdout + resumed.stderr and "Epoch 6/6" in resumed.stdout + resumed.stderr
+    import keras
+
+    kernel = keras.models.load_model(output).get_layer("fc1").kernel.numpy()
+    assert np.mean(kernel == 0) == pytest.approx(0.8, abs=0.05)
+    assert not backup.exists(), "a finished command removes its backups"

@@ -171,7 +171,12 @@ class BackupAndRestore(keras.callbacks.Callback):
             # Keras never clears it, so a later fit() on the same model would skip epochs.
             self.model._initial_epoch = None
             self._restored = False
-        if not self.delete_checkpoint or not os.path.isdir(self.backup_dir):
+        if self.delete_checkpoint:
+            self.delete_backup()
+
+    def delete_backup(self):
+        """Deletes this callback's backup files (and ``backup_dir`` if nothing else is in it)."""
+        if not os.path.isdir(self.backup_dir):
             return
         # Manifest first: from here on the folder holds no backup that a restart would use.
         for name in (MANIFEST, _KERAS_METADATA, _KERAS_WEIGHTS):

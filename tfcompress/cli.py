@@ -199,6 +199,8 @@ def _define_training(default_epochs):
     flags.DEFINE_float("learning_rate", None, "Adam learning rate (default: the step's own default).")
     flags.DEFINE_string("output", None, "Where to save the compressed Keras model (.keras).")
     flags.DEFINE_string("tflite", None, "Also convert the result and write this .tflite file.")
+    flags.DEFINE_string("backup_dir", None, "Back up training at every epoch end in this folder; after a crash "
+                        "or kill, rerun the same command to resume. Removed when the command succeeds.")
     flags.DEFINE_enum("mode", "int8", ["float32", "float16", "dynamic", "int8"], "Conversion mode for --tflite.")
     flags.DEFINE_string("threads", "1", "Comma-separated thread counts for the evaluation.")
 
@@ -233,7 +235,8 @@ def _finish_training(command, model_path, steps):
     data = load_data(FLAGS.data, FLAGS.limit_test)
     recipe = steps + ([Convert(FLAGS.mode, name="result")] if FLAGS.tflite else [])
     result = compress(model, data, recipe, batch_size=FLAGS.batch_size, evaluate=bool(FLAGS.tflite),
-                      threads=_int_list(FLAGS.threads, "threads"), convert_default=False)
+                      threads=_int_list(FLAGS.threads, "threads"), convert_default=False,
+                      backup_dir=FLAGS.backup_dir)
     tfc.files.save_keras_atomic(result.model, output, overwrite=FLAGS.overwrite, argument="--output")
     _progress(f"wrote {output}")
     if FLAGS.tflite:

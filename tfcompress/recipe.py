@@ -13,11 +13,13 @@ are thin users of this function.
 
 import dataclasses
 import math
+import os
 import time
 
 import numpy as np
 
 from tfcompress import datasets
+from tfcompress.backup import BackupAndRestore
 from tfcompress.convert import MODES, to_tflite
 from tfcompress.evaluate import compare, evaluate_many
 
@@ -237,7 +239,7 @@ def _accuracy(model, x, y, batch_size=512):
 
 
 def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=True, threads=(1,),
-             num_runs=50, calibration_samples=200, verbose=1, seed=0, convert_default=True):
+             num_runs=50, calibration_samples=200, verbose=1, seed=0, convert_default=True, backup_dir=None):
     """Runs a compression recipe on a model and evaluates every artifact.
 
     Args:
@@ -257,6 +259,11 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         seed: random seed of the fine-tuning steps.
         convert_default: append ``Convert("int8")`` when the recipe has no
             `Convert` step (False: return only the trained model).
+        backup_dir: if set, every training step backs up its state there at each
+            epoch end (`tfcompress.BackupAndRestore`). Rerunning the same call after a
+            crash or kill skips the finished steps (their final state is restored)
+            and resumes the interrupted one from its last epoch. The backups are
+            deleted when the whole chain has finished.
 
     Returns:
         A `CompressionResult`.
@@ -294,7 +301,18 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         decay_steps = step.epochs * steps_per_epoch
         return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(step.learning_rate, decay_steps))
 
-    for step in steps:
+    backups = []
+
+    def backup(step_index, kind):
+        """[a BackupAndRestore for training step ``step_index``], or [] without ``backup_dir``."""
+        if backup_dir is None:
+            return []
+        # Kept after each fit: a rerun restores a finished step instead of training it again.
+        callback = BackupAndRestore(os.path.join(backup_dir, f"step{step_index}-{kind}"), delete_checkpoint=False)
+        backups.append(callback)
+        return [callback]
+
+    for step_index, step in enumerate(steps):
         start = time.perf_counter()
         keras.utils.set_random_seed(seed)
         if isinstance(step, Prune):
@@ -305,7 +323,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             current.compile(optimizer=_adam(step), loss=loss, metrics=["accuracy"])
             current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
                         callbacks=[PruningCallback(schedule, structure=step.structure, block_shape=step.block_shape,
-                                                   verbose=0)])
+                                                   verbose=0)] + backup(step_index, "prune"))
             chain.append(f"prune{round(100 * step.sparsity)}")
             say(f"pruned to {100 * step.sparsity:.0f}% over {step.epochs} epoch(s)", start)
         elif isinstance(step, Distill):
@@ -313,7 +331,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             teacher_was_trainable = step.teacher.trainable
             distiller = Distiller(teacher=step.teacher, student=current, **kwargs)
             distiller.compile(optimizer=_adam(step), metrics=["accuracy"])
-            callbacks = []
+            callbacks = backup(step_index, "distill")
             if step.sparsity:
                 total = step.epochs * steps_per_epoch
                 end = max(1, int(total * 2 / 3))
@@ -333,7 +351,8 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         elif isinstance(step, QuantizeAware):
             current = quantization.quantize_model(current, config=step.config)
             current.compile(optimizer=_adam(step), loss=loss, metrics=["accuracy"])
-            current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose)
+            current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
+                        callbacks=backup(step_index, "qat"))
             chain.append("qat")
             say(f"quantization-aware training for {step.epochs} epoch(s)", start)
         else:
@@ -343,6 +362,10 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
                                         io_type=step.io_type, sparse=step.sparse,
                                         keep_float=list(step.keep_float) if step.keep_float else None)
             say(f"converted {name}: {len(artifacts[name]) / 1024:.1f} KB", start)
+    for callback in backups:  # the chain is done: nothing is left to resume
+        callback.delete_backup()
+    if backup_dir is not None and os.path.isdir(backup_dir) and not os.listdir(backup_dir):
+        os.rmdir(backup_dir)
     if evaluate and artifacts:
         start = time.perf_counter()
         # All artifacts are timed in the same rounds, so their latency ratios are comparable.

@@ -301,7 +301,11 @@ def _plan(model, nodes, keep_float, config, report, prefix):
             continue
         spec = registry.lookup(layer)
         reason = _float_reason(layer, spec, keep_float)
-        if reason is not None:
+        if reason is None and registry.is_identity_normalization(layer):
+            # The converter removes x - 0 / 1 and with it a second quantizer: the int8 tensor keeps the
+            # input's scale, so quantizing it again in Keras would round twice where TFLite rounds once.
+            plans[name] = _Plan("keep")
+        elif reason is not None:
             report.float_layers.append((prefix + name, reason))
             plans[name] = _Plan("keep", quantize_output=True)
         elif spec.kind == "weighted":

@@ -85,7 +85,7 @@ def input_quantizer(tensor):
         if not isinstance(operation, keras.layers.Layer) or isinstance(operation, keras.layers.InputLayer):
             return None
         spec = registry.lookup(operation)
-        if spec is None or spec.kind != "passthrough":
+        if (spec is None or spec.kind != "passthrough") and not registry.is_identity_normalization(operation):
             return None
         try:
             tensor = operation.input  # raises for a layer called more than once

@@ -15,6 +15,7 @@ is not assumed to compute what its parent does):
 
 import dataclasses
 
+import numpy as np
 from keras import layers
 
 from tfcompress.quantization import quantized_layers as ql
@@ -105,6 +106,25 @@ SUPPORTED_ACTIVATIONS = frozenset({
     "linear", "relu", "relu6", "sigmoid", "tanh", "softmax", "hard_sigmoid",
     "hard_swish", "hard_silu", "swish", "silu", "leaky_relu", "elu", "gelu",
 })
+
+
+def is_identity_normalization(layer):
+    """True for a Normalization that computes ``x`` (mean 0, variance 1, e.g. never adapted).
+
+    The converter removes it, so in TFLite its output is its input tensor, with
+    the input's int8 scale: it behaves as ``passthrough``.
+    """
+    if type(layer) is not layers.Normalization or layer.invert:
+        return False
+    config = layer.get_config()
+    if config.get("mean") is not None:
+        mean, variance = config["mean"], config["variance"]
+    else:
+        weights = layer.get_weights()
+        if len(weights) < 2:
+            return False
+        mean, variance = weights[0], weights[1]
+    return bool(np.all(np.asarray(mean) == 0.0) and np.all(np.asarray(variance) == 1.0))
 
 
 def lookup(layer):
