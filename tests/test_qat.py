@@ -384,3 +384,59 @@ def test_bad_inputs_raise_clear_errors(trained_float):
     qat = tq.quantize_model(trained_float)
     with pytest.raises(ValueError, match="already quantized"):
         tq.quantize_model(qat)
+
+
+def _bias_and_swish_model():
+    inputs = keras.Input((12, 12, 3), name="image")
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.Activation("swish", name="swish")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    x = layers.BatchNormalization(name="dw_bn")(x)
+    x = layers.ReLU(6.0, name="dw_relu")(x)
+    x = layers.Conv2D(16, 1, activation="swish", name="pw")(x)
+    outputs = layers.Conv2D(8, 1, name="head")(x)
+    return keras.Model(inputs, outputs, name="bias_and_swish")
+
+
+def test_int8_file_computes_what_keras_computes_bias_grid_and_swish(tmp_path):
+    # Small BN variances make the folded kernels' int8 scales, and so the int32 grid TFLite stores the
+    # folded biases on, coarse; swish runs as LOGISTIC (fixed 1/256 grid) + MUL in int8. Simulating
+    # neither left ~0.5% (bias) and ~40% (swish) of these outputs a step or more off the .tflite's.
+    keras.utils.set_random_seed(3)
+    model = _bias_and_swish_model()
+    rng = np.random.default_rng(0)
+    for name in ("bn", "dw_bn"):
+        channels = model.get_layer(name).gamma.shape[0]
+        model.get_layer(name).set_weights([
+            rng.uniform(0.5, 1.5, channels), rng.normal(0, 0.5, channels),
+            rng.normal(0, 0.3, channels), rng.uniform(0.002, 0.02, channels),
+        ])
+    x = rng.uniform(0, 1, (64, 12, 12, 3)).astype("float32")
+    qat = tq.quantize_model(model)
+    assert type(qat.get_layer("swish")).__name__ == "QuantizedActivation"
+    tq.calibrate(qat, x)
+    tflite = tfc.to_tflite(qat, mode="int8", representative_data=x[:16], strict=True)
+    step = float(qat.get_layer("head_quant").scale())
+    error = np.abs(keras.ops.convert_to_numpy(qat(x)) - _run_tflite(tflite, x)) / step
+    assert error.max() <= 2.0 and np.mean(error > 0.5) <= 1e-3, (error.max(), np.mean(error > 0.5))
+
+    # Reloaded, the layers find their input quantizers again (the bias grid depends on them).
+    qat.save(tmp_path / "qat.keras")
+    reloaded = keras.models.load_model(tmp_path / "qat.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(reloaded(x)), keras.ops.convert_to_numpy(qat(x)))
+
+
+def test_identity_normalization_gets_no_second_quantizer():
+    # An un-adapted Normalization computes x; the converter drops it together with the quantizer
+    # after it, so the Keras model must not round its output a second time.
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+    x = layers.Normalization(name="norm")(x)
+    outputs = layers.Conv2D(4, 3, name="conv")(x)
+    qat = tq.quantize_model(keras.Model(inputs, outputs))
+    names = [layer.name for layer in qat.layers]
+    assert "rescale_quant" in names and "norm_quant" not in names
+    adapted = layers.Normalization(mean=[0.5, 0.5, 0.5], variance=[0.1, 0.1, 0.1], name="norm")
+    qat = tq.quantize_model(keras.Model(inputs, layers.Conv2D(4, 3, name="conv")(adapted(inputs))))
+    assert "norm_quant" in [layer.name for layer in qat.layers]
