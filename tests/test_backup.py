@@ -49,13 +49,27 @@ class _Epochs(keras.callbacks.Callback):
         self.seen.append(epoch)
 
 
-def test_interrupted_fit_resumes_from_the_mid_epoch_backup(tmp_path):
+def _interrupted_fit(callback, epochs, stop_at):
+    """Fits a fresh model with ``callback`` until ``_StopAt(*stop_at)`` interrupts it; returns the model."""
     x, y = _data()
-    backup = tmp_path / "backup"
     model = _model()
     with pytest.raises(KeyboardInterrupt):
-        model.fit(x, y, epochs=4, batch_size=8, verbose=0,
-                  callbacks=[tfc.BackupAndRestore(backup, save_freq=3), _StopAt(2, 4)])
+        model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[callback, _StopAt(*stop_at)])
+    return model
+
+
+def _resumed_fit(callback, epochs, *more_callbacks):
+    """Fits a differently initialised model with ``callback``; returns it and the epochs it ran."""
+    x, y = _data()
+    model, seen = _model(seed=1), _Epochs()
+    model.build((None, 8))
+    model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[callback, seen, *more_callbacks])
+    return model, seen.seen
+
+
+def test_interrupted_fit_resumes_from_the_mid_epoch_backup(tmp_path):
+    backup = tmp_path / "backup"
+    model = _interrupted_fit(tfc.BackupAndRestore(backup, save_freq=3), epochs=4, stop_at=(2, 4))
     manifest = json.loads((backup / MANIFEST).read_text())
     # 8 batches per epoch, a backup every 3rd batch counted across epochs: the last one was taken
     # after the 5th batch of epoch 2, just before the interruption.
@@ -64,64 +78,44 @@ def test_interrupted_fit_resumes_from_the_mid_epoch_backup(tmp_path):
     saved_iterations = int(model.optimizer.iterations.numpy())
     assert saved_iterations == 2 * 8 + 5
 
-    resumed, epochs = _model(seed=1), _Epochs()
-    resumed.build((None, 8))
-
     class _CheckRestored(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             if not hasattr(self, "iterations"):
                 self.iterations = int(self.model.optimizer.iterations.numpy())
 
     check = _CheckRestored()
-    resumed.fit(x, y, epochs=4, batch_size=8, verbose=0,
-                callbacks=[tfc.BackupAndRestore(backup, save_freq=3), epochs, check])
-    assert epochs.seen == [2, 3]
+    resumed, epochs = _resumed_fit(tfc.BackupAndRestore(backup, save_freq=3), 4, check)
+    assert epochs == [2, 3]
     assert check.iterations == saved_iterations
     assert not backup.exists(), "a completed fit deletes its backup"
     assert resumed._initial_epoch is None, "a later fit() must not skip epochs"
 
 
 def test_a_half_written_backup_from_a_killed_save_is_ignored_and_cleaned(tmp_path):
-    x, y = _data()
     backup = tmp_path / "backup"
-    model = _model()
-    with pytest.raises(KeyboardInterrupt):
-        model.fit(x, y, epochs=3, batch_size=8, verbose=0,
-                  callbacks=[tfc.BackupAndRestore(backup), _StopAt(1, 2)])
+    _interrupted_fit(tfc.BackupAndRestore(backup), epochs=3, stop_at=(1, 2))
     # A save killed before publishing leaves only a torn file that no manifest names.
     torn = backup / "backup-99999-00000001.weights.h5"
     torn.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     user_file = backup / "notes.txt"
     user_file.write_text("mine")
 
-    resumed, epochs = _model(seed=1), _Epochs()
-    resumed.build((None, 8))
-    resumed.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[tfc.BackupAndRestore(backup), epochs])
-    assert epochs.seen == [1, 2]
+    assert _resumed_fit(tfc.BackupAndRestore(backup), 3)[1] == [1, 2]
     assert not torn.exists()
     assert user_file.read_text() == "mine", "only the callback's own files are deleted"
     assert sorted(p.name for p in backup.iterdir()) == ["notes.txt"]
 
 
 def test_reads_a_backup_left_by_keras_own_callback(tmp_path):
-    x, y = _data()
     backup = tmp_path / "backup"
-    model = _model()
-    with pytest.raises(KeyboardInterrupt):
-        model.fit(x, y, epochs=3, batch_size=8, verbose=0,
-                  callbacks=[keras.callbacks.BackupAndRestore(str(backup)), _StopAt(1, 2)])
-    resumed, epochs = _model(seed=1), _Epochs()
-    resumed.build((None, 8))
-    resumed.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[tfc.BackupAndRestore(backup), epochs])
-    assert epochs.seen == [1, 2]
+    _interrupted_fit(keras.callbacks.BackupAndRestore(str(backup)), epochs=3, stop_at=(1, 2))
+    assert _resumed_fit(tfc.BackupAndRestore(backup), 3)[1] == [1, 2]
 
 
 def test_a_backup_of_another_model_gives_a_clear_error(tmp_path):
     x, y = _data()
     backup = tmp_path / "backup"
-    with pytest.raises(KeyboardInterrupt):
-        _model().fit(x, y, epochs=2, batch_size=8, verbose=0,
-                     callbacks=[tfc.BackupAndRestore(backup), _StopAt(1, 0)])
+    _interrupted_fit(tfc.BackupAndRestore(backup), epochs=2, stop_at=(1, 0))
     other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(5), keras.layers.Dense(3)])
     other.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(RuntimeError, match="does not fit this model.*fresh backup_dir"):

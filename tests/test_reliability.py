@@ -97,13 +97,20 @@ def _epoch_sparsity(log_path):
     return by_epoch
 
 
-def _start_and_kill(code, args, log, min_lines, delay):
-    """Starts ``code``, waits until ``log`` has ``min_lines`` lines, then SIGKILLs it ``delay`` s later."""
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _python_command(code, *args):
+    return [sys.executable, "-c", textwrap.dedent(code), *map(str, args)]
+
+
+def _log_has(log, lines):
+    """A readiness check for `_start_and_kill`: ``log`` holds at least ``lines`` lines."""
+    return lambda: log.exists() and len(log.read_text().splitlines()) >= lines
+
+
+def _start_and_kill(command, ready, delay=0.0):
+    """Starts ``command``, waits until ``ready()`` (or the child exits), SIGKILLs it ``delay`` s later."""
+    child = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and child.poll() is None and (
-            not log.exists() or len(log.read_text().splitlines()) < min_lines):
+    while time.time() < deadline and child.poll() is None and not ready():
         time.sleep(0.05)
     time.sleep(delay)
     child.send_signal(signal.SIGKILL)
@@ -119,7 +126,7 @@ def test_repeated_sigkills_mid_epoch_then_resume_follow_the_same_schedule(tmp_pa
     # Three kills at different moments, each after at least one more epoch, so that every restart
     # resumes from a mid-epoch backup written by the killed process.
     for kills, delay in enumerate((0.45, 0.7, 0.25)):
-        code = _start_and_kill(RESUMABLE_PRUNING, (backup, log), log, min_lines=kills + 1, delay=delay)
+        code = _start_and_kill(_python_command(RESUMABLE_PRUNING, backup, log), _log_has(log, kills + 1), delay)
         assert code == -signal.SIGKILL, "the kill must land mid-training"
     assert len(_epoch_sparsity(log)) < 6
     resumed = _python(RESUMABLE_PRUNING, backup, log)
@@ -164,7 +171,7 @@ print("accuracy", tfc.evaluate_tflite(b, x=x_test, y=y_test, num_runs=1).accurac
 
 def test_sigkill_during_qat_then_resume_finishes_an_int8_model(tmp_path):
     backup, log = tmp_path / "backup", tmp_path / "qat.log"
-    assert _start_and_kill(RESUMABLE_QAT, (backup, log), log, min_lines=1, delay=0.6) == -signal.SIGKILL
+    assert _start_and_kill(_python_command(RESUMABLE_QAT, backup, log), _log_has(log, 1), 0.6) == -signal.SIGKILL
     assert 1 <= len(log.read_text().splitlines()) < 4, "the kill must land mid-training"
     resumed = _python(RESUMABLE_QAT, backup, log)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -279,14 +286,9 @@ def test_cli_prune_killed_then_rerun_resumes_from_its_backup(tmp_path, trained_d
     trained_digits_model.save(model_path)
     command = [sys.executable, "-m", "tfcompress", "prune", str(model_path), "--data=digits", "--sparsity=0.8",
                "--epochs=6", "--batch_size=8", f"--output={output}", f"--backup_dir={backup}"]
-    child = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifests = lambda: list(backup.glob("*/tfcompress_backup.json"))  # noqa: E731
-    deadline = time.time() + 300
-    while time.time() < deadline and child.poll() is None and not (
-            manifests() and json.loads(manifests()[0].read_text())["epoch"] >= 2):
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    assert child.wait() == -signal.SIGKILL, "the kill must land mid-training"
+    past_epoch_2 = lambda: manifests() and json.loads(manifests()[0].read_text())["epoch"] >= 2  # noqa: E731
+    assert _start_and_kill(command, past_epoch_2) == -signal.SIGKILL, "the kill must land mid-training"
     assert not output.exists()
 
     resumed = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)

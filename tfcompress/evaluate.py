@@ -393,7 +393,7 @@ def evaluate_tflite(
 
     latency_inputs = _latency_inputs(details, inputs_float, rng)
 
-    interpreters, init_ms, first_ms, times, failures = {}, {}, {}, {}, {}
+    interpreters, init_ms, first_ms, failures = {}, {}, {}, {}
     for cfg in [(b, t) for b in backends for t in threads]:
         if cfg[0] in failures:
             continue
@@ -404,7 +404,6 @@ def evaluate_tflite(
             start = time.perf_counter()
             _run(interpreters[cfg], latency_inputs)
             first_ms[cfg] = (time.perf_counter() - start) * 1e3
-            times[cfg] = []
         except (RuntimeError, ValueError) as exc:
             # A backend that cannot run this model (e.g. a delegate refusing an op) is a finding, not a crash.
             failures[cfg[0]] = " ".join(str(exc).split())[:300]

@@ -297,6 +297,11 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         if verbose:
             print(f"[tfcompress] {message} ({seconds:.1f} s)", flush=True)
 
+    def ramp(sparsity, epochs, fraction):
+        """Polynomial ramp to ``sparsity`` over ``fraction`` of the step's training steps."""
+        end = max(1, int(epochs * steps_per_epoch * fraction))
+        return PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end, frequency=max(1, min(100, end // 10)))
+
     def _adam(step):
         decay_steps = step.epochs * steps_per_epoch
         return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(step.learning_rate, decay_steps))
@@ -316,10 +321,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         start = time.perf_counter()
         keras.utils.set_random_seed(seed)
         if isinstance(step, Prune):
-            total = step.epochs * steps_per_epoch
-            end = max(1, int(total * step.ramp_fraction))
-            schedule = PolynomialDecay(0.0, step.sparsity, begin_step=0, end_step=end,
-                                       frequency=max(1, min(100, end // 10)))
+            schedule = ramp(step.sparsity, step.epochs, step.ramp_fraction)
             current.compile(optimizer=_adam(step), loss=loss, metrics=["accuracy"])
             current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
                         callbacks=[PruningCallback(schedule, structure=step.structure, block_shape=step.block_shape,
@@ -333,11 +335,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             distiller.compile(optimizer=_adam(step), metrics=["accuracy"])
             callbacks = backup(step_index, "distill")
             if step.sparsity:
-                total = step.epochs * steps_per_epoch
-                end = max(1, int(total * 2 / 3))
-                callbacks.append(PruningCallback(
-                    PolynomialDecay(0.0, step.sparsity, begin_step=0, end_step=end,
-                                    frequency=max(1, min(100, end // 10))), verbose=0))
+                callbacks.append(PruningCallback(ramp(step.sparsity, step.epochs, 2 / 3), verbose=0))
             try:
                 # shuffle=False: cache_teacher's dataset reshuffles itself; Keras would only warn.
                 distiller.fit(distiller.cache_teacher(x, y, batch_size=batch_size, seed=seed), epochs=step.epochs,

@@ -21,7 +21,6 @@ Usage:
 
 import os
 import statistics
-import tempfile
 import time
 
 from absl import app, flags, logging
@@ -91,12 +90,7 @@ def _teacher(x_test, y_test):
         teacher.fit(x, y, epochs=FLAGS.teacher_epochs, batch_size=FLAGS.batch_size, verbose=2)
         print(f"Teacher trained in {time.perf_counter() - start:.0f} s.")
         if path:
-            # Keras writes the file itself; save beside it, then publish it atomically.
-            with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as folder:
-                scratch = os.path.join(folder, "teacher.keras")
-                teacher.save(scratch)
-                with open(scratch, "rb") as f:
-                    tfc.write_atomic(path, f.read(), overwrite=True, argument="--teacher_path")
+            tfc.files.save_keras_atomic(teacher, path, overwrite=True, argument="--teacher_path")
     teacher.compile(metrics=["accuracy"], loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     accuracy = teacher.evaluate(x_test, y_test, verbose=0)[1]
     print(f"Teacher test accuracy: {accuracy:.4f}")
