@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-step set-up and run: `bash tools/run.sh demo` (the end-to-end demo) or `bash tools/run.sh test`.
+# One-step set-up and run: `bash tools/run.sh demo` (the end-to-end demo) or `bash tools/run.sh test`;
+# `bash tools/run.sh wheel` builds dist/tfcompress-*.whl.
 # Installs what the project needs on a fresh machine (Debian's Fashion-MNIST package, the Python
 # package with its test extras) and then runs the command. Safe to repeat: installed pieces are skipped.
 set -euo pipefail
@@ -23,11 +24,19 @@ sys.exit(os.path.dirname(os.path.dirname(tfcompress.__file__)) != os.getcwd())" 
   fi
 }
 
+# A wheel of this checkout in dist/, e.g. to upload to a Colab session (see colab/README.md).
+wheel() {
+  rm -f dist/tfcompress-*.whl
+  "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w dist .
+  ls dist/tfcompress-*.whl
+}
+
 command="${1:-}"
 [ $# -gt 0 ] && shift
 case "$command" in
   demo) setup; exec "$PYTHON" -m tfcompress demo "$@" ;;
   test) setup; exec "$PYTHON" -m pytest -q "$@" ;;
   setup) setup ;;
-  *) echo "usage: bash tools/run.sh demo|test|setup [args...]" >&2; exit 2 ;;
+  wheel) wheel ;;
+  *) echo "usage: bash tools/run.sh demo|test|setup|wheel [args...]" >&2; exit 2 ;;
 esac
