@@ -25,12 +25,22 @@ networks with BatchNormalization amplify tiny rounding differences layer after
 layer, so before quantizing the float network gets ``coverage_epochs`` of
 training on ``coverage_train`` upscaled images and its BN statistics are
 re-estimated on them, then one QAT epoch with ranges and BN frozen (random
-weights, then a few steps: no download).
+weights, then a few steps: no download). The .tflite runs on XNNPACK and on
+TFLite's built-in kernels: the two round int8 results differently (XNNPACK
+requantizes in float32, the built-in kernels in fixed point with two roundings),
+so their agreement with each other shows how much of a disagreement is the
+network amplifying 1-step differences rather than the simulation being off.
+
+Every run is repeated for each of ``--seeds`` (the table shows means); the
+fine-tuning learning rate is cosine-decayed to 0, as ``tfc.compress`` does,
+for QAT, tfmot QAT and the float control alike (``--qat_schedule=constant``
+for a flat rate).
 
 Usage:
-    python tools/bench_qat.py                 # full: 60k images, 3 float + 2 QAT epochs, tfmot, coverage
+    python tools/bench_qat.py                 # full: 3 seeds x (60k images, 3 float + 2 QAT epochs, tfmot), coverage
     python tools/bench_qat.py --quick         # smoke test (a few minutes; accuracies meaningless)
-    python tools/bench_qat.py --notfmot --nocoverage --output=/tmp/qat.md
+    python tools/bench_qat.py --notfmot --nocoverage --seeds=0 --output=/tmp/qat.md
+    python tools/bench_qat.py --noaccuracy    # coverage only
 """
 
 import gzip
@@ -55,8 +65,12 @@ flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of QAT fine-tu
 flags.DEFINE_integer("calibration_samples", 200, "Representative samples given to the converter.")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images.")
 flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
-flags.DEFINE_integer("seed", 0, "Random seed (same for every run).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Random seeds; every run is repeated per seed and the table shows means.")
+flags.DEFINE_enum("qat_schedule", "cosine", ["cosine", "constant"],
+                  "Learning rate over the fine-tuning epochs (QAT, tfmot QAT and the float control alike): "
+                  "cosine-decayed to 0 (what tfc.compress does) or constant.")
 flags.DEFINE_bool("tfmot", True, "Also run tfmot QAT under tf_keras in a subprocess.")
+flags.DEFINE_bool("accuracy", True, "Run the reference-CNN accuracy comparison (--noaccuracy: coverage only).")
 flags.DEFINE_bool("coverage", True, "Run the MobileNetV2 / EfficientNetB0 coverage check.")
 flags.DEFINE_list("coverage_models", ["MobileNetV2", "EfficientNetB0"], "Keras applications to check.")
 flags.DEFINE_integer("coverage_train", 4096, "Upscaled training images for the coverage models.")
@@ -75,7 +89,8 @@ def _settings():
         float_epochs=FLAGS.float_epochs, qat_epochs=FLAGS.qat_epochs, prune_epochs=FLAGS.prune_epochs,
         sparsity=FLAGS.sparsity, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         qat_learning_rate=FLAGS.qat_learning_rate, calibration_samples=FLAGS.calibration_samples,
-        train_limit=FLAGS.train_limit, test_limit=FLAGS.test_limit, seed=FLAGS.seed,
+        train_limit=FLAGS.train_limit, test_limit=FLAGS.test_limit, seeds=[int(v) for v in FLAGS.seeds],
+        seed=int(FLAGS.seeds[0]), qat_schedule=FLAGS.qat_schedule,
         coverage_models=list(FLAGS.coverage_models), coverage_train=FLAGS.coverage_train,
         coverage_epochs=FLAGS.coverage_epochs, coverage_samples=FLAGS.coverage_samples,
     )
@@ -106,6 +121,17 @@ def _tflite_metrics(tflite, x_test, y_test):
         "zero_weights": int(round(sum(w.zero_fraction * w.size for w in int8_kernels))),
         "float_compute_ops": sorted({op.type for op in info.float_compute_ops()}),
     }
+
+
+def _fine_tune_learning_rate(s, train_size, schedules):
+    """The fine-tuning learning rate: a float, or a cosine decay to 0 over all fine-tuning steps.
+
+    ``schedules`` is ``keras.optimizers.schedules`` or tf_keras's, so tfmot gets the same schedule.
+    """
+    if s["qat_schedule"] == "constant":
+        return s["qat_learning_rate"]
+    steps = s["qat_epochs"] * -(-train_size // s["batch_size"])
+    return schedules.CosineDecay(s["qat_learning_rate"], decay_steps=steps)
 
 
 def _accuracy(model, x, y):
@@ -141,7 +167,8 @@ def _ours(s, workdir):
 
     # The fair float baseline: the same extra epochs, at the same learning rate, as QAT gets.
     keras.utils.set_random_seed(s["seed"] + 1)
-    control = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["qat_learning_rate"])
+    control = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(),
+                                         learning_rate=_fine_tune_learning_rate(s, len(x), keras.optimizers.schedules))
     control.set_weights(weights)
     control.fit(x, y, epochs=s["qat_epochs"], **fit_kwargs)
     control_row = {"keras_accuracy": _accuracy(control, x_test, y_test)}
@@ -157,7 +184,8 @@ def _ours(s, workdir):
 
     def qat(model):
         keras.utils.set_random_seed(s["seed"] + 1)
-        qat_model = tfc.zoo.compile_classifier(tfc.quantize_model(model), learning_rate=s["qat_learning_rate"])
+        qat_model = tfc.zoo.compile_classifier(
+            tfc.quantize_model(model), learning_rate=_fine_tune_learning_rate(s, len(x), keras.optimizers.schedules))
         callbacks = []
         if s["qat_epochs"] >= 2:
             callbacks.append(tfc.quantization.FreezeQuantization(start_epoch=s["qat_epochs"] - 1))
@@ -237,7 +265,12 @@ def _coverage(s):
             row["op_census"] = info.op_census_by_dtype
             keras_top1 = np.argmax(qat.predict(x_eval, verbose=0, batch_size=64), -1)
             tflite_top1 = np.argmax(_run_tflite(tflite, x_eval), -1)
+            builtin_top1 = np.argmax(_run_tflite(tflite, x_eval, builtin_kernels=True), -1)
             row["top1_agreement"] = float(np.mean(keras_top1 == tflite_top1))
+            # The same file on TFLite's built-in int8 kernels, which round differently from XNNPACK:
+            # how far two correct int8 runtimes disagree on this network bounds any simulation's agreement.
+            row["top1_agreement_builtin"] = float(np.mean(keras_top1 == builtin_top1))
+            row["xnnpack_vs_builtin"] = float(np.mean(tflite_top1 == builtin_top1))
             row["distinct_predictions"] = int(len(np.unique(keras_top1)))
             row["bytes"] = len(tflite)
         except Exception as exc:  # noqa: BLE001 - a coverage failure is a result to report
@@ -247,11 +280,12 @@ def _coverage(s):
     return results
 
 
-def _run_tflite(tflite, x):
-    """Float outputs of a float-I/O .tflite for all of ``x`` in one call (XNNPACK)."""
-    from ai_edge_litert.interpreter import Interpreter
+def _run_tflite(tflite, x, builtin_kernels=False):
+    """Float outputs of a float-I/O .tflite for all of ``x`` in one call (XNNPACK, or the built-in kernels)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_content=bytes(tflite))
+    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin_kernels else OpResolverType.AUTO
+    interpreter = Interpreter(model_content=bytes(tflite), experimental_op_resolver_type=resolver)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     interpreter.resize_tensor_input(inp["index"], x.shape)
     interpreter.allocate_tensors()
@@ -293,7 +327,7 @@ def _tfmot_worker(job_path):
     tf_keras.utils.set_random_seed(s["seed"] + 1)
     model = tfmot.quantization.keras.quantize_model(base)
     model.compile(
-        optimizer=tf_keras.optimizers.Adam(s["qat_learning_rate"]),
+        optimizer=tf_keras.optimizers.Adam(_fine_tune_learning_rate(s, len(x), tf_keras.optimizers.schedules)),
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -330,12 +364,23 @@ def _run_tfmot(s, workdir):
 # Report ---------------------------------------------------------------------------------
 
 
-def _markdown(s, ours, theirs, coverage):
-    float_row = ours["float32"]
+def _mean_std(values):
+    import numpy as np
+
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _markdown(s, ours_runs, theirs_runs, coverage):
+    """The results table; with several seeds, accuracies are means (± standard deviation over seeds)."""
+    if not ours_runs:
+        return _coverage_markdown(s, coverage)
+    seeds = s["seeds"]
+    schedule = "cosine-decayed to 0" if s["qat_schedule"] == "cosine" else "constant"
     lines = [
         f"Fashion-MNIST, reference CNN: {s['float_epochs']} float epochs, then {s['qat_epochs']} epochs of QAT "
         f"(or of float fine-tuning for the float32 baseline) "
-        f"(Adam {s['qat_learning_rate']:g}, batch {s['batch_size']}, seed {s['seed']}"
+        f"(Adam {s['qat_learning_rate']:g} {schedule}, batch {s['batch_size']}, "
+        f"{'seeds ' + ', '.join(map(str, seeds)) + ': mean ± std over seeds' if len(seeds) > 1 else f'seed {seeds[0]}'}"
         f"{', ' + str(s['train_limit']) + ' training images' if s['train_limit'] else ''}); "
         f"every .tflite scored on {'all 10k' if not s['test_limit'] else s['test_limit']} test images (XNNPACK).",
         "",
@@ -343,36 +388,62 @@ def _markdown(s, ours, theirs, coverage):
         "| kernel sparsity in .tflite | float ops |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = [(name, ours[name]) for name in ("float32 (QAT starting point)", "float32", "PTQ int8",
-                                            "tfcompress QAT int8")]
-    rows += [(name, row) for name, row in theirs.items()]
-    rows += [(name, row) for name, row in ours.items() if name.startswith("pruned")]
-    for name, r in rows:
-        delta = (r["tflite_accuracy"] - float_row["tflite_accuracy"]) * 100
-        gap = (r["keras_accuracy"] - r["tflite_accuracy"]) * 100
+    names = ["float32 (QAT starting point)", "float32", "PTQ int8", "tfcompress QAT int8"]
+    names += [name for name in (theirs_runs[0] if theirs_runs and theirs_runs[0] else {})]
+    names += [name for name in ours_runs[0] if name.startswith("pruned")]
+
+    def runs_of(name):
+        source = ours_runs if name in ours_runs[0] else theirs_runs
+        return [run[name] for run in source if run and name in run]
+
+    floats_by_seed = [run["float32"]["tflite_accuracy"] for run in ours_runs]
+    for name in names:
+        runs = runs_of(name)
+        if not runs:
+            continue
+        keras_acc, _ = _mean_std([r["keras_accuracy"] for r in runs])
+        tflite_acc, tflite_std = _mean_std([r["tflite_accuracy"] for r in runs])
+        delta, delta_std = _mean_std([(r["tflite_accuracy"] - f) * 100 for r, f in zip(runs, floats_by_seed)])
+        gap, _ = _mean_std([(r["keras_accuracy"] - r["tflite_accuracy"]) * 100 for r in runs])
+        spread = (lambda std, unit: f" ± {std:.2f}{unit}" if len(runs) > 1 else "")
+        r = runs[0]
         floats = ", ".join(r["float_compute_ops"]) if "int8" in name and r["float_compute_ops"] else "-"
         lines.append(
-            f"| {name} | {r['keras_accuracy']:.2%} | {r['tflite_accuracy']:.2%} | {delta:+.2f} pt | "
-            f"{gap:+.2f} pt | {r['bytes'] / 1024:.1f} | {r['gzip_bytes'] / 1024:.1f} | {r['sparsity']:.1%} | {floats} |"
+            f"| {name} | {keras_acc:.2%} | {tflite_acc:.2%}{spread(tflite_std * 100, '')} | "
+            f"{delta:+.2f}{spread(delta_std, '')} pt | {gap:+.2f} pt | {r['bytes'] / 1024:.1f} | "
+            f"{r['gzip_bytes'] / 1024:.1f} | {r['sparsity']:.1%} | {floats} |"
         )
-    pruned = [r for name, r in ours.items() if name.startswith("pruned")]
+    pruned = [run[name] for run in ours_runs for name in run if name.startswith("pruned")]
     if pruned:
+        kept = min(r["zeros_kept"] for r in pruned)
         r = pruned[0]
         lines.append(
-            f"\nPruned + QAT: {r['zeros_before_qat']} zero kernel weights before QAT, {r['zero_weights']} zero "
-            f"int8 kernel weights in the .tflite ({r['zeros_kept']:.1%} kept)."
+            f"\nPruned + QAT (seed {seeds[0]}): {r['zeros_before_qat']} zero kernel weights before QAT, "
+            f"{r['zero_weights']} zero int8 kernel weights in the .tflite; fewest kept over seeds: {kept:.1%}."
         )
+    if len(seeds) > 1:
+        qat_deltas = [(run["tfcompress QAT int8"]["tflite_accuracy"] - f) * 100
+                      for run, f in zip(ours_runs, floats_by_seed)]
+        lines.append(f"\ntfcompress QAT int8 vs float32 per seed: "
+                     f"{', '.join(f'{seed}: {d:+.2f}' for seed, d in zip(seeds, qat_deltas))} pt.")
+    return "\n".join(lines + ["", _coverage_markdown(s, coverage)])
+
+
+def _coverage_markdown(s, coverage):
+    lines = []
     if coverage:
-        lines += ["", "| coverage (96x96, random init + short training) | float layers | folded BN | float ops in .tflite "
-                  "| Keras vs TFLite top-1 agreement |", "|---|---|---|---|---|"]
+        lines += ["| coverage (96x96, random init + short training) | float layers | folded BN | float ops in .tflite "
+                  "| Keras vs TFLite top-1 agreement (XNNPACK) | Keras vs built-in kernels | XNNPACK vs built-in kernels |",
+                  "|---|---|---|---|---|---|---|"]
         for name, r in coverage.items():
             if "error" in r:
-                lines.append(f"| {name} | - | - | failed: {r['error']} | - |")
+                lines.append(f"| {name} | - | - | failed: {r['error']} | - | - | - |")
                 continue
             floats = ", ".join(layer for layer, _ in r["float_layers"]) or "none"
             ops = ", ".join(r["float_compute_ops"]) or "none (int8 only)"
             lines.append(f"| {name} | {floats} | {r['folded_bn']} | {ops} | "
-                         f"{r['top1_agreement']:.1%} of {s['coverage_samples']} |")
+                         f"{r['top1_agreement']:.1%} of {s['coverage_samples']} | {r['top1_agreement_builtin']:.1%} | "
+                         f"{r['xnnpack_vs_builtin']:.1%} |")
     return "\n".join(lines)
 
 
@@ -388,23 +459,25 @@ def main(argv):
         if path:
             tfc.files.check_writable(path, FLAGS.overwrite)
     s = _settings()
-    with tempfile.TemporaryDirectory(prefix="bench_qat_") as workdir:
-        print("tfcompress runs:", flush=True)
-        ours = _ours(s, workdir)
-        theirs = {}
-        if FLAGS.tfmot:
-            print("tfmot run (subprocess, tf_keras):", flush=True)
-            theirs = _run_tfmot(s, workdir)
+    ours_runs, theirs_runs = [], []
+    for seed in (s["seeds"] if FLAGS.accuracy else []):
+        run = dict(s, seed=seed)
+        with tempfile.TemporaryDirectory(prefix="bench_qat_") as workdir:
+            print(f"seed {seed}: tfcompress runs:", flush=True)
+            ours_runs.append(_ours(run, workdir))
+            if FLAGS.tfmot:
+                print(f"seed {seed}: tfmot run (subprocess, tf_keras):", flush=True)
+                theirs_runs.append(_run_tfmot(run, workdir))
     coverage = {}
     if FLAGS.coverage:
         print("coverage:", flush=True)
         coverage = _coverage(s)
-    table = _markdown(s, ours, theirs, coverage)
+    table = _markdown(s, ours_runs, theirs_runs, coverage)
     print(table)
     if FLAGS.output:
         tfc.write_atomic(FLAGS.output, table + "\n", overwrite=FLAGS.overwrite, argument="--output")
     if FLAGS.out:
-        blob = json.dumps({"settings": s, "tfcompress": ours, "tfmot": theirs, "coverage": coverage}, indent=2,
+        blob = json.dumps({"settings": s, "tfcompress": ours_runs, "tfmot": theirs_runs, "coverage": coverage}, indent=2,
                           default=str)
         tfc.write_atomic(FLAGS.out, blob, overwrite=FLAGS.overwrite, argument="--out")
 
