@@ -89,31 +89,6 @@ def _numpy_asymmetric(x, low, high):
     return np.floor((clipped - nudged_low) / scale + 0.5) * scale + nudged_low
 
 
-def test_integer_linear_rounds_once_like_an_int32_accumulator():
-    # A float32 convolution of dequantized int8 values rounds every partial sum; where products cancel,
-    # that error is a sizeable part of the result. integer_linear sums the integers and scales once.
-    from tfcompress.quantization.fake_quant import integer_linear
-
-    rng = np.random.default_rng(0)
-    input_scale = np.float32(0.0371)
-    kernel_scale = rng.uniform(0.001, 0.01, 32).astype("float32")
-    q_in = rng.integers(-128, 128, (2, 9, 9, 96)).astype("float32")
-    q_kernel = rng.integers(-127, 128, (3, 3, 96, 32)).astype("float32")
-    x, kernel = q_in * input_scale, q_kernel * kernel_scale
-
-    def conv(a, k):
-        return keras.ops.conv(a, k, padding="same")
-
-    exact = keras.ops.convert_to_numpy(conv(q_in.astype("float64"), q_kernel.astype("float64")))
-    exact = exact * (np.float64(input_scale) * kernel_scale.astype("float64"))
-    ours = keras.ops.convert_to_numpy(integer_linear(conv, x, input_scale, q_kernel, kernel_scale))
-    plain = keras.ops.convert_to_numpy(conv(x, kernel))
-    ulp = np.spacing(np.abs(exact).astype("float32")).astype("float64")
-    ours_error, plain_error = np.abs(ours - exact) / ulp, np.abs(plain - exact) / ulp
-    assert ours_error.max() <= 2.0, ours_error.max()
-    assert plain_error.max() > 4 * max(ours_error.max(), 1.0), (plain_error.max(), ours_error.max())
-
-
 def test_activation_quantizer_moving_average_and_numerics():
     quantizer = tq.ActivationQuantizer(ema_decay=0.9)
     rng = np.random.default_rng(0)
@@ -465,3 +440,21 @@ def test_identity_normalization_gets_no_second_quantizer():
     adapted = layers.Normalization(mean=[0.5, 0.5, 0.5], variance=[0.1, 0.1, 0.1], name="norm")
     qat = tq.quantize_model(keras.Model(inputs, layers.Conv2D(4, 3, name="conv")(adapted(inputs))))
     assert "norm_quant" in [layer.name for layer in qat.layers]
+
+
+def test_tflite_converter_used_directly_gives_an_int8_model(trained_float, digits):
+    # Users who skip to_tflite and call the converter themselves must get the same int8 graph: the QAT
+    # model's inference graph is FakeQuant ops around plain Keras ops, nothing the converter cannot read.
+    import tensorflow as tf
+
+    (x, _), _ = digits
+    qat = tq.quantize_model(trained_float)
+    tq.calibrate(qat, x[:64])
+    converter = tf.lite.TFLiteConverter.from_keras_model(qat)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[i: i + 1]] for i in range(16))
+    info = tfc.inspect_tflite(converter.convert())
+    assert not info.float_compute_ops(), [op.type for op in info.float_compute_ops()]
+    assert not _middle_dequantize_ops(info), info.op_census_by_dtype
+    ours = tfc.inspect_tflite(bytes(tfc.to_tflite(qat, mode="int8", representative_data=x[:16])))
+    assert sorted(op.type for op in info.operators) == sorted(op.type for op in ours.operators)

@@ -198,15 +198,11 @@ def _export_saved_model(model, specs, directory):
     def serve(*args):
         return model(args[0] if len(args) == 1 else list(args), training=False)
 
-    from tfcompress.quantization.fake_quant import exporting
-
-    # QAT layers trace the FakeQuant graph the converter reads, not their exact inference arithmetic.
-    with exporting():
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serve", serve, input_signature=signature)
-        with _quiet_tensorflow_logs():
-            archive.write_out(directory, verbose=False)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=signature)
+    with _quiet_tensorflow_logs():
+        archive.write_out(directory, verbose=False)
 
 
 @contextlib.contextmanager

@@ -6,9 +6,6 @@ the ops the TFLite converter turns into int8 kernels, reusing their ranges as
 the tensors' scales and zero points.
 """
 
-import contextlib
-import threading
-
 import keras
 from keras import ops
 
@@ -58,54 +55,6 @@ def _weight_bound(kernel, per_channel):
 def weight_scale(kernel, per_channel):
     """The int8 scale(s) `fake_quant_weights` gives ``kernel``: ``max|kernel| / 127`` (per output channel or not)."""
     return _weight_bound(kernel, per_channel) / 127.0
-
-
-_export_state = threading.local()
-
-
-@contextlib.contextmanager
-def exporting():
-    """Within this block, QAT layers trace the graph the TFLite converter reads.
-
-    Outside it, at inference, they compute each Conv/Dense on the integer grid (see
-    `integer_linear`), which the converter would not recognise as a quantized op.
-    """
-    previous = getattr(_export_state, "active", False)
-    _export_state.active = True
-    try:
-        yield
-    finally:
-        _export_state.active = previous
-
-
-def is_exporting():
-    return getattr(_export_state, "active", False)
-
-
-def integer_linear(op, inputs, input_scale, integer_kernel, kernel_scale):
-    """``op(inputs, kernel)`` for on-grid operands, summed exactly as an int8 kernel does.
-
-    ``inputs`` is an int8-grid tensor (``input_scale * (q - zero_point)``) and the
-    kernel is ``kernel_scale * integer_kernel``. A float32 convolution of the
-    dequantized values rounds every partial sum, and where positive and negative
-    products cancel those errors are large next to the result: enough to land an
-    output on the other side of a rounding boundary now and then, where TFLite's
-    int32 accumulator is exact. Here ``op`` runs on the integers themselves
-    (exact in float32 while partial sums stay below 2**24) and the result is
-    scaled once, as TFLite's requantization does.
-
-    Args:
-        op: the linear operation, ``op(x, kernel)`` (a convolution or matmul).
-        inputs: the on-grid input.
-        input_scale: its int8 scale (a scalar).
-        integer_kernel: the kernel's int8 values (as float), in the kernel's layout.
-        kernel_scale: the kernel's scale(s), broadcasting over the output's last axis.
-
-    Returns:
-        ``op(inputs, kernel)`` as float, rounded once instead of at every partial sum.
-    """
-    integer_inputs = ops.round(inputs / input_scale)
-    return op(integer_inputs, integer_kernel) * (input_scale * kernel_scale)
 
 
 def fake_quant_bias(bias, step):

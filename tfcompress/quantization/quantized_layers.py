@@ -6,7 +6,6 @@ They are registered under the ``tfcompress`` package, so a saved QAT model loads
 with plain ``keras.models.load_model`` once ``tfcompress`` is imported.
 """
 
-import typing
 import weakref
 
 import keras
@@ -18,8 +17,6 @@ from tfcompress.quantization.fake_quant import (
     ActivationQuantizer,
     fake_quant_bias,
     fake_quant_weights,
-    integer_linear,
-    is_exporting,
     weight_scale,
 )
 
@@ -97,18 +94,6 @@ def input_quantizer(tensor):
     return None
 
 
-class QuantizedKernel(typing.NamedTuple):
-    """A fake-quantized kernel: its float value, its int8 values (as float) and their scale.
-
-    ``value == integer * scale``, with ``scale`` per output channel (the last axis
-    of the layer's output) or one for the tensor.
-    """
-
-    value: typing.Any
-    integer: typing.Any
-    scale: typing.Any
-
-
 class QuantizedLayerMixin:
     """Shared QAT behaviour of the quantized Conv/Dense classes.
 
@@ -153,23 +138,7 @@ class QuantizedLayerMixin:
         return view
 
     def linear(self, inputs, kernels, training):
-        """The layer's linear operation(s) on ``kernels`` ({name: `QuantizedKernel`}), without bias."""
         raise NotImplementedError
-
-    def kernel_op(self, op, inputs, kernel, quantizer, training):
-        """``op(inputs, kernel)``; at inference on an int8-grid input, summed exactly (see `integer_linear`).
-
-        Training and export use the plain float op on the fake-quantized kernel:
-        gradients are the same either way, and the converter must see
-        ``op(FakeQuant(x), FakeQuant(w))`` to produce an int8 kernel.
-        """
-        if training or quantizer is None or is_exporting():
-            return op(inputs, kernel.value)
-        return integer_linear(op, inputs, quantizer.scale(), kernel.integer, kernel.scale)
-
-    def input_quantizer(self):
-        """The `ActivationQuantizer` of the tensor this layer reads, or None when unknown."""
-        return self._input_quantizer_ref() if self._input_quantizer_ref is not None else None
 
     def __call__(self, inputs, *args, **kwargs):
         if isinstance(inputs, keras.KerasTensor):
@@ -179,7 +148,7 @@ class QuantizedLayerMixin:
 
     def bias_input_scale(self):
         """The int8 scale of the tensor the biased kernel reads (a scalar tensor), or None when unknown."""
-        quantizer = self.input_quantizer()
+        quantizer = self._input_quantizer_ref() if self._input_quantizer_ref is not None else None
         return quantizer.scale() if quantizer is not None else None
 
     def _quantize_bias(self, bias, bias_weight_scale):
@@ -237,16 +206,10 @@ class QuantizedLayerMixin:
             view = self.channels_last(name, kernel)
             if scale is not None and name == self.fold_kernel_name:
                 view = view * scale
-            view_scale = weight_scale(view, per_channel)
             if name == self.fold_kernel_name:
-                bias_weight_scale = view_scale
+                bias_weight_scale = weight_scale(view, per_channel)
             view = fake_quant_weights(view, per_channel)
-            shape = tuple(kernel.shape)
-            kernels[name] = QuantizedKernel(
-                value=self.from_channels_last(name, view, shape),
-                integer=self.from_channels_last(name, ops.round(view / view_scale), shape),
-                scale=view_scale,
-            )
+            kernels[name] = self.from_channels_last(name, view, tuple(kernel.shape))
         return kernels, scale, bias_weight_scale
 
     def call(self, inputs, training=None):
@@ -301,7 +264,7 @@ def _register(cls):
 
 class _ConvMixin(QuantizedLayerMixin):
     def linear(self, inputs, kernels, training):
-        return self.kernel_op(self.convolution_op, inputs, kernels["kernel"], self.input_quantizer(), training)
+        return self.convolution_op(inputs, kernels["kernel"])
 
 
 @_register
@@ -335,13 +298,14 @@ class _DepthwiseMixin(QuantizedLayerMixin):
         return ops.reshape(view, shape)
 
     def linear(self, inputs, kernels, training):
-        def depthwise(x, kernel):
-            return ops.depthwise_conv(
-                x, kernel, strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
-                data_format=self.data_format,
-            )
-
-        return self.kernel_op(depthwise, inputs, kernels["kernel"], self.input_quantizer(), training)
+        return ops.depthwise_conv(
+            inputs,
+            kernels["kernel"],
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
 
 
 @_register
@@ -382,18 +346,16 @@ class _SeparableMixin(QuantizedLayerMixin):
         return ops.reshape(view, shape)
 
     def linear(self, inputs, kernels, training):
-        def depthwise(x, kernel):
-            return ops.depthwise_conv(
-                x, kernel, strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
-                data_format=self.data_format,
-            )
-
-        def pointwise(x, kernel):
-            return ops.conv(x, kernel, strides=1, padding="valid", data_format=self.data_format)
-
-        outputs = self.kernel_op(depthwise, inputs, kernels["depthwise_kernel"], self.input_quantizer(), training)
-        outputs = self.intermediate_quantizer(outputs, training=training)
-        return self.kernel_op(pointwise, outputs, kernels["pointwise_kernel"], self.intermediate_quantizer, training)
+        depthwise = ops.depthwise_conv(
+            inputs,
+            kernels["depthwise_kernel"],
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        depthwise = self.intermediate_quantizer(depthwise, training=training)
+        return ops.conv(depthwise, kernels["pointwise_kernel"], strides=1, padding="valid", data_format=self.data_format)
 
 
 @_register
@@ -417,13 +379,15 @@ class _ConvTransposeMixin(QuantizedLayerMixin):
         return ops.swapaxes(view, -1, -2)
 
     def linear(self, inputs, kernels, training):
-        def conv_transpose(x, kernel):
-            return ops.conv_transpose(
-                x, kernel, strides=list(self.strides), padding=self.padding, output_padding=self.output_padding,
-                dilation_rate=self.dilation_rate, data_format=self.data_format,
-            )
-
-        return self.kernel_op(conv_transpose, inputs, kernels["kernel"], self.input_quantizer(), training)
+        return ops.conv_transpose(
+            inputs,
+            kernels["kernel"],
+            strides=list(self.strides),
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
 
 
 @_register
@@ -449,7 +413,7 @@ class QuantizedDense(QuantizedLayerMixin, layers.Dense):
     supports_per_channel = False
 
     def linear(self, inputs, kernels, training):
-        return self.kernel_op(ops.matmul, inputs, kernels["kernel"], self.input_quantizer(), training)
+        return ops.matmul(inputs, kernels["kernel"])
 
 
 @_register
