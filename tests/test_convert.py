@@ -230,3 +230,23 @@ def test_qat_model_converts_to_int8_without_calibration_data(trained_digits_mode
     assert report.accuracy == pytest.approx(keras_accuracy(qat, x_test, y_test), abs=0.01)
     with pytest.raises(ValueError, match="keep_float.*QAT model"):
         tfc.to_tflite(qat, mode="int8", keep_float=["fc1"])
+
+
+def test_converter_chatter_is_dropped_but_other_stderr_is_kept(trained_digits_model, digits_data, capfd):
+    (x, _), _ = digits_data
+    tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:16])
+    assert "fully_quantize:" not in capfd.readouterr().err
+
+    chatter = b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, output_inference_type: FLOAT32\n"
+    with convert._native_chatter_filtered():
+        os.write(2, chatter)
+        os.write(2, b"W converter: something worth reading\n")
+    err = capfd.readouterr().err
+    assert "something worth reading" in err and "fully_quantize:" not in err
+
+    # When conversion fails, everything it printed is passed on.
+    with pytest.raises(RuntimeError):
+        with convert._native_chatter_filtered():
+            os.write(2, chatter)
+            raise RuntimeError("converter failed")
+    assert "fully_quantize:" in capfd.readouterr().err

@@ -485,15 +485,60 @@ def _failure_message(model_name, mode, reason):
     )
 
 
+# Lines the converter's native code prints on every conversion, with nothing for the user to act on.
+_NATIVE_CHATTER = (
+    re.compile(r"^fully_quantize: \d+, inference_type: "),
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
+)
+
+
+@contextlib.contextmanager
+def _native_chatter_filtered():
+    """Drops the converter's routine native prints ("fully_quantize: 0, inference_type: 6, ...").
+
+    They go straight to file descriptor 2, beyond Python's logging, so fd 2 is
+    pointed at a temporary file while the converter runs; afterwards everything
+    else written there (warnings, errors, other threads' output) is passed on to
+    the real stderr, in order. Nothing is dropped when the conversion fails.
+    """
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (e.g. an embedded interpreter): leave it alone
+        yield
+        return
+    failed = False
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines = sink.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = "".join(ln for ln in lines if failed or not any(p.match(ln.rstrip("\n")) for p in _NATIVE_CHATTER))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
 def convert_saved_model(saved_model_dir, mode, samples, io_type="float32", sparse=False, keep_float=None):
     """Runs the TFLite converter on an exported SavedModel (``serve`` endpoint); returns the bytes."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serve"])
-    _configure(converter, mode, samples, io_type, sparse)
-    if keep_float:
-        return _convert_keeping_float(converter, saved_model_dir, samples, keep_float)
-    return converter.convert()
+    with _native_chatter_filtered():
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serve"])
+        _configure(converter, mode, samples, io_type, sparse)
+        if keep_float:
+            return _convert_keeping_float(converter, saved_model_dir, samples, keep_float)
+        return converter.convert()
 
 
 def _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep_float, timeout, model_name):
