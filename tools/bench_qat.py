@@ -392,25 +392,31 @@ def _markdown(s, ours_runs, theirs_runs, coverage):
     names += [name for name in (theirs_runs[0] if theirs_runs and theirs_runs[0] else {})]
     names += [name for name in ours_runs[0] if name.startswith("pruned")]
 
-    def runs_of(name):
-        source = ours_runs if name in ours_runs[0] else theirs_runs
-        return [run[name] for run in source if run and name in run]
-
     floats_by_seed = [run["float32"]["tflite_accuracy"] for run in ours_runs]
+
+    def runs_of(name):
+        """[(row, float32 TFLite accuracy of the same seed)] over the seeds where ``name`` ran."""
+        source = ours_runs if name in ours_runs[0] else theirs_runs
+        return [(run[name], f) for run, f in zip(source, floats_by_seed) if run and name in run]
+
     for name in names:
-        runs = runs_of(name)
-        if not runs:
+        pairs = runs_of(name)
+        if not pairs:
             continue
+        runs = [r for r, _ in pairs]
         keras_acc, _ = _mean_std([r["keras_accuracy"] for r in runs])
-        tflite_acc, tflite_std = _mean_std([r["tflite_accuracy"] for r in runs])
-        delta, delta_std = _mean_std([(r["tflite_accuracy"] - f) * 100 for r, f in zip(runs, floats_by_seed)])
+        tflite_acc, tflite_std = _mean_std([r["tflite_accuracy"] * 100 for r in runs])
+        delta, delta_std = _mean_std([(r["tflite_accuracy"] - f) * 100 for r, f in pairs])
         gap, _ = _mean_std([(r["keras_accuracy"] - r["tflite_accuracy"]) * 100 for r in runs])
-        spread = (lambda std, unit: f" ± {std:.2f}{unit}" if len(runs) > 1 else "")
+
+        def spread(std):
+            return f" ± {std:.2f}" if len(runs) > 1 else ""
+
         r = runs[0]
         floats = ", ".join(r["float_compute_ops"]) if "int8" in name and r["float_compute_ops"] else "-"
         lines.append(
-            f"| {name} | {keras_acc:.2%} | {tflite_acc:.2%}{spread(tflite_std * 100, '')} | "
-            f"{delta:+.2f}{spread(delta_std, '')} pt | {gap:+.2f} pt | {r['bytes'] / 1024:.1f} | "
+            f"| {name} | {keras_acc:.2%} | {tflite_acc:.2f}%{spread(tflite_std)} | "
+            f"{delta:+.2f}{spread(delta_std)} pt | {gap:+.2f} pt | {r['bytes'] / 1024:.1f} | "
             f"{r['gzip_bytes'] / 1024:.1f} | {r['sparsity']:.1%} | {floats} |"
         )
     pruned = [run[name] for run in ours_runs for name in run if name.startswith("pruned")]
