@@ -44,6 +44,9 @@ flags.DEFINE_integer("hold_epochs", 1, "Epochs of fine-tuning at the final spars
 flags.DEFINE_integer("frequency", 100, "Mask update frequency in steps (ours and tfmot).")
 flags.DEFINE_integer("batch_size", 64, "Batch size of every fit.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (dense training and fine-tuning).")
+flags.DEFINE_enum("finetune_schedule", "constant", ["constant", "cosine"],
+                  "Learning rate over the pruning/control fine-tuning epochs (ours and tfmot alike): constant "
+                  "(the issue's protocol) or cosine-decayed to 0 (what tfc.compress does).")
 flags.DEFINE_integer("train_limit", None, "Use only the first N training images.")
 flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
 flags.DEFINE_integer("seed", 0, "Random seed (same for every run).")
@@ -63,6 +66,7 @@ def _settings():
         sparsities=[float(v) for v in FLAGS.sparsities], dense_epochs=FLAGS.dense_epochs,
         ramp_epochs=FLAGS.ramp_epochs, hold_epochs=FLAGS.hold_epochs, frequency=FLAGS.frequency,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, train_limit=FLAGS.train_limit,
+        finetune_schedule=FLAGS.finetune_schedule,
         test_limit=FLAGS.test_limit, seed=FLAGS.seed, timing_rounds=FLAGS.timing_rounds,
         timing_samples=FLAGS.timing_samples, block_sparsities=[float(v) for v in FLAGS.block_sparsities],
     )
@@ -78,6 +82,13 @@ def _data(s):
     import tfcompress as tfc
 
     return tfc.datasets.fashion_mnist(limit_train=s["train_limit"], limit_test=s["test_limit"])
+
+
+def _finetune_learning_rate(s, steps, schedules):
+    """The fine-tuning learning rate: constant, or cosine-decayed to 0 over ``steps`` (``schedules``: Keras's or tf_keras's)."""
+    if s["finetune_schedule"] == "cosine":
+        return schedules.CosineDecay(s["learning_rate"], decay_steps=steps)
+    return s["learning_rate"]
 
 
 def _steps_per_epoch(s, n):
@@ -133,9 +144,13 @@ def _ours(s, workdir):
     spe = _steps_per_epoch(s, len(x))
     fit_kwargs = dict(batch_size=s["batch_size"], verbose=0)
 
+    finetune_steps = (s["ramp_epochs"] + s["hold_epochs"]) * spe
+
     def fresh(weights):
         keras.utils.set_random_seed(s["seed"] + 1)
-        model = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["learning_rate"])
+        model = tfc.zoo.compile_classifier(
+            tfc.zoo.reference_cnn(),
+            learning_rate=_finetune_learning_rate(s, finetune_steps, keras.optimizers.schedules))
         if weights is not None:
             model.set_weights(weights)
         return model
@@ -250,9 +265,9 @@ def _tfmot_worker(job_path):
         weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]
     sparsity_api = tfmot.sparsity.keras
 
-    def compiled(model):
+    def compiled(model, learning_rate=s["learning_rate"]):
         model.compile(
-            optimizer=tf_keras.optimizers.Adam(s["learning_rate"]),
+            optimizer=tf_keras.optimizers.Adam(learning_rate),
             loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
@@ -264,7 +279,9 @@ def _tfmot_worker(job_path):
         base.set_weights(weights)
         schedule = sparsity_api.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end_step,
                                                 frequency=s["frequency"])
-        return compiled(sparsity_api.prune_low_magnitude(base, pruning_schedule=schedule))
+        finetune_steps = (s["ramp_epochs"] + s["hold_epochs"]) * spe
+        return compiled(sparsity_api.prune_low_magnitude(base, pruning_schedule=schedule),
+                        _finetune_learning_rate(s, finetune_steps, tf_keras.optimizers.schedules))
 
     results = {}
     for sparsity in s["sparsities"]:
@@ -358,7 +375,8 @@ def _markdown(s, ours, theirs):
     lines = [
         f"Fashion-MNIST, reference CNN: {s['dense_epochs']} dense epochs, then {s['ramp_epochs']} epochs of "
         f"PolynomialDecay ramp + {s['hold_epochs']} at the target (frequency {s['frequency']}), batch "
-        f"{s['batch_size']}, Adam {s['learning_rate']:g}, seed {s['seed']}"
+        f"{s['batch_size']}, Adam {s['learning_rate']:g}"
+        f"{' cosine-decayed to 0 over the fine-tuning' if s['finetune_schedule'] == 'cosine' else ''}, seed {s['seed']}"
         f"{', ' + str(s['train_limit']) + ' training images' if s['train_limit'] else ''}. "
         f"float32 .tflite: {float_bytes / 1024:.1f} KiB.",
         "",
