@@ -11,7 +11,9 @@ import errno
 import os
 import re
 import shutil
+import sys
 import tempfile
+import threading
 import warnings
 
 import numpy as np
@@ -485,6 +487,8 @@ def _failure_message(model_name, mode, reason):
     )
 
 
+_STDERR_REDIRECT_LOCK = threading.Lock()
+
 # Lines the converter's native code prints on every conversion, with nothing for the user to act on.
 _NATIVE_CHATTER = (
     re.compile(r"^fully_quantize: \d+, inference_type: "),
@@ -501,8 +505,20 @@ def _native_chatter_filtered():
     else written there (warnings, errors, other threads' output) is passed on to
     the real stderr, in order. Nothing is dropped when the conversion fails.
     """
-    import sys
+    # fd 2 is per process: a conversion running in another thread at the same time keeps its chatter
+    # rather than have two redirections undo each other out of order.
+    if not _STDERR_REDIRECT_LOCK.acquire(blocking=False):
+        yield
+        return
+    try:
+        with _redirected_stderr_filtered():
+            yield
+    finally:
+        _STDERR_REDIRECT_LOCK.release()
 
+
+@contextlib.contextmanager
+def _redirected_stderr_filtered():
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -546,7 +562,6 @@ def _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep
     import json
     import signal
     import subprocess
-    import sys
 
     job = os.path.join(os.path.dirname(saved_model_dir), "job")
     os.makedirs(job)
