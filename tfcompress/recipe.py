@@ -302,7 +302,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         end = max(1, int(epochs * steps_per_epoch * fraction))
         return PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end, frequency=max(1, min(100, end // 10)))
 
-    def _adam(step):
+    def adam(step):
         decay_steps = step.epochs * steps_per_epoch
         return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(step.learning_rate, decay_steps))
 
@@ -322,7 +322,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         keras.utils.set_random_seed(seed)
         if isinstance(step, Prune):
             schedule = ramp(step.sparsity, step.epochs, step.ramp_fraction)
-            current.compile(optimizer=_adam(step), loss=loss, metrics=["accuracy"])
+            current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
             current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
                         callbacks=[PruningCallback(schedule, structure=step.structure, block_shape=step.block_shape,
                                                    verbose=0)] + backup(step_index, "prune"))
@@ -332,7 +332,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             kwargs = {k: v for k, v in (("temperature", step.temperature), ("alpha", step.alpha)) if v is not None}
             teacher_was_trainable = step.teacher.trainable
             distiller = Distiller(teacher=step.teacher, student=current, **kwargs)
-            distiller.compile(optimizer=_adam(step), metrics=["accuracy"])
+            distiller.compile(optimizer=adam(step), metrics=["accuracy"])
             callbacks = backup(step_index, "distill")
             if step.sparsity:
                 callbacks.append(PruningCallback(ramp(step.sparsity, step.epochs, 2 / 3), verbose=0))
@@ -348,7 +348,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             say(f"distilled for {step.epochs} epoch(s)", start)
         elif isinstance(step, QuantizeAware):
             current = quantization.quantize_model(current, config=step.config)
-            current.compile(optimizer=_adam(step), loss=loss, metrics=["accuracy"])
+            current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
             current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
                         callbacks=backup(step_index, "qat"))
             chain.append("qat")

@@ -85,10 +85,7 @@ def _data(s):
 
 
 def _finetune_learning_rate(s, steps, schedules):
-    """The fine-tuning learning rate: constant, or cosine-decayed to 0 over ``steps`` (``schedules``: Keras's or tf_keras's)."""
-    if s["finetune_schedule"] == "cosine":
-        return schedules.CosineDecay(s["learning_rate"], decay_steps=steps)
-    return s["learning_rate"]
+    return tfmot_baseline.fine_tune_learning_rate(s["finetune_schedule"], s["learning_rate"], steps, schedules)
 
 
 def _steps_per_epoch(s, n):

@@ -124,14 +124,8 @@ def _tflite_metrics(tflite, x_test, y_test):
 
 
 def _fine_tune_learning_rate(s, train_size, schedules):
-    """The fine-tuning learning rate: a float, or a cosine decay to 0 over all fine-tuning steps.
-
-    ``schedules`` is ``keras.optimizers.schedules`` or tf_keras's, so tfmot gets the same schedule.
-    """
-    if s["qat_schedule"] == "constant":
-        return s["qat_learning_rate"]
     steps = s["qat_epochs"] * -(-train_size // s["batch_size"])
-    return schedules.CosineDecay(s["qat_learning_rate"], decay_steps=steps)
+    return tfmot_baseline.fine_tune_learning_rate(s["qat_schedule"], s["qat_learning_rate"], steps, schedules)
 
 
 def _accuracy(model, x, y):

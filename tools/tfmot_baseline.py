@@ -19,3 +19,17 @@ def reference_cnn(tf_keras, input_shape=(28, 28, 1), num_classes=10):
     x = layers.Dense(128, activation="relu", name="fc1")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return tf_keras.Model(inputs, outputs, name="reference_cnn")
+
+
+def fine_tune_learning_rate(schedule, learning_rate, steps, schedules):
+    """The fine-tuning learning rate both sides of a benchmark use.
+
+    Args:
+        schedule: ``"constant"``, or ``"cosine"``: decayed to 0 over ``steps`` (what ``tfc.compress`` does).
+        learning_rate: the (initial) rate.
+        steps: training steps of the whole fine-tuning.
+        schedules: ``keras.optimizers.schedules`` or tf_keras's, so tfmot gets the same schedule.
+    """
+    if schedule == "cosine":
+        return schedules.CosineDecay(learning_rate, decay_steps=steps)
+    return learning_rate
