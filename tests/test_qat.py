@@ -197,6 +197,24 @@ _COVERAGE = {
         layers.Conv2D(4, 1, activation="swish")(x),
         layers.Reshape((1, 1, 4))(layers.Dense(4, activation="sigmoid")(layers.GlobalAveragePooling2D()(x))),
     ]),
+    "prelu_gelu_hard_activations": lambda x: layers.Activation("hard_sigmoid")(layers.Activation("hard_swish")(
+        layers.Activation("gelu")(layers.PReLU()(layers.Conv2D(4, 3)(x)))
+    )),
+    "subtract_average": lambda x: layers.Concatenate()([
+        layers.Subtract()([layers.Conv2D(4, 1)(x), layers.Conv2D(4, 1)(x)]),
+        layers.Average()([layers.Conv2D(4, 1)(x), layers.Conv2D(4, 1)(x)]),
+    ]),
+    "unfolded_bn": lambda x: layers.BatchNormalization()(layers.Add()([layers.Conv2D(4, 1)(x), layers.Conv2D(4, 1)(x)])),
+    "maximum_minimum": lambda x: layers.Concatenate()([
+        layers.Maximum()([layers.Conv2D(4, 1)(x), layers.Conv2D(4, 1)(x)]),
+        layers.Minimum()([layers.Conv2D(4, 1)(x), layers.Conv2D(4, 1)(x)]),
+    ]),
+    "crop_permute_global_max_softmax": lambda x: layers.Softmax()(layers.Dense(5)(layers.GlobalMaxPooling2D()(
+        layers.Permute((2, 1, 3))(layers.Cropping2D(1)(layers.Conv2D(4, 3)(x)))
+    ))),
+    "one_dimensional": lambda x: layers.GlobalAveragePooling1D()(layers.Cropping1D(1)(layers.ZeroPadding1D(2)(
+        layers.UpSampling1D()(layers.SeparableConv1D(8, 3)(layers.DepthwiseConv1D(3)(layers.Reshape((32, 6))(x))))
+    ))),
 }
 
 
@@ -213,8 +231,10 @@ def test_supported_layers_convert_to_int8_ops_only(case):
     info = tflite.info
     assert info.float_compute_ops() == []
     assert _middle_dequantize_ops(info) == []
-    # No int8 -> int8 requantization: Keras ranges match what each TFLite kernel produces.
-    assert "QUANTIZE/int8" not in info.op_census_by_dtype
+    # No int8 -> int8 requantization: Keras ranges match what each TFLite kernel produces. (MAXIMUM and
+    # MINIMUM keep their inputs' scale in TFLite, so the converter requantizes to the trained output range.)
+    requantized = info.op_census_by_dtype.get("QUANTIZE/int8", 0)
+    assert requantized == (2 if case == "maximum_minimum" else 0)
     assert any(k.endswith("/int8") for k in info.op_census_by_dtype)
     expected = qat.predict(x, verbose=0)
     got = _run_tflite(tflite, x)
@@ -250,13 +270,44 @@ def test_unsupported_layer_is_reported_and_left_float(make_layer):
         np.testing.assert_allclose(after, before * before, rtol=1e-6)
 
 
-def test_keep_float_forces_float_by_name(trained_float):
+def test_keep_float_forces_float_by_name_in_keras_and_in_the_file(trained_float, digits):
+    (x, _), (x_test, _) = digits
     with pytest.warns(UserWarning, match="keep_float"):
         qat = tq.quantize_model(trained_float, keep_float=["pw"])
     assert type(qat.get_layer("pw")) is layers.Conv2D
     assert ("pw", "listed in keep_float") in qat.quantization_report.float_layers
     assert "pw" not in qat.quantization_report.quantized
     np.testing.assert_array_equal(qat.get_layer("pw").kernel.numpy(), trained_float.get_layer("pw").kernel.numpy())
+    tq.calibrate(qat, x[:256])
+    # Calibration data given or not, the converter must not quantize the kept layer behind Keras's back.
+    for data in (None, x[:32]):
+        tflite = tfc.to_tflite(qat, mode="int8", representative_data=data)
+        census = tflite.info.op_census_by_dtype
+        assert census.get("CONV_2D/float32") == 1 and census.get("CONV_2D/int8") == 1, census
+        expected, got = qat.predict(x_test, verbose=0), _run_tflite(tflite, x_test)
+        assert np.mean(expected.argmax(1) == got.argmax(1)) >= 0.99
+        assert np.abs(got - expected).max() <= 0.05 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("layer", [layers.Conv3D(2, 1, name="float_op"), layers.ELU(name="float_op")])
+def test_layers_without_int8_kernels_are_reported_float_and_run_float(layer):
+    if isinstance(layer, layers.Conv3D):
+        inputs = keras.Input((4, 4, 4, 2))
+        outputs = layers.Dense(3)(layers.Flatten()(layer(inputs)))
+    else:
+        inputs = keras.Input((8, 8, 3))
+        outputs = layers.Dense(3)(layers.Flatten()(layer(layers.Conv2D(2, 3)(inputs))))
+    x = np.random.default_rng(0).uniform(0, 1, (16,) + inputs.shape[1:]).astype(np.float32)
+    with pytest.warns(UserWarning, match="float_op"):
+        qat = tq.quantize_model(keras.Model(inputs, outputs))
+    assert [name for name, _ in qat.quantization_report.float_layers] == ["float_op"]
+    tq.calibrate(qat, x)
+    info = tfc.to_tflite(qat, mode="int8").info
+    # A float layer with weights gets no output range (else the converter quantizes it), so the op
+    # reading its output runs float too; a weightless one (ELU) hands an int8 range on.
+    expected = {"CONV_3D", "FULLY_CONNECTED"} if isinstance(layer, layers.Conv3D) else {"ELU"}
+    assert {op.type for op in info.float_compute_ops()} == expected
+    np.testing.assert_allclose(_run_tflite(tfc.to_tflite(qat, mode="int8"), x), qat.predict(x, verbose=0), atol=0.05)
 
 
 # --- end to end ---------------------------------------------------------------------------

@@ -307,7 +307,9 @@ def _plan(model, nodes, keep_float, config, report, prefix):
             plans[name] = _Plan("keep")
         elif reason is not None:
             report.float_layers.append((prefix + name, reason))
-            plans[name] = _Plan("keep", quantize_output=True)
+            # A weighted op between two ranged tensors is one the converter quantizes by itself (weights
+            # included), so a float layer with weights gets no output range: it stays float in the file.
+            plans[name] = _Plan("keep", quantize_output=not layer.weights)
         elif spec.kind == "weighted":
             masked = ()
             if config.preserve_zeros:
@@ -339,6 +341,17 @@ def _plan(model, nodes, keep_float, config, report, prefix):
                 plans[name] = _Plan("fold", fold_into=source.name)
                 plans[source.name].folded_bn = layer
                 report.folded.append((prefix + name, prefix + source.name))
+
+    # The same for an activation the converter would fuse into such a float layer.
+    for name, node in nodes.items():
+        plan = plans[name]
+        if plan.action != "keep" or plan.quantize_output or not model.get_layer(name).weights:
+            continue
+        if node.is_output or len(node.consumers) != 1:
+            continue
+        consumer = nodes[node.consumers[0]]
+        if consumer.single_call and _is_fusable_activation(model.get_layer(consumer.name)):
+            plans[consumer.name].quantize_output = False
 
     # A ReLU/ReLU6 that TFLite fuses into the op before it carries that op's output range.
     for name, node in nodes.items():

@@ -283,11 +283,6 @@ class QuantizedConv2D(_ConvMixin, layers.Conv2D):
     """`keras.layers.Conv2D` with a per-channel int8 fake-quantized kernel (see `QuantizedLayerMixin`)."""
 
 
-@_register
-class QuantizedConv3D(_ConvMixin, layers.Conv3D):
-    """`keras.layers.Conv3D` with a per-channel int8 fake-quantized kernel (see `QuantizedLayerMixin`)."""
-
-
 class _DepthwiseMixin(QuantizedLayerMixin):
     # Kernel (..., in, multiplier): TFLite's output channel is in * multiplier.
     def channels_last(self, name, kernel):

@@ -48,7 +48,6 @@ _PASSTHROUGH = QuantizeSpec("passthrough")
 REGISTRY = {
     layers.Conv1D: _weighted(ql.QuantizedConv1D, per_channel=False),
     layers.Conv2D: _weighted(ql.QuantizedConv2D),
-    layers.Conv3D: _weighted(ql.QuantizedConv3D),
     layers.DepthwiseConv1D: _weighted(ql.QuantizedDepthwiseConv1D, per_channel=False),
     layers.DepthwiseConv2D: _weighted(ql.QuantizedDepthwiseConv2D),
     layers.SeparableConv1D: _weighted(
@@ -62,7 +61,6 @@ REGISTRY = {
     layers.ReLU: _OUTPUT,
     layers.LeakyReLU: _OUTPUT,
     layers.PReLU: _OUTPUT,
-    layers.ELU: _OUTPUT,
     layers.Softmax: _OUTPUT,
     layers.Activation: _OUTPUT,
     layers.Add: _OUTPUT,
@@ -76,7 +74,6 @@ REGISTRY = {
     layers.Normalization: _OUTPUT,
     layers.MaxPooling1D: _PASSTHROUGH,
     layers.MaxPooling2D: _PASSTHROUGH,
-    layers.MaxPooling3D: _PASSTHROUGH,
     layers.AveragePooling1D: _PASSTHROUGH,
     layers.AveragePooling2D: _PASSTHROUGH,
     # TFLite's MEAN rounds to its own output scale; quantizing the output in Keras too keeps them in step.
@@ -101,10 +98,10 @@ REGISTRY = {
     layers.InputLayer: _PASSTHROUGH,
 }
 
-# Activations TFLite has int8 kernels for (fused or standalone).
+# Activations TFLite has int8 kernels for (fused or standalone). Not ELU: its TFLite kernel is float only.
 SUPPORTED_ACTIVATIONS = frozenset({
     "linear", "relu", "relu6", "sigmoid", "tanh", "softmax", "hard_sigmoid",
-    "hard_swish", "hard_silu", "swish", "silu", "leaky_relu", "elu", "gelu",
+    "hard_swish", "hard_silu", "swish", "silu", "leaky_relu", "gelu",
 })
 
 
@@ -130,3 +127,17 @@ def is_identity_normalization(layer):
 def lookup(layer):
     """Returns the `QuantizeSpec` for ``layer``'s exact class, or None when unsupported."""
     return REGISTRY.get(type(layer))
+
+
+def is_float_weighted_layer(layer):
+    """True for a layer that a QAT model holds in float although it has weights.
+
+    In a model made by `quantize_model`, quantized Conv/Dense layers are
+    ``Quantized*`` classes, so a plain weighted layer there was kept float (by
+    ``keep_float``, or because it has no int8 kernel). The converter must not be
+    given calibration data for such a model: it would quantize these layers too.
+    """
+    if not layer.weights or type(layer).__module__.startswith("tfcompress.") or hasattr(layer, "layers"):
+        return False
+    spec = lookup(layer)
+    return spec is None or spec.kind == "weighted"
