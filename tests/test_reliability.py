@@ -211,6 +211,30 @@ def test_sigkill_during_export_never_leaves_a_half_written_file(tmp_path):
     assert all(name == "model.tflite" or name.startswith(".model.tflite.") for name in os.listdir(tmp_path))
 
 
+def test_leftovers_of_killed_processes_are_removed_by_the_next_run(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    hour_ago = time.time() - 2 * tfc.files.STALE_AFTER_SECONDS
+    stale = tmp_path / f".model.tflite.{dead.pid}_abc.tmp"
+    recent = tmp_path / f".model.tflite.{dead.pid}_def.tmp"  # may belong to a live process elsewhere
+    alive = tmp_path / f".model.tflite.{os.getppid()}_ghi.tmp"
+    other = tmp_path / f".notes.txt.{dead.pid}_jkl.tmp"
+    for leftover in (stale, recent, alive, other):
+        leftover.write_bytes(b"half")
+    for leftover in (stale, alive, other):
+        os.utime(leftover, (hour_ago, hour_ago))
+    tfc.write_atomic(tmp_path / "model.tflite", b"complete")
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.tflite", recent.name, alive.name, other.name])
+    # The export's temp folders in TMPDIR follow the same rule.
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    export = folder / f"tfcompress_export_{dead.pid}_xyz"
+    (export / "saved_model").mkdir(parents=True)
+    os.utime(export, (hour_ago, hour_ago))
+    assert tfc.files.remove_stale_temps(str(folder), "tfcompress_export_") == [export.name]
+    assert os.listdir(folder) == []
+
+
 def test_full_disk_gives_a_clear_error_and_no_partial_file(tmp_path):
     # RLIMIT_FSIZE makes writes past 64 KB fail like a full disk would, without filling a real one.
     code = """

@@ -3,7 +3,15 @@
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
+import time
+
+# Temp files and folders carry their creator's pid. One left behind by a killed
+# process (SIGKILL skips every cleanup) is removed by the next run once that
+# process is gone and the leftover is old enough not to belong to a live process
+# in another PID namespace sharing the folder.
+STALE_AFTER_SECONDS = 3600
 
 
 class OutputExistsError(FileExistsError):
@@ -14,6 +22,50 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder, prefix):
+    """Removes ``<prefix><pid>_*`` entries of ``folder`` left by dead processes; returns their names."""
+    removed = []
+    now = time.time()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("_", 1)[0]
+        path = os.path.join(folder, name)
+        try:
+            old = now - os.lstat(path).st_mtime > STALE_AFTER_SECONDS
+        except OSError:
+            continue
+        if not pid.isdigit() or int(pid) == os.getpid() or not old or _process_exists(int(pid)):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        removed.append(name)
+    return removed
+
+
+def make_temp_dir(prefix):
+    """``tempfile.mkdtemp`` named after this process, after clearing dead processes' leftovers."""
+    remove_stale_temps(tempfile.gettempdir(), prefix)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}_")
 
 
 def check_writable(path, overwrite=False, argument="output_path"):
@@ -50,7 +102,9 @@ def write_atomic(path, data, overwrite=False, argument="output_path"):
     if isinstance(data, str):
         data = data.encode("utf-8")
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    prefix = "." + os.path.basename(path) + "."
+    remove_stale_temps(folder, prefix)
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}_", suffix=".tmp", dir=folder)
     try:
         # mkstemp creates 0600 files; outputs should get the permissions any new file would.
         os.chmod(tmp, 0o666 & ~_umask())
@@ -90,7 +144,9 @@ def save_keras_atomic(model, path, overwrite=True, argument="output_path"):
     if not str(path).endswith(".keras"):
         raise ValueError(f"{argument}={path!r}: a Keras model file name must end in .keras.")
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder, prefix=".tmp_")
+    prefix = "." + os.path.basename(path) + "."
+    remove_stale_temps(folder, prefix)
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder, prefix=f"{prefix}{os.getpid()}_")
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())
     try:

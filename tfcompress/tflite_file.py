@@ -321,8 +321,11 @@ def check_loads(tflite, timeout=120):
     import sys
     import tempfile
 
+    from tfcompress.files import remove_stale_temps
+
     raw = _read(tflite)
-    fd, path = tempfile.mkstemp(suffix=".tflite", prefix="tfcompress_check_")
+    remove_stale_temps(tempfile.gettempdir(), "tfcompress_check_")
+    fd, path = tempfile.mkstemp(suffix=".tflite", prefix=f"tfcompress_check_{os.getpid()}_")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
