@@ -289,6 +289,131 @@ def test_resume_with_backup_and_restore_continues_the_schedule(digits, tmp_path)
     assert resumed[0][1] >= first_part[-1][1] > 0.5
 
 
+def test_loaded_pruned_model_continues_the_schedule_with_a_new_callback(digits, tmp_path, capsys):
+    (x, y), (x_test, y_test) = digits
+    keras.utils.set_random_seed(7)
+    model = compiled(cnn())
+    ramp = schedule(0.75, end_step=70, frequency=10)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[tfc.PruningCallback(ramp, verbose=0)])
+    saved = tfc.sparsity_report(model).overall
+    assert 0.6 < saved < 0.72  # mid-ramp: the last update was at step 40 of 70
+    model.save(str(tmp_path / "ckpt.keras"))
+
+    # A new process: load, new callback with the same schedule, no initial_epoch.
+    loaded = keras.models.load_model(str(tmp_path / "ckpt.keras"))
+    capsys.readouterr()
+    cb = tfc.PruningCallback(ramp, verbose=1)
+    checker = ZeroChecker(cb)
+    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb, checker])
+    out = capsys.readouterr().out
+    steps = [s for s, _ in checker.trace]
+    # The schedule continued where the weights were (between the saved run's last
+    # update and its last step) instead of restarting at step 1 with all-ones masks.
+    assert 40 <= steps[0] <= STEPS_PER_EPOCH, steps[:3]
+    assert steps == list(range(steps[0], steps[0] + STEPS_PER_EPOCH))
+    assert f"weights already {saved:.1%} sparse: continuing the schedule from step {steps[0]}" in out
+    assert all(checker.exact)
+    assert min(sparsity for _, sparsity in checker.trace) >= round(saved, 4)  # no regrowth, ever
+    assert checker.trace[-1][1] == pytest.approx(0.75, abs=2e-3)
+    assert accuracy(loaded, x_test, y_test) > 0.85
+
+    # Sparser than the schedule ever asks: nothing regrows, neither past the end of
+    # the same schedule nor under a lower constant sparsity that keeps updating.
+    final = tfc.sparsity_report(loaded).overall
+    for again in (ramp, tfc.ConstantSparsity(0.5, begin_step=0, frequency=10)):
+        cb = tfc.PruningCallback(again, verbose=0)
+        checker = ZeroChecker(cb)
+        loaded.fit(x[:480], y[:480], epochs=1, batch_size=32, verbose=0, callbacks=[cb, checker])
+        assert min(sparsity for _, sparsity in checker.trace) >= round(final, 4), again
+        assert all(checker.exact)
+    assert checker.trace[0][0] == 1  # ConstantSparsity(0.5) never reaches 75%: its clock stays
+    assert cb.pruner.start_sparsity == pytest.approx(final) and cb.pruner.skipped_steps == 0
+
+
+def test_fresh_dense_model_starts_at_step_zero_even_with_a_zero_initialised_head(digits, capsys):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((8, 8, 1))
+    h = layers.Dense(32, activation="relu", name="fc")(layers.Flatten()(inputs))
+    model = compiled(keras.Model(inputs, layers.Dense(10, kernel_initializer="zeros", name="head")(h)))
+    late = tfc.PolynomialDecay(0.0, 0.6, begin_step=20, end_step=40, frequency=10)
+    cb = tfc.PruningCallback(late, verbose=1)
+    checker = ZeroChecker(cb)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb, checker])
+    # An all-zero weight was initialised so, not pruned: it neither counts as sparsity
+    # (which would skip the 20 dense steps) nor gets masked (which would freeze it at 0).
+    assert [s for s, _ in checker.trace] == list(range(1, STEPS_PER_EPOCH + 1))
+    assert checker.trace[18][1] == 0.0  # dense until the first update at step 20
+    assert "already" not in capsys.readouterr().out
+    assert cb.pruner.skipped_steps == 0 and cb.pruner.start_sparsity is None
+    assert tfc.sparsity_report(model).overall == pytest.approx(0.6, abs=2e-3)
+
+
+def test_first_step_reaching_a_sparsity():
+    first = tfc.pruning.schedules.first_step_reaching
+    ramp = tfc.PolynomialDecay(0.1, 0.8, begin_step=100, end_step=1100, frequency=7)
+    for step in (100, 101, 377, 1099, 1100):
+        assert first(ramp, ramp.sparsity(step)) == step
+        assert first(ramp, ramp.sparsity(step) - 1e-9) <= step
+    assert first(ramp, 0.5, start=900) == 900
+    assert first(ramp, 0.81) is None and first(ramp, 0.1, start=1101) is None
+    assert first(tfc.ConstantSparsity(0.5, begin_step=30), 0.4) == 30
+    assert first(tfc.ConstantSparsity(0.5, begin_step=30), 0.6) is None
+    custom = tfc.pruning.schedules.get(lambda step: (step % 10 == 0, min(step / 1000, 0.9)))
+    assert first(custom, 0.5) == 500 and first(custom, 0.95) is None
+
+
+def test_structured_starting_masks_keep_only_the_zeros_the_structure_prunes():
+    model = cnn()
+    fc1, logits = model.get_layer("fc1"), model.get_layer("logits")
+    kernel = np.random.default_rng(0).normal(size=(512, 32)).astype("float32") + 5.0
+    kernel[:256] = 0.0  # whole 4x1 blocks, and M:N groups with 4 zeros
+    kernel[256:260, 0] = [0.0, 0.0, 1.0, 1.0]  # a half-zero block, a 2:4 group with 2 zeros
+    kernel[260:264, 0] = [0.0, 1.0, 1.0, 1.0]  # one zero: neither a block nor a 2:4 group
+    fc1.kernel.assign(kernel)
+    logits.kernel.assign(np.zeros((32, 10), "float32"))  # initialised so, not pruned
+    for structure, kept_half_block in (("block", True), ("2:4", False)):
+        pruner = tfc.Pruner(model, schedule(0.3), structure=structure).attach()
+        masks = {e.path: m.numpy() for e, m in zip(pruner.targets, pruner.masks)}
+        pruner.detach()
+        fc1_mask = masks["fc1/kernel"]
+        assert not fc1_mask[:256].any() and fc1_mask[264:].all()
+        assert fc1_mask[256:260, 0].tolist() == ([1.0] * 4 if kept_half_block else [0.0, 0.0, 1.0, 1.0])
+        assert fc1_mask[260:264, 0].all()
+        assert masks["logits/kernel"].all()
+
+
+@pytest.mark.parametrize("structure", ["block", "2:4"])
+def test_loaded_structured_model_keeps_its_pattern_with_a_new_callback(digits, tmp_path, structure):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(9)
+    model = compiled(cnn())
+    cb = tfc.PruningCallback(schedule(0.5, end_step=20), structure=structure, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    saved = tfc.sparsity_report(model).overall
+    model.save(str(tmp_path / "structured.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "structured.keras"))
+
+    class PatternChecker(ZeroChecker):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            for entry in self.pruning_callback.pruner.targets:
+                value = entry.variable.numpy()
+                if structure == "block":
+                    matrix = value.reshape(-1, entry.shape[-1])
+                    groups = matrix[: matrix.shape[0] // 4 * 4].reshape(-1, 4, matrix.shape[1])
+                    self.exact[-1] &= set(np.unique((groups == 0).sum(axis=1))) <= {0, 4}
+                else:
+                    groups = np.moveaxis(value, -2, -1).reshape(-1, 4)
+                    self.exact[-1] &= bool(np.all((groups == 0).sum(axis=1) >= 2))
+
+    cb = tfc.PruningCallback(schedule(0.5, end_step=20), structure=structure, verbose=0)
+    checker = PatternChecker(cb)
+    loaded.fit(x[:640], y[:640], epochs=1, batch_size=32, verbose=0, callbacks=[cb, checker])
+    assert all(checker.exact)
+    assert min(sparsity for _, sparsity in checker.trace) >= round(saved, 4) - 1e-3
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision(digits, policy):
     (x, y), (x_test, y_test) = digits
@@ -344,14 +469,17 @@ def test_custom_training_loop_api(digits):
     optimizer = keras.optimizers.Adam(3e-3)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    @tf.function
-    def train_step(xb, yb):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(yb, model(xb, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        return loss
+    def make_train_step():  # traced after attach(), so the masking constraints are compiled in
+        @tf.function
+        def train_step(xb, yb):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(yb, model(xb, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+            return loss
+        return train_step
 
+    train_step = make_train_step()
     pruner = tfc.Pruner(model, schedule(0.75, end_step=40))
     updates = []
     with pruner:  # installs the masking constraints before train_step is traced
@@ -370,6 +498,21 @@ def test_custom_training_loop_api(digits):
         entry.variable.assign(entry.variable + 0.01)
     pruner.apply_masks()
     assert tfc.sparsity_report(model).overall == pytest.approx(0.75, abs=2e-3)
+
+    # A new Pruner on the already-pruned model, steps counted from 1 again: its schedule
+    # continues from where it asks for 75% (step ~37 of 80) instead of regrowing weights.
+    pruner = tfc.Pruner(model, schedule(0.9, end_step=80))
+    with pruner:
+        train_step = make_train_step()
+        trace = []
+        for step in range(1, 21):
+            i = (step * 32) % (len(x) - 32)
+            pruner.on_step(step)
+            train_step(x[i: i + 32], y[i: i + 32])
+            trace.append(tfc.sparsity_report(model).overall)
+    assert pruner.start_sparsity == pytest.approx(0.75, abs=2e-3)
+    assert 30 < pruner.skipped_steps < 40 and pruner.step == 20 + pruner.skipped_steps
+    assert min(trace) >= pruner.start_sparsity and trace[-1] > 0.8
 
 
 def test_log_dir_writes_per_layer_sparsity_for_tensorboard(digits, tmp_path):

@@ -27,6 +27,17 @@ class PruningCallback(keras.callbacks.Callback):
     dense pre-training with the same optimizer does not count as pruning.
     Calling ``fit`` again with the same callback continues the clock.
 
+    Weights that are already sparser than the schedule asks when pruning
+    starts (a pruned model saved and loaded with ``load_model`` and fitted
+    with a new callback and no ``initial_epoch``, or an already-pruned model
+    fine-tuned) keep their zeros: masks start from them instead of all ones,
+    the schedule continues from the first step at which it asks for their
+    sparsity (past its end if they are sparser than ``final_sparsity``), and
+    mask updates never make them denser. With ``verbose`` one line says so.
+    Structured modes count only the zeros the structure could have pruned
+    (whole blocks, M:N groups with at least M zeros); M:N keeps its clock.
+    A fresh dense model starts at step 0 as before.
+
     Args:
         schedule: ``PolynomialDecay``, ``ConstantSparsity``, a tfmot schedule or a
             callable ``step -> (should_prune, sparsity)``.
@@ -45,7 +56,8 @@ class PruningCallback(keras.callbacks.Callback):
         skip: names of layers never to prune.
         log_dir: if set, per-weight sparsity and the scheduled sparsity are
             written there for TensorBoard at every mask update and epoch end.
-        verbose: 1 prints the pruning plan table when training starts.
+        verbose: 1 prints the pruning plan table when training starts, and a
+            line when the weights were already sparse and the schedule skips ahead.
 
     Example:
         >>> cb = PruningCallback(PolynomialDecay(0.0, 0.75, begin_step=0, end_step=2000))
@@ -73,12 +85,14 @@ class PruningCallback(keras.callbacks.Callback):
         self._offset = None
         self._epoch = 0
         self._started = False
+        self._announce = False
         self._writer = None
 
     def on_train_begin(self, logs=None):
         if self.pruner is None or self.pruner.model is not self.model:
             self.pruner = pruner_module.Pruner(self.model, self.schedule, **self._pruner_kwargs)
             self._offset = None
+            self._announce = bool(self.verbose)
             if self.verbose:
                 self.pruner.summary()
         self._started = False
@@ -108,8 +122,14 @@ class PruningCallback(keras.callbacks.Callback):
         if not self._started:
             self._start(batch)
         step = self._iterations() - self._offset + 1
-        if self.pruner.on_step(step):
-            self._log(step)
+        updated = self.pruner.on_step(step)  # may skip the schedule ahead, see Pruner.on_step
+        if self._announce:
+            self._announce = False
+            if self.pruner.start_sparsity is not None:
+                print(f"Pruning: weights already {self.pruner.start_sparsity:.1%} sparse: "
+                      f"continuing the schedule from step {self.pruner.step}")
+        if updated:
+            self._log(self.pruner.step)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._started:

@@ -83,6 +83,9 @@ class Pruner:
     Masks are recomputed from weight magnitudes when the schedule says so
     (every ``frequency`` steps). ``PruningCallback`` drives a Pruner from
     ``model.fit``; custom training loops drive it directly (see Example).
+    Weights that are already sparser than the schedule asks when pruning
+    starts (a pruned model loaded, or pruned again) keep their zeros and the
+    schedule continues from where it asks for their sparsity (see ``on_step``).
 
     Args:
         model: a built Keras 3 model (Sequential, Functional, subclassed, nested).
@@ -153,6 +156,11 @@ class Pruner:
             )
         self.masks = None
         self.step = 0
+        self.skipped_steps = 0
+        self.start_sparsity = None
+        self._target_size = sum(int(np.prod(e.shape)) for e in self.targets)
+        self._found_sparsity = 0.0
+        self._catch_up_pending = False
         self._attached = {}
 
     # Masks and constraints ------------------------------------------------------------
@@ -165,16 +173,14 @@ class Pruner:
             strategy = tf.distribute.get_strategy()
         return strategy
 
-    def _create_masks(self, from_zeros):
-        """One mask per target, in the weight's dtype, mirrored like the weight."""
+    def _create_masks(self, initial):
+        """One mask per target from ``initial`` arrays, in the weight's dtype, mirrored like the weight."""
         masks = []
         with self._strategy().scope():
-            for entry in self.targets:
-                value = entry.variable.numpy()
-                initial = (value != 0) if from_zeros else np.ones(value.shape)
+            for entry, values in zip(self.targets, initial):
                 masks.append(
                     keras.Variable(
-                        initial.astype(value.dtype),
+                        np.asarray(values).astype(entry.variable.dtype),
                         dtype=entry.variable.dtype,
                         trainable=False,
                         name=f"{entry.variable.name}_mask",
@@ -182,15 +188,93 @@ class Pruner:
                 )
         self.masks = masks
 
+    def _start(self):
+        """Creates the masks at first use; weights that are already sparse keep their zeros.
+
+        A dense model starts with all-ones masks. When the schedule has already
+        started (a resumed run), or the weights are sparser than it asks at
+        ``self.step`` (a pruned model saved and loaded, or fine-tuned with a new
+        Pruner), masks start from the existing zeros instead: with all-ones masks
+        the pruned weights would regrow until the next update, and that update,
+        at the restarted schedule's low sparsity, would keep them. The first
+        ``on_step`` then moves the clock forward to match (``_catch_up``).
+        """
+        values = [entry.variable.numpy() for entry in self.targets]
+        existing = [self._existing_mask(value) for value in values]
+        self._found_sparsity = 1.0 - sum(float(m.sum()) for m in existing) / self._target_size
+        self._catch_up_pending = True
+        if self.step > self.schedule.begin_step or self._already_sparse(self.step):
+            self._create_masks(existing)
+        else:
+            self._create_masks([np.ones(value.shape) for value in values])
+
+    def _existing_mask(self, value):
+        """The mask of ``value``'s existing zeros, read through the structure.
+
+        Only zeros the structure could have pruned count: a block whose weights
+        are all zero, an M:N group with at least M zeros (both what an update
+        leaves). Other zeros stay unmasked, so a starting mask never breaks the
+        pattern. A weight that is entirely zero was initialised so, not pruned (an
+        update keeps at least one weight per tensor): it stays unmasked, so it can
+        train (zero-initialised heads and residual branches).
+        """
+        if not np.any(value):
+            return np.ones(value.shape, np.float32)
+        if self.structure == "m_by_n":
+            zeros, group = self._structure_param
+            moved = np.moveaxis(value != 0, -2, -1)
+            groups = moved.reshape(-1, group)
+            in_pattern = (group - groups.sum(axis=1)) >= zeros
+            mask = np.where(in_pattern[:, None], groups, True).reshape(moved.shape)
+            return np.moveaxis(mask, -1, -2).astype(np.float32)
+        scores, expand = _scores(value, self.structure, self._structure_param)
+        return expand((scores > 0).astype(np.float32))
+
+    def _already_sparse(self, done):
+        """True when the targets have more zeros than the schedule asks after ``done`` steps."""
+        if done <= self.schedule.begin_step:
+            asked = 0.0  # nothing pruned yet: masks would start as ones
+        elif self.structure == "m_by_n":
+            return False  # resumed: masks start from the zeros anyway, and the pattern fixes the sparsity
+        else:
+            asked = self.schedule.sparsity(done)
+        # One weight per tensor of slack: the rounding of the update that pruned them.
+        return self._found_sparsity > asked + len(self.targets) / self._target_size
+
+    def _catch_up(self, done):
+        """Moves the clock forward when pruning starts, after ``done`` steps, on weights already sparse.
+
+        The schedule continues from the first step at which it asks for the
+        weights' sparsity (it would otherwise restart and only catch up at the
+        end), or past its end when they are sparser than it ever asks. Mask
+        updates never go below that sparsity (``start_sparsity``), so an
+        already-sparse model is never made denser. Decided from the step the
+        caller is at, so a loop that resumes at its own step N is not skipped
+        twice. M:N patterns have a fixed sparsity: their clock is not moved.
+        """
+        self._catch_up_pending = False
+        if not self._already_sparse(done):
+            return
+        self.start_sparsity = self._found_sparsity
+        if self.structure == "m_by_n":
+            return
+        first = schedules_module.first_step_reaching(self.schedule, self.start_sparsity, done + 1)
+        if first is None:
+            end = self.schedule.end_step
+            first = end + 1 if end >= 0 else max(done + 1, self.schedule.begin_step)
+        self.skipped_steps = max(first - 1 - done, 0)
+        self.step = done + self.skipped_steps
+
     def attach(self):
         """Creates the masks (once) and installs the masking constraints.
 
-        When the schedule has already started (a resumed run), masks start as
-        the weights' current non-zero pattern, so a restored sparse model stays
-        sparse until the next scheduled update.
+        When the schedule has already started (a resumed run) or the weights are
+        already sparser than it asks (a pruned model loaded or fine-tuned), masks
+        start as the weights' current zeros, so a sparse model stays sparse until
+        the next scheduled update (see ``on_step``).
         """
         if self.masks is None:
-            self._create_masks(from_zeros=self.step > self.schedule.begin_step)
+            self._start()
         for entry, mask in zip(self.targets, self.masks):
             variable = entry.variable
             if id(variable) not in self._attached:
@@ -215,7 +299,7 @@ class Pruner:
     def apply_masks(self):
         """Sets the pruned weights to zero now (for loops that update weights outside a Keras optimizer)."""
         if self.masks is None:
-            self._create_masks(from_zeros=False)
+            self._start()
         for entry, mask in zip(self.targets, self.masks):
             entry.variable.assign(keras.ops.multiply(entry.variable, mask))
 
@@ -223,6 +307,13 @@ class Pruner:
 
     def on_step(self, step=None):
         """Call before optimizer step ``step`` (1-based); recomputes masks when the schedule says so.
+
+        When pruning starts on weights already sparser than the schedule asks at
+        that step (a pruned model loaded, or fine-tuned with a new Pruner), their
+        zeros stay masked and the schedule continues from the first step at which
+        it asks for their sparsity: ``skipped_steps`` is added to every ``step``
+        passed in, ``self.step`` is the schedule's step, and mask updates never
+        go below that starting sparsity (``start_sparsity``).
 
         Args:
             step: the 1-based index of the optimizer step about to run; by default
@@ -232,7 +323,12 @@ class Pruner:
         Returns:
             True when the masks were recomputed.
         """
-        step = self.step + 1 if step is None else int(step)
+        step = self.step + 1 - self.skipped_steps if step is None else int(step)
+        if self.masks is None:
+            self._start()
+        if self._catch_up_pending:
+            self._catch_up(step - 1)
+        step += self.skipped_steps
         previous, self.step = self.step, step
         if step <= previous:
             return False
@@ -240,7 +336,7 @@ class Pruner:
         due = any(self.schedule.should_prune(s) for s in range(max(previous + 1, step - 9999), step + 1))
         if not due:
             return False
-        self.update_masks(self.schedule.sparsity(step))
+        self.update_masks(max(self.schedule.sparsity(step), self.start_sparsity or 0.0))
         return True
 
     def update_masks(self, sparsity):
@@ -251,7 +347,7 @@ class Pruner:
                 scope, per weight for "layer"). Ignored by M:N structures.
         """
         if self.masks is None:
-            self._create_masks(from_zeros=False)
+            self._start()
         values = [entry.variable.numpy() for entry in self.targets]
         new_masks = self._compute_masks(values, float(sparsity))
         for entry, mask, value, new_mask in zip(self.targets, self.masks, values, new_masks):

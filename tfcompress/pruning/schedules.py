@@ -219,6 +219,42 @@ class _ForeignSchedule(PruningSchedule):
         return repr(self.wrapped)
 
 
+def first_step_reaching(schedule, sparsity, start=0):
+    """The first step >= ``start`` at which ``schedule`` asks for at least ``sparsity``, or None.
+
+    Used to continue a schedule on weights that are already sparse. Assumes the
+    sparsity is non-decreasing from ``begin_step`` to ``end_step`` (ours and
+    tfmot's are), so a bisection finds the step. Steps after ``end_step`` do not
+    count: masks no longer change there. Without an end (``end_step=-1``,
+    custom callables) the range doubles until it reaches the sparsity, up to
+    2**40 steps.
+    """
+    start = max(int(start), schedule.begin_step)
+    end = schedule.end_step if schedule.end_step >= 0 else None
+    if end is not None and start > end:
+        return None
+    if schedule.sparsity(start) >= sparsity:
+        return start
+    if end is None:
+        high = start + 1
+        while schedule.sparsity(high) < sparsity:
+            if high - start > 2**40:
+                return None
+            high = start + 2 * (high - start)
+    elif schedule.sparsity(end) >= sparsity:
+        high = end
+    else:
+        return None
+    low = start  # invariant: sparsity(low) < target <= sparsity(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if schedule.sparsity(middle) >= sparsity:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
 _OURS_BY_TFMOT_NAME = {"PolynomialDecay": PolynomialDecay, "ConstantSparsity": ConstantSparsity}
 
 
