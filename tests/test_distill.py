@@ -218,6 +218,8 @@ def test_saving_the_distiller_round_trips(teacher, digits, tmp_path):
     assert (loaded.temperature, loaded.alpha, loaded.feature_weight) == (3.0, 0.3, 0.2)
     assert loaded.feature_layers == {"t_relu1": "relu1"} and loaded.feature_loss == "attention"
     np.testing.assert_allclose(loaded.predict(x_test, verbose=0), distiller.predict(x_test, verbose=0), atol=1e-6)
+    # (Keras warns that it skips the *teacher's* own compiled optimizer; the Distiller's loads.)
+    assert len(loaded.optimizer.variables) == len(distiller.optimizer.variables) > 2
     for a, b in zip(distiller.optimizer.variables, loaded.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     expected = distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)
@@ -279,7 +281,8 @@ def test_models_must_output_logits(teacher):
         ({"temperature": "4"}, r"temperature must be a finite number, got temperature='4'"),
         ({"alpha": 1.5}, r"alpha must be in \[0, 1\], got alpha=1.5"),
         ({"alpha": -0.1}, r"alpha must be in \[0, 1\], got alpha=-0.1"),
-        ({"feature_weight": -1}, r"feature_weight must be >= 0"),
+        ({"feature_weight": -1}, r"feature_weight must be >= 0, got feature_weight=-1.0\. .*use 0 to turn"),
+        ({"feature_weight": float("inf")}, r"feature_weight must be a finite number, got feature_weight=inf"),
         ({"feature_layers": {"nope": "gap"}}, r"teacher layer 'nope', which 'teacher' does not have"),
         ({"feature_layers": {"t_relu1": "relu1"}}, r"needs equal shapes"),
         ({"feature_loss": "l1"}, r"feature_loss must be one of \[.attention., .mse.\], got feature_loss=.l1."),
@@ -391,3 +394,157 @@ def test_attention_feature_loss_matches_hand_computation_across_widths(teacher, 
     loss = distiller.compute_loss(x, y, student(x, training=False), training=False)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
     assert transfer > 0
+
+
+def test_feature_weight_above_one_scales_the_feature_loss(teacher, digits):
+    # Not a share like alpha: a scale between losses in different units (see the docstring).
+    (x, y), _ = digits
+    x, y = x[:40], y[:40]
+    student, losses = _student(), {}
+    for feature_weight in (0.0, 1.0, 5.0):
+        distiller = tfc.Distiller(
+            teacher, student, alpha=0.0, feature_layers={"gap": "gap"}, feature_weight=feature_weight
+        )
+        distiller.compile()
+        losses[feature_weight] = float(distiller.compute_loss(x, y, training=False))
+    feature = losses[1.0] - losses[0.0]
+    assert feature > 0
+    np.testing.assert_allclose(losses[5.0] - losses[0.0], 5 * feature, rtol=1e-4)
+
+
+# --- Subclassed models: checked when the first step is traced ----------------
+
+
+class _SubclassedStudent(keras.Model):
+    def __init__(self, num_classes=10, num_outputs=1, **kwargs):
+        super().__init__(**kwargs)
+        self.flatten = keras.layers.Flatten()
+        self.heads = [keras.layers.Dense(num_classes) for _ in range(num_outputs)]
+
+    def call(self, inputs, training=None):
+        features = self.flatten(inputs)
+        outputs = [head(features) for head in self.heads]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _strategy_scope(distributed):
+    import contextlib
+
+    return tf.distribute.MirroredStrategy(["/cpu:0"]).scope() if distributed else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("mode", ["graph", "eager", "mirrored"])
+def test_subclassed_student_with_other_classes_fails_clearly_on_the_first_step(teacher, digits, mode):
+    (x, y), _ = digits
+    with _strategy_scope(mode == "mirrored"):
+        # Under a strategy the models must be created in its scope; an untrained teacher
+        # is enough for a shape check.
+        model = teacher if mode != "mirrored" else _teacher()
+        distiller = tfc.Distiller(model, _SubclassedStudent(num_classes=5, name="narrow"))
+        distiller.compile(optimizer="adam", run_eagerly=mode == "eager")
+    with pytest.raises(
+        ValueError,
+        match=r"teacher 'teacher' output shape \(\d+, 10\) does not match the student 'narrow' output "
+        r"shape \(\d+, 5\).*Give the student the teacher's number of outputs",
+    ):
+        distiller.fit(x[:128], y[:128], epochs=1, batch_size=64, verbose=0)
+
+
+def test_subclassed_student_that_matches_the_teacher_trains(teacher, digits):
+    (x, y), _ = digits
+    distiller = tfc.Distiller(teacher, _SubclassedStudent(name="flat"))
+    distiller.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = distiller.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_subclassed_student_with_several_outputs_is_explained(teacher, digits):
+    (x, y), _ = digits
+    distiller = tfc.Distiller(teacher, _SubclassedStudent(num_outputs=2, name="two_heads"))
+    distiller.compile(optimizer="adam")
+    with pytest.raises(ValueError, match=r"student 'two_heads' returned list .*single-output.*one logits tensor"):
+        distiller.fit(x[:64], y[:64], epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("feature_loss", ["mse", "attention"])
+def test_feature_shapes_known_only_at_run_time_are_checked_on_the_first_step(digits, feature_loss):
+    # With free spatial dimensions both layers are (None, None, None, 8) when the Distiller
+    # is built; only the data shows that the teacher's has half the resolution.
+    (x, y), _ = digits
+
+    def model(name, pool):
+        inputs = keras.Input((None, None, 1))
+        h = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+        if pool:
+            h = keras.layers.MaxPooling2D()(h)
+        h = keras.layers.ReLU(name="feat")(h)
+        return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h)), name=name)
+
+    distiller = tfc.Distiller(
+        model("teacher", pool=True), model("student", pool=False), feature_layers={"feat": "feat"},
+        feature_loss=feature_loss,
+    )
+    distiller.compile(optimizer="adam")
+    with pytest.raises(
+        ValueError,
+        match=rf"teacher layer 'feat' \(output shape \(\d+, 4, 4, 8\) on this batch\) with student layer "
+        rf"'feat' \(output shape \(\d+, 8, 8, 8\) on this batch\); feature_loss='{feature_loss}' needs",
+    ):
+        distiller.fit(x[:64], y[:64], epochs=1, verbose=0)
+
+
+# --- One student forward pass per step with feature distillation -------------
+
+
+class _CountCalls(keras.layers.Layer):
+    """Identity that counts how many times it runs (in graphs too)."""
+
+    def build(self, input_shape):
+        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
+
+    def call(self, inputs):
+        self.calls.assign_add(1.0)
+        return inputs
+
+
+def _counted_student():
+    inputs = keras.Input(INPUT_SHAPE)
+    x = _CountCalls(name="count")(inputs)
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv")(x)
+    x = keras.layers.Dropout(0.5, name="drop")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(keras.layers.Conv2D(32, 1, name="proj")(x))
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name="counted")
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_feature_distillation_runs_one_student_pass_per_step(teacher, digits, distributed):
+    (x, y), _ = digits
+    with _strategy_scope(distributed):
+        student = _counted_student()
+        distiller = tfc.Distiller(teacher if not distributed else _teacher(), student, feature_layers={"gap": "gap"})
+        distiller.compile(optimizer="adam")
+    calls = student.get_layer("count").calls
+    distiller.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0)  # 4 steps
+    assert calls.numpy() == 4
+    distiller.evaluate(x[:256], y[:256], batch_size=64, verbose=0)
+    assert calls.numpy() == 8
+    distiller.predict(x[:64], batch_size=64, verbose=0)
+    assert calls.numpy() == 9
+
+
+def test_one_pass_and_two_pass_feature_losses_agree(teacher, digits):
+    # evaluate (one pass via call) and a direct compute_loss (a separate feature pass) must
+    # give the same loss on the same batch in inference mode.
+    (x, y), _ = digits
+    distiller = _distiller(teacher, alpha=0.3, feature_layers={"gap": "gap"}, feature_weight=2.0)
+    evaluated = distiller.evaluate(x[:64], y[:64], batch_size=64, verbose=0, return_dict=True)
+    direct = float(distiller.compute_loss(x[:64], y[:64], training=False))
+    np.testing.assert_allclose(evaluated["loss"], direct, rtol=1e-5)
+
+
+def test_the_teacher_freeze_is_documented_and_lasts(teacher):
+    # Kept on purpose, as keras.distillation.Distiller does: PruningCallback skips only
+    # non-trainable weights, so an unfrozen teacher would be pruned with the student.
+    tfc.Distiller(teacher, _student())
+    assert not teacher.trainable and not teacher.trainable_weights
+    assert "leaves it so" in tfc.Distiller.__doc__
