@@ -93,21 +93,26 @@ def main(argv):
             print(f"[bench_evaluator] round {round_index + 1}/{FLAGS.rounds} done", flush=True)
 
         rows = ["| model | ours median ms | reference median ms | ours / reference |", "|---|---|---|---|"]
-        ratios = []
+        ratios, long_ratios = [], []
         for path in paths:
             a, b = statistics.median(ours[path]), statistics.median(theirs[path])
             ratio = a / b if b else float("nan")
-            resolved = b >= MIN_RESOLVED_MS
-            if resolved:
-                ratios.append(ratio)
-            note = "" if resolved else " (below the reference's 0.01 ms resolution; not counted)"
+            ratios.append(ratio)
+            if b >= MIN_RESOLVED_MS:
+                long_ratios.append(ratio)
+            # The reference prints 2 decimals and sub-0.5 ms runs are dominated by timer and cache noise.
+            note = "" if b >= MIN_RESOLVED_MS else f" (under {MIN_RESOLVED_MS} ms)"
             rows.append(f"| {os.path.basename(path)} | {a:.3f} | {b:.2f} | {ratio:.3f}{note} |")
     verdict = statistics.median(ratios) if ratios else float("nan")
     met = 0.9 <= verdict <= 1.1
+    outside = sum(not 0.9 <= r <= 1.1 for r in ratios)
+    long_verdict = statistics.median(long_ratios) if long_ratios else float("nan")
     text = "\n".join(rows + [
         "",
-        f"Median ratio over files ≥ {MIN_RESOLVED_MS} ms: **{verdict:.3f}** (target 0.9-1.1: "
-        f"{'met' if met else 'NOT met'}). {FLAGS.rounds} alternating rounds × {FLAGS.runs} runs, 1 thread, XNNPACK.",
+        f"Median ratio over all {len(ratios)} files: **{verdict:.3f}** (target 0.9-1.1: "
+        f"{'met' if met else 'NOT met'}); {outside} file(s) outside 0.9-1.1; over the files of "
+        f"≥ {MIN_RESOLVED_MS} ms: {long_verdict:.3f}. {FLAGS.rounds} alternating rounds × {FLAGS.runs} runs, "
+        "1 thread, XNNPACK.",
     ])
     print()
     print(text)
