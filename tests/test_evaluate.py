@@ -1,6 +1,7 @@
 """evaluate_tflite: what it reports is what the model does."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -102,6 +103,105 @@ class TestBadInput:
         with pytest.raises(ValueError, match="labels but x has"):
             tfc.evaluate_tflite(float_and_int8[0], x=x_test, y=y_test[:10])
 
+    @pytest.mark.parametrize("verify", [False, "auto"], ids=["in-process", "verified-in-child"])
+    def test_fashion_mnist_images_for_a_digits_model_blame_the_data_not_the_file(self, float_and_int8, verify):
+        # What `tfcompress evaluate` does with its default --data fashion_mnist on any non-28x28 model.
+        _, (x_fashion, y_fashion) = tfc.datasets.fashion_mnist(limit_train=1, limit_test=32)
+        with pytest.raises(ValueError) as info:
+            tfc.evaluate_tflite(bytes(float_and_int8[0]), x=x_fashion, y=y_fashion, num_runs=1, verify=verify)
+        assert not isinstance(info.value, tfc.InvalidTFLiteFileError)
+        assert re.search(r"x does not fit model input 'serve_image:0': it expects samples of shape \(8, 8, 1\).*"
+                         r"x has shape \(32, 28, 28, 1\).*Pass data shaped like the model's input.*--no_data",
+                         str(info.value)), str(info.value)
+        assert "corrupted" not in str(info.value)
+
+    def test_two_arrays_for_a_single_input_model(self, float_and_int8, digits_data):
+        _, (x_test, _) = digits_data
+        with pytest.raises(ValueError, match=r"model has 1 input 'serve_image:0'.*list of 2 arrays.*Pass one array "
+                                             r"of shape \(num_samples,\) \+ \(8, 8, 1\)"):
+            tfc.evaluate_tflite(float_and_int8[0], x=[x_test, x_test], num_runs=1)
+
+    @pytest.mark.parametrize("make_x,hint", [
+        (lambda x: np.transpose(x, (0, 3, 1, 2)), r"channels-first.*np\.transpose\(x, \(0, 2, 3, 1\)\)"),
+        (lambda x: x[..., 0], r"channel axis is missing.*x\[\.\.\., np\.newaxis\]"),
+        (lambda x: x.reshape(len(x), 64), r"samples of shape \(64,\)"),
+    ], ids=["channels-first", "no-channel-axis", "flattened"])
+    def test_shape_mismatches_get_a_hint(self, float_and_int8, digits_data, make_x, hint):
+        _, (x_test, _) = digits_data
+        with pytest.raises(ValueError, match=r"expects samples of shape \(8, 8, 1\).*" + hint):
+            tfc.evaluate_tflite(float_and_int8[1], x=make_x(x_test[:20]), num_runs=1)
+
+    @pytest.mark.parametrize("make_x,pattern", [
+        (lambda x: np.where(np.arange(len(x))[:, None, None, None] == 7, np.nan, x), r"sample 7 .*NaN or Inf.*Remove or repair"),
+        (lambda x: x.astype(str), r"dtype <U\d+.*Pass numbers"),
+        (lambda x: x[:0], r"holds no samples.*Pass at least one sample"),
+        (lambda x: {"image": x, "label": x}, r"1 input .*dict with 2 keys \['image', 'label'\].*Pass one array"),
+    ], ids=["nan", "strings", "empty", "dict-of-two"])
+    def test_unusable_x(self, float_and_int8, digits_data, make_x, pattern):
+        _, (x_test, _) = digits_data
+        with pytest.raises(ValueError, match=pattern):
+            tfc.evaluate_tflite(float_and_int8[0], x=make_x(x_test[:20]), num_runs=1)
+
+    @pytest.mark.parametrize("backends,pattern", [
+        ((), r"backends is empty: pass one or more of \['cpu', 'xnnpack'\]"),
+        (("cpu", "gpu"), r"unknown backend 'gpu'; choose from \['cpu', 'xnnpack'\]"),
+    ], ids=["empty", "unknown"])
+    def test_backends_are_checked_before_the_file(self, float_and_int8, backends, pattern):
+        with pytest.raises(ValueError, match=pattern) as info:
+            tfc.evaluate_tflite(float_and_int8[0], backends=backends)
+        assert not isinstance(info.value, tfc.InvalidTFLiteFileError)
+
+    def test_truncated_file_with_good_data_still_blames_the_file(self, float_and_int8, digits_data):
+        _, (x_test, y_test) = digits_data
+        f32, _ = float_and_int8
+        with pytest.raises(tfc.InvalidTFLiteFileError):
+            tfc.evaluate_tflite(bytes(f32[: len(f32) // 3]), x=x_test, y=y_test, num_runs=1)
+
+
+def test_single_backend_as_a_string_and_a_single_thread_count(float_and_int8, digits_data):
+    _, (x_test, _) = digits_data
+    r = tfc.evaluate_tflite(float_and_int8[0], x=x_test[:10], backends="cpu", threads=2, num_runs=1)
+    assert [lat.key for lat in r.latency] == ["cpu/2t"]
+
+
+def test_already_quantized_int8_data_is_used_as_is(float_and_int8, digits_data):
+    _, (x_test, y_test) = digits_data
+    _, i8 = float_and_int8
+    r_float = tfc.evaluate_tflite(i8, x=x_test, y=y_test, num_runs=1, backends=("cpu",))
+    scale, zero_point = r_float.inputs[0]["scale"], r_float.inputs[0]["zero_point"]
+    x_int8 = np.clip(np.round(x_test / scale + zero_point), -128, 127).astype(np.int8)
+    r_int8 = tfc.evaluate_tflite(i8, x=x_int8, y=y_test, num_runs=1, backends=("cpu",))
+    assert r_float.accuracy > 0.9
+    assert r_int8.accuracy == r_float.accuracy
+
+
+@pytest.fixture(scope="module")
+def two_input_tflite():
+    import keras
+
+    image, extra = keras.Input((8, 8, 1), name="image"), keras.Input((3,), name="extra")
+    x = keras.layers.Concatenate()([keras.layers.Flatten()(image), extra])
+    model = keras.Model([image, extra], keras.layers.Dense(10, name="logits")(x), name="two_inputs")
+    return tfc.to_tflite(model, mode="float32")
+
+
+def test_two_input_model_inputs_by_name_and_count(two_input_tflite, digits_data):
+    _, (x_test, y_test) = digits_data
+    extra = np.random.default_rng(0).random((len(x_test), 3), dtype=np.float32)
+    r = tfc.evaluate_tflite(two_input_tflite, x={"image": x_test, "extra": extra}, y=y_test, num_runs=1,
+                            backends=("cpu",))
+    assert r.accuracy_samples == len(y_test)
+    with pytest.raises(ValueError, match=r"2 inputs \['serve_\w+:0', 'serve_\w+:0'\], but x is a list of 3 arrays.*"
+                                         r"Pass a list of 2 arrays in that order, or a dict keyed by input name"):
+        tfc.evaluate_tflite(two_input_tflite, x=[x_test, extra, extra], num_runs=1)
+    with pytest.raises(ValueError, match=r"no entry for model input 'serve_(image|extra):0'; x has keys \['image'\]"
+                                         r".*Key x by the model's input names"):
+        tfc.evaluate_tflite(two_input_tflite, x={"image": x_test}, num_runs=1)
+    with pytest.raises(ValueError, match=r"x\['extra'\] does not fit model input 'serve_extra:0'.*\(3,\).*\(4,\)"):
+        tfc.evaluate_tflite(two_input_tflite, x={"image": x_test, "extra": np.zeros((len(x_test), 4))}, num_runs=1)
+    with pytest.raises(ValueError, match=r"different numbers of samples.*one entry per sample"):
+        tfc.evaluate_tflite(two_input_tflite, x={"image": x_test, "extra": extra[:5]}, num_runs=1)
+
 
 def test_evaluate_many_times_models_together(float_and_int8, digits_data):
     _, (x_test, y_test) = digits_data
@@ -111,3 +211,22 @@ def test_evaluate_many_times_models_together(float_and_int8, digits_data):
     for r in reports.values():
         assert all(lat.runs == 7 and lat.median_ms > 0 for lat in r.latency)
         assert r.accuracy > 0.9
+
+
+def test_input_with_a_dynamic_dimension_is_resized_to_the_data(digits_data):
+    import keras
+
+    # Digits read as sequences of 64 pixels by a model declared for any sequence length.
+    pixels = keras.Input((None, 1), name="pixels")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Conv1D(8, 1, activation="relu")(pixels))
+    model = keras.Model(pixels, keras.layers.Dense(10)(h), name="any_length")
+    flatbuffer = tfc.to_tflite(model, mode="float32")
+    _, (x_test, y_test) = digits_data
+    sequences = x_test[:60].reshape(60, 64, 1)
+    r = tfc.evaluate_tflite(flatbuffer, x=sequences, y=y_test[:60], num_runs=1)
+    assert r.failed_backends == {}
+    keras_top1 = np.asarray(model(sequences, training=False)).argmax(1)
+    assert r.accuracy == pytest.approx(float(np.mean(keras_top1 == y_test[:60])))
+    assert r.parity["backends"]["xnnpack"]["top1_agreement"] == 1.0
+    with pytest.raises(ValueError, match=r"expects samples of shape \(None, 1\).*\(60, 64, 2\)"):
+        tfc.evaluate_tflite(flatbuffer, x=np.concatenate([sequences, sequences], axis=-1), num_runs=1)

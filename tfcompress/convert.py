@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 
 from tfcompress import representative, tflite_file
-from tfcompress.files import check_writable, write_atomic
+from tfcompress.files import check_writable, make_temp_dir, write_atomic
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 _IO_TYPES = {
@@ -112,8 +112,14 @@ def input_specs(model, samples_hint=None, input_shape=None):
     """The model's inputs as `representative.InputSpec`s.
 
     Functional and Sequential models know their inputs. A subclassed model's
-    inputs come from ``input_shape`` or the representative data, else from the
-    shapes Keras recorded on its first call.
+    inputs come from ``input_shape`` if given, else from the shapes Keras recorded
+    on its first call (representative data only fills dimensions recorded as
+    ``None``, and must agree with the rest), else from the representative data.
+
+    Raises:
+        representative.RepresentativeDataError: a subclassed model's recorded
+            input shape and the representative data's shape disagree.
+        ValueError: the input shape of a subclassed model cannot be told.
     """
     inputs = None
     with contextlib.suppress(AttributeError, ValueError):
@@ -132,20 +138,59 @@ def input_specs(model, samples_hint=None, input_shape=None):
         return [
             representative.InputSpec(name=f"input_{i}", shape=(None,) + tuple(s)) for i, s in enumerate(shapes)
         ]
-    if samples_hint is not None:
-        arr = np.asarray(samples_hint) if not hasattr(samples_hint, "element_spec") else None
-        if arr is not None and arr.dtype.kind in "biuf" and arr.ndim >= 2:
-            return [representative.InputSpec(name="input_0", shape=(None,) + arr.shape[1:])]
-    return _recorded_input_specs(model)
+    hint = _hint_array(samples_hint)
+    recorded = _recorded_input_specs(model, required=hint is None)
+    if recorded is None:
+        return [representative.InputSpec(name="input_0", shape=(None,) + hint.shape[1:])]
+    if hint is not None and len(recorded) == 1:
+        return [_reconcile_with_data(model, recorded[0], hint)]
+    return recorded
 
 
-def _recorded_input_specs(model):
+def _hint_array(samples_hint):
+    """The calibration data as a numeric array when it is one (not a dataset or generator), else None."""
+    if samples_hint is None or hasattr(samples_hint, "element_spec") or callable(samples_hint):
+        return None
+    if not isinstance(samples_hint, (np.ndarray, list, tuple)) and not hasattr(samples_hint, "__array__"):
+        return None
+    try:
+        arr = np.asarray(samples_hint)
+    except Exception:
+        return None
+    return arr if arr.dtype.kind in "biuf" and arr.ndim >= 2 else None
+
+
+def _reconcile_with_data(model, spec, arr):
+    """The recorded spec, with ``None`` dimensions filled from the data; a clear error when they disagree."""
+    if arr.ndim == spec.rank:
+        per_sample = arr.shape[1:]
+    elif arr.ndim == spec.rank - 1:
+        per_sample = arr.shape
+    else:
+        return spec  # a rank mismatch: representative.prepare names it
+    recorded = spec.shape[1:]
+    if all(r is None or r == d for r, d in zip(recorded, per_sample)):
+        filled = tuple(d if r is None else r for r, d in zip(recorded, per_sample))
+        return representative.InputSpec(name=spec.name, shape=(None,) + filled, dtype=spec.dtype)
+    fmt = representative._fmt_shape
+    raise representative.RepresentativeDataError(
+        f"representative_data has per-sample shape {fmt(per_sample)}, but subclassed model {model.name!r} was "
+        f"built on inputs of per-sample shape {fmt(recorded)} (its first call), so it is converted for that "
+        f"shape. Pass calibration data of shape (num_samples,) + {fmt(recorded)}, preprocessed as for training; "
+        f"or, if the model is meant to take {fmt(per_sample)} inputs, pass input_shape={fmt(per_sample)}."
+    )
+
+
+def _recorded_input_specs(model, required=True):
+    """The input shapes Keras recorded on a subclassed model's first call; None if unknown and not required."""
     # Keras keeps the shapes of a subclassed model's first call only in private state; its own
     # exporter reads them the same way. This is the only private Keras API tfcompress uses.
     try:
         from keras.src.export.export_utils import get_input_signature
         signature = get_input_signature(model)
     except Exception as exc:
+        if not required:
+            return None
         raise ValueError(
             f"Cannot tell the input shape of subclassed model {model.name!r} ({exc}). Pass "
             "input_shape=(28, 28, 1) (without the batch dimension) or representative_data."
@@ -178,6 +223,12 @@ def _walk_layers(model):
         layer = stack.pop()
         yield layer
         stack.extend(getattr(layer, "layers", []) or [])
+
+
+def _has_float_weighted_layers(model):
+    from tfcompress.quantization import registry
+
+    return any(registry.is_float_weighted_layer(layer) for layer in _walk_layers(model) if layer is not model)
 
 
 def is_qat_model(model):
@@ -319,8 +370,10 @@ def to_tflite(
             weights, float activations); ``"int8"`` (full integer: int8 weights and
             activations, int8 ops only); ``"int16x8"`` (int16 activations, int8 weights).
         representative_data: calibration inputs, required for ``"int8"`` and
-            ``"int16x8"`` (optional for a QAT model from `quantize_model`, whose
-            ranges were trained): a numpy array, a ``tf.data.Dataset`` (``(x, y)``
+            ``"int16x8"``; optional for a QAT model from `quantize_model` in
+            ``"int8"``, whose ranges were trained (given, it only ranges the
+            insides of composite layers, and is not used at all when the QAT
+            model keeps weighted layers float): a numpy array, a ``tf.data.Dataset`` (``(x, y)``
             elements are fine), a generator (function), or a dict keyed by input
             name for multi-input models. A missing batch dimension is added.
             About 100-500 typical samples are enough.
@@ -379,26 +432,33 @@ def to_tflite(
     if qat and keep_float:
         raise ValueError(
             f"keep_float={keep_float} cannot apply to QAT model {model.name!r}: its int8 ranges are trained into "
-            "it. Quantize a float model with keep_float, or leave those layers out of quantize_model.")
-    if qat and mode == "int8" and representative_data is None:
-        needs_calibration = False
-        notes_qat = ["QAT model: int8 ranges from training, no calibration"]
-    else:
-        notes_qat = []
-    if needs_calibration and representative_data is None:
+            "it. Pass keep_float to quantize_model instead; the layers it keeps float stay float in the file.")
+    # A QAT model's ranges are trained into its FakeQuant ops; calibration only fills the tensors inside
+    # composite layers (Average's sum, an unfolded BN's product). It is skipped when the QAT model keeps
+    # weighted layers float: the converter would quantize those too, and the file would no longer compute
+    # what Keras computes.
+    trained_ranges = qat and mode == "int8" and (representative_data is None or _has_float_weighted_layers(model))
+    if needs_calibration and representative_data is None and not trained_ranges:
         raise representative.RepresentativeDataError(
             f"representative_data is required for mode={mode!r}: pass ~100-500 typical inputs "
             "(e.g. representative_data=x_train[:200]). For no calibration use mode='dynamic'."
         )
-    specs = input_specs(model, representative_data if needs_calibration else None, input_shape)
-    samples, notes = None, notes_qat
-    if needs_calibration:
-        samples = representative.prepare(representative_data, specs, max_samples=max_calibration_samples)
-        notes.append(f"calibrated on {len(samples)} samples")
+    checked_data = needs_calibration and representative_data is not None
+    specs = input_specs(model, representative_data if checked_data else None, input_shape)
+    samples, notes = None, []
+    if trained_ranges:
+        notes.append("QAT model: int8 ranges from training, no calibration")
+    if checked_data:
+        checked = representative.prepare(representative_data, specs, max_samples=max_calibration_samples)
+        if trained_ranges:
+            notes.append("layers kept float: representative_data checked, not used for calibration")
+        else:
+            samples = checked
+            notes.append(f"calibrated on {len(samples)} samples")
         if check_float_outputs:
-            representative.check_model_outputs(model, samples, specs)
+            representative.check_model_outputs(model, checked, specs)
 
-    workdir = tempfile.mkdtemp(prefix="tfcompress_export_")
+    workdir = make_temp_dir("tfcompress_export_")
     saved_model_dir = os.path.join(workdir, "saved_model")
     try:
         try:

@@ -138,6 +138,8 @@ def quantize_input(x, detail):
     dtype = np.dtype(detail["dtype"])
     if dtype.kind == "f":
         return np.asarray(x, dtype=dtype)
+    if np.asarray(x).dtype == dtype:
+        return np.asarray(x)  # already in the model's input type (e.g. int8 data for an int8 input)
     scale, zero_point = detail["quantization"]
     x = np.asarray(x, dtype=np.float32)
     if scale == 0:
@@ -154,32 +156,136 @@ def dequantize_output(q, detail):
     return (q.astype(np.float32) - zero_point) * scale
 
 
+_INPUT_FIX = ("or evaluate without x to time a synthetic input only (CLI: --data with data matching the model, "
+              "or --no_data)")
+
+
 def _split_inputs(x, details):
-    """Maps user inputs (array, list or dict) onto the interpreter's input order."""
+    """Maps user inputs (array, list or dict) onto the interpreter's input order: ``[(label, value)]``."""
+    names = [d["name"] for d in details]
     if len(details) == 1:
         if isinstance(x, dict):
-            x = next(iter(x.values()))
-        elif isinstance(x, (list, tuple)) and len(x) == 1:
-            x = x[0]
-        return [np.asarray(x)]
+            if len(x) != 1:
+                raise ValueError(
+                    f"x: the model has 1 input {names[0]!r}, but x is a dict with {len(x)} keys {sorted(map(str, x))}. "
+                    "Pass one array (or a dict with a single entry).")
+            key, value = next(iter(x.items()))
+            return [(f"x[{key!r}]", value)]
+        if isinstance(x, (list, tuple)) and len(x) == 1:
+            return [("x[0]", x[0])]
+        if isinstance(x, (list, tuple)) and len(x) > 1 and not _is_list_of_samples(x, details[0]):
+            shapes = ", ".join(str(np.shape(a)) if _shape_or_none(a) is not None else type(a).__name__ for a in x[:4])
+            raise ValueError(
+                f"x: the model has 1 input {names[0]!r} (samples of shape {_sample_shape_text(details[0])}), but x "
+                f"is a list of {len(x)} arrays ({shapes}{', ...' if len(x) > 4 else ''}). Pass one array of shape "
+                f"(num_samples,) + {_sample_shape_text(details[0])}, {_INPUT_FIX}.")
+        return [("x", x)]
     if isinstance(x, dict):
-        arrays = []
+        pairs = []
         for d in details:
             key = next((k for k in x if k == d["name"] or d["name"].startswith(f"serve_{k}:") or d["name"] == f"serve_{k}"), None)
             if key is None:
-                raise ValueError(f"x: no entry for model input {d['name']!r}; x has keys {sorted(x)}.")
-            arrays.append(np.asarray(x[key]))
-        return arrays
+                raise ValueError(
+                    f"x: no entry for model input {d['name']!r}; x has keys {sorted(map(str, x))}. Key x by the "
+                    f"model's input names: {names} (without the 'serve_' prefix and ':0' suffix is fine).")
+            pairs.append((f"x[{key!r}]", x[key]))
+        return pairs
     if isinstance(x, (list, tuple)) and len(x) == len(details):
-        return [np.asarray(a) for a in x]
-    raise ValueError(f"x: the model has {len(details)} inputs; pass a list of {len(details)} arrays or a dict.")
+        return [(f"x[{i}]", a) for i, a in enumerate(x)]
+    got = f"a list of {len(x)} arrays" if isinstance(x, (list, tuple)) else f"one {type(x).__name__}"
+    raise ValueError(
+        f"x: the model has {len(details)} inputs {names}, but x is {got}. Pass a list of {len(details)} arrays in "
+        "that order, or a dict keyed by input name.")
 
 
-def _fit_batch(array, detail):
-    """Adds a missing batch dimension."""
-    if array.ndim == len(detail["shape"]) - 1:
-        array = array[np.newaxis]
+def _shape_or_none(value):
+    try:
+        return np.shape(value)
+    except Exception:
+        return None
+
+
+def _is_list_of_samples(values, detail):
+    """A list of per-sample arrays of one shape (or of numbers), as opposed to a list of batches."""
+    shapes = {_shape_or_none(v) for v in values}
+    if None in shapes or len(shapes) != 1:
+        return False
+    shape = next(iter(shapes))
+    return len(shape) == 0 or len(shape) == len(detail["shape"]) - 1
+
+
+def _signature(detail):
+    return [int(d) for d in detail.get("shape_signature", detail["shape"])]
+
+
+def _sample_shape_text(detail):
+    dims = ["None" if d < 0 else str(d) for d in _signature(detail)[1:]]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _shape_hint(got, expected):
+    """A likely cause of a per-sample shape mismatch, or ""."""
+    fixed = [d for d in expected if d >= 0]
+    if len(got) == 3 and len(fixed) == 3 and sorted(got) == sorted(fixed) and tuple(got) != tuple(expected):
+        return " It looks like channels-first (NCHW) data; the model is channels-last: np.transpose(x, (0, 2, 3, 1))."
+    if len(expected) == len(got) + 1 and expected[-1] == 1 and all(e < 0 or e == g for e, g in zip(expected, got)):
+        return " The channel axis is missing: add it with x[..., np.newaxis]."
+    return ""
+
+
+def _check_input(label, value, detail):
+    """One user input → a batched numeric array matching the interpreter's input, or a clear ValueError."""
+    name = detail["name"]
+    try:
+        array = np.asarray(value)
+    except Exception as exc:
+        raise ValueError(f"{label} for model input {name!r} could not be turned into an array ({exc}). Pass a numeric "
+                         "numpy array.") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{label} for model input {name!r} has dtype {array.dtype}; the model takes {np.dtype(detail['dtype'])} "
+            "inputs. Pass numbers: float data as for the Keras model (quantized for you), e.g. images scaled to "
+            "float32.")
+    signature = _signature(detail)
+    expected = signature[1:]
+    if array.ndim == len(signature) - 1 and all(e < 0 or e == g for e, g in zip(expected, array.shape)):
+        array = array[np.newaxis]  # one unbatched sample
+    got = array.shape[1:]
+    if array.ndim != len(signature) or any(e >= 0 and e != g for e, g in zip(expected, got)):
+        per_sample = f" (samples of shape {tuple(got)})" if array.ndim >= 1 else ""
+        raise ValueError(
+            f"{label} does not fit model input {name!r}: it expects samples of shape {_sample_shape_text(detail)} "
+            f"(input shape {tuple(None if d < 0 else d for d in signature)}), but {label} has shape "
+            f"{array.shape}{per_sample}.{_shape_hint(got, expected)} Pass "
+            f"data shaped like the model's input, preprocessed as for training, {_INPUT_FIX}.")
+    if len(array) == 0:
+        raise ValueError(f"{label} for model input {name!r} holds no samples. Pass at least one sample, {_INPUT_FIX}.")
+    target = np.dtype(detail["dtype"])
+    if array.dtype.kind == "f":
+        array = array.astype(np.float32, copy=False)
+        finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise ValueError(
+                f"{label}: sample {bad} for model input {name!r} contains NaN or Inf ({int((~finite).sum())} "
+                "sample(s) do). Remove or repair them; the model's outputs for them would be meaningless.")
+        scale = detail["quantization"][0]
+        if target.kind in "iu" and scale == 0 and not np.all(np.mod(array, 1) == 0):
+            raise ValueError(
+                f"{label} for model input {name!r} holds fractional values, but that input takes {target} "
+                f"(e.g. token ids). Pass integer data, e.g. {label}.astype(np.{target}).")
     return array
+
+
+def _check_inputs(x, details):
+    """All user inputs, batched and checked against the interpreter's input details."""
+    arrays = [_check_input(label, value, d) for (label, value), d in zip(_split_inputs(x, details), details)]
+    counts = {len(a) for a in arrays}
+    if len(counts) > 1:
+        raise ValueError(
+            f"x: the model's inputs got different numbers of samples "
+            f"({dict((d['name'], len(a)) for d, a in zip(details, arrays))}); give every input one entry per sample.")
+    return arrays
 
 
 def _synthetic_input(detail, rng):
@@ -191,9 +297,23 @@ def _synthetic_input(detail, rng):
     return rng.integers(info.min, info.max + 1, size=shape).astype(dtype)
 
 
-def _run(interpreter, arrays):
-    for detail, array in zip(interpreter.get_input_details(), arrays):
+def _set_inputs(interpreter, arrays):
+    details = interpreter.get_input_details()
+    if any(tuple(a.shape) != tuple(d["shape"]) for d, a in zip(details, arrays)) and all(
+            a.ndim == len(_signature(d)) and all(s < 0 or s == g for s, g in zip(_signature(d), a.shape))
+            for d, a in zip(details, arrays)):
+        # Only dimensions the model declares dynamic (-1 in shape_signature) are resized; any other
+        # mismatch is left to set_tensor, which rejects it.
+        for detail, array in zip(details, arrays):
+            interpreter.resize_tensor_input(detail["index"], list(array.shape))
+        interpreter.allocate_tensors()
+        details = interpreter.get_input_details()
+    for detail, array in zip(details, arrays):
         interpreter.set_tensor(detail["index"], array)
+
+
+def _run(interpreter, arrays):
+    _set_inputs(interpreter, arrays)
     interpreter.invoke()
     return [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
 
@@ -230,7 +350,7 @@ def _labels(y, n, num_classes):
         y = y.argmax(axis=1)
     y = y.reshape(-1)
     if len(y) != n:
-        raise ValueError(f"y has {len(y)} labels but x has {n} samples; they must match.")
+        raise ValueError(f"y has {len(y)} labels but x has {n} samples; pass one label per sample of x.")
     if y.dtype.kind not in "biu" and not np.all(np.mod(y, 1) == 0):
         raise ValueError(f"y must hold integer class indices (or one-hot rows), got values like {y[:3].tolist()}.")
     y = y.astype(np.int64)
@@ -268,11 +388,40 @@ def _summary(times):
                 std_ms=statistics.stdev(t) if len(t) > 1 else 0.0, runs=len(t))
 
 
-def _latency_inputs(details, x, rng):
-    if x is None:
+def _latency_inputs(details, arrays, rng):
+    """The latency input: the first sample of the checked ``arrays`` (see `_check_inputs`), else a random one."""
+    if arrays is None:
         return [_synthetic_input(d, rng) for d in details]
-    arrays = [_fit_batch(np.asarray(a), d) for a, d in zip(_split_inputs(x, details), details)]
     return [quantize_input(a[:1], d) for a, d in zip(arrays, details)]
+
+
+def _check_backends(backends):
+    if isinstance(backends, str):
+        backends = (backends,)
+    try:
+        backends = tuple(dict.fromkeys(backends))
+    except TypeError:
+        raise ValueError(f"backends must be a list of backend names from {list(BACKENDS)}, got {backends!r}.") from None
+    if not backends:
+        raise ValueError(f"backends is empty: pass one or more of {list(BACKENDS)}, e.g. backends=('xnnpack',).")
+    for b in backends:
+        if b not in BACKENDS:
+            raise ValueError(f"backends: unknown backend {b!r}; choose from {list(BACKENDS)}.")
+    return backends
+
+
+def _check_threads(threads):
+    if isinstance(threads, (int, np.integer)):
+        threads = (threads,)
+    try:
+        values = list(threads)
+        checked = tuple(int(t) for t in values)
+        ok = bool(checked) and all(c >= 1 and float(t) == c for t, c in zip(values, checked))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"threads must be positive integers such as (1, 2), got {threads!r}.")
+    return checked
 
 
 def evaluate_many(models, x=None, y=None, backends=BACKENDS, threads=(1,), num_runs=50, warmup_runs=5, seed=0,
@@ -300,8 +449,8 @@ def evaluate_many(models, x=None, y=None, backends=BACKENDS, threads=(1,), num_r
         for r in reports[name].latency:
             interpreter = _make_interpreter(raw, r.backend, r.threads)
             details = interpreter.get_input_details()
-            for d, a in zip(details, _latency_inputs(details, x, rng)):
-                interpreter.set_tensor(d["index"], a)
+            checked = None if x is None else _check_inputs(x, details)
+            _set_inputs(interpreter, _latency_inputs(details, checked, rng))
             interpreters[(name, r.backend, r.threads)] = interpreter
     times = _time_round_robin(interpreters, num_runs, warmup_runs)
     for (name, backend, n_threads), t in times.items():
@@ -330,8 +479,11 @@ def evaluate_tflite(
     Args:
         model: ``.tflite`` bytes (e.g. from `to_tflite`) or a file path.
         x: optional inputs (float, as for the Keras model; int8/uint8 inputs are
-            quantized for you with the model's scale and zero point). The first
-            sample is the latency input; without x a random input is used.
+            quantized for you with the model's scale and zero point, and data
+            already of the input's integer dtype is used as is): an array, a list
+            of arrays or a dict keyed by input name for multi-input models. Count,
+            shape and dtype are checked against the model's inputs first. The
+            first sample is the latency input; without x a random input is used.
         y: optional integer (or one-hot) labels for top-1 accuracy on all of x.
         backends: any of ``"cpu"`` (built-in kernels, no delegate) and ``"xnnpack"``.
         threads: thread counts to time, e.g. ``(1, 2)``.
@@ -350,19 +502,15 @@ def evaluate_tflite(
 
     Raises:
         tfcompress.InvalidTFLiteFileError: the bytes are not a usable .tflite.
-        ValueError: bad backends/threads, or x and y that do not match.
+        ValueError: bad backends/threads; x that does not fit the model's inputs
+            (count, shape, dtype, NaN/Inf); y that does not match x.
 
     Example:
         >>> r = evaluate_tflite(b, x=x_test, y=y_test, threads=(1, 2))
         >>> print(r.to_markdown())
     """
-    backends = tuple(backends)
-    for b in backends:
-        if b not in BACKENDS:
-            raise ValueError(f"backends: unknown backend {b!r}; choose from {list(BACKENDS)}.")
-    threads = tuple(int(t) for t in threads)
-    if not threads or any(t < 1 for t in threads):
-        raise ValueError(f"threads must be positive integers, got {threads!r}.")
+    backends = _check_backends(backends)
+    threads = _check_threads(threads)
     if num_runs < 1:
         raise ValueError(f"num_runs must be >= 1, got {num_runs!r}.")
 
@@ -373,7 +521,7 @@ def evaluate_tflite(
     name = name or getattr(model, "mode", None) or "model"
     rng = np.random.default_rng(seed)
     try:
-        probe = _make_interpreter(raw, backends[0] if backends else "cpu", 1)
+        probe = _make_interpreter(raw, backends[0], 1)
     except (ValueError, RuntimeError) as exc:
         raise tflite_file.InvalidTFLiteFileError(
             f"LiteRT could not load the model: {str(exc).strip().splitlines()[-1]}. The file is corrupted or uses "
@@ -383,8 +531,8 @@ def evaluate_tflite(
 
     inputs_float = None
     if x is not None:
-        inputs_float = [_fit_batch(np.asarray(a, dtype=np.float32) if np.asarray(a).dtype.kind == "f" else np.asarray(a), d)
-                        for a, d in zip(_split_inputs(x, details), details)]
+        # Checked here, before any backend runs: a backend failing on mismatched data would read as a bad file.
+        inputs_float = _check_inputs(x, details)
         if y is not None:
             output_shape = probe.get_output_details()[0]["shape"]
             y = _labels(y, len(inputs_float[0]), int(np.prod(output_shape[1:])) if len(output_shape) > 1 else 1)

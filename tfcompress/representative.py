@@ -9,6 +9,7 @@ failure names the input, the sample and the fix.
 import collections.abc
 import dataclasses
 import itertools
+import re
 
 import numpy as np
 
@@ -54,14 +55,15 @@ def _as_numeric_array(value, spec, where):
     return array
 
 
-def _samples_from_array(array, spec, where):
-    """Splits an array into single samples with a batch dimension of 1."""
+def _samples_from_array(array, spec, where, fix=None):
+    """Splits an array into single samples with a batch dimension of 1; ``fix`` replaces the generic advice."""
     if array.ndim == spec.rank - 1:
         array = array[np.newaxis]  # one unbatched sample: add the batch dimension
     if array.ndim != spec.rank:
         raise RepresentativeDataError(
             f"{ARG}: {where} for input {spec.name!r} has shape {array.shape}, but the model expects "
-            f"{_fmt_shape(spec.shape)} (rank {spec.rank}, or rank {spec.rank - 1} for a single sample)."
+            f"{_fmt_shape(spec.shape)} (rank {spec.rank}, or rank {spec.rank - 1} for a single sample). "
+            + (fix or f"Reshape it to (num_samples,) + {_fmt_shape(spec.shape[1:])}, preprocessed as for training.")
         )
     expected = spec.shape[1:]
     got = array.shape[1:]
@@ -71,15 +73,19 @@ def _samples_from_array(array, spec, where):
             if sorted(d for d in expected if d is not None) == sorted(got) and len(got) == 3:
                 hint = (" It looks like channels-first (NCHW) data; the model is channels-last: "
                         "use np.transpose(x, (0, 2, 3, 1)).")
+            if not hint:
+                hint = " " + (fix or "Resize or reshape the calibration data to that per-sample shape, preprocessed "
+                              "as for training.")
             raise RepresentativeDataError(
                 f"{ARG}: {where} for input {spec.name!r} has per-sample shape {tuple(got)}, but the "
-                f"model expects {tuple(expected)} (full shape {_fmt_shape(spec.shape)}).{hint}"
+                f"model expects {_fmt_shape(expected)} (full shape {_fmt_shape(spec.shape)}).{hint}"
             )
     return [array[i: i + 1] for i in range(array.shape[0])]
 
 
 def _fmt_shape(shape):
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+    dims = ["None" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def _split_element(element, specs, where):
@@ -92,6 +98,7 @@ def _split_element(element, specs, where):
             raise RepresentativeDataError(
                 f"{ARG}: {where} is a dict with keys {sorted(element)}, but the model's inputs are "
                 f"{names}." + (f" Unknown: {unknown}." if unknown else "") + (f" Missing: {missing}." if missing else "")
+                + " Key the dict by the model's input names."
             )
         return {n: element[n] for n in names}
     if isinstance(element, (list, tuple)):
@@ -116,6 +123,18 @@ def _split_element(element, specs, where):
             f"{names}. Pass a dict keyed by input name (or a list in that order)."
         )
     return {names[0]: element}
+
+
+def _order_hint(array, spec, specs, element):
+    """For arrays given by position to a multi-input model: a shape that fits another input suggests a swap."""
+    if len(specs) < 2 or isinstance(element, collections.abc.Mapping):
+        return None
+    for other in specs:
+        if other is not spec and other.rank == array.ndim and all(
+                want is None or want == have for want, have in zip(other.shape[1:], array.shape[1:])):
+            return (f"It fits input {other.name!r}: the arrays may be in the wrong order (the model's order is "
+                    f"{[s.name for s in specs]}); pass a dict keyed by input name.")
+    return None
 
 
 def _looks_like_stacked_samples(element, spec):
@@ -193,7 +212,7 @@ def prepare(data, specs, max_samples=None):
         counts = set()
         for spec in specs:
             array = _as_numeric_array(parts[spec.name], spec, where)
-            samples = _samples_from_array(array, spec, where)
+            samples = _samples_from_array(array, spec, where, fix=_order_hint(array, spec, specs, element))
             per_input[spec.name].extend(samples)
             counts.add(len(samples))
         if len(counts) > 1:
@@ -215,29 +234,61 @@ def prepare(data, specs, max_samples=None):
     for i in range(count):
         sample = []
         for spec in specs:
-            array = per_input[spec.name][i]
+            original = per_input[spec.name][i]
+            with np.errstate(over="ignore", invalid="ignore"):
+                array = original.astype(spec.dtype, copy=False)
+            # Checked after the cast: float64 values beyond the float32 range only become Inf here.
             if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-                bad = "NaN" if np.isnan(array).any() else "Inf"
-                raise RepresentativeDataError(
-                    f"{ARG}: sample {i} of input {spec.name!r} contains {bad}. Remove or repair it; "
-                    "calibration ranges would be meaningless."
-                )
-            sample.append(array.astype(spec.dtype, copy=False))
+                raise RepresentativeDataError(_non_finite_message(original, array, spec, i))
+            sample.append(array)
         samples.append(sample)
     return samples
 
 
+def _non_finite_message(original, array, spec, index):
+    if original.dtype.kind == "f" and np.isnan(original).any():
+        bad = "NaN"
+    elif original.dtype.kind == "f" and np.isinf(original).any():
+        bad = "Inf"
+    else:
+        limit = float(np.finfo(array.dtype).max)
+        peak = float(np.max(np.abs(original.astype(np.float64))))
+        return (
+            f"{ARG}: sample {index} of input {spec.name!r} holds values up to {peak:.3g}, beyond the "
+            f"{array.dtype} range (±{limit:.3g}) of the model input, so they would become Inf. Scale the data "
+            "as for training (e.g. divide pixel values by 255) or remove that sample."
+        )
+    return (
+        f"{ARG}: sample {index} of input {spec.name!r} contains {bad}. Remove or repair that sample; "
+        "calibration ranges would be meaningless."
+    )
+
+
 def check_model_outputs(model, samples, specs, batch_size=64):
-    """Runs the float Keras model on the samples; fails naming the first sample with NaN/Inf output."""
+    """Runs the float Keras model on the samples.
+
+    Fails naming the first sample whose output holds NaN/Inf, or the first sample the model
+    cannot run at all (its own exception, condensed to one line, instead of a Keras traceback).
+    """
     for start in range(0, len(samples), batch_size):
         chunk = samples[start: start + batch_size]
-        inputs = [np.concatenate([s[i] for s in chunk]) for i in range(len(specs))]
-        outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
-        flat = [np.asarray(o) for o in _flatten(outputs)]
-        finite = np.ones(len(chunk), dtype=bool)
-        for out in flat:
-            if out.dtype.kind == "f":
-                finite &= np.isfinite(out.reshape(len(chunk), -1)).all(axis=1)
+        try:
+            inputs = [np.concatenate([s[i] for s in chunk]) for i in range(len(specs))]
+            finite = _finite_rows(_call_model(model, inputs), len(chunk))
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception:
+            # Find the culprit: run the samples of this chunk one by one.
+            finite = np.ones(len(chunk), dtype=bool)
+            for offset, sample in enumerate(chunk):
+                try:
+                    outputs = _call_model(model, sample)
+                except (KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as exc:
+                    message = _model_failed_message(model, sample, specs, start + offset, exc)
+                    raise RepresentativeDataError(message) from None
+                finite[offset] = _finite_rows(outputs, 1)[0]
         if not finite.all():
             index = start + int(np.argmin(finite))
             raise RepresentativeDataError(
@@ -245,6 +296,38 @@ def check_model_outputs(model, samples, specs, batch_size=64):
                 "produce a broken int8 model. Check that sample's preprocessing (scale, dtype) and "
                 "the model's weights (train with a lower learning rate if they diverged)."
             )
+
+
+def _call_model(model, inputs):
+    return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+
+
+def _finite_rows(outputs, rows):
+    finite = np.ones(rows, dtype=bool)
+    for out in (np.asarray(o) for o in _flatten(outputs)):
+        if out.dtype.kind == "f":
+            finite &= np.isfinite(out.reshape(rows, -1)).all(axis=1)
+    return finite
+
+
+def _one_line(exc):
+    """The gist of an exception (Keras wraps layer errors in ANSI codes, headers and argument dumps)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("Exception encountered when calling",
+                                                                       "Arguments received by", "•", "Traceback"))]
+    gist = " ".join(lines) or type(exc).__name__
+    return f"{type(exc).__name__}: {gist[:400]}"
+
+
+def _model_failed_message(model, sample, specs, index, exc):
+    shapes = ", ".join(f"{spec.name!r} {_fmt_shape(a.shape[1:])}" for spec, a in zip(specs, sample))
+    return (
+        f"{ARG}: model {getattr(model, 'name', type(model).__name__)!r} raised on sample {index} "
+        f"(per-sample shape {shapes}): {_one_line(exc)}. The float model must run on its calibration data: "
+        "pass data of the shape and preprocessing the model was built and trained for (for a subclassed "
+        "model, and an input_shape it accepts), or fix the model's call()."
+    )
 
 
 def _flatten(structure):
