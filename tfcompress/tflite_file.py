@@ -199,7 +199,9 @@ def _read(tflite):
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"TFLite model file {path!r} does not exist.") from None
+        raise FileNotFoundError(
+            f"TFLite model file {path!r} does not exist; check the path, or pass the model's bytes "
+            "(e.g. the result of tfc.to_tflite) instead of a file name.") from None
 
 
 def _parse(raw):

@@ -66,7 +66,15 @@ def check_model(model, argument="model"):
             "model = keras.Model(inputs, outputs), and pass the model."
         )
     if not isinstance(model, keras.layers.Layer):
-        raise TypeError(f"{argument} must be a keras.Model (Keras 3), got {type(model).__name__}: {model!r}.")
+        module = type(model).__module__ or ""
+        if module.startswith(("tf_keras", "tensorflow.python.keras")):
+            fix = "This looks like a tf_keras (Keras 2) model; rebuild it with Keras 3 (`import keras`)."
+        elif isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            fix = "To prune a saved model, load it first with keras.models.load_model(path)."
+        else:
+            fix = "Pass the keras.Model being trained."
+        raise TypeError(
+            f"{argument} must be a keras.Model (Keras 3), got {type(model).__name__}: {model!r:.200}. {fix}")
     if not model.built:
         raise ValueError(
             f"{argument} {model.name!r} is not built, so it has no weights to prune yet. Build it "

@@ -203,6 +203,12 @@ def _check_model(model):
             hint = " This looks like a tf_keras (Keras 2) model; rebuild it with Keras 3 (`import keras`)."
         elif isinstance(model, keras.layers.Layer):
             hint = " Wrap the layer in a model first: keras.Sequential([keras.Input(shape), layer])."
+        elif isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            hint = " To quantize a saved model, load it first: quantize_model(keras.models.load_model(path))."
+        elif type(model).__name__ == "KerasTensor":
+            hint = " That is a symbolic tensor; pass the model: keras.Model(inputs, outputs)."
+        else:
+            hint = " Pass the keras.Model (Sequential or Functional) you trained."
         raise TypeError(f"quantize_model expects a Keras 3 keras.Model, got {type(model).__name__}: {model!r}.{hint}")
     if not isinstance(model, keras.Sequential) and not _is_functional(model):
         raise TypeError(
