@@ -2,8 +2,13 @@
 
 import json
 import os
+import re
+import resource
+import signal
 import subprocess
 import sys
+import time
+import zipfile
 
 import keras
 import numpy as np
@@ -36,12 +41,49 @@ def test_unknown_command_exits_2():
     assert result.returncode == 2 and "unknown command 'shrink'" in result.stderr
 
 
-def test_command_help_shows_every_flag_with_default():
-    result = tfcompress("convert", "--help")
-    assert result.returncode == 0
-    for flag in ("--mode", "--output", "--[no]overwrite", "--io_type", "--keep_float", "--[no]strict", "--data", "--[no]unsafe"):
-        assert flag in result.stdout
-    assert "(default: 'int8')" in result.stdout
+# Flags whose default is None: their help must say what happens when they are not given.
+UNSET_FLAGS = {
+    "prune": ["output", "tflite", "backup_dir", "learning_rate", "limit_test"],
+    "distill": ["output", "tflite", "backup_dir", "learning_rate", "teacher", "temperature", "alpha", "sparsity"],
+    "quantize": ["output", "tflite", "backup_dir", "learning_rate"],
+    "convert": ["output", "limit_test"],
+    "evaluate": ["json", "limit_test"],
+    "demo": ["cache_dir"],
+}
+
+
+def _help_entries(text):
+    """``{flag name: its help block}`` from absl's help listing."""
+    entries, name = {}, None
+    for line in text.splitlines():
+        match = re.match(r"^  --(?:\[no\])?(\w+)", line)
+        if match:
+            name = match.group(1)
+            entries[name] = line
+        elif name and line.startswith("    "):
+            entries[name] += " " + line.strip()
+        else:
+            name = None
+    return entries
+
+
+@pytest.mark.parametrize("command", ["prune", "distill", "quantize", "convert", "evaluate", "demo"])
+def test_command_help_shows_every_flag_with_default(command):
+    from tfcompress.cli import COMMANDS
+
+    assert set(UNSET_FLAGS) == set(COMMANDS)
+    result = tfcompress(command, "--help")
+    assert result.returncode == 0, result.stderr[-1500:]
+    entries = _help_entries(result.stdout)
+    assert len(entries) >= 6 and "overwrite" in entries
+    no_default = [name for name, block in entries.items() if "(default:" not in block]
+    assert no_default == [], f"flags of {command} without a stated default: {no_default}"
+    for name in UNSET_FLAGS[command]:
+        assert "(default: none - " in entries[name], entries[name]
+    if command in ("prune", "distill", "quantize", "convert"):
+        assert "--[no]isolate" in result.stdout and "timeout" in entries
+    if command == "convert":
+        assert "(default: 'int8')" in entries["mode"]
 
 
 def test_convert_then_evaluate(saved_model, tmp_path):
@@ -136,9 +178,9 @@ def test_prune_quantize_distill_commands(saved_model, tmp_path):
     assert 0.7 < np.mean(kernel == 0) < 0.95
     assert "| result |" in result.stdout
 
-    qat_tflite = tmp_path / "q.tflite"
+    qat_tflite = tmp_path / "q.tflite"  # --noisolate: the converter in-process (prune above used a subprocess)
     result = tfcompress("quantize", str(pruned), "--data=digits", "--batch_size=32", f"--output={tmp_path / 'q.keras'}",
-                        f"--tflite={qat_tflite}")
+                        f"--tflite={qat_tflite}", "--noisolate")
     assert result.returncode == 0, result.stderr[-2000:]
     import tfcompress as tfc
 
@@ -147,3 +189,116 @@ def test_prune_quantize_distill_commands(saved_model, tmp_path):
 
     result = tfcompress("distill", str(saved_model), "--data=digits")
     assert result.returncode == 2 and "--teacher" in result.stderr
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["prune", "MODEL", "--bogus=1"], "Unknown command line flag 'bogus'"),
+    (["convert", "MODEL", "--mode=int4"], "--mode=int4: value should be one of"),
+    (["evaluate", "MODEL", "--runs=many"], "--runs=many"),
+], ids=["unknown-flag", "bad-enum", "bad-integer"])
+def test_flag_errors_are_one_line_usage_errors(args, culprit, saved_model):
+    result = tfcompress(*[str(saved_model) if a == "MODEL" else a for a in args])
+    assert result.returncode == 2, result.stderr[-1500:]
+    ours = [ln for ln in result.stderr.splitlines() if ln.startswith("tfcompress ")]
+    assert len(ours) == 1 and ours[0] == result.stderr.strip().splitlines()[-1]
+    assert ours[0].startswith(f"tfcompress {args[0]}: error: ") and culprit in ours[0]
+    assert "FATAL" not in result.stderr and "helpshort" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_corrupt_model_files_are_named_as_such(saved_model, tmp_path):
+    from tfcompress.cli import UsageError, load_keras_model
+
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(saved_model.read_bytes()[:2000])
+    out = tmp_path / "t.tflite"
+    result = tfcompress("convert", str(truncated), f"--output={out}")
+    assert result.returncode == 2, result.stderr[-1500:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{str(truncated)!r}" in last and "not a valid Keras archive" in last and "model.save" in last
+    assert "File not found" not in result.stderr and not out.exists()
+
+    with pytest.raises(UsageError, match=r"not a valid HDF5 Keras model"):
+        garbage = tmp_path / "garbage.h5"
+        garbage.write_bytes(b"this is not HDF5" * 64)
+        load_keras_model(str(garbage))
+    # A zip whose config.json was damaged passes the zip check and fails in Keras: still one clear error.
+    flipped = tmp_path / "flipped.keras"
+    data = bytearray(saved_model.read_bytes())
+    with zipfile.ZipFile(saved_model) as z:
+        info = z.getinfo("config.json")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 10] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match=r"could not load '.*flipped.keras' as a Keras model \(BadZipFile"):
+        load_keras_model(str(flipped))
+
+
+def test_mnist_offline_names_the_cache_route(saved_model, tmp_path):
+    env = {k: v for k, v in ENV.items() if k.lower() != "no_proxy"}
+    # Downloads go through a proxy on a closed local port: a network failure at once, offline or not.
+    env.update(KERAS_HOME=str(tmp_path / "keras_home"), HTTPS_PROXY="http://127.0.0.1:9",
+               https_proxy="http://127.0.0.1:9")
+    out = tmp_path / "m.tflite"
+    result = subprocess.run([sys.executable, "-m", "tfcompress", "convert", str(saved_model), "--data=mnist",
+                             f"--output={out}"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1, result.stderr[-1500:]
+    last = result.stderr.strip().splitlines()[-1]
+    cached = str(tmp_path / "keras_home" / "datasets" / "mnist.npz")
+    assert last.startswith("tfcompress convert: error: --data=mnist:") and cached in last
+    assert "keras.datasets.mnist.load_data()" in last and "--data=digits" in last
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def _conversion_child(parent_pid):
+    """The pid of ``python -m tfcompress._convert_worker`` started by ``parent_pid``, or None."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent_pid and b"tfcompress._convert_worker" in cmdline:
+            return int(entry)
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the child in /proc, limits it with prlimit")
+def test_training_command_survives_its_converter_being_killed(saved_model, tmp_path):
+    """prune --tflite converts in a subprocess by default: the converter dying by a signal is one readable error.
+
+    The conversion child is real: once it appears, its CPU-time limit is lowered to one second with prlimit(2),
+    and the kernel kills it with SIGXCPU, as it would a converter running away.
+    """
+    out, tflite, scratch = tmp_path / "p.keras", tmp_path / "p.tflite", tmp_path / "tmp"
+    scratch.mkdir()
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(stdout, "w") as so, open(stderr, "w") as se:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tfcompress", "prune", str(saved_model), "--data=digits", "--epochs=1",
+             "--batch_size=64", f"--output={out}", f"--tflite={tflite}"],
+            stdout=so, stderr=se, env=dict(ENV, TMPDIR=str(scratch)), cwd=tmp_path)
+        try:
+            child, deadline = None, time.monotonic() + 400
+            while child is None and proc.poll() is None and time.monotonic() < deadline:
+                child = _conversion_child(proc.pid)
+                time.sleep(0.05)
+            assert child is not None, "the CLI never started a conversion subprocess"
+            resource.prlimit(child, resource.RLIMIT_CORE, (0, 0))
+            resource.prlimit(child, resource.RLIMIT_CPU, (1, resource.prlimit(child, resource.RLIMIT_CPU)[1]))
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    err = stderr.read_text()
+    assert proc.returncode == 1, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tfcompress prune: error: The TFLite converter could not convert model '")
+    assert "mode='int8'" in last and f"crashed with {signal.SIGXCPU.name}" in last
+    assert f"saved in {str(out)!r}; retry only the conversion with `tfcompress convert {out}" in last  # not lost
+    assert "Traceback" not in err
+    assert not tflite.exists() and keras.models.load_model(out).get_layer("fc1") is not None
+    assert os.listdir(scratch) == [], "the export folder must be removed"

@@ -1,11 +1,15 @@
 """compress(): recipes chain pruning, distillation, QAT and conversion on real models."""
 
+import io
+import os
+import sys
+
 import keras
 import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.recipe import Convert, Distill, Prune, QuantizeAware, compress
+from tfcompress.recipe import Convert, Distill, Prune, QuantizeAware, compress, fit_verbosity
 
 
 def test_prune_qat_int8_chain_keeps_zeros_and_accuracy(trained_digits_model, digits_data):
@@ -69,3 +73,24 @@ class TestBadRecipes:
         (x, y), test = digits_data
         with pytest.raises(ValueError, match="must match"):
             compress(trained_digits_model, ((x, y[:5]), test), "int8")
+
+
+def test_isolate_and_timeout_reach_the_converter(trained_digits_model, digits_data):
+    # One second is far too short for the conversion subprocess to even import TensorFlow.
+    with pytest.raises(tfc.ConversionError, match=r"'small_cnn' to mode='float32' took longer than 1 s"):
+        compress(trained_digits_model, digits_data, [Convert("float32")], evaluate=False, verbose=0, isolate=True,
+                 timeout=1)
+
+
+def test_fit_verbosity_bars_on_a_terminal_one_line_per_epoch_otherwise(monkeypatch):
+    leader, follower = os.openpty()
+    try:
+        with open(follower, "w", closefd=False) as terminal:
+            monkeypatch.setattr(sys, "stdout", terminal)
+            assert fit_verbosity() == 1
+            monkeypatch.setattr(sys, "stdout", io.StringIO())
+            assert fit_verbosity() == 2
+            assert fit_verbosity(0) == 0
+    finally:
+        os.close(leader)
+        os.close(follower)

@@ -2,16 +2,19 @@
 
 Each command defines its own absl flags, so ``tfcompress <command> --help`` lists
 exactly the flags of that command with their defaults. Failures exit non-zero
-with one line naming the problem; outputs are written atomically and never
-overwrite without ``--overwrite``.
+with one line naming the problem (2 for a bad command line, 1 for a failure while
+working); outputs are written atomically and never overwrite without ``--overwrite``.
 """
 
 import os
 import sys
 import time
+import zipfile
 
 from absl import app, flags
 from absl import logging as absl_logging
+
+from tfcompress.convert import DEFAULT_TIMEOUT_S
 
 FLAGS = flags.FLAGS
 
@@ -24,12 +27,24 @@ def _define_common():
     flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
 
 
+DATASETS = ("fashion_mnist", "mnist", "digits")
+
+
 def _define_data():
     flags.DEFINE_string(
         "data", "fashion_mnist",
-        "Dataset: a Keras dataset name known to tfcompress (fashion_mnist, digits) or an .npz file "
-        "holding x_train, y_train, x_test, y_test.")
-    flags.DEFINE_integer("limit_test", None, "Evaluate on the first N test samples only.")
+        f"Dataset: a Keras dataset name ({', '.join(DATASETS)}) or an .npz file holding x_train, y_train, "
+        "x_test, y_test.")
+    flags.DEFINE_integer("limit_test", None, "Evaluate on the first N test samples only (default: none - the "
+                         "whole test set).", lower_bound=1)
+
+
+def _define_isolation(default):
+    flags.DEFINE_boolean("isolate", default, "Run the TFLite converter in a subprocess, so a converter crash "
+                         "(abort, segfault) or hang becomes a one-line error naming the mode and the model; "
+                         "--noisolate converts in this process (about 10 s faster per conversion).")
+    flags.DEFINE_integer("timeout", DEFAULT_TIMEOUT_S, "Seconds before an isolated conversion is stopped.",
+                         lower_bound=1)
 
 
 def _define_model_loading():
@@ -39,13 +54,35 @@ def _define_model_loading():
         "for files you trust: loading such a model runs its code.")
 
 
+def _keras_home():
+    return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+
+
+def load_mnist():
+    """MNIST through ``keras.datasets.mnist`` (its cache, else its download), as float32 NHWC in [0, 1]."""
+    import keras
+    import numpy as np
+
+    cached = os.path.join(_keras_home(), "datasets", "mnist.npz")
+    try:
+        (x, y), (xt, yt) = keras.datasets.mnist.load_data()
+    except Exception as exc:  # network errors come in many types
+        reason = " ".join(str(exc).split())[:200]
+        raise RuntimeError(
+            f"--data=mnist: MNIST is not in Keras's cache ({cached}) and Keras could not download it "
+            f"({type(exc).__name__}: {reason}). Run keras.datasets.mnist.load_data() once on a machine online "
+            f"and copy mnist.npz to {cached}, or use --data=fashion_mnist, --data=digits or an .npz file.") from None
+    x, xt = (a.astype(np.float32)[..., np.newaxis] / 255.0 for a in (x, xt))
+    return (x, y.astype(np.int64)), (xt, yt.astype(np.int64))
+
+
 def load_data(spec, limit_test=None):
-    """``fashion_mnist`` / ``digits`` / ``path.npz`` → ``((x_train, y_train), (x_test, y_test))``."""
+    """``fashion_mnist`` / ``mnist`` / ``digits`` / ``path.npz`` → ``((x_train, y_train), (x_test, y_test))``."""
     import numpy as np
 
     from tfcompress import datasets
 
-    if spec.endswith(".npz"):
+    if spec.lower().endswith(".npz"):
         if not os.path.exists(spec):
             raise UsageError(f"--data={spec!r}: file not found.")
         try:
@@ -61,31 +98,71 @@ def load_data(spec, limit_test=None):
         except Exception as exc:
             raise UsageError(f"--data={spec!r} is not a readable .npz file ({type(exc).__name__}: {exc}).") from None
         x, xt = x.astype("float32"), xt.astype("float32")
+    elif spec == "mnist":
+        (x, y), (xt, yt) = load_mnist()
+    elif spec in DATASETS:
+        (x, y), (xt, yt) = datasets.load(spec)
     else:
-        try:
-            (x, y), (xt, yt) = datasets.load(spec)
-        except ValueError as exc:
-            raise UsageError(f"--data: {exc}") from None
+        hint = " (a file given as data must be an .npz)" if os.path.isfile(spec) else ""
+        raise UsageError(f"--data={spec!r}: Unknown dataset {spec!r}{hint}. Choose one of {', '.join(DATASETS)}, "
+                         "or an .npz file holding x_train, y_train, x_test, y_test.")
     if limit_test:
         xt, yt = xt[:limit_test], yt[:limit_test]
     return (x, y), (xt, yt)
 
 
-def load_keras_model(path, unsafe=False):
-    import keras
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
+
+def _is_hdf5(path):
+    """HDF5's signature sits at offset 0, or 512, 1024, 2048, ... after a user block."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        offset = 0
+        while offset + len(_HDF5_SIGNATURE) <= size:
+            f.seek(offset)
+            if f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else 2 * offset
+    return False
+
+
+def _check_model_file(path):
+    """A missing, unreadable, truncated or foreign model file as one clear UsageError, before Keras reads it."""
     if not os.path.exists(path):
         raise UsageError(f"model file {path!r} not found.")
     if not path.endswith((".keras", ".h5")):
         raise UsageError(f"model file {path!r} is not a .keras (or .h5) Keras model.")
+    if os.path.isdir(path) or not os.access(path, os.R_OK):
+        raise UsageError(f"model file {path!r} is {'a folder' if os.path.isdir(path) else 'not readable'}; "
+                         "give a .keras file you can read.")
+    size = os.path.getsize(path)
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise UsageError(
+            f"model file {path!r} ({size:,} bytes) is not a valid Keras archive: a .keras file is a zip archive "
+            "and this one is truncated, corrupt or of another format. Save the model again with "
+            "model.save('MODEL.keras'), or copy the complete file again.")
+    if path.endswith(".h5") and not _is_hdf5(path):
+        raise UsageError(
+            f"model file {path!r} ({size:,} bytes) is not a valid HDF5 Keras model: it lacks the HDF5 signature "
+            "(truncated, corrupt or of another format). Save the model again with model.save('MODEL.keras').")
+
+
+def load_keras_model(path, unsafe=False):
+    import keras
+
+    _check_model_file(path)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-    except ValueError as exc:
-        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+    except Exception as exc:
+        if isinstance(exc, ValueError) and ("safe_mode" in str(exc) or "Lambda" in str(exc)):
             raise UsageError(
                 f"{path!r} contains a Lambda layer with Python code, refused in safe mode. If you trust the "
                 "file, pass --unsafe.") from None
-        raise UsageError(f"could not load {path!r}: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UsageError(f"could not load {path!r} as a Keras model ({type(exc).__name__}: {first}); the file may "
+                         "be corrupt or need custom objects. Save the model again with model.save('MODEL.keras').") \
+            from None
 
 
 def _progress(message, start=None):
@@ -112,15 +189,16 @@ def _define_convert():
     _define_data()
     _define_model_loading()
     flags.DEFINE_enum("mode", "int8", list(MODES), "Conversion mode.")
-    flags.DEFINE_string("output", None, "Output .tflite path (default: MODEL_<mode>.tflite next to the model).")
+    flags.DEFINE_string("output", None, "Output .tflite path (default: none - writes MODEL_<mode>.tflite next to "
+                        "the model).")
     flags.DEFINE_enum("io_type", "float32", ["float32", "int8", "uint8", "int16"], "Input/output tensor type.")
     flags.DEFINE_boolean("sparse", False, "Store weights with the converter's sparse encoding.")
-    flags.DEFINE_list("keep_float", [], "Keras layer names to keep in float (int8 mode).")
+    flags.DEFINE_list("keep_float", [], "Comma-separated Keras layer names to keep in float (int8 mode); empty: "
+                      "quantize every layer.")
     flags.DEFINE_boolean("strict", False, "Fail if an int8 model still has float compute ops.")
-    flags.DEFINE_integer("calibration_samples", 200, "Training samples used to calibrate int8/int16x8.")
-    flags.DEFINE_boolean("isolate", True, "Run the TFLite converter in a subprocess, so a converter crash "
-                         "becomes a readable error.")
-    flags.DEFINE_integer("timeout", 600, "Seconds before an isolated conversion is stopped.")
+    flags.DEFINE_integer("calibration_samples", 200, "Training samples used to calibrate int8/int16x8.",
+                         lower_bound=1)
+    _define_isolation(default=True)
 
 
 def _convert(argv):
@@ -153,7 +231,7 @@ def _define_evaluate():
     flags.DEFINE_string("threads", "1", "Comma-separated thread counts to time, e.g. 1,2.")
     flags.DEFINE_list("backends", ["cpu", "xnnpack"], "Backends: cpu (built-in kernels), xnnpack.")
     flags.DEFINE_integer("runs", 50, "Timed runs per backend and thread count.")
-    flags.DEFINE_string("json", None, "Also write the report as JSON to this path.")
+    flags.DEFINE_string("json", None, "Also write the report as JSON to this path (default: none - no JSON file).")
     flags.DEFINE_boolean("no_data", False, "Skip accuracy: time a synthetic input only.")
 
 
@@ -190,60 +268,98 @@ def _evaluate(argv):
 
 # --- prune / distill / quantize: fine-tuning commands built on compress() ---------------------
 
-def _define_training(default_epochs):
+def _step_default(step, name):
+    """A recipe step's default for ``name``, e.g. ``Prune``'s learning rate, as help text shows it."""
+    import dataclasses
+
+    return next(f.default for f in dataclasses.fields(step) if f.name == name)
+
+
+def _define_training(default_epochs, step, kind, suffix):
     _define_common()
     _define_data()
     _define_model_loading()
-    flags.DEFINE_integer("epochs", default_epochs, "Fine-tuning epochs.")
-    flags.DEFINE_integer("batch_size", 128, "Training batch size.")
-    flags.DEFINE_float("learning_rate", None, "Adam learning rate (default: the step's own default).")
-    flags.DEFINE_string("output", None, "Where to save the compressed Keras model (.keras).")
-    flags.DEFINE_string("tflite", None, "Also convert the result and write this .tflite file.")
+    flags.DEFINE_integer("epochs", default_epochs, "Fine-tuning epochs.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 128, "Training batch size.", lower_bound=1)
+    flags.DEFINE_float("learning_rate", None, "Initial Adam learning rate, cosine-decayed to zero (default: none - "
+                       f"the {step.__name__} step's own, {_step_default(step, 'learning_rate'):g}).", lower_bound=0.0)
+    flags.DEFINE_string("output", None, f"Where to save the {kind} Keras model (.keras) (default: none - writes "
+                        f"MODEL_{suffix}.keras next to the model).")
+    flags.DEFINE_string("tflite", None, "Also convert the result and write this .tflite file, then evaluate it "
+                        "(default: none - no conversion, no evaluation).")
     flags.DEFINE_string("backup_dir", None, "Back up training at every epoch end in this folder; after a crash "
-                        "or kill, rerun the same command to resume. Removed when the command succeeds.")
+                        "or kill, rerun the same command to resume. Removed when the command succeeds (default: "
+                        "none - no backups).")
     flags.DEFINE_enum("mode", "int8", ["float32", "float16", "dynamic", "int8"], "Conversion mode for --tflite.")
-    flags.DEFINE_string("threads", "1", "Comma-separated thread counts for the evaluation.")
+    flags.DEFINE_string("threads", "1", "Comma-separated thread counts for the evaluation of --tflite.")
+    _define_isolation(default=True)
 
 
 def _define_prune():
-    _define_training(2)
+    from tfcompress.recipe import Prune
+
+    _define_training(2, Prune, "pruned", "pruned")
     flags.DEFINE_float("sparsity", 0.75, "Final fraction of zero weights, in [0, 1).")
     flags.DEFINE_enum("structure", "unstructured", ["unstructured", "block", "2:4"], "Sparsity pattern.")
 
 
 def _define_distill():
-    _define_training(3)
-    flags.DEFINE_string("teacher", None, "The trained teacher model (.keras).")
-    flags.DEFINE_float("temperature", None, "Softmax temperature (default: the Distiller's).")
-    flags.DEFINE_float("alpha", None, "Weight of the hard-label loss in [0, 1] (default: the Distiller's).")
-    flags.DEFINE_float("sparsity", None, "Also prune the student to this sparsity while distilling.")
+    from tfcompress.recipe import Distill
+
+    _define_training(3, Distill, "distilled student", "distilled")
+    flags.DEFINE_string("teacher", None, "The trained teacher model (.keras) (default: none - required).")
+    flags.DEFINE_float("temperature", None, "Softmax temperature (default: none - the Distiller's, "
+                       f"{_distiller_default('temperature')}).")
+    flags.DEFINE_float("alpha", None, "Weight of the hard-label loss in [0, 1] (default: none - the Distiller's, "
+                       f"{_distiller_default('alpha')}).")
+    flags.DEFINE_float("sparsity", None, "Also prune the student to this sparsity, in [0, 1), while distilling "
+                       "(default: none - no pruning).")
+
+
+def _distiller_default(name):
+    import inspect
+
+    from tfcompress.distill import Distiller
+
+    return inspect.signature(Distiller.__init__).parameters[name].default
 
 
 def _define_quantize():
-    _define_training(1)
+    from tfcompress.recipe import QuantizeAware
+
+    _define_training(1, QuantizeAware, "quantization-aware", "qat")
 
 
 def _finish_training(command, model_path, steps):
     import tfcompress as tfc
+    from tfcompress.convert import ConversionError
     from tfcompress.recipe import Convert, compress
 
     output = FLAGS.output or os.path.splitext(model_path)[0] + f"_{command}.keras"
     tfc.files.check_writable(output, FLAGS.overwrite, argument="--output")
     if FLAGS.tflite:
         tfc.files.check_writable(FLAGS.tflite, FLAGS.overwrite, argument="--tflite")
+    threads = _int_list(FLAGS.threads, "threads")
     model = load_keras_model(model_path, FLAGS.unsafe)
     data = load_data(FLAGS.data, FLAGS.limit_test)
-    recipe = steps + ([Convert(FLAGS.mode, name="result")] if FLAGS.tflite else [])
-    result = compress(model, data, recipe, batch_size=FLAGS.batch_size, evaluate=bool(FLAGS.tflite),
-                      threads=_int_list(FLAGS.threads, "threads"), convert_default=False,
-                      backup_dir=FLAGS.backup_dir)
-    tfc.files.save_keras_atomic(result.model, output, overwrite=FLAGS.overwrite, argument="--output")
+    trained = compress(model, data, steps, batch_size=FLAGS.batch_size, evaluate=False, convert_default=False,
+                       backup_dir=FLAGS.backup_dir)
+    # Saved before converting: a converter failure must not cost the training.
+    tfc.files.save_keras_atomic(trained.model, output, overwrite=FLAGS.overwrite, argument="--output")
     _progress(f"wrote {output}")
-    if FLAGS.tflite:
-        tfc.write_atomic(FLAGS.tflite, bytes(result.artifacts["result"]), overwrite=FLAGS.overwrite,
-                         argument="--tflite")
-        _progress(f"wrote {FLAGS.tflite}")
-        print(result.to_markdown())
+    if not FLAGS.tflite:
+        return
+    try:
+        converted = compress(trained.model, data, [Convert(FLAGS.mode, name="result")], copy=False,
+                             threads=threads, isolate=FLAGS.isolate, timeout=FLAGS.timeout)
+    except ConversionError as exc:
+        raise ConversionError(f"{exc} The {command} model is saved in {output!r}; retry only the conversion with "
+                              f"`tfcompress convert {output} --mode={FLAGS.mode} --data={FLAGS.data}`.") from None
+    tfc.write_atomic(FLAGS.tflite, bytes(converted.artifacts["result"]), overwrite=FLAGS.overwrite,
+                     argument="--tflite")
+    _progress(f"wrote {FLAGS.tflite}")
+    # Accuracy changes are shown against the model as given, before training.
+    print(tfc.compare(converted.reports, reference_accuracy=trained.keras_accuracy))
 
 
 def _one_model(argv, command):
@@ -290,9 +406,13 @@ def _define_demo():
     _define_common()
     flags.DEFINE_string("out", "demo_out", "Output folder for report.md, report.json, plots and .tflite files.")
     flags.DEFINE_boolean("quick", False, "A fast run on a data subset (used by the tests).")
-    flags.DEFINE_integer("epochs", None, "Training epochs of the float model (default: 3).")
+    flags.DEFINE_integer("epochs", 3, "Training epochs of the float model.", lower_bound=1)
     flags.DEFINE_string("threads", "1,2", "Comma-separated thread counts to time.")
-    flags.DEFINE_string("cache_dir", None, "Where the trained float model is cached (default ~/.cache/tfcompress).")
+    flags.DEFINE_string("cache_dir", None, "Where the trained float model is cached (default: none - "
+                        "caches in ~/.cache/tfcompress).")
+    # Off by default here: the demo converts only its own models, 11 of them, and each isolated
+    # conversion starts a fresh TensorFlow (about 10 s): the quick run would double.
+    _define_isolation(default=False)
 
 
 def _demo(argv):
@@ -301,7 +421,8 @@ def _demo(argv):
     if len(argv) != 1:
         raise UsageError(f"demo takes no positional arguments, got {argv[1:]}.")
     demo.run(out_dir=FLAGS.out, quick=FLAGS.quick, epochs=FLAGS.epochs,
-             threads=_int_list(FLAGS.threads, "threads"), overwrite=FLAGS.overwrite, cache_dir=FLAGS.cache_dir)
+             threads=_int_list(FLAGS.threads, "threads"), overwrite=FLAGS.overwrite, cache_dir=FLAGS.cache_dir,
+             isolate=FLAGS.isolate, timeout=FLAGS.timeout)
 
 
 COMMANDS = {
@@ -347,6 +468,16 @@ def run(argv=None):
         print(FLAGS.module_help(__name__))
         sys.exit(0)
 
+    def parse_flags(args):
+        # absl's own parser prints two lines ("FATAL Flags parsing error: ...", "Pass --helpshort ...") and
+        # exits 1; a bad flag is a bad command line like any other: one line, exit code 2.
+        try:
+            return FLAGS(args)
+        except flags.Error as exc:
+            message = " ".join(str(exc).split())
+            print(f"tfcompress {command}: error: {message} (see tfcompress {command} --help)", file=sys.stderr)
+            sys.exit(2)
+
     def guarded_main(args):
         if not FLAGS["verbosity"].present:
             # TensorFlow logs every SavedModel export at INFO through absl; users want our progress lines.
@@ -358,7 +489,7 @@ def run(argv=None):
             print(f"tfcompress {command}: error: {message}", file=sys.stderr)
             sys.exit(2 if isinstance(exc, UsageError) else 1)
 
-    app.run(guarded_main, argv=[f"tfcompress {command}"] + argv[2:])
+    app.run(guarded_main, argv=[f"tfcompress {command}"] + argv[2:], flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

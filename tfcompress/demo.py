@@ -7,12 +7,13 @@ small, fast run).
 
 import json
 import os
-import sys
 import time
 
 from tfcompress import datasets, zoo
+from tfcompress.convert import DEFAULT_TIMEOUT_S
 from tfcompress.evaluate import compare, evaluate_many
 from tfcompress.files import OutputExistsError, save_keras_atomic, write_atomic
+from tfcompress.recipe import fit_verbosity
 
 
 def _say(message, start=None):
@@ -44,8 +45,7 @@ def trained_reference_cnn(x, y, epochs, cache_dir=None, seed=0, batch_size=128, 
             _say(f"ignoring unreadable cache {path}: {exc}")
     keras.utils.set_random_seed(seed)
     model = zoo.compile_classifier(zoo.reference_cnn(bn_momentum=bn_momentum))
-    # Progress bars redraw with carriage returns; in a log file one line per epoch reads better.
-    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=1 if sys.stdout.isatty() else 2)
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=fit_verbosity())
     os.makedirs(cache_dir, exist_ok=True)
     save_keras_atomic(model, path)
     return model
@@ -117,7 +117,8 @@ def _plot(reports, path, threads):
     return True
 
 
-def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=False, cache_dir=None):
+def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=False, cache_dir=None,
+        isolate=False, timeout=DEFAULT_TIMEOUT_S):
     """Runs the demo and returns ``{variant: EvaluationReport}``.
 
     Trains (or loads the cached) reference CNN on Fashion-MNIST, then runs every
@@ -133,6 +134,9 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
         threads: thread counts timed by the evaluator.
         overwrite: replace files in a non-empty ``out_dir``.
         cache_dir: where the trained float model is cached.
+        isolate, timeout: run each conversion in a subprocess with this time
+            limit (see `tfcompress.compress`); off by default: the demo converts
+            only its own models, and each isolated conversion costs about 10 s.
     """
     from tfcompress.recipe import compress
 
@@ -163,7 +167,8 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
         if isinstance(start_model, str):
             start_model = models[start_model]
         result = compress(start_model, ((x_tune, y_tune), (x_test, y_test)), recipe,
-                          batch_size=64 if quick else 128, evaluate=False, verbose=1)
+                          batch_size=64 if quick else 128, evaluate=False, verbose=1, isolate=isolate,
+                          timeout=timeout)
         models[title] = result.model
         for name, data in result.artifacts.items():
             write_atomic(os.path.join(out_dir, f"{name}.tflite"), bytes(data), overwrite=overwrite)

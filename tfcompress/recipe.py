@@ -14,14 +14,28 @@ are thin users of this function.
 import dataclasses
 import math
 import os
+import sys
 import time
 
 import numpy as np
 
 from tfcompress import datasets
 from tfcompress.backup import BackupAndRestore
-from tfcompress.convert import MODES, to_tflite
+from tfcompress.convert import DEFAULT_TIMEOUT_S, MODES, to_tflite
 from tfcompress.evaluate import compare, evaluate_many
+
+
+def fit_verbosity(verbose=1):
+    """The ``verbose=`` for Keras ``fit``: 0 when quiet, progress bars (1) on a terminal, else one line per epoch (2).
+
+    Progress bars redraw with carriage returns; in a log file or a pipe one line per epoch reads better.
+    """
+    if not verbose:
+        return 0
+    try:
+        return 1 if sys.stdout is not None and sys.stdout.isatty() else 2
+    except (AttributeError, ValueError):  # a replaced or closed stdout
+        return 2
 
 
 def _check_epochs(step, epochs):
@@ -239,7 +253,8 @@ def _accuracy(model, x, y, batch_size=512):
 
 
 def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=True, threads=(1,),
-             num_runs=50, calibration_samples=200, verbose=1, seed=0, convert_default=True, backup_dir=None):
+             num_runs=50, calibration_samples=200, verbose=1, seed=0, convert_default=True, backup_dir=None,
+             isolate=False, timeout=DEFAULT_TIMEOUT_S):
     """Runs a compression recipe on a model and evaluates every artifact.
 
     Args:
@@ -255,7 +270,8 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         evaluate: evaluate every artifact on the test data with `evaluate_tflite`.
         threads, num_runs: evaluator settings.
         calibration_samples: training samples used to calibrate int8 conversions.
-        verbose: 0 silent, 1 one line per step (+ Keras progress per epoch).
+        verbose: 0 silent, 1 one line per step, plus Keras progress: bars on a
+            terminal, one line per epoch otherwise (`fit_verbosity`).
         seed: random seed of the fine-tuning steps.
         convert_default: append ``Convert("int8")`` when the recipe has no
             `Convert` step (False: return only the trained model).
@@ -264,6 +280,11 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             crash or kill skips the finished steps (their final state is restored)
             and resumes the interrupted one from its last epoch. The backups are
             deleted when the whole chain has finished.
+        isolate: run every `Convert` step's TFLite converter in a subprocess (see
+            `to_tflite`), so a converter abort or segfault becomes a `ConversionError`
+            naming the mode and the model instead of killing the caller. Each
+            isolated conversion starts a fresh TensorFlow (about 10 s).
+        timeout: with ``isolate``, seconds before one conversion is stopped.
 
     Returns:
         A `CompressionResult`.
@@ -288,7 +309,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
     loss = _loss_of(model)
     current = _copy(model) if copy else model
     steps_per_epoch = math.ceil(len(x) / batch_size)
-    fit_verbose = 2 if verbose else 0
+    fit_verbose = fit_verbosity(verbose)
     chain, log, artifacts, reports = [], [], {}, {}
 
     def say(message, start):
@@ -358,7 +379,8 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             calibration = x[:calibration_samples] if step.mode in ("int8", "int16x8") else None
             artifacts[name] = to_tflite(current, mode=step.mode, representative_data=calibration,
                                         io_type=step.io_type, sparse=step.sparse,
-                                        keep_float=list(step.keep_float) if step.keep_float else None)
+                                        keep_float=list(step.keep_float) if step.keep_float else None,
+                                        isolate=isolate, timeout=timeout)
             say(f"converted {name}: {len(artifacts[name]) / 1024:.1f} KB", start)
     for callback in backups:  # the chain is done: nothing is left to resume
         callback.delete_backup()

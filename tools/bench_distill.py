@@ -43,8 +43,8 @@ flags.DEFINE_string("teacher_path", None, "Load the teacher from this .keras fil
 flags.DEFINE_string("output", None, "Also write the markdown report to this file.")
 flags.DEFINE_bool("overwrite", False, "Allow replacing --output.")
 
-SWEEP_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
-SWEEP_ALPHAS = (0.1, 0.5)
+SWEEP_TEMPERATURES = (1.0, 2.0, 4.0)
+SWEEP_ALPHAS = (0.1, 0.5, 0.9)
 
 
 def _distiller_kwargs():
@@ -266,6 +266,10 @@ def _timing_table(teacher, x, y):
     return "\n".join(lines)
 
 
+def _spread(values):
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def _sweep(teacher, x, y, x_test, y_test):
     import keras
 
@@ -278,7 +282,8 @@ def _sweep(teacher, x, y, x_test, y_test):
         header,
         "|---|" + "---|" * len(SWEEP_ALPHAS),
     ]
-    scratch = statistics.mean(_accuracy(_scratch(x, y, s), x_test, y_test) for s in seeds)
+    scratch_runs = [_accuracy(_scratch(x, y, s), x_test, y_test) for s in seeds]
+    scratch = f"{100 * statistics.mean(scratch_runs):.2f}% ± {100 * _spread(scratch_runs):.2f}"
     for temperature in SWEEP_TEMPERATURES:
         cells = []
         for alpha in SWEEP_ALPHAS:
@@ -290,11 +295,11 @@ def _sweep(teacher, x, y, x_test, y_test):
                 )
                 for s in seeds
             ]
-            cells.append(f"{statistics.mean(accuracies):.4f}")
+            cells.append(f"{100 * statistics.mean(accuracies):.2f}% ± {100 * _spread(accuracies):.2f}")
             print(f"T={temperature} alpha={alpha}: {accuracies}")
             keras.backend.clear_session()
         lines.append(f"| {temperature} | " + " | ".join(cells) + " |")
-    lines += ["", f"Student from scratch, same budget: {scratch:.4f}."]
+    lines += ["", f"Student from scratch, same budget: {scratch}."]
     return "\n".join(lines)
 
 
