@@ -1,6 +1,8 @@
 """to_tflite: every mode, every model kind, the audit, keep_float, atomic output."""
 
 import os
+import sys
+import subprocess
 
 import keras
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 from conftest import keras_accuracy, small_cnn
 
 import tfcompress as tfc
+from tfcompress import native_stderr
 from tfcompress import convert
 
 MODES = ["float32", "float16", "dynamic", "int8", "int16x8"]
@@ -238,15 +241,29 @@ def test_converter_chatter_is_dropped_but_other_stderr_is_kept(trained_digits_mo
     assert "fully_quantize:" not in capfd.readouterr().err
 
     chatter = b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, output_inference_type: FLOAT32\n"
-    with convert._native_chatter_filtered():
-        os.write(2, chatter)
-        os.write(2, b"W converter: something worth reading\n")
-    err = capfd.readouterr().err
-    assert "something worth reading" in err and "fully_quantize:" not in err
-
-    # When conversion fails, everything it printed is passed on.
-    with pytest.raises(RuntimeError):
-        with convert._native_chatter_filtered():
+    for keep_quiet in (native_stderr.buffered_filter, native_stderr.streaming_filter):
+        with keep_quiet(native_stderr.CONVERTER_CHATTER):
             os.write(2, chatter)
-            raise RuntimeError("converter failed")
-    assert "fully_quantize:" in capfd.readouterr().err
+            os.write(2, b"W converter: something worth reading\n")
+            os.write(2, b"no newline at the end")
+        err = capfd.readouterr().err
+        assert "something worth reading" in err and "no newline at the end" in err and "fully_quantize:" not in err
+
+        # When the wrapped code fails, everything it printed is passed on.
+        with pytest.raises(RuntimeError):
+            with keep_quiet(native_stderr.CONVERTER_CHATTER):
+                os.write(2, chatter)
+                raise RuntimeError("converter failed")
+        assert "fully_quantize:" in capfd.readouterr().err
+
+
+def test_importing_tensorflow_through_tfcompress_prints_no_chatter():
+    # A fresh interpreter: TensorFlow's import notices (oneDNN, CUDA, absl) print only once per process.
+    result = subprocess.run([sys.executable, "-c", "import tfcompress, sys; print('tfcompress', file=sys.stderr)"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "tfcompress\n"
+    # Asking for TensorFlow's INFO lines gets them.
+    result = subprocess.run([sys.executable, "-c", "import tfcompress"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert "oneDNN" in result.stderr or "cuda" in result.stderr

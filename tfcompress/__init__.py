@@ -8,24 +8,40 @@ Example:
     >>> print(tfc.evaluate_tflite(b, x=x_test, y=y_test).to_markdown())
 """
 
+import contextlib as _contextlib
 import os as _os
+import sys as _sys
 
 # TensorFlow's C++ INFO lines drown the progress output users care about.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-from tfcompress import datasets, zoo  # noqa: E402
-from tfcompress.files import OutputExistsError, write_atomic  # noqa: E402
-from tfcompress.convert import ConversionError, ConvertedModel, QuantizationAuditError, to_tflite  # noqa: E402
-from tfcompress.representative import RepresentativeDataError  # noqa: E402
-from tfcompress.tflite_file import InvalidTFLiteFileError, inspect as inspect_tflite  # noqa: E402
-from tfcompress.evaluate import EvaluationReport, compare, evaluate_many, evaluate_tflite  # noqa: E402
-from tfcompress.backup import BackupAndRestore  # noqa: E402
-from tfcompress.distill import Distiller  # noqa: E402
-from tfcompress.pruning import (  # noqa: E402
-    ConstantSparsity, PolynomialDecay, Pruner, PruningCallback, SparsityReport, sparsity_report,
+from tfcompress import native_stderr  # noqa: E402
+
+# A few of TensorFlow's import notices print whatever TF_CPP_MIN_LOG_LEVEL says; drop them too,
+# unless the user asked for INFO lines (level 0) or TensorFlow was imported before us.
+_quiet_import = (
+    native_stderr.streaming_filter(native_stderr.IMPORT_CHATTER)
+    if "tensorflow" not in _sys.modules and _os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2").strip() not in ("", "0")
+    else _contextlib.nullcontext()
 )
-from tfcompress import quantization  # noqa: E402
-from tfcompress.quantization import QuantizationConfig, TFLiteParityCallback, quantize_model  # noqa: E402
+with _quiet_import:
+    from tfcompress import datasets, zoo  # noqa: E402
+    from tfcompress.files import OutputExistsError, write_atomic  # noqa: E402
+    from tfcompress.convert import ConversionError, ConvertedModel, QuantizationAuditError, to_tflite  # noqa: E402
+    from tfcompress.representative import RepresentativeDataError  # noqa: E402
+    from tfcompress.tflite_file import InvalidTFLiteFileError, inspect as inspect_tflite  # noqa: E402
+    from tfcompress.evaluate import EvaluationReport, compare, evaluate_many, evaluate_tflite  # noqa: E402
+    from tfcompress.backup import BackupAndRestore  # noqa: E402
+    from tfcompress.distill import Distiller  # noqa: E402
+    from tfcompress.pruning import (  # noqa: E402
+        ConstantSparsity, PolynomialDecay, Pruner, PruningCallback, SparsityReport, sparsity_report,
+    )
+    from tfcompress import quantization  # noqa: E402
+    from tfcompress.quantization import QuantizationConfig, TFLiteParityCallback, quantize_model  # noqa: E402
+    import tensorflow as _tf  # noqa: E402
+
+    # TensorFlow's CUDA probe prints its verdict on the first device query; make that happen here.
+    _tf.config.list_physical_devices("GPU")
 from tfcompress.recipe import CompressionResult, Convert, Distill, Prune, QuantizeAware, compress  # noqa: E402

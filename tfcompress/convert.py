@@ -13,12 +13,11 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import warnings
 
 import numpy as np
 
-from tfcompress import representative, tflite_file
+from tfcompress import native_stderr, representative, tflite_file
 from tfcompress.files import check_writable, make_temp_dir, write_atomic
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
@@ -547,69 +546,11 @@ def _failure_message(model_name, mode, reason):
     )
 
 
-_STDERR_REDIRECT_LOCK = threading.Lock()
-
-# Lines the converter's native code prints on every conversion, with nothing for the user to act on.
-_NATIVE_CHATTER = (
-    re.compile(r"^fully_quantize: \d+, inference_type: "),
-    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
-)
-
-
-@contextlib.contextmanager
-def _native_chatter_filtered():
-    """Drops the converter's routine native prints ("fully_quantize: 0, inference_type: 6, ...").
-
-    They go straight to file descriptor 2, beyond Python's logging, so fd 2 is
-    pointed at a temporary file while the converter runs; afterwards everything
-    else written there (warnings, errors, other threads' output) is passed on to
-    the real stderr, in order. Nothing is dropped when the conversion fails.
-    """
-    # fd 2 is per process: a conversion running in another thread at the same time keeps its chatter
-    # rather than have two redirections undo each other out of order.
-    if not _STDERR_REDIRECT_LOCK.acquire(blocking=False):
-        yield
-        return
-    try:
-        with _redirected_stderr_filtered():
-            yield
-    finally:
-        _STDERR_REDIRECT_LOCK.release()
-
-
-@contextlib.contextmanager
-def _redirected_stderr_filtered():
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable fd 2 (e.g. an embedded interpreter): leave it alone
-        yield
-        return
-    failed = False
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines = sink.read().decode("utf-8", "replace").splitlines(keepends=True)
-            kept = "".join(ln for ln in lines if failed or not any(p.match(ln.rstrip("\n")) for p in _NATIVE_CHATTER))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
-
-
 def convert_saved_model(saved_model_dir, mode, samples, io_type="float32", sparse=False, keep_float=None):
     """Runs the TFLite converter on an exported SavedModel (``serve`` endpoint); returns the bytes."""
     import tensorflow as tf
 
-    with _native_chatter_filtered():
+    with native_stderr.buffered_filter(native_stderr.CONVERTER_CHATTER):
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serve"])
         _configure(converter, mode, samples, io_type, sparse)
         if keep_float:
