@@ -115,6 +115,7 @@ def test_install_cell_installs_an_uploaded_wheel(tmp_path):
     session.mkdir()
     shutil.copy(wheel, session)
     target = tmp_path / "site"
+    target.mkdir()  # on sys.path from the start, as site-packages is in Colab
 
     # `python -S` with site-packages on PYTHONPATH: every installed package imports, but .pth files
     # (this checkout's editable install) are not processed, so tfcompress is missing as in a fresh Colab.
@@ -124,11 +125,11 @@ def test_install_cell_installs_an_uploaded_wheel(tmp_path):
                PIP_DISABLE_PIP_VERSION_CHECK="1", TF_CPP_MIN_LOG_LEVEL="3")
     script = textwrap.dedent(f"""
         import importlib.util, sys
+        sys.path.insert(0, {str(target)!r})
         assert importlib.util.find_spec("tfcompress") is None, "tfcompress should not be importable yet"
         from IPython.core.interactiveshell import InteractiveShell
         result = InteractiveShell.instance().run_cell({install_cell_source()!r})
         result.raise_error()
-        sys.path.insert(0, {str(target)!r})
         import tfcompress, tfcompress.cli, tfcompress.pruning, tfcompress.quantization
         print("INSTALLED_AT", tfcompress.__file__)
         tfcompress.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=10)
@@ -138,3 +139,16 @@ def test_install_cell_installs_an_uploaded_wheel(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     installed_at = next(line.split(" ", 1)[1] for line in run.stdout.splitlines() if line.startswith("INSTALLED_AT"))
     assert installed_at.startswith(str(target)), installed_at
+
+    # An install that fails says what to do instead of leaving the next cell's import to fail.
+    failing = textwrap.dedent(f"""
+        from IPython.core.interactiveshell import InteractiveShell
+        result = InteractiveShell.instance().run_cell({install_cell_source()!r})
+        print("ERROR", type(result.error_in_exec).__name__, result.error_in_exec)
+    """)
+    env["TFCOMPRESS_PIP"] = str(tmp_path / "missing" / "tfcompress-0.0.0-py3-none-any.whl")
+    (tmp_path / "fresh").mkdir()
+    run = subprocess.run([sys.executable, "-S", "-c", failing], cwd=tmp_path / "fresh", env=env, capture_output=True,
+                         text=True, timeout=600)
+    error = next(line for line in run.stdout.splitlines() if line.startswith("ERROR"))
+    assert "RuntimeError" in error and "tools/run.sh wheel" in error and "TFCOMPRESS_PIP" in error, run.stdout[-2000:]
