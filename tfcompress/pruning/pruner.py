@@ -253,6 +253,11 @@ class Pruner:
         twice. M:N patterns have a fixed sparsity: their clock is not moved.
         """
         self._catch_up_pending = False
+        if done > 0:
+            # A resumed run (BackupAndRestore, initial_epoch, a loop passing its own step N) has a
+            # clock to trust. Keras replays an interrupted epoch from its first batch while the weights
+            # hold that epoch's later zeros: skipping ahead would count those steps twice.
+            return
         if not self._already_sparse(done):
             return
         self.start_sparsity = self._found_sparsity
