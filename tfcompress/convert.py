@@ -183,7 +183,7 @@ def _reconcile_with_data(model, spec, arr):
 def _recorded_input_specs(model, required=True):
     """The input shapes Keras recorded on a subclassed model's first call; None if unknown and not required."""
     # Keras keeps the shapes of a subclassed model's first call only in private state; its own
-    # exporter reads them the same way. This is the only private Keras API tfcompress uses.
+    # exporter reads them the same way.
     try:
         from keras.src.export.export_utils import get_input_signature
         signature = get_input_signature(model)
