@@ -289,6 +289,38 @@ def test_resume_with_backup_and_restore_continues_the_schedule(digits, tmp_path)
     assert resumed[0][1] >= first_part[-1][1] > 0.5
 
 
+def test_resume_mid_first_epoch_replays_it_on_the_same_schedule(digits, tmp_path):
+    # A backup taken inside epoch 0 holds zeros of later steps than the replayed epoch starts at;
+    # the restored clock (step 0) must be trusted, not mistaken for a new callback on a sparse model.
+    (x, y), _ = digits
+    backup = str(tmp_path / "backup")
+
+    def run(interrupt_at_batch=None):
+        keras.utils.set_random_seed(3)
+        model = compiled(cnn())
+        cb = tfc.PruningCallback(schedule(0.8, end_step=80, frequency=10), verbose=0)
+        ends = []
+        callbacks = [cb, tfc.BackupAndRestore(backup, save_freq=5),
+                     keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: ends.append(cb.pruner.step))]
+        if interrupt_at_batch is not None:
+            class Interrupt(keras.callbacks.Callback):
+                def on_train_batch_end(self, batch, logs=None):
+                    if batch == interrupt_at_batch:
+                        raise KeyboardInterrupt
+            callbacks.append(Interrupt())
+        try:
+            model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=callbacks)
+        except KeyboardInterrupt:
+            pass
+        return ends, tfc.sparsity_report(model).overall
+
+    reference_ends, reference_sparsity = run()
+    assert run(interrupt_at_batch=31) == ([], pytest.approx(reference_sparsity, abs=1.0))  # killed in epoch 0
+    resumed_ends, resumed_sparsity = run()
+    assert resumed_ends == reference_ends == [STEPS_PER_EPOCH * (e + 1) for e in range(3)]
+    assert resumed_sparsity == pytest.approx(reference_sparsity, abs=0.005)
+
+
 def test_loaded_pruned_model_continues_the_schedule_with_a_new_callback(digits, tmp_path, capsys):
     (x, y), (x_test, y_test) = digits
     keras.utils.set_random_seed(7)

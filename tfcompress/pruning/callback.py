@@ -112,6 +112,9 @@ class PruningCallback(keras.callbacks.Callback):
             done = self._epoch * steps_per_epoch + batch if steps_per_epoch else batch
             self._offset = iterations - done
             self.pruner.step = done
+            # Keras's BackupAndRestore and ours record the restored epoch in the model's private
+            # `_initial_epoch` (None otherwise); a restore mid-epoch 0 must not look like a fresh start.
+            self.pruner.resumed = getattr(self.model, "_initial_epoch", None) is not None
         self.pruner.attach()
         # fit() builds its train function before on_train_begin and reuses it
         # across fit() calls; retrace so the masking constraints are compiled in.

@@ -158,6 +158,8 @@ class Pruner:
         self.step = 0
         self.skipped_steps = 0
         self.start_sparsity = None
+        # Set by the callback when a backup was restored: the clock is then trusted even at step 0.
+        self.resumed = False
         self._target_size = sum(int(np.prod(e.shape)) for e in self.targets)
         self._found_sparsity = 0.0
         self._catch_up_pending = False
@@ -253,7 +255,7 @@ class Pruner:
         twice. M:N patterns have a fixed sparsity: their clock is not moved.
         """
         self._catch_up_pending = False
-        if done > 0:
+        if done > 0 or self.resumed:
             # A resumed run (BackupAndRestore, initial_epoch, a loop passing its own step N) has a
             # clock to trust. Keras replays an interrupted epoch from its first batch while the weights
             # hold that epoch's later zeros: skipping ahead would count those steps twice.
