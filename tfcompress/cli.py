@@ -14,6 +14,7 @@ import zipfile
 from absl import app, flags
 from absl import logging as absl_logging
 
+from tfcompress import datasets
 from tfcompress.convert import DEFAULT_TIMEOUT_S
 
 FLAGS = flags.FLAGS
@@ -27,13 +28,10 @@ def _define_common():
     flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
 
 
-DATASETS = ("fashion_mnist", "mnist", "digits")
-
-
 def _define_data():
     flags.DEFINE_string(
         "data", "fashion_mnist",
-        f"Dataset: a Keras dataset name ({', '.join(DATASETS)}) or an .npz file holding x_train, y_train, "
+        f"Dataset: a Keras dataset name ({', '.join(datasets.NAMES)}) or an .npz file holding x_train, y_train, "
         "x_test, y_test.")
     flags.DEFINE_integer("limit_test", None, "Evaluate on the first N test samples only (default: none - the "
                          "whole test set).", lower_bound=1)
@@ -54,33 +52,9 @@ def _define_model_loading():
         "for files you trust: loading such a model runs its code.")
 
 
-def _keras_home():
-    return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-
-
-def load_mnist():
-    """MNIST through ``keras.datasets.mnist`` (its cache, else its download), as float32 NHWC in [0, 1]."""
-    import keras
-    import numpy as np
-
-    cached = os.path.join(_keras_home(), "datasets", "mnist.npz")
-    try:
-        (x, y), (xt, yt) = keras.datasets.mnist.load_data()
-    except Exception as exc:  # network errors come in many types
-        reason = " ".join(str(exc).split())[:200]
-        raise RuntimeError(
-            f"--data=mnist: MNIST is not in Keras's cache ({cached}) and Keras could not download it "
-            f"({type(exc).__name__}: {reason}). Run keras.datasets.mnist.load_data() once on a machine online "
-            f"and copy mnist.npz to {cached}, or use --data=fashion_mnist, --data=digits or an .npz file.") from None
-    x, xt = (a.astype(np.float32)[..., np.newaxis] / 255.0 for a in (x, xt))
-    return (x, y.astype(np.int64)), (xt, yt.astype(np.int64))
-
-
 def load_data(spec, limit_test=None):
     """``fashion_mnist`` / ``mnist`` / ``digits`` / ``path.npz`` → ``((x_train, y_train), (x_test, y_test))``."""
     import numpy as np
-
-    from tfcompress import datasets
 
     if spec.lower().endswith(".npz"):
         if not os.path.exists(spec):
@@ -98,13 +72,16 @@ def load_data(spec, limit_test=None):
         except Exception as exc:
             raise UsageError(f"--data={spec!r} is not a readable .npz file ({type(exc).__name__}: {exc}).") from None
         x, xt = x.astype("float32"), xt.astype("float32")
-    elif spec == "mnist":
-        (x, y), (xt, yt) = load_mnist()
-    elif spec in DATASETS:
-        (x, y), (xt, yt) = datasets.load(spec)
+    elif spec in datasets.NAMES:
+        try:
+            (x, y), (xt, yt) = datasets.load(spec)
+        except RuntimeError as exc:
+            others = ", ".join(f"--data={name}" for name in datasets.NAMES if name != spec)
+            raise RuntimeError(f"--data={spec}: {exc} Or use {others} or an .npz file.") from None
     else:
         hint = " (a file given as data must be an .npz)" if os.path.isfile(spec) else ""
-        raise UsageError(f"--data={spec!r}: Unknown dataset {spec!r}{hint}. Choose one of {', '.join(DATASETS)}, "
+        raise UsageError(f"--data={spec!r}: Unknown dataset {spec!r}{hint}. Choose one of "
+                         f"{', '.join(datasets.NAMES)}, "
                          "or an .npz file holding x_train, y_train, x_test, y_test.")
     if limit_test:
         xt, yt = xt[:limit_test], yt[:limit_test]

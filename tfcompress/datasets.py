@@ -24,9 +24,13 @@ FASHION_MNIST_CLASSES = (
 )
 
 
-def _keras_cache_dir():
+def _keras_datasets_dir():
     base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return os.path.join(base, "datasets", "fashion-mnist")
+    return os.path.join(base, "datasets")
+
+
+def _keras_cache_dir():
+    return os.path.join(_keras_datasets_dir(), "fashion-mnist")
 
 
 def _seed_keras_cache_from_debian(source_dir=None):
@@ -105,6 +109,29 @@ def fashion_mnist(limit_train=None, limit_test=None):
     return (x_train, y_train), (x_test, y_test)
 
 
+def mnist(limit_train=None, limit_test=None):
+    """Loads MNIST (60k train / 10k test) through ``keras.datasets.mnist`` as float32 NHWC in [0, 1].
+
+    Keras reads its cache (``$KERAS_HOME/datasets/mnist.npz``), else downloads it.
+
+    Raises:
+        RuntimeError: not cached and no download; the message names the cache file to fill.
+    """
+    import keras
+
+    cached = os.path.join(_keras_datasets_dir(), "mnist.npz")
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+    except Exception as exc:  # network errors come in many types
+        reason = " ".join(str(exc).split())[:200]
+        raise RuntimeError(
+            f"MNIST is not in Keras's cache ({cached}) and Keras could not download it "
+            f"({type(exc).__name__}: {reason}). Run keras.datasets.mnist.load_data() once on a machine online "
+            f"and copy mnist.npz to {cached}.") from None
+    x_train, x_test = _to_float_nhwc(x_train)[:limit_train], _to_float_nhwc(x_test)[:limit_test]
+    return (x_train, y_train.astype(np.int64)[:limit_train]), (x_test, y_test.astype(np.int64)[:limit_test])
+
+
 def digits(test_fraction=0.25, seed=0):
     """scikit-learn's bundled 8x8 digits (1,797 images), split into train and test.
 
@@ -129,12 +156,15 @@ def digits(test_fraction=0.25, seed=0):
     return (x[train], y[train]), (x[test], y[test])
 
 
+_LOADERS = {"fashion_mnist": fashion_mnist, "mnist": mnist, "digits": digits}
+NAMES = tuple(_LOADERS)
+
+
 def load(name, **kwargs):
-    """Loads a dataset by name: ``"fashion_mnist"`` or ``"digits"``."""
-    loaders = {"fashion_mnist": fashion_mnist, "digits": digits}
-    if name not in loaders:
+    """Loads a dataset by name: one of `NAMES` (``"fashion_mnist"``, ``"mnist"``, ``"digits"``)."""
+    if name not in _LOADERS:
         raise ValueError(
-            f"Unknown dataset {name!r}. Choose one of {sorted(loaders)} or pass an .npz file "
+            f"Unknown dataset {name!r}. Choose one of {sorted(_LOADERS)} or pass an .npz file "
             "holding x_train, y_train, x_test, y_test."
         )
-    return loaders[name](**kwargs)
+    return _LOADERS[name](**kwargs)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from tfcompress import tflite_file
+from tfcompress import representative, tflite_file
 from tfcompress.convert import ConvertedModel
 
 BACKENDS = ("cpu", "xnnpack")
@@ -219,8 +219,7 @@ def _signature(detail):
 
 
 def _sample_shape_text(detail):
-    dims = ["None" if d < 0 else str(d) for d in _signature(detail)[1:]]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+    return representative._fmt_shape([None if d < 0 else d for d in _signature(detail)[1:]])
 
 
 def _shape_hint(got, expected):
@@ -446,10 +445,12 @@ def evaluate_many(models, x=None, y=None, backends=BACKENDS, threads=(1,), num_r
     interpreters = {}
     for name, m in models.items():
         raw = tflite_file._read(m)
+        checked = None  # the same inputs on every backend of one model: checked once
         for r in reports[name].latency:
             interpreter = _make_interpreter(raw, r.backend, r.threads)
             details = interpreter.get_input_details()
-            checked = None if x is None else _check_inputs(x, details)
+            if x is not None and checked is None:
+                checked = _check_inputs(x, details)
             _set_inputs(interpreter, _latency_inputs(details, checked, rng))
             interpreters[(name, r.backend, r.threads)] = interpreter
     times = _time_round_robin(interpreters, num_runs, warmup_runs)

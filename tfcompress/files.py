@@ -68,6 +68,13 @@ def make_temp_dir(prefix):
     return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}_")
 
 
+def make_temp_file(prefix, suffix="", folder=None):
+    """``tempfile.mkstemp`` (``(fd, path)``) named after this process, after clearing dead processes' leftovers."""
+    folder = folder or tempfile.gettempdir()
+    remove_stale_temps(folder, prefix)
+    return tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}_", suffix=suffix, dir=folder)
+
+
 def check_writable(path, overwrite=False, argument="output_path"):
     """Fails early, before any expensive work, if ``path`` cannot be written."""
     path = os.fspath(path)
@@ -102,9 +109,7 @@ def write_atomic(path, data, overwrite=False, argument="output_path"):
     if isinstance(data, str):
         data = data.encode("utf-8")
     folder = os.path.dirname(os.path.abspath(path))
-    prefix = "." + os.path.basename(path) + "."
-    remove_stale_temps(folder, prefix)
-    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}_", suffix=".tmp", dir=folder)
+    fd, tmp = make_temp_file("." + os.path.basename(path) + ".", ".tmp", folder)
     try:
         # mkstemp creates 0600 files; outputs should get the permissions any new file would.
         os.chmod(tmp, 0o666 & ~_umask())
@@ -144,9 +149,7 @@ def save_keras_atomic(model, path, overwrite=True, argument="output_path"):
     if not str(path).endswith(".keras"):
         raise ValueError(f"{argument}={path!r}: a Keras model file name must end in .keras.")
     folder = os.path.dirname(os.path.abspath(path))
-    prefix = "." + os.path.basename(path) + "."
-    remove_stale_temps(folder, prefix)
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder, prefix=f"{prefix}{os.getpid()}_")
+    fd, tmp = make_temp_file("." + os.path.basename(path) + ".", ".keras", folder)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())
     try:

@@ -45,7 +45,7 @@ def buffered_filter(patterns):
     For long native calls (the converter) that may print a lot while holding the
     GIL: a file never fills up and blocks them.
     """
-    with _redirect(patterns) as saved:
+    with _redirect() as saved:
         if saved is None:
             yield
             return
@@ -71,7 +71,7 @@ def streaming_filter(patterns):
     For imports: a message printed just before a native abort (e.g. a CPU the
     TensorFlow build does not support) still reaches the terminal.
     """
-    with _redirect(patterns) as saved:
+    with _redirect() as saved:
         if saved is None:
             yield
             return
@@ -112,9 +112,8 @@ def streaming_filter(patterns):
 
 
 @contextlib.contextmanager
-def _redirect(patterns):
+def _redirect():
     """Yields a duplicate of the real fd 2 (closed afterwards), or None when no redirection is possible."""
-    del patterns
     if not _LOCK.acquire(blocking=False):
         yield None
         return

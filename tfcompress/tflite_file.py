@@ -321,13 +321,11 @@ def check_loads(tflite, timeout=120):
     import signal
     import subprocess
     import sys
-    import tempfile
 
-    from tfcompress.files import remove_stale_temps
+    from tfcompress.files import make_temp_file
 
     raw = _read(tflite)
-    remove_stale_temps(tempfile.gettempdir(), "tfcompress_check_")
-    fd, path = tempfile.mkstemp(suffix=".tflite", prefix=f"tfcompress_check_{os.getpid()}_")
+    fd, path = make_temp_file("tfcompress_check_", ".tflite")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)

@@ -353,10 +353,8 @@ def _plan(model, nodes, keep_float, config, report, prefix):
         plan = plans[name]
         if plan.action != "keep" or plan.quantize_output or not model.get_layer(name).weights:
             continue
-        if node.is_output or len(node.consumers) != 1:
-            continue
-        consumer = nodes[node.consumers[0]]
-        if consumer.single_call and _is_fusable_activation(model.get_layer(consumer.name)):
+        consumer = _fused_activation(model, nodes, node)
+        if consumer is not None:
             plans[consumer.name].quantize_output = False
 
     # A ReLU/ReLU6 that TFLite fuses into the op before it carries that op's output range.
@@ -366,16 +364,21 @@ def _plan(model, nodes, keep_float, config, report, prefix):
         fuses = plan.action == "quantize" or (type(layer) in _FUSES_ACTIVATION and name not in keep_float)
         if not fuses or not node.single_call:
             continue
-        output_node = node
-        if plan.folded_bn is not None:
-            output_node = nodes[plan.folded_bn.name]
-        if output_node.is_output or len(output_node.consumers) != 1:
-            continue
-        consumer = nodes[output_node.consumers[0]]
-        consumer_layer = model.get_layer(consumer.name)
-        if consumer.single_call and consumer.name not in keep_float and _is_fusable_activation(consumer_layer):
+        output_node = node if plan.folded_bn is None else nodes[plan.folded_bn.name]
+        consumer = _fused_activation(model, nodes, output_node)
+        if consumer is not None and consumer.name not in keep_float:
             plan.quantize_output = False
     return plans
+
+
+def _fused_activation(model, nodes, node):
+    """The node of the activation layer TFLite fuses into the op that produces ``node``'s output, or None."""
+    if node.is_output or len(node.consumers) != 1:
+        return None
+    consumer = nodes[node.consumers[0]]
+    if consumer.single_call and _is_fusable_activation(model.get_layer(consumer.name)):
+        return consumer
+    return None
 
 
 def _qat_options(plan, config):
