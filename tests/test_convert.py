@@ -179,7 +179,7 @@ class TestBadArguments:
             tfc.to_tflite(t)
 
     def test_layer_instead_of_model(self):
-        with pytest.raises(TypeError, match="is a layer"):
+        with pytest.raises(TypeError, match="got a layer"):
             tfc.to_tflite(keras.layers.Dense(3))
 
     def test_path_instead_of_model(self):

@@ -37,7 +37,7 @@ def test_report_contents(float_and_int8, trained_digits_model, digits_data):
     assert r.op_census["CONV_2D"] == 2
     json.dumps(r.to_dict())
     md = r.to_markdown()
-    assert "| xnnpack | 2 |" in md and "gzip" in md
+    assert re.search(r"\| xnnpack +\| 2 +\|", md) and "gzip" in md
 
 
 def test_int8_io_accuracy_and_one_hot_labels(float_and_int8, digits_data):
@@ -68,8 +68,8 @@ def test_compare_table(float_and_int8, digits_data):
     reports = {name: tfc.evaluate_tflite(b, x=x_test, y=y_test, num_runs=3) for name, b in zip(("float32", "int8"), float_and_int8)}
     table = tfc.compare(reports, baseline="float32", reference_accuracy=0.97)
     lines = table.splitlines()
-    assert lines[0].startswith("| variant | size | gzip | × smaller")
-    assert lines[2].startswith("| float32 |") and "1.00x" in lines[2]
+    assert [c.strip() for c in lines[0].split("|")[1:5]] == ["variant", "size", "gzip", "× smaller"]
+    assert lines[2].split("|")[1].strip() == "float32" and "1.00x" in lines[2]
     ratio = float(lines[3].split("|")[4].strip().rstrip("x"))
     assert ratio > 2.5
     with pytest.raises(ValueError, match="baseline='fp32'"):
@@ -110,8 +110,8 @@ class TestBadInput:
         with pytest.raises(ValueError) as info:
             tfc.evaluate_tflite(bytes(float_and_int8[0]), x=x_fashion, y=y_fashion, num_runs=1, verify=verify)
         assert not isinstance(info.value, tfc.InvalidTFLiteFileError)
-        assert re.search(r"x does not fit model input 'serve_image:0': it expects samples of shape \(8, 8, 1\).*"
-                         r"x has shape \(32, 28, 28, 1\).*Pass data shaped like the model's input.*--no_data",
+        assert re.search(r"x has shape \(32, 28, 28, 1\).*model input 'serve_image:0' takes samples of shape "
+                         r"\(8, 8, 1\).*Pass data shaped like the model's input.*--no_data",
                          str(info.value)), str(info.value)
         assert "corrupted" not in str(info.value)
 
@@ -128,12 +128,13 @@ class TestBadInput:
     ], ids=["channels-first", "no-channel-axis", "flattened"])
     def test_shape_mismatches_get_a_hint(self, float_and_int8, digits_data, make_x, hint):
         _, (x_test, _) = digits_data
-        with pytest.raises(ValueError, match=r"expects samples of shape \(8, 8, 1\).*" + hint):
+        with pytest.raises(ValueError, match=r"takes samples of shape \(8, 8, 1\)") as info:
             tfc.evaluate_tflite(float_and_int8[1], x=make_x(x_test[:20]), num_runs=1)
+        assert re.search(hint, str(info.value)), str(info.value)
 
     @pytest.mark.parametrize("make_x,pattern", [
         (lambda x: np.where(np.arange(len(x))[:, None, None, None] == 7, np.nan, x), r"sample 7 .*NaN or Inf.*Remove or repair"),
-        (lambda x: x.astype(str), r"dtype <U\d+.*Pass numbers"),
+        (lambda x: x.astype(str), r"dtype <U\d+.*Pass numeric arrays"),
         (lambda x: x[:0], r"holds no samples.*Pass at least one sample"),
         (lambda x: {"image": x, "label": x}, r"1 input .*dict with 2 keys \['image', 'label'\].*Pass one array"),
     ], ids=["nan", "strings", "empty", "dict-of-two"])
@@ -197,7 +198,7 @@ def test_two_input_model_inputs_by_name_and_count(two_input_tflite, digits_data)
     with pytest.raises(ValueError, match=r"no entry for model input 'serve_(image|extra):0'; x has keys \['image'\]"
                                          r".*Key x by the model's input names"):
         tfc.evaluate_tflite(two_input_tflite, x={"image": x_test}, num_runs=1)
-    with pytest.raises(ValueError, match=r"x\['extra'\] does not fit model input 'serve_extra:0'.*\(3,\).*\(4,\)"):
+    with pytest.raises(ValueError, match=r"x\['extra'\] has shape .*\(4,\).*model input 'serve_extra:0' takes samples of shape \(3,\)"):
         tfc.evaluate_tflite(two_input_tflite, x={"image": x_test, "extra": np.zeros((len(x_test), 4))}, num_runs=1)
     with pytest.raises(ValueError, match=r"different numbers of samples.*one entry per sample"):
         tfc.evaluate_tflite(two_input_tflite, x={"image": x_test, "extra": extra[:5]}, num_runs=1)
@@ -228,5 +229,5 @@ def test_input_with_a_dynamic_dimension_is_resized_to_the_data(digits_data):
     keras_top1 = np.asarray(model(sequences, training=False)).argmax(1)
     assert r.accuracy == pytest.approx(float(np.mean(keras_top1 == y_test[:60])))
     assert r.parity["backends"]["xnnpack"]["top1_agreement"] == 1.0
-    with pytest.raises(ValueError, match=r"expects samples of shape \(None, 1\).*\(60, 64, 2\)"):
+    with pytest.raises(ValueError, match=r"\(60, 64, 2\).*takes samples of shape \(None, 1\)"):
         tfc.evaluate_tflite(flatbuffer, x=np.concatenate([sequences, sequences], axis=-1), num_runs=1)

@@ -1,9 +1,16 @@
 """Corrupted .tflite files give a clear error and never crash the caller."""
 
+import os
+import sys
+
 import pytest
 
 import tfcompress as tfc
-from tfcompress import fuzz, tflite_file
+from tfcompress import tflite_file
+
+# The mutation generator is test tooling, shared with tools/fuzz_evaluator.py.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import tflite_mutations as fuzz  # noqa: E402
 
 
 @pytest.fixture(scope="module")

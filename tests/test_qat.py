@@ -415,10 +415,10 @@ def test_bad_inputs_raise_clear_errors(trained_float):
         tq.quantize_model(unbuilt)
     with pytest.raises(ValueError, match="'cnov1'.*Did you mean.*conv1"):
         tq.quantize_model(trained_float, keep_float=["cnov1"])
-    with pytest.raises(TypeError, match="QuantizationConfig"):
+    with pytest.raises(TypeError, match="QATConfig"):
         tq.quantize_model(trained_float, config={"ema_decay": 0.9})
     with pytest.raises(ValueError, match="ema_decay.*1.5"):
-        tfc.QuantizationConfig(ema_decay=1.5)
+        tfc.QATConfig(ema_decay=1.5)
 
     class Subclassed(keras.Model):
         def __init__(self):

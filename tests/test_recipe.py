@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.recipe import Convert, Distill, Prune, QuantizeAware, compress, fit_verbosity
+from tfcompress.recipe import Convert, Distill, Prune, QuantizationAwareTraining, compress, fit_verbosity
 
 
 def test_prune_qat_int8_chain_keeps_zeros_and_accuracy(trained_digits_model, digits_data):
     before = [w.copy() for w in trained_digits_model.get_weights()]
-    result = compress(trained_digits_model, digits_data, [Prune(0.75, epochs=3), QuantizeAware(epochs=1),
+    result = compress(trained_digits_model, digits_data, [Prune(0.75, epochs=3), QuantizationAwareTraining(epochs=1),
                                                           Convert("int8")], batch_size=32, num_runs=3, verbose=0)
     assert list(result.artifacts) == ["prune75-qat-int8"]
     report = result.reports["prune75-qat-int8"]
@@ -54,16 +54,16 @@ class TestBadRecipes:
             compress(trained_digits_model, digits_data, "shrink")
 
     def test_pruning_after_qat(self, trained_digits_model, digits_data):
-        with pytest.raises(ValueError, match="before QuantizeAware"):
-            compress(trained_digits_model, digits_data, [QuantizeAware(), Prune(0.5)])
+        with pytest.raises(ValueError, match="before QuantizationAwareTraining"):
+            compress(trained_digits_model, digits_data, [QuantizationAwareTraining(), Prune(0.5)])
 
     def test_bad_step_arguments(self):
         with pytest.raises(ValueError, match=r"Prune\(sparsity=1.5\)"):
             Prune(1.5)
         with pytest.raises(ValueError, match=r"Convert\(mode='int4'\)"):
             Convert("int4")
-        with pytest.raises(ValueError, match=r"QuantizeAware\(epochs=0\)"):
-            QuantizeAware(epochs=0)
+        with pytest.raises(ValueError, match=r"QuantizationAwareTraining\(epochs=0\)"):
+            QuantizationAwareTraining(epochs=0)
 
     def test_not_a_step(self, trained_digits_model, digits_data):
         with pytest.raises(TypeError, match="recipe step 0"):

@@ -65,7 +65,7 @@ def test_wrong_rank():
 
 
 def test_wrong_shape():
-    with pytest.raises(tfc.RepresentativeDataError, match=r"'image'.*\(9, 9, 1\).*expects \(8, 8, 1\)"):
+    with pytest.raises(tfc.RepresentativeDataError, match=r"\(9, 9, 1\).*'image' takes samples of shape \(8, 8, 1\)"):
         prepare(np.zeros((2, 9, 9, 1), np.float32), SPEC)
 
 
@@ -84,7 +84,7 @@ def test_non_castable_dtype():
 def test_non_finite_values_name_the_sample(bad, word):
     x = _x(5)
     x[3, 2, 2, 0] = bad
-    with pytest.raises(tfc.RepresentativeDataError, match=f"sample 3 of input 'image' contains {word}"):
+    with pytest.raises(tfc.RepresentativeDataError, match=f"sample 3 of model input 'image' contains {word}"):
         prepare(x, SPEC)
 
 
@@ -114,7 +114,7 @@ def test_float64_values_beyond_float32_name_the_sample_not_the_model():
     x = _x(5).astype(np.float64)
     x[2, 1, 1, 0] = 1e39  # finite in float64, Inf once cast to the model's float32
     with pytest.raises(tfc.RepresentativeDataError,
-                       match=r"sample 2 of input 'image' holds values up to 1e\+39, beyond the float32 range.*Scale"):
+                       match=r"sample 2 of model input 'image' holds values up to 1e\+39, beyond the float32 range.*Scale"):
         prepare(x, SPEC)
     x[2, 1, 1, 0] = 3e38  # large but representable: accepted
     assert np.isfinite(prepare(x, SPEC)[2][0]).all()
@@ -161,7 +161,7 @@ def test_subclassed_model_recorded_shape_wins_over_calibration_data(pool):
 def test_subclassed_model_dataset_calibration_is_checked_against_the_recorded_shape():
     ds = tf.data.Dataset.from_tensor_slices(_digits_x(size=9)).batch(4)
     with pytest.raises(tfc.RepresentativeDataError,
-                       match=r"dataset element 0.*\(9, 9, 1\).*expects \(8, 8, 1\).*Resize or reshape"):
+                       match=r"dataset element 0.*\(9, 9, 1\).*takes samples of shape \(8, 8, 1\).*resize or reshape"):
         tfc.to_tflite(_subclassed(True, "sub_cnn"), mode="int8", representative_data=ds)
 
 

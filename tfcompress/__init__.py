@@ -28,20 +28,58 @@ _quiet_import = (
 )
 with _quiet_import:
     from tfcompress import datasets, zoo  # noqa: E402
-    from tfcompress.files import OutputExistsError, write_atomic  # noqa: E402
+    # Conversion (post-training quantization is a conversion mode) and the .tflite audit
     from tfcompress.convert import ConversionError, ConvertedModel, QuantizationAuditError, to_tflite  # noqa: E402
     from tfcompress.representative import RepresentativeDataError  # noqa: E402
     from tfcompress.tflite_file import InvalidTFLiteFileError, inspect as inspect_tflite  # noqa: E402
-    from tfcompress.evaluate import EvaluationReport, compare, evaluate_many, evaluate_tflite  # noqa: E402
-    from tfcompress.backup import BackupAndRestore  # noqa: E402
-    from tfcompress.distill import Distiller  # noqa: E402
+    # Evaluation and reports
+    from tfcompress.evaluate import EvaluationReport, evaluate_many, evaluate_tflite  # noqa: E402
+    from tfcompress.reports import compare  # noqa: E402
+    # Pruning
     from tfcompress.pruning import (  # noqa: E402
-        ConstantSparsity, PolynomialDecay, Pruner, PruningCallback, SparsityReport, sparsity_report,
+        ConstantSparsity, PolynomialDecay, Pruner, PruningCallback, PruningSchedule, SparsityReport,
+        sparsity_report,
     )
+    # Distillation
+    from tfcompress.distill import Distiller  # noqa: E402
+    # Quantization-aware training (QAT)
     from tfcompress import quantization  # noqa: E402
-    from tfcompress.quantization import QuantizationConfig, TFLiteParityCallback, quantize_model  # noqa: E402
+    from tfcompress.quantization import QATConfig, TFLiteParityCallback, quantize_model  # noqa: E402
+    # Training utilities, files
+    from tfcompress.backup import BackupAndRestore  # noqa: E402
+    from tfcompress.files import OutputExistsError, write_atomic  # noqa: E402
+    from tfcompress import callbacks  # noqa: E402
     import tensorflow as _tf  # noqa: E402
 
     # TensorFlow's CUDA probe prints its verdict on the first device query; make that happen here.
     _tf.config.list_physical_devices("GPU")
-from tfcompress.recipe import CompressionResult, Convert, Distill, Prune, QuantizeAware, compress  # noqa: E402
+# Recipes: one verb for a whole chain
+from tfcompress.recipe import (  # noqa: E402
+    CompressionResult, Convert, Distill, Prune, QuantizationAwareTraining, compress,
+)
+
+__all__ = [
+    # conversion (PTQ = to_tflite's int8 / int16x8 / dynamic / float16 modes)
+    "to_tflite", "ConvertedModel", "ConversionError", "QuantizationAuditError", "RepresentativeDataError",
+    "inspect_tflite", "InvalidTFLiteFileError",
+    # evaluation
+    "evaluate_tflite", "evaluate_many", "compare", "EvaluationReport",
+    # pruning
+    "PruningCallback", "Pruner", "PolynomialDecay", "ConstantSparsity", "PruningSchedule", "sparsity_report",
+    "SparsityReport",
+    # distillation
+    "Distiller",
+    # quantization-aware training (QAT)
+    "quantize_model", "QATConfig", "TFLiteParityCallback", "quantization",
+    # recipes
+    "compress", "CompressionResult", "Prune", "Distill", "QuantizationAwareTraining", "Convert",
+    # callbacks, files, data, models
+    "callbacks", "BackupAndRestore", "write_atomic", "OutputExistsError", "datasets", "zoo",
+]
+
+
+def __getattr__(name):
+    # Old names (QuantizationConfig, QuantizeAware) still work for one release, with a DeprecationWarning.
+    from tfcompress import deprecated
+
+    return deprecated.lookup(__name__, name)

@@ -14,7 +14,7 @@ import numpy as np
 
 
 def main(saved_model_dir, job_dir):
-    from tfcompress.convert import _converter_message, convert_saved_model
+    from tfcompress.convert import converter_message, convert_saved_model
 
     with open(os.path.join(job_dir, "job.json")) as f:
         job = json.load(f)
@@ -29,7 +29,7 @@ def main(saved_model_dir, job_dir):
                                    job["keep_float"])
     except Exception as exc:
         with open(os.path.join(job_dir, "error.txt"), "w") as f:
-            f.write(_converter_message(exc))
+            f.write(converter_message(exc))
         return 3
     with open(os.path.join(job_dir, "model.tflite"), "wb") as f:
         f.write(data)

@@ -135,15 +135,15 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._batches_since_save = 0
             steps = (self.params or {}).get("steps")
             if steps and batch + 1 >= steps:  # the epoch's last batch: a restart begins the next epoch
-                self._save(epoch=self._epoch + 1, batch=0)
+                self._save(epoch=self._epoch + 1)
             else:
-                self._save(epoch=self._epoch, batch=batch + 1)
+                self._save(epoch=self._epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_freq == "epoch":
-            self._save(epoch=epoch + 1, batch=0)
+            self._save(epoch=epoch + 1)
 
-    def _save(self, epoch, batch):
+    def _save(self, epoch):
         os.makedirs(self.backup_dir, exist_ok=True)
         self._saves += 1
         name = f"backup-{os.getpid()}-{self._saves:08d}.weights.h5"
@@ -154,7 +154,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         with open(path, "rb") as f:
             os.fsync(f.fileno())
         # "epoch" is where fit restarts: a mid-epoch backup replays its epoch from the start.
-        manifest = {"weights": name, "epoch": epoch, "batch": batch}
+        manifest = {"weights": name, "epoch": epoch}
         write_atomic(self._manifest_path, json.dumps(manifest), overwrite=True, argument="backup_dir")
         self._remove_backups(keep=name)
 

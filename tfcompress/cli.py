@@ -53,36 +53,14 @@ def _define_model_loading():
 
 
 def load_data(spec, limit_test=None):
-    """``fashion_mnist`` / ``mnist`` / ``digits`` / ``path.npz`` → ``((x_train, y_train), (x_test, y_test))``."""
-    import numpy as np
-
-    if spec.lower().endswith(".npz"):
-        if not os.path.exists(spec):
-            raise UsageError(f"--data={spec!r}: file not found.")
-        try:
-            with np.load(spec, allow_pickle=False) as npz:
-                missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
-                if missing:
-                    raise UsageError(
-                        f"--data={spec!r} lacks arrays {missing}; it must hold x_train, y_train, x_test, y_test "
-                        f"(it holds {sorted(npz.files)}).")
-                (x, y), (xt, yt) = (npz["x_train"], npz["y_train"]), (npz["x_test"], npz["y_test"])
-        except UsageError:
-            raise
-        except Exception as exc:
-            raise UsageError(f"--data={spec!r} is not a readable .npz file ({type(exc).__name__}: {exc}).") from None
-        x, xt = x.astype("float32"), xt.astype("float32")
-    elif spec in datasets.NAMES:
-        try:
-            (x, y), (xt, yt) = datasets.load(spec)
-        except RuntimeError as exc:
-            others = ", ".join(f"--data={name}" for name in datasets.NAMES if name != spec)
-            raise RuntimeError(f"--data={spec}: {exc} Or use {others} or an .npz file.") from None
-    else:
-        hint = " (a file given as data must be an .npz)" if os.path.isfile(spec) else ""
-        raise UsageError(f"--data={spec!r}: Unknown dataset {spec!r}{hint}. Choose one of "
-                         f"{', '.join(datasets.NAMES)}, "
-                         "or an .npz file holding x_train, y_train, x_test, y_test.")
+    """``--data``: a dataset name or an .npz path → ``((x_train, y_train), (x_test, y_test))`` (`datasets.load`)."""
+    try:
+        (x, y), (xt, yt) = datasets.load(spec)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(f"--data={spec!r}: {exc}") from None
+    except RuntimeError as exc:
+        others = ", ".join(f"--data={name}" for name in datasets.NAMES if name != spec)
+        raise RuntimeError(f"--data={spec}: {exc} Or use {others} or an .npz file.") from None
     if limit_test:
         xt, yt = xt[:limit_test], yt[:limit_test]
     return (x, y), (xt, yt)
@@ -302,9 +280,9 @@ def _distiller_default(name):
 
 
 def _define_quantize():
-    from tfcompress.recipe import QuantizeAware
+    from tfcompress.recipe import QuantizationAwareTraining
 
-    _define_training(1, QuantizeAware, "quantization-aware", "qat")
+    _define_training(1, QuantizationAwareTraining, "quantization-aware", "qat")
 
 
 def _finish_training(command, model_path, steps):
@@ -371,10 +349,10 @@ def _distill(argv):
 
 
 def _quantize(argv):
-    from tfcompress.recipe import QuantizeAware
+    from tfcompress.recipe import QuantizationAwareTraining
 
     path = _one_model(argv, "quantize")
-    _finish_training("qat", path, [QuantizeAware(epochs=FLAGS.epochs, **_learning_rate())])
+    _finish_training("qat", path, [QuantizationAwareTraining(epochs=FLAGS.epochs, **_learning_rate())])
 
 
 # --- demo --------------------------------------------------------------------------------------
@@ -405,8 +383,10 @@ def _demo(argv):
 COMMANDS = {
     "prune": (_define_prune, _prune, "Magnitude-prune a .keras model while fine-tuning it."),
     "distill": (_define_distill, _distill, "Distil a teacher .keras model into a student .keras model."),
-    "quantize": (_define_quantize, _quantize, "Quantization-aware training, then an int8 .tflite (--tflite)."),
-    "convert": (_define_convert, _convert, "Convert a .keras model to .tflite (float32/float16/dynamic/int8/int16x8)."),
+    "quantize": (_define_quantize, _quantize, "Quantization-aware training (QAT), then an int8 .tflite (--tflite). "
+                 "For post-training quantization use convert --mode=int8."),
+    "convert": (_define_convert, _convert, "Convert a .keras model to .tflite; --mode=int8/int16x8/dynamic/float16 "
+                "are post-training quantization (PTQ)."),
     "evaluate": (_define_evaluate, _evaluate, "Size, latency (CPU vs XNNPACK) and accuracy of .tflite files."),
     "demo": (_define_demo, _demo, "The end-to-end demo on Fashion-MNIST: train, compress, evaluate, report."),
 }

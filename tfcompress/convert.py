@@ -11,13 +11,12 @@ import errno
 import os
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 
 import numpy as np
 
-from tfcompress import native_stderr, representative, tflite_file
+from tfcompress import graph, isolation, native_stderr, representative, tflite_file
 from tfcompress.files import check_writable, make_temp_dir, write_atomic
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
@@ -69,41 +68,14 @@ class ConvertedModel(bytes):
         return self._info
 
 
-def _check_model(model):
+def exported_model(model):
+    """The Keras model ``to_tflite`` exports: ``model`` itself, or a `Distiller`'s student (what ships)."""
     import keras
 
-    if isinstance(model, (bytes, bytearray, str, os.PathLike)):
-        raise TypeError(
-            f"model must be a keras.Model, got {type(model).__name__}. To convert a saved model, load it "
-            "first: keras.models.load_model(path)."
-        )
-    if isinstance(model, keras.KerasTensor):
-        raise TypeError(
-            "model is a KerasTensor (the output of calling a layer on keras.Input), not a model. Build the "
-            "model first: keras.Model(inputs, outputs), then convert that."
-        )
-    if any((c.__module__ or "").split(".")[0] == "tf_keras" for c in type(model).__mro__):
-        raise TypeError(
-            f"model is a legacy tf_keras object ({type(model).__name__}); tfcompress converts "
-            "Keras 3 models. Rebuild it with `import keras` (Keras 3), or convert it with "
-            "tf.lite.TFLiteConverter.from_keras_model under TF_USE_LEGACY_KERAS=1."
-        )
-    if not isinstance(model, keras.Model):
-        if isinstance(model, keras.layers.Layer):
-            raise TypeError(
-                f"model is a layer ({type(model).__name__} {model.name!r}), not a keras.Model. Wrap it: "
-                "keras.Sequential([keras.Input(shape), layer])."
-            )
-        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
-    # A Distiller ships only its student.
+    graph.check_model(model, action="convert")
     student = getattr(model, "student", None)
     if student is not None and getattr(model, "teacher", None) is not None and isinstance(student, keras.Model):
-        model = student
-    if not model.built:
-        raise ValueError(
-            f"Model {model.name!r} is not built: call it once on a batch (model(x[:1])) or give it an "
-            "Input layer, so its input shapes are known."
-        )
+        return graph.check_model(student, argument="the Distiller's student", action="convert")
     return model
 
 
@@ -171,7 +143,7 @@ def _reconcile_with_data(model, spec, arr):
     if all(r is None or r == d for r, d in zip(recorded, per_sample)):
         filled = tuple(d if r is None else r for r, d in zip(recorded, per_sample))
         return representative.InputSpec(name=spec.name, shape=(None,) + filled, dtype=spec.dtype)
-    fmt = representative._fmt_shape
+    fmt = representative.format_shape
     raise representative.RepresentativeDataError(
         f"representative_data has per-sample shape {fmt(per_sample)}, but subclassed model {model.name!r} was "
         f"built on inputs of per-sample shape {fmt(recorded)} (its first call), so it is converted for that "
@@ -182,57 +154,50 @@ def _reconcile_with_data(model, spec, arr):
 
 def _recorded_input_specs(model, required=True):
     """The input shapes Keras recorded on a subclassed model's first call; None if unknown and not required."""
-    # Keras keeps the shapes of a subclassed model's first call only in private state; its own
-    # exporter reads them the same way.
+    # get_build_config() is public: the shapes build() was called with, which Keras also saves in .keras
+    # files (so a loaded subclassed model still knows them).
+    config = model.get_build_config() or {}
+    structure = config.get("input_shape")
+    if structure is None and "shapes_dict" in config:
+        structure = list(config["shapes_dict"].values())
+    shapes = []
+
+    def collect(item):
+        if isinstance(item, (list, tuple)) and all(d is None or isinstance(d, int) for d in item):
+            shapes.append((None,) + tuple(item[1:]))
+        elif isinstance(item, dict):
+            for value in item.values():
+                collect(value)
+        elif isinstance(item, (list, tuple)):
+            for value in item:
+                collect(value)
+        else:
+            raise ValueError(f"unrecognised build config {item!r}")
+
     try:
-        from keras.src.export.export_utils import get_input_signature
-        signature = get_input_signature(model)
-    except Exception as exc:
+        if structure is None:
+            raise ValueError("it was never called on data")
+        collect(structure)
+    except ValueError as exc:
         if not required:
             return None
         raise ValueError(
             f"Cannot tell the input shape of subclassed model {model.name!r} ({exc}). Pass "
             "input_shape=(28, 28, 1) (without the batch dimension) or representative_data."
         ) from None
-    flat = []
-
-    def collect(spec):
-        if isinstance(spec, (list, tuple)):
-            for s in spec:
-                collect(s)
-        elif isinstance(spec, dict):
-            for s in spec.values():
-                collect(s)
-        else:
-            flat.append(spec)
-
-    collect(signature)
-    return [
-        representative.InputSpec(
-            name=f"input_{i}", shape=(None,) + tuple(s.shape[1:]), dtype=str(getattr(s.dtype, "name", s.dtype))
-        )
-        for i, s in enumerate(flat)
-    ]
-
-
-def _walk_layers(model):
-    """The model and every layer nested in it (through ``.layers``)."""
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        yield layer
-        stack.extend(getattr(layer, "layers", []) or [])
+    dtype = str(getattr(model, "input_dtype", None) or "float32")
+    return [representative.InputSpec(name=f"input_{i}", shape=shape, dtype=dtype) for i, shape in enumerate(shapes)]
 
 
 def _has_float_weighted_layers(model):
     from tfcompress.quantization import registry
 
-    return any(registry.is_float_weighted_layer(layer) for layer in _walk_layers(model) if layer is not model)
+    return any(registry.is_float_weighted_layer(layer) for layer in graph.layers_of(model))
 
 
 def is_qat_model(model):
     """True when the model holds tfcompress fake-quant layers (made by `quantize_model`)."""
-    return any(type(layer).__module__.startswith("tfcompress.quantization") for layer in _walk_layers(model))
+    return any(type(layer).__module__.startswith("tfcompress.quantization") for layer in graph.layers_of(model))
 
 
 def _input_name(tensor, index):
@@ -250,6 +215,10 @@ def _export_saved_model(model, specs, directory):
     def serve(*args):
         return model(args[0] if len(args) == 1 else list(args), training=False)
 
+    # Not model.export(format="litert"): it runs this same ExportArchive → SavedModel → from_saved_model
+    # pipeline, but keeps the converter and the SavedModel to itself (keep_float needs the converter for
+    # the QuantizationDebugger; isolate=True converts the SavedModel folder in a child process) and
+    # enables SELECT_TF_OPS, whose Flex ops LiteRT's interpreter cannot run.
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", serve, input_signature=signature)
@@ -275,7 +244,8 @@ def _quiet_tensorflow_logs():
         absl_logging.set_verbosity(old_verbosity)
 
 
-def _converter_message(exc):
+def converter_message(exc):
+    """The converter's reason for a failure in one line: its error lines, without MLIR source locations."""
     text = str(exc)
     lines = [ln.strip() for ln in text.splitlines() if "error:" in ln.lower()]
     picked = []
@@ -338,10 +308,6 @@ def _check_arguments(mode, io_type, keep_float):
         )
     if keep_float and mode != "int8":
         raise ValueError(f"keep_float is only meaningful with mode='int8' (got mode={mode!r}).")
-
-
-def _all_layer_names(model):
-    return {layer.name for layer in _walk_layers(model)}
 
 
 def to_tflite(
@@ -414,16 +380,16 @@ def to_tflite(
         >>> b.info.op_census_by_dtype
     """
     _check_arguments(mode, io_type, keep_float)
-    model = _check_model(model)
+    model = exported_model(model)
     if output_path is not None:
         check_writable(output_path, overwrite)
     if keep_float:
         keep_float = [keep_float] if isinstance(keep_float, str) else list(keep_float)
-        unknown = sorted(set(keep_float) - _all_layer_names(model))
+        known = graph.layer_names(model)
+        unknown = sorted(set(keep_float) - known)
         if unknown:
             raise ValueError(
-                f"keep_float names unknown layers {unknown}; model {model.name!r} has layers "
-                f"{sorted(_all_layer_names(model) - {model.name})[:40]}."
+                f"keep_float names unknown layers {unknown}; model {model.name!r} has layers {sorted(known)[:40]}."
             )
 
     needs_calibration = mode in ("int8", "int16x8")
@@ -456,6 +422,9 @@ def to_tflite(
             notes.append(f"calibrated on {len(samples)} samples")
         if check_float_outputs:
             representative.check_model_outputs(model, checked, specs)
+    restore_ranges = None
+    if qat and mode == "int8":
+        restore_ranges = _calibrate_untrained_ranges(model, checked if checked_data else None, notes)
 
     workdir = make_temp_dir("tfcompress_export_")
     saved_model_dir = os.path.join(workdir, "saved_model")
@@ -465,9 +434,9 @@ def to_tflite(
         except Exception as exc:
             _raise_if_out_of_space(exc, model.name)
             raise ConversionError(
-                f"Exporting model {model.name!r} for TFLite failed: {type(exc).__name__}: {_converter_message(exc)}. "
+                f"Exporting model {model.name!r} for TFLite failed: {type(exc).__name__}: {converter_message(exc)}. "
                 "Check that model(x, training=False) runs on inputs of shape "
-                f"{[representative._fmt_shape(s.shape) for s in specs]}."
+                f"{[representative.format_shape(s.shape) for s in specs]}."
             ) from None
         if isolate:
             data = _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep_float, timeout,
@@ -476,11 +445,13 @@ def to_tflite(
             try:
                 data = convert_saved_model(saved_model_dir, mode, samples, io_type, sparse, keep_float)
             except Exception as exc:
-                raise ConversionError(_failure_message(model.name, mode, _converter_message(exc))) from None
+                raise ConversionError(_failure_message(model.name, mode, converter_message(exc))) from None
         if keep_float:
             notes.append(f"kept float: {keep_float}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if restore_ranges is not None:
+            restore_ranges()
 
     result = ConvertedModel(data, mode=mode, model_name=model.name, notes=notes)
     if strict and mode == "int8":
@@ -494,6 +465,39 @@ def to_tflite(
     if output_path is not None:
         write_atomic(output_path, bytes(result), overwrite=overwrite)
     return result
+
+
+def _calibrate_untrained_ranges(model, samples, notes):
+    """Calibrates a QAT model's never-trained activation ranges for this conversion; returns an undo function.
+
+    A QAT model converted before any ``fit`` still has the initial [-6, 6] ranges, and its int8 file would
+    be far from the float model (7.5% top-1 agreement on MobileNetV2). Trained ranges are never touched,
+    and the model is restored afterwards: converting has no side effect.
+    """
+    from tfcompress.quantization import fake_quant, quantize
+
+    untrained = quantize.untrained_ranges(model)
+    if not untrained:
+        return None
+    if samples is None:
+        raise representative.RepresentativeDataError(
+            f"QAT model {model.name!r} was never trained: {len(untrained)} activation range(s) never saw data "
+            f"(e.g. {untrained[:3]}) and are still the initial [-6, 6], so its int8 file would compute something "
+            "far from the float model. Pass representative_data=x_train[:200] to calibrate them for this "
+            "conversion, train it first (qat.fit(...): a few hundred steps set every range), or calibrate it once "
+            "with tfc.quantization.calibrate(qat, x_train[:500]).")
+    quantizers = [layer for layer in graph.layers_of(model) if isinstance(layer, fake_quant.ActivationQuantizer)]
+    saved = [(q, q.get_weights()) for q in quantizers]
+    inputs = [np.concatenate([sample[i] for sample in samples]) for i in range(len(samples[0]))]
+    count = quantize.calibrate(model, inputs if len(inputs) > 1 else inputs[0], only_untrained=True)
+    notes.append(f"QAT model never trained: {count} activation range(s) calibrated from representative_data for "
+                 "this conversion (the model itself is unchanged)")
+
+    def restore():
+        for quantizer, weights in saved:
+            quantizer.set_weights(weights)
+
+    return restore
 
 
 def _convert_keeping_float(converter, saved_model_dir, samples, keep_float):
@@ -561,8 +565,6 @@ def convert_saved_model(saved_model_dir, mode, samples, io_type="float32", spars
 def _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep_float, timeout, model_name):
     """The converter in a child process: a native crash or a hang becomes a ConversionError."""
     import json
-    import signal
-    import subprocess
 
     job = os.path.join(os.path.dirname(saved_model_dir), "job")
     os.makedirs(job)
@@ -571,26 +573,18 @@ def _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep
     if samples:
         arrays = {f"input_{j}": np.concatenate([s[j] for s in samples]) for j in range(len(samples[0]))}
         np.savez(os.path.join(job, "samples.npz"), **arrays)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    command = [sys.executable, "-m", "tfcompress._convert_worker", saved_model_dir, job]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
+        outcome = isolation.run(["-m", "tfcompress._convert_worker", saved_model_dir, job], timeout)
+    except isolation.Timeout:
         raise ConversionError(
             f"Converting model {model_name!r} to mode={mode!r} took longer than {timeout} s and was stopped. "
             "Raise timeout= (CLI: --timeout) for very large models."
         ) from None
-    if result.returncode == 0:
+    if outcome.ok:
         with open(os.path.join(job, "model.tflite"), "rb") as f:
             return f.read()
     error_file = os.path.join(job, "error.txt")
-    if result.returncode > 0 and os.path.exists(error_file):
+    if outcome.returncode > 0 and os.path.exists(error_file):
         with open(error_file) as f:
             raise ConversionError(_failure_message(model_name, mode, f.read().strip()))
-    if result.returncode < 0:
-        name = signal.Signals(-result.returncode).name
-        reason = f"the converter process crashed with {name}"
-    else:
-        tail = [ln for ln in result.stderr.strip().splitlines() if ln.strip()][-1:] or ["no output"]
-        reason = f"the converter process exited with code {result.returncode} ({tail[0][:300]})"
-    raise ConversionError(_failure_message(model_name, mode, reason))
+    raise ConversionError(_failure_message(model_name, mode, f"the converter process {outcome.reason}"))

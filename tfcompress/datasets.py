@@ -18,12 +18,6 @@ _FASHION_FILES = (
     "t10k-images-idx3-ubyte.gz",
 )
 
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-
-
 def _keras_datasets_dir():
     base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return os.path.join(base, "datasets")
@@ -158,13 +152,48 @@ def digits(test_fraction=0.25, seed=0):
 
 _LOADERS = {"fashion_mnist": fashion_mnist, "mnist": mnist, "digits": digits}
 NAMES = tuple(_LOADERS)
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def from_npz(path):
+    """Loads ``((x_train, y_train), (x_test, y_test))`` from an .npz file holding those four arrays.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable .npz, or arrays missing; the message lists what it holds.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path!r} not found.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            files = list(npz.files)
+            arrays = {k: npz[k] for k in _NPZ_KEYS if k in files}
+    except Exception as exc:  # noqa: BLE001 - zipfile, pickle and format errors of a damaged file
+        raise ValueError(f"data file {path!r} is not a readable .npz file ({type(exc).__name__}: {exc}).") from None
+    missing = [k for k in _NPZ_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"data file {path!r} lacks arrays {missing}; it must hold x_train, y_train, x_test, y_test "
+                         f"(it holds {sorted(files)}).")
+    x, y, x_test, y_test = (arrays[k] for k in _NPZ_KEYS)
+    return (x.astype("float32"), y), (x_test.astype("float32"), y_test)
 
 
 def load(name, **kwargs):
-    """Loads a dataset by name: one of `NAMES` (``"fashion_mnist"``, ``"mnist"``, ``"digits"``)."""
+    """Loads a dataset by name (one of `NAMES`: ``"fashion_mnist"``, ``"mnist"``, ``"digits"``) or from an .npz path.
+
+    Returns:
+        ``((x_train, y_train), (x_test, y_test))``.
+
+    Raises:
+        ValueError: an unknown name; FileNotFoundError / ValueError: a bad .npz (see `from_npz`);
+        RuntimeError: a named dataset that is not available offline.
+    """
+    if isinstance(name, (str, os.PathLike)) and os.fspath(name).lower().endswith(".npz"):
+        return from_npz(os.fspath(name))
     if name not in _LOADERS:
+        hint = " (a file given as data must be an .npz)" if isinstance(name, str) and os.path.isfile(name) else ""
         raise ValueError(
-            f"Unknown dataset {name!r}. Choose one of {sorted(_LOADERS)} or pass an .npz file "
-            "holding x_train, y_train, x_test, y_test."
+            f"Unknown dataset {name!r}{hint}. Choose one of {', '.join(NAMES)}, or an .npz file holding x_train, "
+            "y_train, x_test, y_test."
         )
     return _LOADERS[name](**kwargs)

@@ -11,7 +11,9 @@ import time
 
 from tfcompress import datasets, zoo
 from tfcompress.convert import DEFAULT_TIMEOUT_S
-from tfcompress.evaluate import compare, evaluate_many
+from tfcompress import reports as reports_module
+from tfcompress.evaluate import evaluate_many
+from tfcompress.reports import compare
 from tfcompress.files import OutputExistsError, save_keras_atomic, write_atomic
 from tfcompress.recipe import fit_verbosity
 
@@ -54,7 +56,7 @@ def trained_reference_cnn(x, y, epochs, cache_dir=None, seed=0, batch_size=128, 
 def _plans(model, quick):
     """Every technique: ``[(title, start, recipe)]``; ``start`` is a model or the title of an
     earlier stage whose resulting model it continues from."""
-    from tfcompress.recipe import Convert, Distill, Prune, QuantizeAware
+    from tfcompress.recipe import Convert, Distill, Prune, QuantizationAwareTraining
 
     epochs = 1 if quick else 2
     # See run(): a student trained from scratch for a few hundred steps needs faster
@@ -70,51 +72,10 @@ def _plans(model, quick):
         ("distilled small student", student, [Distill(model, epochs=epochs), Convert("int8")]),
         ("distilled and pruned student", pruned_student, [Distill(model, epochs=epochs, sparsity=0.5),
                                                           Convert("int8")]),
-        ("quantization-aware training", model, [QuantizeAware(epochs=1), Convert("int8")]),
+        ("quantization-aware training", model, [QuantizationAwareTraining(epochs=1), Convert("int8")]),
         # QAT of the 75%-pruned model from above: its zeros stay zeros through QAT.
-        ("pruned QAT", "pruning to 75%", [QuantizeAware(epochs=1), Convert("int8", name="prune75-qat-int8")]),
+        ("pruned QAT", "pruning to 75%", [QuantizationAwareTraining(epochs=1), Convert("int8", name="prune75-qat-int8")]),
     ]
-
-
-def _plot(reports, path, threads):
-    """Accuracy vs gzip size, and latency bars CPU vs XNNPACK; skipped without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    names = list(reports)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
-    for name in names:
-        r = reports[name]
-        left.scatter(r.gzip_bytes / 1024, 100 * r.accuracy, s=40)
-        left.annotate(name, (r.gzip_bytes / 1024, 100 * r.accuracy), fontsize=7, xytext=(3, 3),
-                      textcoords="offset points")
-    left.set_xscale("log")
-    left.set_xlabel("gzip -9 size of the .tflite (KB, log scale)")
-    left.set_ylabel("test accuracy (%)")
-    left.set_title("accuracy vs compressed size")
-    left.grid(alpha=0.3)
-    width = 0.4
-    for i, backend in enumerate(("cpu", "xnnpack")):
-        values = [(reports[n].latency_for(backend, threads[0]).median_ms
-                   if reports[n].latency_for(backend, threads[0]) else 0.0) for n in names]
-        right.bar([k + (i - 0.5) * width for k in range(len(names))], values, width, label=f"{backend}, {threads[0]} thread")
-    right.set_xticks(range(len(names)))
-    right.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-    right.set_ylabel("median latency per image (ms)")
-    right.set_title("latency: LiteRT built-in CPU kernels vs XNNPACK")
-    right.legend()
-    fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue(), overwrite=True)
-    return True
 
 
 def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=False, cache_dir=None,
@@ -180,7 +141,7 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
     _say(f"evaluated {len(reports)} variants", start)
 
     table = compare(reports, baseline="float32", reference_accuracy=keras_accuracy)
-    plotted = _plot(reports, os.path.join(out_dir, "report.png"), threads)
+    plotted = reports_module.plot_variants(reports, os.path.join(out_dir, "report.png"), threads)
     lines = [
         "# tfcompress demo report", "",
         f"Reference CNN on Fashion-MNIST ({len(x):,} train images, {epochs} epoch(s); {len(x_test):,} test images).",

@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfcompress import graph, validation
+
 LABELS_KEY = "labels"
 TEACHER_LOGITS_KEY = "teacher_logits"
 
@@ -118,13 +120,9 @@ class Distiller(keras.distillation.Distiller):
         name="distiller",
         **kwargs,
     ):
-        _check_model(teacher, "teacher")
-        _check_model(student, "student")
-        if not teacher.built:
-            raise ValueError(
-                f"teacher {teacher.name!r} is not built: it has no weights, so it cannot have been "
-                "trained. Give it a keras.Input (or call it on a batch) and train it before distilling."
-            )
+        # The teacher must be trained, so built; a subclassed student may be built by its first step.
+        graph.check_model(teacher, "teacher", action="distill from")
+        graph.check_model(student, "student", action="distill into", require_built=False)
         temperature = _check_number(temperature, "temperature")
         if not temperature > 0:
             raise ValueError(
@@ -279,8 +277,14 @@ class Distiller(keras.distillation.Distiller):
             targets = {}
         else:
             y = np.asarray(y)
-            if len(y) != len(x):
-                raise ValueError(f"x has {len(x)} samples but y has {len(y)}; they must match.")
+            try:
+                classes = int(self.student.output_shape[-1])
+            except (AttributeError, ValueError, TypeError):  # a subclassed student: shapes known at run time
+                classes = None
+            if classes:
+                validation.check_labels(y, int(classes), num_samples=len(x))
+            elif len(y) != len(x):
+                raise ValueError(f"y has {len(y)} labels but x has {len(x)} samples; pass one label per sample of x.")
             targets = {LABELS_KEY: y}
         targets[TEACHER_LOGITS_KEY] = self.teacher.predict(x, batch_size=batch_size, verbose=0)
         dataset = tf.data.Dataset.from_tensor_slices((x, targets))
@@ -473,11 +477,6 @@ class Distiller(keras.distillation.Distiller):
         config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         config["student"] = keras.saving.deserialize_keras_object(config["student"])
         return cls(**config)
-
-
-def _check_model(model, argument):
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"{argument} must be a keras.Model, got {argument}={model!r}.")
 
 
 def _check_number(value, argument):

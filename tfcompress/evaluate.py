@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from tfcompress import representative, tflite_file
+from tfcompress import reports, tflite_file, validation
 from tfcompress.convert import ConvertedModel
 
 BACKENDS = ("cpu", "xnnpack")
@@ -62,6 +62,7 @@ class EvaluationReport:
     accuracy: float = None
     accuracy_samples: int = 0
     accuracy_backend: str = None
+    accuracy_output: str = None
     notes: list = dataclasses.field(default_factory=list)
     failed_backends: dict = dataclasses.field(default_factory=dict)
 
@@ -80,29 +81,7 @@ class EvaluationReport:
         return json.dumps(self.to_dict(), indent=indent)
 
     def to_markdown(self):
-        lines = [f"### {self.name}", ""]
-        lines.append("| size | gzip -9 | weights by dtype | weight sparsity | accuracy |")
-        lines.append("|---|---|---|---|---|")
-        by_dtype = ", ".join(f"{k} {_kb(v)}" for k, v in self.weight_bytes_by_dtype.items())
-        acc = f"{100 * self.accuracy:.2f}% (n={self.accuracy_samples}, {self.accuracy_backend})" if self.accuracy is not None else "—"
-        lines.append(f"| {_kb(self.file_bytes)} | {_kb(self.gzip_bytes)} | {by_dtype} | {100 * self.sparsity:.1f}% | {acc} |")
-        lines += ["", "| backend | threads | init ms | first run ms | median ms | p90 ms | mean ms | std ms | runs |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in self.latency:
-            lines.append(
-                f"| {r.backend} | {r.threads} | {r.init_ms:.1f} | {r.first_run_ms:.2f} | {r.median_ms:.3f} | "
-                f"{r.p90_ms:.3f} | {r.mean_ms:.3f} | {r.std_ms:.3f} | {r.runs} |"
-            )
-        if self.parity:
-            lines += ["", "| backend vs " + self.parity.get("reference", "?") + " | max abs diff | top-1 agreement |", "|---|---|---|"]
-            for backend, p in self.parity.get("backends", {}).items():
-                lines.append(f"| {backend} | {p['max_abs_diff']:.3g} | {100 * p['top1_agreement']:.2f}% |")
-        lines += ["", "Ops: " + ", ".join(f"{k}×{v}" for k, v in self.op_census_by_dtype.items())]
-        io = "; ".join(f"{d['name']} {d['dtype']}{list(d['shape'])}" for d in self.inputs)
-        lines.append(f"Inputs: {io}")
-        for note in self.notes:
-            lines.append(f"Note: {note}")
-        return "\n".join(lines)
+        return reports.evaluation_markdown(self)
 
 
 def _json_default(value):
@@ -113,10 +92,6 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
-
-
-def _kb(n):
-    return f"{n / 1024:.1f} KB"
 
 
 def _make_interpreter(raw, backend, threads):
@@ -219,55 +194,21 @@ def _signature(detail):
 
 
 def _sample_shape_text(detail):
-    return representative._fmt_shape([None if d < 0 else d for d in _signature(detail)[1:]])
-
-
-def _shape_hint(got, expected):
-    """A likely cause of a per-sample shape mismatch, or ""."""
-    fixed = [d for d in expected if d >= 0]
-    if len(got) == 3 and len(fixed) == 3 and sorted(got) == sorted(fixed) and tuple(got) != tuple(expected):
-        return " It looks like channels-first (NCHW) data; the model is channels-last: np.transpose(x, (0, 2, 3, 1))."
-    if len(expected) == len(got) + 1 and expected[-1] == 1 and all(e < 0 or e == g for e, g in zip(expected, got)):
-        return " The channel axis is missing: add it with x[..., np.newaxis]."
-    return ""
+    return validation.format_shape(_signature(detail)[1:])
 
 
 def _check_input(label, value, detail):
     """One user input → a batched numeric array matching the interpreter's input, or a clear ValueError."""
     name = detail["name"]
-    try:
-        array = np.asarray(value)
-    except Exception as exc:
-        raise ValueError(f"{label} for model input {name!r} could not be turned into an array ({exc}). Pass a numeric "
-                         "numpy array.") from None
-    if array.dtype.kind not in "biuf":
-        raise ValueError(
-            f"{label} for model input {name!r} has dtype {array.dtype}; the model takes {np.dtype(detail['dtype'])} "
-            "inputs. Pass numbers: float data as for the Keras model (quantized for you), e.g. images scaled to "
-            "float32.")
-    signature = _signature(detail)
-    expected = signature[1:]
-    if array.ndim == len(signature) - 1 and all(e < 0 or e == g for e, g in zip(expected, array.shape)):
-        array = array[np.newaxis]  # one unbatched sample
-    got = array.shape[1:]
-    if array.ndim != len(signature) or any(e >= 0 and e != g for e, g in zip(expected, got)):
-        per_sample = f" (samples of shape {tuple(got)})" if array.ndim >= 1 else ""
-        raise ValueError(
-            f"{label} does not fit model input {name!r}: it expects samples of shape {_sample_shape_text(detail)} "
-            f"(input shape {tuple(None if d < 0 else d for d in signature)}), but {label} has shape "
-            f"{array.shape}{per_sample}.{_shape_hint(got, expected)} Pass "
-            f"data shaped like the model's input, preprocessed as for training, {_INPUT_FIX}.")
+    target = np.dtype(detail["dtype"])
+    array = validation.as_numeric_array(value, label, name, target)
+    array = validation.check_batch(array, _signature(detail), label, name,
+                                   f"Pass data shaped like the model's input, preprocessed as for training, {_INPUT_FIX}.")
     if len(array) == 0:
         raise ValueError(f"{label} for model input {name!r} holds no samples. Pass at least one sample, {_INPUT_FIX}.")
-    target = np.dtype(detail["dtype"])
     if array.dtype.kind == "f":
         array = array.astype(np.float32, copy=False)
-        finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
-        if not finite.all():
-            bad = int(np.argmin(finite))
-            raise ValueError(
-                f"{label}: sample {bad} for model input {name!r} contains NaN or Inf ({int((~finite).sum())} "
-                "sample(s) do). Remove or repair them; the model's outputs for them would be meaningless.")
+        validation.check_finite(array, label, name, "the model's outputs for them would be meaningless")
         scale = detail["quantization"][0]
         if target.kind in "iu" and scale == 0 and not np.all(np.mod(array, 1) == 0):
             raise ValueError(
@@ -314,11 +255,54 @@ def _set_inputs(interpreter, arrays):
 def _run(interpreter, arrays):
     _set_inputs(interpreter, arrays)
     interpreter.invoke()
-    return [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
 
 
-def _predict(interpreter, inputs_float, batch_size):
-    """Runs float inputs through the model in batches; returns the first output, dequantized."""
+def _keras_order(name):
+    # The exporter names a list of outputs output_0, output_1, ... in the Keras model's order; a dict's
+    # outputs keep their keys, which Keras flattens in sorted order.
+    suffix = name[len("output_"):]
+    return (0, int(suffix), "") if name.startswith("output_") and suffix.isdigit() else (1, 0, name)
+
+
+def output_heads(interpreter):
+    """``[(name, output detail)]`` in the Keras model's output order.
+
+    ``get_output_details()`` lists outputs in the converter's tensor order, which
+    is not the Keras order (a two-headed model's second head may come first); the
+    file's signature names them, and those names give the Keras order.
+    """
+    details = interpreter.get_output_details()
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return [(d["name"], d) for d in details]
+    by_index = {d["index"]: d for d in details}
+    named = interpreter.get_signature_runner(next(iter(signatures))).get_output_details()
+    if {d["index"] for d in named.values()} != set(by_index):
+        return [(d["name"], d) for d in details]
+    return [(name, by_index[named[name]["index"]]) for name in sorted(named, key=_keras_order)]
+
+
+def _pick_head(heads, output, scoring):
+    """The index (into ``heads``) of the output that accuracy and parity use; a clear error when ambiguous."""
+    names = [name for name, _ in heads]
+    if output is None:
+        if len(heads) > 1 and scoring:
+            raise ValueError(
+                f"output: the model has {len(heads)} outputs {names} (in the Keras model's order) and y scores one "
+                "of them; pass output=<index or name>, e.g. output=0 for the first.")
+        return 0
+    if isinstance(output, str):
+        if output not in names:
+            raise ValueError(f"output={output!r} is not an output of the model; its outputs are {names}.")
+        return names.index(output)
+    if isinstance(output, bool) or not isinstance(output, (int, np.integer)) or not 0 <= output < len(heads):
+        raise ValueError(f"output={output!r}: pass an index in 0..{len(heads) - 1} or a name from {names}.")
+    return int(output)
+
+
+def _predict(interpreter, inputs_float, batch_size, head=0):
+    """Runs float inputs through the model in batches; returns output ``head`` (Keras order), dequantized."""
+    _, detail = output_heads(interpreter)[head]
     details = interpreter.get_input_details()
     n = len(inputs_float[0])
     signature_batch = [d.get("shape_signature", d["shape"])[0] for d in details]
@@ -338,27 +322,9 @@ def _predict(interpreter, inputs_float, batch_size):
         elif not dynamic and size != batch:
             chunk = [np.concatenate([a, np.repeat(a[-1:], batch - size, axis=0)]) for a in chunk]
         arrays = [quantize_input(a, d) for a, d in zip(chunk, details)]
-        out = _run(interpreter, arrays)[0]
-        outputs.append(dequantize_output(out, interpreter.get_output_details()[0])[:size])
+        _run(interpreter, arrays)
+        outputs.append(dequantize_output(interpreter.get_tensor(detail["index"]), detail)[:size])
     return np.concatenate(outputs)
-
-
-def _labels(y, n, num_classes):
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] > 1:
-        y = y.argmax(axis=1)
-    y = y.reshape(-1)
-    if len(y) != n:
-        raise ValueError(f"y has {len(y)} labels but x has {n} samples; pass one label per sample of x.")
-    if y.dtype.kind not in "biu" and not np.all(np.mod(y, 1) == 0):
-        raise ValueError(f"y must hold integer class indices (or one-hot rows), got values like {y[:3].tolist()}.")
-    y = y.astype(np.int64)
-    bad = np.flatnonzero((y < 0) | (y >= num_classes))
-    if bad.size:
-        raise ValueError(
-            f"y[{bad[0]}] = {y[bad[0]]} is not a class index of this model, which has {num_classes} outputs "
-            f"(valid: 0..{num_classes - 1}); {bad.size} label(s) are out of range. Check the label encoding.")
-    return y
 
 
 def _time_round_robin(interpreters, num_runs, warmup_runs):
@@ -444,7 +410,7 @@ def evaluate_many(models, x=None, y=None, backends=BACKENDS, threads=(1,), num_r
                                      name=name, seed=seed, **kwargs) for name, m in models.items()}
     interpreters = {}
     for name, m in models.items():
-        raw = tflite_file._read(m)
+        raw = tflite_file.read_bytes(m)
         checked = None  # the same inputs on every backend of one model: checked once
         for r in reports[name].latency:
             interpreter = _make_interpreter(raw, r.backend, r.threads)
@@ -474,6 +440,7 @@ def evaluate_tflite(
     name=None,
     seed=0,
     verify="auto",
+    output=None,
 ):
     """Measures a .tflite model: size, sparsity, ops, latency per backend, parity and accuracy.
 
@@ -497,6 +464,10 @@ def evaluate_tflite(
             corrupted file cannot crash the caller. ``"auto"`` (default) does it
             for files and bytes from elsewhere and skips it for the output of
             `to_tflite` in this process.
+        output: for a model with several outputs, the one that ``y`` scores and
+            parity compares: its index in the Keras model's output order, or its
+            name in the file's signature (``"output_0"``..., or a dict output's
+            key). Required with ``y`` when there are several.
 
     Returns:
         An `EvaluationReport`.
@@ -515,7 +486,7 @@ def evaluate_tflite(
     if num_runs < 1:
         raise ValueError(f"num_runs must be >= 1, got {num_runs!r}.")
 
-    raw = tflite_file._read(model)
+    raw = tflite_file.read_bytes(model)
     info = tflite_file.inspect(raw)
     if verify is True or (verify == "auto" and not isinstance(model, ConvertedModel)):
         tflite_file.check_loads(raw)
@@ -529,14 +500,17 @@ def evaluate_tflite(
             "ops this runtime lacks."
         ) from None
     details = probe.get_input_details()
+    heads = output_heads(probe)
+    head = _pick_head(heads, output, scoring=y is not None)
 
     inputs_float = None
     if x is not None:
         # Checked here, before any backend runs: a backend failing on mismatched data would read as a bad file.
         inputs_float = _check_inputs(x, details)
         if y is not None:
-            output_shape = probe.get_output_details()[0]["shape"]
-            y = _labels(y, len(inputs_float[0]), int(np.prod(output_shape[1:])) if len(output_shape) > 1 else 1)
+            output_shape = heads[head][1]["shape"]
+            y = validation.check_labels(y, int(np.prod(output_shape[1:])) if len(output_shape) > 1 else 1,
+                                         num_samples=len(inputs_float[0]))
     elif y is not None:
         raise ValueError("y was given without x; pass both to measure accuracy.")
 
@@ -572,9 +546,9 @@ def evaluate_tflite(
         sample = [a[:parity_samples] for a in inputs_float] if inputs_float is not None else [
             np.concatenate([dequantize_output(_synthetic_input(d, rng), d) for _ in range(8)]) for d in details
         ]
-        outs = {b: _predict(_make_interpreter(raw, b, threads[0]), sample, batch_size) for b in backends}
+        outs = {b: _predict(_make_interpreter(raw, b, threads[0]), sample, batch_size, head) for b in backends}
         reference = backends[0]
-        parity = {"reference": reference, "samples": int(len(sample[0])), "backends": {}}
+        parity = {"reference": reference, "samples": int(len(sample[0])), "output": heads[head][0], "backends": {}}
         for b in backends[1:]:
             diff = float(np.max(np.abs(outs[b] - outs[reference]))) if outs[b].size else 0.0
             agree = float(np.mean(outs[b].reshape(len(outs[b]), -1).argmax(1) == outs[reference].reshape(len(outs[reference]), -1).argmax(1)))
@@ -583,10 +557,12 @@ def evaluate_tflite(
     accuracy, accuracy_backend = None, None
     if y is not None:
         accuracy_backend = "xnnpack" if "xnnpack" in backends else backends[0]
-        logits = _predict(_make_interpreter(raw, accuracy_backend, max(threads)), inputs_float, batch_size)
+        logits = _predict(_make_interpreter(raw, accuracy_backend, max(threads)), inputs_float, batch_size, head)
         accuracy = float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
 
     notes = list(getattr(model, "notes", []))
+    if len(heads) > 1:
+        notes.append(f"{len(heads)} outputs {[n for n, _ in heads]}: accuracy and parity are of {heads[head][0]!r}")
     notes += [f"backend {b} failed: {reason}" for b, reason in failures.items()]
     if info.sparsity > 0.3 and "xnnpack" in backends:
         notes.append(
@@ -609,52 +585,7 @@ def evaluate_tflite(
         accuracy=accuracy,
         accuracy_samples=0 if y is None else int(len(y)),
         accuracy_backend=accuracy_backend,
+        accuracy_output=heads[head][0] if y is not None else None,
         notes=notes,
         failed_backends=failures,
     )
-
-
-def compare(reports, baseline=None, reference_accuracy=None):
-    """A markdown table comparing several evaluated variants.
-
-    Args:
-        reports: a list of `EvaluationReport` (or a dict name → report).
-        baseline: the name of the report that ratios and deltas refer to
-            (default: the first).
-        reference_accuracy: optional accuracy (0-1) of the Keras model, shown as
-            an extra Δ column.
-
-    Returns:
-        A markdown string: size, gzip, size ratio, weight sparsity, accuracy and Δ vs
-        baseline, and per backend × threads the median latency and speed-up vs the
-        baseline on the same backend.
-    """
-    if isinstance(reports, dict):
-        reports = [dataclasses.replace(r, name=k) for k, r in reports.items()]
-    if not reports:
-        raise ValueError("compare() needs at least one report.")
-    base = next((r for r in reports if r.name == baseline), None) if baseline else reports[0]
-    if base is None:
-        raise ValueError(f"baseline={baseline!r} is not among the reports {[r.name for r in reports]}.")
-    keys = [r.key for r in base.latency]
-    header = ["variant", "size", "gzip", "× smaller", "sparsity", "accuracy", f"Δ vs {base.name}"]
-    if reference_accuracy is not None:
-        header.append("Δ vs Keras")
-    header += [f"{k} ms" for k in keys] + [f"{k} speed-up" for k in keys]
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in reports:
-        cells = [r.name, _kb(r.file_bytes), _kb(r.gzip_bytes), f"{base.file_bytes / r.file_bytes:.2f}x",
-                 f"{100 * r.sparsity:.1f}%"]
-        if r.accuracy is not None:
-            cells.append(f"{100 * r.accuracy:.2f}%")
-            cells.append(f"{100 * (r.accuracy - base.accuracy):+.2f}" if base.accuracy is not None else "—")
-        else:
-            cells += ["—", "—"]
-        if reference_accuracy is not None:
-            cells.append(f"{100 * (r.accuracy - reference_accuracy):+.2f}" if r.accuracy is not None else "—")
-        by_key = {x.key: x for x in r.latency}
-        base_key = {x.key: x for x in base.latency}
-        cells += [f"{by_key[k].median_ms:.3f}" if k in by_key else "—" for k in keys]
-        cells += [f"{base_key[k].median_ms / by_key[k].median_ms:.2f}x" if k in by_key else "—" for k in keys]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)

@@ -2,7 +2,7 @@
 
 A recipe is a list of small step objects run in order on (a copy of) the model:
 
-    >>> result = tfc.compress(model, data, [tfc.Prune(0.75), tfc.QuantizeAware(), tfc.Convert("int8")])
+    >>> result = tfc.compress(model, data, [tfc.Prune(0.75), tfc.QuantizationAwareTraining(), tfc.Convert("int8")])
     >>> result.artifacts["int8"]            # the .tflite bytes
     >>> print(result.to_markdown())          # the evaluation of every artifact
 
@@ -19,10 +19,11 @@ import time
 
 import numpy as np
 
-from tfcompress import datasets
+from tfcompress import datasets, graph, validation
 from tfcompress.backup import BackupAndRestore
 from tfcompress.convert import DEFAULT_TIMEOUT_S, MODES, to_tflite
-from tfcompress.evaluate import compare, evaluate_many
+from tfcompress.evaluate import evaluate_many
+from tfcompress.reports import compare
 
 
 def fit_verbosity(verbose=1):
@@ -98,14 +99,15 @@ class Distill:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizeAware:
-    """Quantization-aware fine-tuning (`quantize_model`, then ``fit``).
+class QuantizationAwareTraining:
+    """Quantization-aware training (QAT): `quantize_model`, then ``fit``; a later ``Convert("int8")`` uses the
+    trained ranges. (Post-training quantization is ``Convert(mode)`` alone.)
 
     Args:
         epochs: QAT epochs.
         learning_rate: initial Adam learning rate (low: the model is already trained),
             cosine-decayed to zero over the step.
-        config: a `QuantizationConfig` or None for the defaults.
+        config: a `QATConfig` or None for the defaults.
     """
 
     epochs: int = 1
@@ -145,8 +147,8 @@ NAMED_RECIPES = {
     "int16x8": [Convert("int16x8")],
     "ptq-all": [Convert("float32"), Convert("float16"), Convert("dynamic"), Convert("int8")],
     "prune-int8": [Prune(0.75), Convert("int8")],
-    "qat-int8": [QuantizeAware(), Convert("int8")],
-    "prune-qat-int8": [Prune(0.75), QuantizeAware(), Convert("int8")],
+    "qat-int8": [QuantizationAwareTraining(), Convert("int8")],
+    "prune-qat-int8": [Prune(0.75), QuantizationAwareTraining(), Convert("int8")],
 }
 
 
@@ -178,24 +180,24 @@ def _resolve_recipe(recipe, convert_default=True):
     if isinstance(recipe, str):
         if recipe not in NAMED_RECIPES:
             raise ValueError(f"recipe={recipe!r} is not a named recipe; choose one of {sorted(NAMED_RECIPES)} "
-                             "or pass a list of steps (Prune, Distill, QuantizeAware, Convert).")
+                             "or pass a list of steps (Prune, Distill, QuantizationAwareTraining, Convert).")
         return list(NAMED_RECIPES[recipe])
-    if isinstance(recipe, (Prune, Distill, QuantizeAware, Convert)):
+    if isinstance(recipe, (Prune, Distill, QuantizationAwareTraining, Convert)):
         recipe = [recipe]
     steps = list(recipe)
     for i, step in enumerate(steps):
-        if not isinstance(step, (Prune, Distill, QuantizeAware, Convert)):
-            raise TypeError(f"recipe step {i} is {step!r}; steps are Prune, Distill, QuantizeAware or Convert.")
+        if not isinstance(step, (Prune, Distill, QuantizationAwareTraining, Convert)):
+            raise TypeError(f"recipe step {i} is {step!r}; steps are Prune, Distill, QuantizationAwareTraining or Convert.")
     if not steps:
         raise ValueError("recipe is empty; add at least one step (e.g. Convert('int8')).")
     if convert_default and not any(isinstance(s, Convert) for s in steps):
         steps.append(Convert("int8"))
-    quantized_at = next((i for i, s in enumerate(steps) if isinstance(s, QuantizeAware)), None)
+    quantized_at = next((i for i, s in enumerate(steps) if isinstance(s, QuantizationAwareTraining)), None)
     if quantized_at is not None:
         late = [type(s).__name__ for s in steps[quantized_at + 1:] if isinstance(s, (Prune, Distill))]
         if late:
-            raise ValueError(f"recipe: {late} after QuantizeAware would train a fake-quantized model outside "
-                             "QAT; put pruning and distillation before QuantizeAware.")
+            raise ValueError(f"recipe: {late} after QuantizationAwareTraining would train a fake-quantized model outside "
+                             "QAT; put pruning and distillation before QuantizationAwareTraining.")
     return steps
 
 
@@ -238,13 +240,7 @@ def _loss_of(model):
 
 def _check_labels(model, y, argument):
     classes = int(np.prod(model.output_shape[1:])) if len(model.output_shape) > 1 else 1
-    y = np.asarray(y).reshape(-1)
-    if y.dtype.kind not in "biu":
-        raise ValueError(f"data: {argument} must hold integer class indices, got dtype {y.dtype}.")
-    bad = np.flatnonzero((y < 0) | (y >= classes))
-    if bad.size:
-        raise ValueError(f"data: {argument}[{bad[0]}] = {y[bad[0]]} is outside the model's {classes} classes "
-                         f"(0..{classes - 1}); {bad.size} label(s) are out of range.")
+    validation.check_labels(y, classes, argument=f"data: {argument}")
 
 
 def _accuracy(model, x, y, batch_size=512):
@@ -262,7 +258,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             with its own loss, which fine-tuning steps reuse).
         data: ``((x_train, y_train), (x_test, y_test))`` or a dataset name
             (``"fashion_mnist"``, ``"digits"``).
-        recipe: a list of steps (`Prune`, `Distill`, `QuantizeAware`, `Convert`)
+        recipe: a list of steps (`Prune`, `Distill`, `QuantizationAwareTraining`, `Convert`)
             or a named recipe (see ``NAMED_RECIPES``). Without a `Convert` step, an
             int8 conversion ends the chain.
         batch_size: training batch size of fine-tuning steps.
@@ -299,10 +295,9 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
     from tfcompress.distill import Distiller
     from tfcompress.pruning import PolynomialDecay, PruningCallback
 
+    graph.check_model(model, action="compress")
     steps = _resolve_recipe(recipe, convert_default)
     (x, y), (x_test, y_test) = _resolve_data(data)
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
     _check_labels(model, y, "y_train")
     _check_labels(model, y_test, "y_test")
     keras_accuracy = _accuracy(model, x_test, y_test)
@@ -367,7 +362,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             current = distiller.student
             chain.append("distill" + (f"-prune{round(100 * step.sparsity)}" if step.sparsity else ""))
             say(f"distilled for {step.epochs} epoch(s)", start)
-        elif isinstance(step, QuantizeAware):
+        elif isinstance(step, QuantizationAwareTraining):
             current = quantization.quantize_model(current, config=step.config)
             current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
             current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
@@ -393,3 +388,9 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         say("evaluated " + ", ".join(f"{n}: {100 * r.accuracy:.2f}%" for n, r in reports.items()), start)
     return CompressionResult(model=current, artifacts=artifacts, reports=reports, keras_accuracy=keras_accuracy,
                              log=log)
+
+
+def __getattr__(name):
+    from tfcompress import deprecated
+
+    return deprecated.lookup(__name__, name)

@@ -13,6 +13,8 @@ import re
 
 import numpy as np
 
+from tfcompress import validation
+
 
 class RepresentativeDataError(ValueError):
     """Calibration data that cannot calibrate this model."""
@@ -40,52 +42,19 @@ def _describe(value):
     return type(value).__name__
 
 
-def _as_numeric_array(value, spec, where):
-    try:
-        array = np.asarray(value)
-    except Exception as exc:
-        raise RepresentativeDataError(
-            f"{ARG}: {where} for input {spec.name!r} could not be turned into an array ({exc})."
-        ) from None
-    if array.dtype == object or array.dtype.kind not in "biuf":
-        raise RepresentativeDataError(
-            f"{ARG}: {where} for input {spec.name!r} has dtype {array.dtype}, which cannot be cast to "
-            f"{spec.dtype}. Pass numeric arrays (e.g. images scaled to float32)."
-        )
-    return array
-
-
 def _samples_from_array(array, spec, where, fix=None):
-    """Splits an array into single samples with a batch dimension of 1; ``fix`` replaces the generic advice."""
-    if array.ndim == spec.rank - 1:
-        array = array[np.newaxis]  # one unbatched sample: add the batch dimension
-    if array.ndim != spec.rank:
-        raise RepresentativeDataError(
-            f"{ARG}: {where} for input {spec.name!r} has shape {array.shape}, but the model expects "
-            f"{_fmt_shape(spec.shape)} (rank {spec.rank}, or rank {spec.rank - 1} for a single sample). "
-            + (fix or f"Reshape it to (num_samples,) + {_fmt_shape(spec.shape[1:])}, preprocessed as for training.")
-        )
-    expected = spec.shape[1:]
-    got = array.shape[1:]
-    for want, have in zip(expected, got):
-        if want is not None and want != have:
-            hint = ""
-            if sorted(d for d in expected if d is not None) == sorted(got) and len(got) == 3:
-                hint = (" It looks like channels-first (NCHW) data; the model is channels-last: "
-                        "use np.transpose(x, (0, 2, 3, 1)).")
-            if not hint:
-                hint = " " + (fix or "Resize or reshape the calibration data to that per-sample shape, preprocessed "
-                              "as for training.")
-            raise RepresentativeDataError(
-                f"{ARG}: {where} for input {spec.name!r} has per-sample shape {tuple(got)}, but the "
-                f"model expects {_fmt_shape(expected)} (full shape {_fmt_shape(spec.shape)}).{hint}"
-            )
+    """Checks one input's array and splits it into samples with a batch dimension of 1.
+
+    ``fix`` replaces the generic advice of a shape error.
+    """
+    where = f"{ARG} ({where})"
+    fix = fix or (f"Pass calibration data of shape (num_samples,) + {format_shape(spec.shape[1:])}: resize or "
+                  "reshape it, preprocessed as for training.")
+    array = validation.check_batch(array, spec.shape, where, spec.name, fix, RepresentativeDataError)
     return [array[i: i + 1] for i in range(array.shape[0])]
 
 
-def _fmt_shape(shape):
-    dims = ["None" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+format_shape = validation.format_shape
 
 
 def _split_element(element, specs, where):
@@ -211,7 +180,8 @@ def prepare(data, specs, max_samples=None):
         parts = _split_element(element, specs, where)
         counts = set()
         for spec in specs:
-            array = _as_numeric_array(parts[spec.name], spec, where)
+            array = validation.as_numeric_array(parts[spec.name], f"{ARG} ({where})", spec.name, spec.dtype,
+                                                RepresentativeDataError)
             samples = _samples_from_array(array, spec, where, fix=_order_hint(array, spec, specs, element))
             per_input[spec.name].extend(samples)
             counts.add(len(samples))
@@ -230,37 +200,28 @@ def prepare(data, specs, max_samples=None):
         )
     if max_samples is not None:
         count = min(count, max_samples)
-    samples = []
-    for i in range(count):
-        sample = []
-        for spec in specs:
-            original = per_input[spec.name][i]
-            with np.errstate(over="ignore", invalid="ignore"):
-                array = original.astype(spec.dtype, copy=False)
-            # Checked after the cast: float64 values beyond the float32 range only become Inf here.
-            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-                raise RepresentativeDataError(_non_finite_message(original, array, spec, i))
-            sample.append(array)
-        samples.append(sample)
-    return samples
+    inputs = []
+    for spec in specs:
+        original = np.concatenate(per_input[spec.name][:count])
+        validation.check_finite(original, ARG, spec.name, "calibration ranges would be meaningless",
+                                RepresentativeDataError)
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = original.astype(spec.dtype, copy=False)
+        # Checked after the cast too: float64 values beyond the float32 range only become Inf here.
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise RepresentativeDataError(_overflow_message(original, array, spec))
+        inputs.append(array)
+    return [[a[i: i + 1] for a in inputs] for i in range(count)]
 
 
-def _non_finite_message(original, array, spec, index):
-    if original.dtype.kind == "f" and np.isnan(original).any():
-        bad = "NaN"
-    elif original.dtype.kind == "f" and np.isinf(original).any():
-        bad = "Inf"
-    else:
-        limit = float(np.finfo(array.dtype).max)
-        peak = float(np.max(np.abs(original.astype(np.float64))))
-        return (
-            f"{ARG}: sample {index} of input {spec.name!r} holds values up to {peak:.3g}, beyond the "
-            f"{array.dtype} range (±{limit:.3g}) of the model input, so they would become Inf. Scale the data "
-            "as for training (e.g. divide pixel values by 255) or remove that sample."
-        )
+def _overflow_message(original, array, spec):
+    index = int(np.argmin(np.isfinite(array.reshape(len(array), -1)).all(axis=1)))
+    limit = float(np.finfo(array.dtype).max)
+    peak = float(np.max(np.abs(original[index].astype(np.float64))))
     return (
-        f"{ARG}: sample {index} of input {spec.name!r} contains {bad}. Remove or repair that sample; "
-        "calibration ranges would be meaningless."
+        f"{ARG}: sample {index} of model input {spec.name!r} holds values up to {peak:.3g}, beyond the "
+        f"{array.dtype} range (±{limit:.3g}) of the model input, so they would become Inf. Scale the data "
+        "as for training (e.g. divide pixel values by 255) or remove that sample."
     )
 
 
@@ -321,7 +282,7 @@ def _one_line(exc):
 
 
 def _model_failed_message(model, sample, specs, index, exc):
-    shapes = ", ".join(f"{spec.name!r} {_fmt_shape(a.shape[1:])}" for spec, a in zip(specs, sample))
+    shapes = ", ".join(f"{spec.name!r} {format_shape(a.shape[1:])}" for spec, a in zip(specs, sample))
     return (
         f"{ARG}: model {getattr(model, 'name', type(model).__name__)!r} raised on sample {index} "
         f"(per-sample shape {shapes}): {_one_line(exc)}. The float model must run on its calibration data: "

@@ -38,7 +38,6 @@ class WeightTensor:
     stored_bytes: int
     zero_fraction: float
     sparse_encoded: bool
-    used_by: str
 
     @property
     def size(self):
@@ -179,7 +178,7 @@ def inspect(tflite):
         InvalidTFLiteFileError: the data is not a TFLite flatbuffer (truncated,
             corrupted or another format).
     """
-    raw = _read(tflite)
+    raw = read_bytes(tflite)
     try:
         return _parse(raw)
     except InvalidTFLiteFileError:
@@ -191,7 +190,8 @@ def inspect(tflite):
         ) from None
 
 
-def _read(tflite):
+def read_bytes(tflite):
+    """The model's bytes, from ``bytes`` or a ``.tflite`` path (a clear error when the file is missing)."""
     if isinstance(tflite, (bytes, bytearray, memoryview)):
         return bytes(tflite)
     path = str(tflite)
@@ -225,12 +225,7 @@ def _parse(raw):
     operators, weights = [], []
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
-        constant, consumer = {}, {}
-        for i in range(graph.OperatorsLength()):
-            op = graph.Operators(i)
-            for t in (op.InputsAsNumpy() if op.InputsLength() else []):
-                if t >= 0:
-                    consumer.setdefault(int(t), op_codes[op.OpcodeIndex()])
+        constant = {}
         for t in range(graph.TensorsLength()):
             tensor = graph.Tensors(t)
             data = _buffer_bytes(model, raw, tensor)
@@ -246,7 +241,6 @@ def _parse(raw):
                 stored_bytes=len(data),
                 zero_fraction=_zero_fraction(data, dtype, shape, tensor),
                 sparse_encoded=tensor.Sparsity() is not None,
-                used_by=consumer.get(t, ""),
             ))
         for i in range(graph.OperatorsLength()):
             op = graph.Operators(i)
@@ -318,33 +312,29 @@ def check_loads(tflite, timeout=120):
             says which.
     """
     import os
-    import signal
-    import subprocess
-    import sys
 
+    from tfcompress import isolation
     from tfcompress.files import make_temp_file
 
-    raw = _read(tflite)
+    raw = read_bytes(tflite)
     fd, path = make_temp_file("tfcompress_check_", ".tflite")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
         try:
-            result = subprocess.run([sys.executable, "-c", _LOAD_CHECK, path], capture_output=True, text=True,
-                                    timeout=timeout)
-        except subprocess.TimeoutExpired:
+            outcome = isolation.run(["-c", _LOAD_CHECK, path], timeout)
+        except isolation.Timeout:
             raise InvalidTFLiteFileError(
                 f"LiteRT did not finish loading and running the model within {timeout} s; the file is "
                 "corrupted or far larger than expected.") from None
     finally:
         os.unlink(path)
-    if result.returncode == 0:
+    if outcome.ok:
         return
-    if result.returncode < 0:
-        reason = f"the LiteRT interpreter crashed ({signal.Signals(-result.returncode).name})"
+    if outcome.returncode < 0:
+        reason = f"the LiteRT interpreter {outcome.reason}"
     else:
-        lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith(("WARNING", "INFO"))]
-        reason = f"LiteRT refused it: {lines[-1][:300] if lines else 'no reason given'}"
+        reason = f"LiteRT refused it: {outcome.last_error_line()[:300]}"
     raise InvalidTFLiteFileError(
         f"The .tflite model cannot be run: {reason}. The file is corrupted, truncated or uses ops this "
         "runtime lacks; re-export it.")

@@ -18,7 +18,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import tfcompress as tfc  # noqa: E402
-from tfcompress import fuzz  # noqa: E402
+import tflite_mutations as fuzz  # noqa: E402  (tools/ is on sys.path: the script's own folder)
 
 flags.DEFINE_integer("files", 300, "Mutated files to try.")
 flags.DEFINE_string("out", None, "Also write the markdown to this file.")

@@ -1,5 +1,7 @@
 """``PruningCallback``: magnitude pruning during ``model.fit``, on the plain model."""
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -70,7 +72,7 @@ class PruningCallback(keras.callbacks.Callback):
         super().__init__()
         # Validate now so mistakes surface at construction, not after an epoch of data loading.
         self.schedule = schedules_module.get(schedule)
-        pruner_module._parse_structure(structure, block_shape)
+        pruner_module.parse_structure(structure, block_shape)
         if scope not in pruner_module.SCOPES:
             raise ValueError(f"scope must be one of {pruner_module.SCOPES}, got {scope!r}.")
         if log_dir is not None and not isinstance(log_dir, str):
@@ -146,6 +148,9 @@ class PruningCallback(keras.callbacks.Callback):
         self.pruner.detach()
         self.model.make_train_function(force=True)
         self._started = False
+        shortfall = self.pruner.shortfall()
+        if shortfall:
+            warnings.warn(f"PruningCallback: {shortfall}", UserWarning, stacklevel=2)
         if self._writer is not None:
             self._writer.flush()
 

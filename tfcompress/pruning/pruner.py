@@ -5,6 +5,7 @@ import re
 import keras
 import numpy as np
 
+from tfcompress import graph
 from tfcompress.pruning import registry, report
 from tfcompress.pruning import schedules as schedules_module
 
@@ -30,7 +31,7 @@ class _MaskConstraint(keras.constraints.Constraint):
         return keras.ops.multiply(weight, self.mask)
 
 
-def _parse_structure(structure, block_shape):
+def parse_structure(structure, block_shape):
     if structure == "unstructured":
         return "unstructured", None
     if structure == "block":
@@ -129,10 +130,10 @@ class Pruner:
 
     def __init__(self, model, schedule, structure="unstructured", block_shape=(4, 1), scope="erk",
                  min_density=0.05, layers=None, skip=None):
-        registry.check_model(model)
+        graph.check_model(model, action="prune", allow_layer=True)
         self.model = model
         self.schedule = schedules_module.get(schedule)
-        self.structure, self._structure_param = _parse_structure(structure, block_shape)
+        self.structure, self._structure_param = parse_structure(structure, block_shape)
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
         self.scope = scope
@@ -379,6 +380,38 @@ class Pruner:
     def sparsities(self):
         """Dict: pruned weight path -> current fraction of exact zeros."""
         return {e.path: float(np.mean(e.variable.numpy() == 0)) for e in self.targets}
+
+    def overall_sparsity(self):
+        """Fraction of exact zeros over all pruned weights, weighted by size."""
+        sparsities = self.sparsities()
+        return sum(sparsities[e.path] * int(np.prod(e.shape)) for e in self.targets) / max(self._target_size, 1)
+
+    def shortfall(self, tolerance=0.005):
+        """Why the pruned weights fell short of the schedule's final sparsity, or None when they reached it.
+
+        For a warning at the end of training: a schedule whose ``end_step`` (or
+        ``begin_step``) lies beyond the steps training ran leaves the model far
+        less sparse than asked, silently otherwise.
+        """
+        final = schedules_module.final_sparsity(self.schedule)
+        if final is None or self.structure == "m_by_n":
+            return None
+        reached = self.overall_sparsity()
+        if reached >= final - tolerance:
+            return None
+        end = getattr(self.schedule, "end_step", None)
+        begin = getattr(self.schedule, "begin_step", 0)
+        if begin > self.step:
+            why = f"begin_step={begin} lies beyond the {self.step} steps pruning ran"
+        elif end not in (None, -1) and end > self.step:
+            why = f"end_step={end} lies beyond the {self.step} steps pruning ran"
+        else:
+            why = f"the last mask update (every {getattr(self.schedule, 'frequency', '?')} steps) came too early"
+        return (
+            f"pruning of model {self.model.name!r} ended at {reached:.1%} sparsity, but the schedule asks for "
+            f"{final:.1%} ({why}). Make the schedule fit the training run (end_step <= the steps fit runs: steps per "
+            f"epoch x epochs), or train longer; the model is saved as it is, at {reached:.1%}."
+        )
 
     def table(self):
         """The scope table: every weight, its shape, and whether it is pruned and why."""

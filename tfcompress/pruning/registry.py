@@ -14,6 +14,8 @@ import dataclasses
 import keras
 from keras import layers as klayers
 
+from tfcompress import graph
+
 # (layer classes, weight name). Checked in order; first match wins.
 DEFAULT_RULES = (
     ((klayers.Dense, klayers.EinsumDense), "kernel"),
@@ -57,58 +59,9 @@ class WeightEntry:
         return tuple(self.variable.shape)
 
 
-def check_model(model, argument="model"):
-    """Raises a readable error unless ``model`` is a built Keras layer or model."""
-    if isinstance(model, keras.KerasTensor):
-        raise TypeError(
-            f"{argument} must be a keras.Model, got a KerasTensor {model!r}: that is the output "
-            "of calling layers on keras.Input. Build the model first, e.g. "
-            "model = keras.Model(inputs, outputs), and pass the model."
-        )
-    if not isinstance(model, keras.layers.Layer):
-        module = type(model).__module__ or ""
-        if module.startswith(("tf_keras", "tensorflow.python.keras")):
-            fix = "This looks like a tf_keras (Keras 2) model; rebuild it with Keras 3 (`import keras`)."
-        elif isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            fix = "To prune a saved model, load it first with keras.models.load_model(path)."
-        else:
-            fix = "Pass the keras.Model being trained."
-        raise TypeError(
-            f"{argument} must be a keras.Model (Keras 3), got {type(model).__name__}: {model!r:.200}. {fix}")
-    if not model.built:
-        raise ValueError(
-            f"{argument} {model.name!r} is not built, so it has no weights to prune yet. Build it "
-            "first: call it on a batch, call model.build(input_shape), or give it a keras.Input."
-        )
-
-
-def child_layers(layer):
-    """Direct sub-layers of ``layer`` (models, layers held as attributes or in lists)."""
-    # Keras 3 has no public way to list the layers held by a plain Layer
-    # (Model.layers covers models only); Model.layers itself uses this helper.
-    return list(layer._flatten_layers(include_self=False, recursive=False))
-
-
-def _walk(layer, path, seen):
-    """Yields ``(path, layer)`` for ``layer`` and every layer below it, once each."""
-    if id(layer) in seen:
-        return
-    seen.add(id(layer))
-    yield path, layer
-    for child in child_layers(layer):
-        yield from _walk(child, f"{path}/{child.name}" if path else child.name, seen)
-
-
-def iter_layers(model):
-    """Yields ``(layer_path, layer)`` for every layer under ``model`` (not the model itself)."""
-    seen = {id(model)}
-    for child in child_layers(model):
-        yield from _walk(child, child.name, seen)
-
-
 def _own_variables(layer):
     """Variables created by ``layer`` itself, not by its sub-layers."""
-    below = {id(v) for child in child_layers(layer) for v in child.weights}
+    below = {id(v) for child in graph.child_layers(layer) for v in child.weights}
     return [v for v in layer.weights if id(v) not in below]
 
 
@@ -139,10 +92,10 @@ def find_weights(model, layers=None, skip=None):
         ValueError: a name in ``layers`` or ``skip`` matches no layer; the
             message lists the model's layer names.
     """
-    check_model(model)
+    graph.check_model(model, action="prune", allow_layer=True)
     layers = _as_names(layers, "layers")
     skip = _as_names(skip, "skip")
-    all_layers = list(iter_layers(model))
+    all_layers = list(graph.iter_layers(model))
     known = {name for path, layer in all_layers for name in (path, layer.name)}
     for argument, names in (("layers", layers), ("skip", skip)):
         unknown = sorted(set(names or ()) - known)

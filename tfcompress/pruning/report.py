@@ -2,21 +2,9 @@
 
 import numpy as np
 
+from tfcompress import graph
+from tfcompress.reports import markdown_table
 from tfcompress.pruning import registry
-
-
-def _table(header, rows, title=None, footer=None):
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-
-    def line(cells):
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    out = [title] if title else []
-    out += [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line(r) for r in rows]
-    if footer:
-        out.append(footer)
-    return "\n".join(out)
 
 
 def weights_table(entries, title=None):
@@ -29,7 +17,7 @@ def weights_table(entries, title=None):
     pruned = sum(int(np.prod(e.shape)) for e in entries if e.pruned)
     total = sum(int(np.prod(e.shape)) for e in entries)
     footer = f"{pruned:,} of {total:,} parameters are pruned ({pruned / max(total, 1):.1%})."
-    return _table(("layer", "weight", "shape", "params", "decision"), rows, title, footer)
+    return markdown_table(("layer", "weight", "shape", "params", "decision"), rows, title, footer)
 
 
 class SparsityReport(dict):
@@ -53,7 +41,7 @@ class SparsityReport(dict):
     def to_markdown(self):
         rows = [(path, f"{self.sizes[path]:,}", f"{value:.1%}") for path, value in self.items()]
         rows.append(("total", f"{sum(self.sizes.values()):,}", f"{self.overall:.1%}"))
-        return _table(("weight", "params", "zeros"), rows, self.title)
+        return markdown_table(("weight", "params", "zeros"), rows, self.title)
 
     def __str__(self):
         return self.to_markdown()
@@ -80,7 +68,7 @@ def sparsity_report(model, include_all=False):
         0.75
         >>> print(report)
     """
-    registry.check_model(model)
+    graph.check_model(model, action="prune", allow_layer=True)
     entries = [e for e in registry.find_weights(model) if include_all or e.pruned or e.candidate]
     fractions = {e.path: float(np.mean(e.variable.numpy() == 0)) for e in entries}
     sizes = {e.path: int(np.prod(e.shape)) for e in entries}

@@ -219,6 +219,18 @@ class _ForeignSchedule(PruningSchedule):
         return repr(self.wrapped)
 
 
+def final_sparsity(schedule):
+    """The sparsity a schedule ends at (``final_sparsity`` / ``target_sparsity``, also of tfmot's), or None."""
+    for candidate in (schedule, getattr(schedule, "wrapped", None)):
+        for name in ("final_sparsity", "target_sparsity"):
+            value = getattr(candidate, name, None)
+            try:
+                return float(np.asarray(value))
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
 def first_step_reaching(schedule, sparsity, start=0):
     """The first step >= ``start`` at which ``schedule`` asks for at least ``sparsity``, or None.
 

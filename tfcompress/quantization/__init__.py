@@ -43,7 +43,7 @@ What works:
   folding and int8 conversion.
 """
 
-from tfcompress.quantization.config import QuantizationConfig
+from tfcompress.quantization.config import QATConfig
 from tfcompress.quantization.fake_quant import ActivationQuantizer, fake_quant_weights
 from tfcompress.quantization.parity_callback import TFLiteParityCallback
 from tfcompress.quantization.quantize import (
@@ -51,6 +51,19 @@ from tfcompress.quantization.quantize import (
     QuantizationReport,
     calibrate,
     freeze,
+    quantization_report,
     quantize_model,
 )
 from tfcompress.quantization.registry import REGISTRY, QuantizeSpec
+
+__all__ = [
+    "QATConfig", "quantize_model", "calibrate", "freeze", "FreezeQuantization", "TFLiteParityCallback",
+    "QuantizationReport", "quantization_report", "ActivationQuantizer", "fake_quant_weights", "REGISTRY",
+    "QuantizeSpec",
+]
+
+
+def __getattr__(name):
+    from tfcompress import deprecated
+
+    return deprecated.lookup(__name__, name)

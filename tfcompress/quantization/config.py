@@ -1,10 +1,13 @@
-"""The one object that configures quantization-aware training."""
+"""The one object that configures quantization-aware training (QAT): `QATConfig`.
+
+(Named ``QATConfig``, not ``QuantizationConfig``: ``keras.quantizers.QuantizationConfig``
+configures Keras's own post-training ``model.quantize``, a different thing.)"""
 
 import dataclasses
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizationConfig:
+class QATConfig:
     """How `quantize_model` fake-quantizes a model.
 
     The defaults follow TFLite's int8 specification: weights symmetric int8
@@ -29,7 +32,7 @@ class QuantizationConfig:
 
     Example:
 
-    >>> config = tfc.QuantizationConfig(ema_decay=0.99)
+    >>> config = tfc.QATConfig(ema_decay=0.99)
     >>> qat_model = tfc.quantize_model(model, config=config)
     """
 

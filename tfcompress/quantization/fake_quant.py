@@ -116,6 +116,14 @@ class ActivationQuantizer(keras.layers.Layer):
         self.ema_decay = float(ema_decay)
         self.fixed_range = fixed_range
         self.supports_masking = True
+        # Set by `calibrate` while it runs the model eagerly in inference mode: the range follows the data
+        # while BatchNormalization and Dropout behave as at inference.
+        self.calibrating = False
+
+    @property
+    def updated(self):
+        """True once the range has seen data (training or `calibrate`); a fixed range counts as updated."""
+        return self.fixed_range is not None or float(keras.ops.convert_to_numpy(self.num_updates)) > 0
 
     def build(self, input_shape=None):
         # tfmot's initial range: wide enough for ReLU6 networks before any batch is seen.
@@ -127,7 +135,7 @@ class ActivationQuantizer(keras.layers.Layer):
         self.frozen = self.add_weight(name="frozen", shape=(), initializer="zeros", trainable=False)
 
     def call(self, inputs, training=None):
-        if training and self.fixed_range is None:
+        if (training or self.calibrating) and self.fixed_range is None:
             self._update_range(inputs)
         low, high = self.quantization_range()
         return keras.quantizers.fake_quant_with_min_max_vars(inputs, low, high, num_bits=8, narrow_range=False)

@@ -7,8 +7,10 @@ import warnings
 import keras
 import numpy as np
 
-from tfcompress.quantization import graph, registry
-from tfcompress.quantization.config import QuantizationConfig
+from tfcompress import graph
+from tfcompress.reports import markdown_table
+from tfcompress.quantization import registry
+from tfcompress.quantization.config import QATConfig
 from tfcompress.quantization.fake_quant import FIXED_OUTPUT_RANGES, ActivationQuantizer
 from tfcompress.quantization.quantized_layers import (
     FUSABLE_ACTIVATIONS,
@@ -42,8 +44,7 @@ class QuantizationReport:
             f"float layers: {len(self.float_layers)}."
         ]
         if self.float_layers:
-            lines += ["", "| layer | kept float because |", "| --- | --- |"]
-            lines += [f"| {name} | {reason} |" for name, reason in self.float_layers]
+            lines += ["", markdown_table(("layer", "kept float because"), self.float_layers)]
         return "\n".join(lines)
 
     def __str__(self):
@@ -75,18 +76,20 @@ def quantize_model(model, keep_float=None, config=None):
     BatchNormalization is only folded into a layer of the same sub-model).
     Subclassed models cannot be rewritten: quantize their Functional or
     Sequential parts instead. Layers the registry does not cover stay float and
-    are listed in ``qat_model.quantization_report`` (with a warning) rather
-    than raising.
+    are listed in `quantization_report` (with a warning) rather than raising.
 
     The QAT model contains tfcompress layer classes registered with Keras, so
     ``keras.models.load_model("qat.keras")`` works after ``import tfcompress``.
 
     Args:
         model: a built ``keras.Model`` (Sequential or Functional).
-        keep_float: layer name or names to leave in float (their kernels are
-            not quantized; their outputs still get an int8 range so the next
-            layer can run in int8).
-        config: a `QuantizationConfig`; defaults to ``QuantizationConfig()``.
+        keep_float: layer name or names to leave in float. A kept layer
+            without weights (an activation, an Add) still gets an int8 range on
+            its output, so the next layer reads int8. A kept layer with weights
+            (Conv, Dense) gets none: the converter would quantize it anyway
+            otherwise, so it runs float in the ``.tflite`` too, and so does the
+            op that reads its output.
+        config: a `QATConfig`; defaults to ``QATConfig()``.
 
     Returns:
         A new Functional ``keras.Model`` with the original layer names (folded
@@ -96,7 +99,7 @@ def quantize_model(model, keep_float=None, config=None):
 
     Raises:
         TypeError: ``model`` is not a Keras 3 model, is subclassed, or
-            ``config`` is not a `QuantizationConfig`.
+            ``config`` is not a `QATConfig`.
         ValueError: the model is not built, is already quantized, or a
             ``keep_float`` name is not a layer of it.
 
@@ -105,7 +108,8 @@ def quantize_model(model, keep_float=None, config=None):
     >>> qat = tfc.quantize_model(model)
     >>> tfc.zoo.compile_classifier(qat, learning_rate=1e-4)
     >>> qat.fit(x, y, epochs=2)
-    >>> int8_bytes = tfc.to_tflite(qat, mode="int8", representative_data=x[:100])
+    >>> int8_bytes = tfc.to_tflite(qat, mode="int8")   # the trained ranges: no calibration data
+    >>> print(tfc.quantization.quantization_report(qat))
     """
     config = _check_config(config)
     _check_model(model)
@@ -119,6 +123,45 @@ def quantize_model(model, keep_float=None, config=None):
         warnings.warn(f"quantize_model left {len(report.float_layers)} layer(s) in float: {listed}.", stacklevel=2)
     quantized.quantization_report = report
     return quantized
+
+
+def quantization_report(model):
+    """What `quantize_model` did to each layer of a QAT model: quantized, folded, kept float and why.
+
+    Works on the model `quantize_model` returned and on one loaded with
+    ``keras.models.load_model`` (the report is then read off its layers: a
+    weighted layer kept float by ``keep_float`` is reported as such).
+
+    Returns:
+        A `QuantizationReport`.
+
+    Raises:
+        ValueError: ``model`` holds no quantized layer.
+    """
+    report = getattr(model, "quantization_report", None)
+    if isinstance(report, QuantizationReport):
+        return report
+    report = QuantizationReport()
+    for path, layer in graph.iter_layers(model):
+        if isinstance(layer, QuantizedLayerMixin):
+            report.quantized.append(path)
+            bn = layer.qat_options.get("batch_norm")
+            if bn:
+                prefix = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+                report.folded.append((prefix + bn.get("name", "?"), path))
+        elif (isinstance(layer, (ActivationQuantizer, keras.layers.InputLayer, keras.Model))
+              or type(layer).__module__.startswith("tfcompress.")):
+            continue
+        else:
+            spec = registry.lookup(layer)
+            reason = _float_reason(layer, spec, keep_float=set())
+            if reason is None and spec is not None and spec.kind == "weighted":
+                reason = "listed in keep_float"
+            if reason is not None:
+                report.float_layers.append((path, reason))
+    if not report.quantized and not any(isinstance(layer, ActivationQuantizer) for layer in graph.layers_of(model)):
+        raise ValueError(f"Model {model.name!r} has no quantized layer; pass a model made by tfc.quantize_model.")
+    return report
 
 
 def freeze(model, frozen=True):
@@ -140,7 +183,7 @@ def freeze(model, frozen=True):
         ValueError: ``model`` contains no quantized layer.
     """
     count = 0
-    for layer in _walk_layers(model):
+    for layer in graph.layers_of(model):
         if isinstance(layer, QuantizedLayerMixin):
             layer.set_frozen(frozen)
             count += 1
@@ -177,61 +220,32 @@ class FreezeQuantization(keras.callbacks.Callback):
             freeze(self.model)
 
 
-def _walk_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _walk_layers(layer)
-
-
 def _check_config(config):
     if config is None:
-        return QuantizationConfig()
-    if not isinstance(config, QuantizationConfig):
+        return QATConfig()
+    if not isinstance(config, QATConfig):
         raise TypeError(
-            f"config must be a tfc.QuantizationConfig, got {type(config).__name__}: {config!r}. "
-            "Example: tfc.QuantizationConfig(ema_decay=0.99)."
+            f"config must be a tfc.QATConfig, got {type(config).__name__}: {config!r}. "
+            "Example: tfc.QATConfig(ema_decay=0.99)."
         )
     return config
 
 
 def _check_model(model):
-    if not isinstance(model, keras.Model):
-        module = type(model).__module__ or ""
-        hint = ""
-        if module.startswith(("tf_keras", "keras.src.engine", "tensorflow.python.keras")):
-            hint = " This looks like a tf_keras (Keras 2) model; rebuild it with Keras 3 (`import keras`)."
-        elif isinstance(model, keras.layers.Layer):
-            hint = " Wrap the layer in a model first: keras.Sequential([keras.Input(shape), layer])."
-        elif isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            hint = " To quantize a saved model, load it first: quantize_model(keras.models.load_model(path))."
-        elif type(model).__name__ == "KerasTensor":
-            hint = " That is a symbolic tensor; pass the model: keras.Model(inputs, outputs)."
-        else:
-            hint = " Pass the keras.Model (Sequential or Functional) you trained."
-        raise TypeError(f"quantize_model expects a Keras 3 keras.Model, got {type(model).__name__}: {model!r}.{hint}")
-    if not isinstance(model, keras.Sequential) and not _is_functional(model):
+    graph.check_model(model, action="quantize", require_built=False)
+    if not graph.is_functional(model):
         raise TypeError(
             f"quantize_model cannot rewrite subclassed model {model.name!r} ({type(model).__name__}): its "
             "graph lives in Python code. Build it with the Functional or Sequential API, or apply "
             "quantize_model to the Functional/Sequential sub-models it calls."
         )
-    if not model.built or not model.inputs:
-        raise ValueError(
-            f"Model {model.name!r} is not built, so its layers have no weights to quantize. "
-            "Give it an input shape (keras.Input or model.build(input_shape)) or call it on data first."
-        )
-    for layer in _walk_layers(model):
+    graph.check_model(model, action="quantize")
+    for layer in graph.layers_of(model):
         if isinstance(layer, (QuantizedLayerMixin, ActivationQuantizer)):
             raise ValueError(
                 f"Model {model.name!r} is already quantized (layer {layer.name!r} is {type(layer).__name__}); "
                 "pass the original float model."
             )
-
-
-def _is_functional(model):
-    # A Functional model's config lists its layers with their inbound nodes; keras.Model subclasses do not.
-    return type(model) is keras.Model or (hasattr(model, "inputs") and "Functional" in [c.__name__ for c in type(model).__mro__])
 
 
 def _check_keep_float(model, keep_float):
@@ -242,7 +256,7 @@ def _check_keep_float(model, keep_float):
         names = list(names)
     except TypeError:
         raise TypeError(f"keep_float must be a layer name or a list of names, got {keep_float!r}.") from None
-    known = [layer.name for layer in _walk_layers(model)]
+    known = [layer.name for layer in graph.layers_of(model) if not isinstance(layer, keras.layers.InputLayer)]
     for name in names:
         if not isinstance(name, str):
             raise TypeError(f"keep_float must hold layer names (str), got {name!r} in {keep_float!r}.")
@@ -385,7 +399,8 @@ def _qat_options(plan, config):
     options = {"per_channel": config.per_channel, "ema_decay": config.ema_decay, "masked_kernels": list(plan.masked_kernels)}
     if plan.folded_bn is not None:
         bn = plan.folded_bn
-        options["batch_norm"] = {"epsilon": float(bn.epsilon), "momentum": float(bn.momentum)}
+        # The name is only read by quantization_report (a loaded model no longer has the BN layer).
+        options["batch_norm"] = {"epsilon": float(bn.epsilon), "momentum": float(bn.momentum), "name": bn.name}
     return options
 
 
@@ -483,37 +498,51 @@ def _copy_weights(original, new_layer, plan):
         new_layer.bn_moving_variance.assign(bn.moving_variance)
 
 
-def calibrate(model, x, batch_size=128):
-    """Sets activation ranges of a QAT model from data, without training or touching BN statistics.
+def calibrate(model, x, batch_size=128, only_untrained=False):
+    """Sets activation ranges of a QAT model from data, without training anything else.
 
-    Optional: training sets ranges on its own within a few batches. Calibrating
-    first gives the very first QAT steps (and a QAT model converted without
-    training) realistic ranges instead of the initial [-6, 6].
+    The model runs in inference mode (BatchNormalization statistics, folded or
+    not, stay as they are; Dropout is off) while its activation quantizers
+    update their ranges from each batch, as in training. Optional before QAT:
+    training sets ranges on its own within a few batches; calibrating first gives
+    the very first steps realistic ranges instead of the initial [-6, 6].
+    `to_tflite` calls it (``only_untrained=True``) on a QAT model that was never
+    trained, when given ``representative_data``.
 
     Args:
         model: a model returned by `quantize_model`.
         x: a NumPy array of inputs (or a list of arrays for several inputs).
         batch_size: samples per forward pass.
+        only_untrained: update only ranges that never saw data; trained ones are kept.
 
     Returns:
-        ``model``, with its activation ranges updated.
+        The number of activation ranges updated.
+
+    Raises:
+        ValueError: ``model`` holds no activation quantizer.
     """
-    layers = [layer for layer in _walk_layers(model) if isinstance(layer, QuantizedLayerMixin)]
-    if not layers and not any(isinstance(layer, ActivationQuantizer) for layer in _walk_layers(model)):
+    quantizers = [layer for layer in graph.layers_of(model) if isinstance(layer, ActivationQuantizer)]
+    if not quantizers:
         raise ValueError(
             f"Model {getattr(model, 'name', model)!r} has no quantized layer to calibrate; "
             "pass the model returned by tfc.quantize_model."
         )
-    saved = [(layer, keras.ops.convert_to_numpy(layer.bn_frozen)) for layer in layers if layer.qat_options["batch_norm"]]
+    chosen = [q for q in quantizers if q.fixed_range is None and not (only_untrained and q.updated)]
     inputs = x if isinstance(x, (list, tuple)) else [x]
     count = len(inputs[0])
     try:
-        for layer, _ in saved:
-            layer.bn_frozen.assign(1.0)
-        for start in range(0, count, batch_size):
-            batch = [np.asarray(a[start:start + batch_size]) for a in inputs]
-            model(batch if len(batch) > 1 else batch[0], training=True)
+        for quantizer in chosen:
+            quantizer.calibrating = True
+        if chosen:
+            for start in range(0, count, batch_size):
+                batch = [np.asarray(a[start:start + batch_size]) for a in inputs]
+                model(batch if len(batch) > 1 else batch[0], training=False)
     finally:
-        for layer, value in saved:
-            layer.bn_frozen.assign(value)
-    return model
+        for quantizer in chosen:
+            quantizer.calibrating = False
+    return len(chosen)
+
+
+def untrained_ranges(model):
+    """Names of the activation quantizers of a QAT model whose ranges never saw data (still [-6, 6])."""
+    return [layer.name for layer in graph.layers_of(model) if isinstance(layer, ActivationQuantizer) and not layer.updated]

@@ -28,34 +28,31 @@ class QuantizeSpec:
     Args:
         kind: ``"weighted"``, ``"output"`` or ``"passthrough"``.
         quantized_weights: names of the kernels that are fake-quantized.
-        per_channel: whether those kernels may take per-channel ranges.
         quantized_class: the replacement class for ``weighted`` layers.
     """
 
     kind: str
     quantized_weights: tuple = ()
-    per_channel: bool = False
     quantized_class: type = None
 
 
-def _weighted(cls, weights=("kernel",), per_channel=True):
-    return QuantizeSpec("weighted", weights, per_channel, cls)
+def _weighted(cls, weights=("kernel",)):
+    # Per-channel or per-tensor kernel ranges are the Quantized* class's own choice (supports_per_channel).
+    return QuantizeSpec("weighted", weights, cls)
 
 
 _OUTPUT = QuantizeSpec("output")
 _PASSTHROUGH = QuantizeSpec("passthrough")
 
 REGISTRY = {
-    layers.Conv1D: _weighted(ql.QuantizedConv1D, per_channel=False),
+    layers.Conv1D: _weighted(ql.QuantizedConv1D),
     layers.Conv2D: _weighted(ql.QuantizedConv2D),
-    layers.DepthwiseConv1D: _weighted(ql.QuantizedDepthwiseConv1D, per_channel=False),
+    layers.DepthwiseConv1D: _weighted(ql.QuantizedDepthwiseConv1D),
     layers.DepthwiseConv2D: _weighted(ql.QuantizedDepthwiseConv2D),
-    layers.SeparableConv1D: _weighted(
-        ql.QuantizedSeparableConv1D, ("depthwise_kernel", "pointwise_kernel"), per_channel=False
-    ),
+    layers.SeparableConv1D: _weighted(ql.QuantizedSeparableConv1D, ("depthwise_kernel", "pointwise_kernel")),
     layers.SeparableConv2D: _weighted(ql.QuantizedSeparableConv2D, ("depthwise_kernel", "pointwise_kernel")),
-    layers.Conv2DTranspose: _weighted(ql.QuantizedConv2DTranspose, per_channel=False),
-    layers.Dense: _weighted(ql.QuantizedDense, per_channel=False),
+    layers.Conv2DTranspose: _weighted(ql.QuantizedConv2DTranspose),
+    layers.Dense: _weighted(ql.QuantizedDense),
     # BatchNormalization that cannot be folded runs as int8 MUL + ADD.
     layers.BatchNormalization: _OUTPUT,
     layers.ReLU: _OUTPUT,

@@ -1,0 +1,13 @@
+"""Every tfcompress Keras callback in one place, as ``keras.callbacks`` does: ``tfc.callbacks.PruningCallback``.
+
+    >>> model.fit(x, y, epochs=3, callbacks=[
+    ...     tfc.callbacks.PruningCallback(tfc.PolynomialDecay(0.0, 0.75, 0, 2000)),
+    ...     tfc.callbacks.BackupAndRestore("/tmp/run1")])
+"""
+
+from tfcompress.backup import BackupAndRestore
+from tfcompress.pruning.callback import PruningCallback
+from tfcompress.quantization.parity_callback import TFLiteParityCallback
+from tfcompress.quantization.quantize import FreezeQuantization
+
+__all__ = ["BackupAndRestore", "FreezeQuantization", "PruningCallback", "TFLiteParityCallback"]

@@ -1,0 +1,178 @@
+"""The one model-graph module: what a model is, which layers it holds, and who feeds whom.
+
+Everything in tfcompress that looks inside a Keras model goes through here:
+
+* `check_model`: is this a built Keras 3 model (one check, one set of messages
+  for every verb: convert, prune, quantize, distill, compress).
+* `iter_layers`: every layer under a model, recursively, with its '/'-path
+  (nested models, and layers a custom layer holds as attributes).
+* `read_graph`: the producers and consumers of every layer of a Functional
+  model, read from its public config (no private Keras node objects).
+"""
+
+import dataclasses
+import os
+
+import keras
+
+
+def check_model(model, argument="model", action="compress", allow_layer=False, require_built=True):
+    """Returns ``model`` if it is a (built) Keras 3 model; otherwise raises an error that says what to do.
+
+    Args:
+        model: the object to check.
+        argument: the argument name used in messages (``"teacher"``, ``"student"``...).
+        action: the verb for messages, e.g. ``"convert"``, ``"prune"``, ``"quantize"``.
+        allow_layer: accept a plain ``keras.layers.Layer`` too (the pruner works on layers).
+        require_built: raise if the model has no weights yet.
+
+    Raises:
+        TypeError: a path, a KerasTensor, a tf_keras (Keras 2) object, a layer, or anything else.
+        ValueError: the model is not built.
+    """
+    kind = type(model).__name__
+    if isinstance(model, (str, bytes, bytearray, os.PathLike)):
+        raise TypeError(
+            f"{argument} must be a keras.Model, got {kind} {model!r:.200}. To {action} a saved model, load it "
+            "first: keras.models.load_model(path).")
+    if isinstance(model, keras.KerasTensor):
+        raise TypeError(
+            f"{argument} must be a keras.Model, got a KerasTensor {model!r:.200}: that is the output of calling "
+            "layers on keras.Input. Build the model first: keras.Model(inputs, outputs), and pass that.")
+    if any((c.__module__ or "").split(".")[0] in ("tf_keras", "tensorflow") and "keras" in (c.__module__ or "")
+           for c in type(model).__mro__):
+        raise TypeError(
+            f"{argument} must be a keras.Model (Keras 3), got a legacy tf_keras object ({kind}: {model!r:.200}). "
+            "tfcompress works on Keras 3 models: rebuild it with `import keras` (Keras 3) and load its weights.")
+    accepted = keras.layers.Layer if allow_layer else keras.Model
+    if not isinstance(model, accepted):
+        if isinstance(model, keras.layers.Layer):
+            raise TypeError(
+                f"{argument} must be a keras.Model, got a layer ({kind} {model.name!r}). Wrap it in a model "
+                "first: keras.Sequential([keras.Input(shape), layer]).")
+        raise TypeError(f"{argument} must be a keras.Model (Keras 3), got {kind}: {model!r:.200}.")
+    if require_built and not model.built:
+        raise ValueError(
+            f"{argument} {model.name!r} is not built, so it has no weights to {action} yet. Build it first: "
+            "call it once on a batch (model(x[:1])), call model.build(input_shape), or give it a keras.Input.")
+    return model
+
+
+def is_functional(model):
+    """True for Functional and Sequential models: their graph is data, not Python code."""
+    if isinstance(model, keras.Sequential) or type(model) is keras.Model:
+        return True
+    # Keras has no public Functional class; subclasses of keras.Model built with inputs/outputs carry it in
+    # their MRO (e.g. Keras applications), subclassed models with a call() do not.
+    return hasattr(model, "inputs") and "Functional" in [c.__name__ for c in type(model).__mro__]
+
+
+def child_layers(layer):
+    """Direct sub-layers of ``layer``: a model's layers, and layers held as attributes or in lists."""
+    # Private Keras touch point (README, "Private Keras APIs"): Keras 3 has no public way to list the
+    # layers held by a plain Layer (Model.layers covers models only, and itself uses this method).
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def iter_layers(model):
+    """Yields ``(path, layer)`` for every layer under ``model`` (not the model itself), each once.
+
+    ``path`` is the '/'-joined names from the model down to the layer, e.g. ``"backbone/conv1"``.
+    """
+    seen = {id(model)}
+    stack = [(child.name, child) for child in reversed(child_layers(model))]
+    while stack:
+        path, layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield path, layer
+        stack.extend((f"{path}/{child.name}", child) for child in reversed(child_layers(layer)))
+
+
+def layers_of(model):
+    """Every layer under ``model``, each once (see `iter_layers`)."""
+    return [layer for _, layer in iter_layers(model)]
+
+
+def layer_names(model):
+    """The names and paths of every layer under ``model``."""
+    return {name for path, layer in iter_layers(model) for name in (path, layer.name)}
+
+
+@dataclasses.dataclass
+class LayerNode:
+    """One layer of a Functional model.
+
+    Attributes:
+        name: the layer name.
+        inbound: one list of producer layer names per call of the layer.
+        consumers: names of the layers that take its output (one entry per use).
+        is_output: its output is a model output.
+    """
+
+    name: str
+    inbound: list = dataclasses.field(default_factory=list)
+    consumers: list = dataclasses.field(default_factory=list)
+    is_output: bool = False
+
+    @property
+    def single_call(self):
+        return len(self.inbound) == 1
+
+    @property
+    def producers(self):
+        return self.inbound[0] if self.single_call else []
+
+
+def _tensor_producers(structure, found):
+    """Collects the producer layer names of every Keras tensor in a serialized call."""
+    if isinstance(structure, dict):
+        if structure.get("class_name") == "__keras_tensor__":
+            found.append(structure["config"]["keras_history"][0])
+            return found
+        for value in structure.values():
+            _tensor_producers(value, found)
+    elif isinstance(structure, (list, tuple)):
+        for value in structure:
+            _tensor_producers(value, found)
+    return found
+
+
+def _endpoint_names(entries):
+    # A single input/output is stored as one [name, node, tensor] triple, several as a list of them.
+    if entries and isinstance(entries[0], str):
+        entries = [entries]
+    return [name for name, _, _ in entries]
+
+
+def read_graph(model):
+    """Returns ``({layer name: LayerNode}, [input layer names])`` for a Functional model.
+
+    ``model.get_config()`` lists each layer's inbound nodes with the name of every
+    producing layer (``keras_history``); that is all the graph needs.
+
+    Raises:
+        ValueError: the model's config cannot be read (a layer without a working
+            ``get_config``); the message names the layer if Keras does.
+    """
+    try:
+        config = model.get_config()
+    except Exception as exc:  # noqa: BLE001 - any layer's get_config may fail in its own way
+        raise ValueError(
+            f"Could not read the graph of model {model.name!r}: get_config() failed with "
+            f"{type(exc).__name__}: {exc}. Give custom layers a get_config() that returns their "
+            "constructor arguments.") from exc
+    nodes = {}
+    for layer_config in config["layers"]:
+        node = LayerNode(name=layer_config["name"])
+        for call in layer_config.get("inbound_nodes", []):
+            node.inbound.append(_tensor_producers(call, []))
+        nodes[node.name] = node
+    for node in nodes.values():
+        for call in node.inbound:
+            for producer in call:
+                nodes[producer].consumers.append(node.name)
+    for name in _endpoint_names(config["output_layers"]):
+        nodes[name].is_output = True
+    return nodes, _endpoint_names(config["input_layers"])

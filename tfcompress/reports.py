@@ -1,0 +1,141 @@
+"""Rendering of what was measured: markdown tables and plots. Measuring lives in `evaluate`; this module only renders.
+
+    >>> print(tfc.compare(tfc.evaluate_many({"float32": f32, "int8": int8}, x=x_test, y=y_test)))
+"""
+
+import dataclasses
+import io
+
+from tfcompress.files import write_atomic
+
+
+def format_kb(n):
+    """Bytes as ``"12.3 KB"``."""
+    return f"{n / 1024:.1f} KB"
+
+
+def markdown_table(header, rows, title=None, footer=None):
+    """A markdown table with padded columns; ``title`` above and ``footer`` below if given."""
+    widths = [max(len(str(r[i])) for r in [header] + list(rows)) for i in range(len(header))]
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    out = [title] if title else []
+    out += [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    if footer:
+        out.append(footer)
+    return "\n".join(out)
+
+
+def evaluation_markdown(report):
+    """One `EvaluationReport` as markdown: size, accuracy, latency per backend, parity, ops, notes."""
+    by_dtype = ", ".join(f"{k} {format_kb(v)}" for k, v in report.weight_bytes_by_dtype.items())
+    accuracy = "—"
+    if report.accuracy is not None:
+        head = f", output {report.accuracy_output}" if getattr(report, "accuracy_output", None) else ""
+        accuracy = f"{100 * report.accuracy:.2f}% (n={report.accuracy_samples}, {report.accuracy_backend}{head})"
+    lines = [f"### {report.name}", "", markdown_table(
+        ("size", "gzip -9", "weights by dtype", "weight sparsity", "accuracy"),
+        [(format_kb(report.file_bytes), format_kb(report.gzip_bytes), by_dtype, f"{100 * report.sparsity:.1f}%",
+          accuracy)]), ""]
+    lines.append(markdown_table(
+        ("backend", "threads", "init ms", "first run ms", "median ms", "p90 ms", "mean ms", "std ms", "runs"),
+        [(r.backend, r.threads, f"{r.init_ms:.1f}", f"{r.first_run_ms:.2f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}",
+          f"{r.mean_ms:.3f}", f"{r.std_ms:.3f}", r.runs) for r in report.latency]))
+    if report.parity:
+        lines += ["", markdown_table(
+            (f"backend vs {report.parity.get('reference', '?')}", "max abs diff", "top-1 agreement"),
+            [(backend, f"{p['max_abs_diff']:.3g}", f"{100 * p['top1_agreement']:.2f}%")
+             for backend, p in report.parity.get("backends", {}).items()])]
+    lines += ["", "Ops: " + ", ".join(f"{k}×{v}" for k, v in report.op_census_by_dtype.items())]
+    lines.append("Inputs: " + "; ".join(f"{d['name']} {d['dtype']}{list(d['shape'])}" for d in report.inputs))
+    for note in report.notes:
+        lines.append(f"Note: {note}")
+    return "\n".join(lines)
+
+
+def compare(reports, baseline=None, reference_accuracy=None):
+    """A markdown table comparing several evaluated variants.
+
+    Args:
+        reports: a list of `EvaluationReport` (or a dict name → report).
+        baseline: the name of the report that ratios and deltas refer to
+            (default: the first).
+        reference_accuracy: optional accuracy (0-1) of the Keras model, shown as
+            an extra Δ column.
+
+    Returns:
+        A markdown string: size, gzip, size ratio, weight sparsity, accuracy and Δ vs
+        baseline, and per backend × threads the median latency and speed-up vs the
+        baseline on the same backend.
+    """
+    if isinstance(reports, dict):
+        reports = [dataclasses.replace(r, name=k) for k, r in reports.items()]
+    if not reports:
+        raise ValueError("compare() needs at least one report.")
+    base = next((r for r in reports if r.name == baseline), None) if baseline else reports[0]
+    if base is None:
+        raise ValueError(f"baseline={baseline!r} is not among the reports {[r.name for r in reports]}.")
+    keys = [r.key for r in base.latency]
+    header = ["variant", "size", "gzip", "× smaller", "sparsity", "accuracy", f"Δ vs {base.name}"]
+    if reference_accuracy is not None:
+        header.append("Δ vs Keras")
+    header += [f"{k} ms" for k in keys] + [f"{k} speed-up" for k in keys]
+    rows = []
+    for r in reports:
+        cells = [r.name, format_kb(r.file_bytes), format_kb(r.gzip_bytes), f"{base.file_bytes / r.file_bytes:.2f}x",
+                 f"{100 * r.sparsity:.1f}%"]
+        if r.accuracy is not None:
+            cells.append(f"{100 * r.accuracy:.2f}%")
+            cells.append(f"{100 * (r.accuracy - base.accuracy):+.2f}" if base.accuracy is not None else "—")
+        else:
+            cells += ["—", "—"]
+        if reference_accuracy is not None:
+            cells.append(f"{100 * (r.accuracy - reference_accuracy):+.2f}" if r.accuracy is not None else "—")
+        by_key = {x.key: x for x in r.latency}
+        base_key = {x.key: x for x in base.latency}
+        cells += [f"{by_key[k].median_ms:.3f}" if k in by_key else "—" for k in keys]
+        cells += [f"{base_key[k].median_ms / by_key[k].median_ms:.2f}x" if k in by_key else "—" for k in keys]
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def plot_variants(reports, path, threads):
+    """Writes a PNG: accuracy vs gzip size, and latency bars CPU vs XNNPACK. False (and nothing written) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = list(reports)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    for name in names:
+        r = reports[name]
+        left.scatter(r.gzip_bytes / 1024, 100 * r.accuracy, s=40)
+        left.annotate(name, (r.gzip_bytes / 1024, 100 * r.accuracy), fontsize=7, xytext=(3, 3),
+                      textcoords="offset points")
+    left.set_xscale("log")
+    left.set_xlabel("gzip -9 size of the .tflite (KB, log scale)")
+    left.set_ylabel("test accuracy (%)")
+    left.set_title("accuracy vs compressed size")
+    left.grid(alpha=0.3)
+    width = 0.4
+    for i, backend in enumerate(("cpu", "xnnpack")):
+        values = [(reports[n].latency_for(backend, threads[0]).median_ms
+                   if reports[n].latency_for(backend, threads[0]) else 0.0) for n in names]
+        right.bar([k + (i - 0.5) * width for k in range(len(names))], values, width, label=f"{backend}, {threads[0]} thread")
+    right.set_xticks(range(len(names)))
+    right.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    right.set_ylabel("median latency per image (ms)")
+    right.set_title("latency: LiteRT built-in CPU kernels vs XNNPACK")
+    right.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue(), overwrite=True)
+    return True
