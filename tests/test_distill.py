@@ -542,9 +542,28 @@ def test_one_pass_and_two_pass_feature_losses_agree(teacher, digits):
     np.testing.assert_allclose(evaluated["loss"], direct, rtol=1e-5)
 
 
-def test_the_teacher_freeze_is_documented_and_lasts(teacher):
+def test_the_teacher_freeze_lasts_through_pruned_distillation_until_trainable_is_set(teacher, digits):
     # Kept on purpose, as keras.distillation.Distiller does: PruningCallback skips only
     # non-trainable weights, so an unfrozen teacher would be pruned with the student.
-    tfc.Distiller(teacher, _student())
-    assert not teacher.trainable and not teacher.trainable_weights
-    assert "leaves it so" in tfc.Distiller.__doc__
+    (x, y), _ = digits
+    own = _teacher()  # the caller's trained model, trainable (the shared fixture stays as it is)
+    own.set_weights(teacher.get_weights())
+    assert own.trainable and own.trainable_weights
+    distiller = _distiller(own)
+    assert distiller.teacher is own and not own.trainable and not own.trainable_weights  # frozen in place
+    before = _weights(own)
+    pruning = tfc.PruningCallback(tfc.ConstantSparsity(0.5, begin_step=0, frequency=4), verbose=0)
+    distiller.fit(x[:256], y[:256], epochs=2, batch_size=32, callbacks=[pruning], verbose=0)
+
+    assert not own.trainable and not own.trainable_weights, "the freeze outlasts fit"
+    assert not {id(e.variable) for e in pruning.pruner.targets} & {id(w) for w in own.weights}
+    for b, after in zip(before, own.weights):
+        np.testing.assert_array_equal(b, after.numpy(), err_msg=after.path)  # neither trained nor pruned
+    kernels = [e.variable.numpy() for e in pruning.pruner.targets]
+    assert sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels) == pytest.approx(0.5, abs=0.01)
+
+    # The way back: trainable=True, and the teacher trains again.
+    own.trainable = True
+    own.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    own.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
+    assert any(not np.array_equal(b, a.numpy()) for b, a in zip(before, own.weights))

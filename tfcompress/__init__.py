@@ -45,6 +45,7 @@ with _quiet_import:
     # Quantization-aware training (QAT)
     from tfcompress import quantization  # noqa: E402
     from tfcompress.quantization import QATConfig, TFLiteParityCallback, quantize_model  # noqa: E402
+    from tfcompress.quantization import AccuracyBudgetError, quantization_sensitivity  # noqa: E402
     # Training utilities, files
     from tfcompress.backup import BackupAndRestore  # noqa: E402
     from tfcompress.files import OutputExistsError, write_atomic  # noqa: E402
@@ -59,8 +60,9 @@ from tfcompress.recipe import (  # noqa: E402
 )
 
 __all__ = [
-    # conversion (PTQ = to_tflite's int8 / int16x8 / dynamic / float16 modes)
+    # conversion (PTQ = to_tflite's int8 / int16x8 / dynamic / float16 modes), its guardrails
     "to_tflite", "ConvertedModel", "ConversionError", "QuantizationAuditError", "RepresentativeDataError",
+    "quantization_sensitivity", "AccuracyBudgetError",
     "inspect_tflite", "InvalidTFLiteFileError",
     # evaluation
     "evaluate_tflite", "evaluate_many", "compare", "EvaluationReport",

@@ -325,6 +325,10 @@ def to_tflite(
     check_float_outputs=True,
     isolate=False,
     timeout=DEFAULT_TIMEOUT_S,
+    calibration=None,
+    max_accuracy_drop=None,
+    validation_data=None,
+    verify=None,
 ):
     """Converts a Keras 3 model to a TFLite flatbuffer.
 
@@ -361,6 +365,22 @@ def to_tflite(
             abort or segfault becomes a `ConversionError` instead of killing the
             caller (the CLI does this by default).
         timeout: with ``isolate``, seconds before the converter is stopped.
+        calibration: for ``"int8"``, how activation ranges are chosen from
+            ``representative_data``: None (the converter's own min-max),
+            ``"minmax"``, ``"percentile"`` (0.1th and 99.9th percentiles: outliers
+            clipped) or ``"mse"`` (the clipping with the least int8 error). The
+            latter three set the ranges on the model's fake-quant twin
+            (`quantize_model` + `quantization.calibrate`) and convert that.
+        max_accuracy_drop: for ``"int8"``, the accuracy points the file may lose
+            against the Keras model on ``validation_data``: the fewest layers are
+            kept float (most sensitive first), then ``int16x8`` is tried; the
+            result's ``.budget`` says what was chosen (see
+            `quantization.sensitivity.convert_within_budget`).
+        validation_data: ``(x, y)`` held-out data for ``max_accuracy_drop``.
+        verify: inputs (an array, or ``(x,)``) on which the file's top-1
+            predictions are compared with the Keras model's; below
+            ``MIN_AGREEMENT`` a warning names the agreement and points to
+            `tfc.quantization_sensitivity`. The agreement is in ``.agreement``.
 
     Returns:
         A `ConvertedModel`: the ``.tflite`` bytes, with ``.info`` (op census and
@@ -392,6 +412,24 @@ def to_tflite(
                 f"keep_float names unknown layers {unknown}; model {model.name!r} has layers {sorted(known)[:40]}."
             )
 
+    if max_accuracy_drop is not None or validation_data is not None:
+        if mode != "int8" or max_accuracy_drop is None or validation_data is None or keep_float:
+            raise ValueError(
+                "max_accuracy_drop and validation_data go together, with mode='int8' and without keep_float (the "
+                "budget chooses the float layers): e.g. to_tflite(model, mode='int8', representative_data=x_train[:200], "
+                "max_accuracy_drop=0.5, validation_data=(x_val, y_val)).")
+        from tfcompress.quantization import sensitivity
+
+        result = sensitivity.convert_within_budget(
+            model, representative_data, validation_data, max_accuracy_drop, io_type=io_type, sparse=sparse,
+            strict=False, input_shape=input_shape, max_calibration_samples=max_calibration_samples,
+            check_float_outputs=check_float_outputs, isolate=isolate, timeout=timeout, calibration=calibration)
+        return _finish(result, model, strict, verify, output_path, overwrite)
+    if calibration is not None:
+        return _convert_with_calibration(
+            model, calibration, representative_data, keep_float, io_type=io_type, sparse=sparse, strict=strict,
+            input_shape=input_shape, max_calibration_samples=max_calibration_samples, isolate=isolate,
+            timeout=timeout, verify=verify, output_path=output_path, overwrite=overwrite)
     needs_calibration = mode in ("int8", "int16x8")
     qat = is_qat_model(model)
     if qat and keep_float:
@@ -454,6 +492,45 @@ def to_tflite(
             restore_ranges()
 
     result = ConvertedModel(data, mode=mode, model_name=model.name, notes=notes)
+    return _finish(result, model, strict, verify, output_path, overwrite)
+
+
+MIN_AGREEMENT = 0.97
+CALIBRATIONS = ("minmax", "percentile", "mse")
+
+
+def _convert_with_calibration(model, calibration, representative_data, keep_float, **kwargs):
+    """int8 with activation ranges chosen by ``calibration`` on the model's fake-quant twin."""
+    from tfcompress.quantization import quantize
+
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration={calibration!r}: choose one of {list(CALIBRATIONS)} (or None for the "
+                         "converter's own min-max).")
+    if is_qat_model(model):
+        raise ValueError(f"calibration={calibration!r} does not apply to QAT model {model.name!r}: its ranges were "
+                         "trained. Convert it without calibration=, or calibrate it with tfc.quantization.calibrate.")
+    if representative_data is None:
+        raise representative.RepresentativeDataError(
+            f"representative_data is required for calibration={calibration!r}: pass ~100-500 typical inputs.")
+    specs = input_specs(model, representative_data, kwargs.get("input_shape"))
+    samples = representative.prepare(representative_data, specs, max_samples=kwargs.get("max_calibration_samples"))
+    representative.check_model_outputs(model, samples, specs)
+    arrays = [np.concatenate([sample[i] for sample in samples]) for i in range(len(specs))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # layers it leaves float stay float in the file too
+        twin = quantize.quantize_model(model, keep_float=keep_float)
+    quantize.calibrate(twin, arrays if len(arrays) > 1 else arrays[0], method=calibration)
+    verify, output_path, overwrite = kwargs.pop("verify"), kwargs.pop("output_path"), kwargs.pop("overwrite")
+    strict = kwargs.pop("strict")
+    result = to_tflite(twin, mode="int8", representative_data=representative_data, **kwargs)
+    result.notes.insert(0, f"calibration={calibration!r}: activation ranges set on the fake-quant twin from "
+                           f"{len(samples)} samples")
+    return _finish(result, model, strict, verify, output_path, overwrite)
+
+
+def _finish(result, model, strict, verify, output_path, overwrite):
+    """The checks every conversion ends with: the strict int8 audit, the agreement check, the atomic write."""
+    mode = result.mode
     if strict and mode == "int8":
         floats = result.info.float_compute_ops()
         if floats:
@@ -462,9 +539,32 @@ def to_tflite(
                 f"strict=True: the int8 model {model.name!r} still has {len(floats)} float compute op(s): "
                 f"{listed}. Remove keep_float for them, or pass strict=False to accept float ops."
             )
+    if verify is not None:
+        _verify_agreement(result, model, verify)
     if output_path is not None:
         write_atomic(output_path, bytes(result), overwrite=overwrite)
     return result
+
+
+def _verify_agreement(result, model, verify, max_samples=1000):
+    """Top-1 agreement of the file with the Keras model on ``verify``; a warning below `MIN_AGREEMENT`."""
+    from tfcompress import evaluate
+
+    x = verify[0] if isinstance(verify, tuple) and len(verify) == 1 else verify
+    x = [a[:max_samples] for a in x] if isinstance(x, list) else np.asarray(x)[:max_samples]
+    import keras
+
+    tflite = evaluate.predict(bytes(result), x)
+    keras_out = np.asarray(keras.tree.flatten(model.predict(x, verbose=0, batch_size=256))[0])
+    keras_top1 = keras_out.reshape(len(keras_out), -1).argmax(1)
+    result.agreement = float(np.mean(tflite.reshape(len(tflite), -1).argmax(1) == keras_top1))
+    result.notes.append(f"top-1 agreement with the Keras model: {100 * result.agreement:.1f}% on {len(keras_top1)} samples")
+    if result.agreement < MIN_AGREEMENT:
+        warnings.warn(
+            f"to_tflite: the {result.mode} file of model {model.name!r} agrees with the Keras model on only "
+            f"{100 * result.agreement:.1f}% of top-1 predictions ({len(keras_top1)} samples of verify=). Find the "
+            "layers that lose it with tfc.quantization_sensitivity(model, representative_data, x, y), then keep "
+            "them float (keep_float=[...]) or set max_accuracy_drop= with validation_data=.", UserWarning, stacklevel=3)
 
 
 def _calibrate_untrained_ranges(model, samples, notes):

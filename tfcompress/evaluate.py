@@ -327,6 +327,31 @@ def _predict(interpreter, inputs_float, batch_size, head=0):
     return np.concatenate(outputs)
 
 
+def predict(model, x, output=None, backend="xnnpack", batch_size=256):
+    """Runs a ``.tflite`` on ``x`` and returns one output (float, dequantized), without timing anything.
+
+    Args:
+        model: ``.tflite`` bytes or path.
+        x: inputs as for `evaluate_tflite` (checked the same way).
+        output: for several outputs, which (index in the Keras order, or name); the first by default.
+        backend: ``"xnnpack"`` or ``"cpu"``; where XNNPACK refuses the file (e.g. int16x8), the built-in kernels run it.
+
+    Returns:
+        An array with one row per sample.
+    """
+    raw = tflite_file.read_bytes(model)
+    probe = _make_interpreter(raw, "cpu", 1)
+    head = _pick_head(output_heads(probe), output, scoring=False)
+    arrays = _check_inputs(x, probe.get_input_details())
+    try:
+        return _predict(_make_interpreter(raw, backend, 1), arrays, batch_size, head)
+    except (RuntimeError, ValueError):
+        if backend == "cpu":
+            raise
+        # A delegate may refuse a file only when it runs (XNNPACK and int16x8): the built-in kernels run it all.
+        return _predict(probe, arrays, batch_size, head)
+
+
 def _time_round_robin(interpreters, num_runs, warmup_runs):
     """Times ``invoke()`` of every interpreter (inputs already set), one run of each per round."""
     times = {key: [] for key in interpreters}

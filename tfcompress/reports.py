@@ -139,3 +139,27 @@ def plot_variants(reports, path, threads):
     plt.close(fig)
     write_atomic(path, buffer.getvalue(), overwrite=True)
     return True
+
+
+def plot_sensitivity(report, path, count=20):
+    """Writes a PNG: the SQNR of the ``count`` most quantization-sensitive layers (lowest first). False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = report.rows[:count][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.5))
+    ax.barh([r.layer for r in rows], [r.local_sqnr_db for r in rows], color="tab:red")
+    ax.set_xlabel("local SQNR: the layer quantized alone, on float inputs (dB; lower = more sensitive)")
+    ax.set_title(f"quantization sensitivity of {report.model_name!r}")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue(), overwrite=True)
+    return True

@@ -55,11 +55,17 @@ from tfcompress.quantization.quantize import (
     quantize_model,
 )
 from tfcompress.quantization.registry import REGISTRY, QuantizeSpec
+from tfcompress.quantization.sensitivity import (
+    AccuracyBudgetError,
+    SensitivityReport,
+    convert_within_budget,
+    quantization_sensitivity,
+)
 
 __all__ = [
     "QATConfig", "quantize_model", "calibrate", "freeze", "FreezeQuantization", "TFLiteParityCallback",
     "QuantizationReport", "quantization_report", "ActivationQuantizer", "fake_quant_weights", "REGISTRY",
-    "QuantizeSpec",
+    "QuantizeSpec", "quantization_sensitivity", "SensitivityReport", "AccuracyBudgetError", "convert_within_budget",
 ]
 
 

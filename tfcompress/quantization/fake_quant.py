@@ -7,6 +7,7 @@ the tensors' scales and zero points.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 # A zero-width range makes the quantization scale 0 and the op divide by it.
@@ -79,6 +80,64 @@ def fake_quant_bias(bias, step):
     return bias + ops.stop_gradient(ops.round(bias / step) * step - bias)
 
 
+class ValueCollector:
+    """The values an `ActivationQuantizer` sees during `calibrate`: exact min/max and a bounded random sample."""
+
+    def __init__(self, max_values=200_000, seed=0):
+        self.low, self.high = np.inf, -np.inf
+        self.max_values = max_values
+        self.samples = []
+        self.count = 0
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, values):
+        values = np.asarray(values, np.float32).ravel()
+        if not values.size:
+            return
+        self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
+        self.count += values.size
+        keep = max(1, self.max_values // 20)
+        self.samples.append(values if values.size <= keep else self.rng.choice(values, keep, replace=False))
+
+    def values(self):
+        values = np.concatenate(self.samples) if self.samples else np.zeros(1, np.float32)
+        return values if values.size <= self.max_values else self.rng.choice(values, self.max_values, replace=False)
+
+
+# id(quantizer) -> ValueCollector while `calibrate(method=...)` collects values (not layer state, so nothing of
+# it is tracked or saved by Keras).
+COLLECTORS = {}
+
+
+def _int8_mse(values, low, high):
+    scale = (high - low) / 255.0
+    zero_point = np.round(-low / scale)
+    q = np.clip(np.round(values / scale) + zero_point, 0, 255)
+    return float(np.mean(((q - zero_point) * scale - values) ** 2))
+
+
+def choose_range(collector, method, percentile=99.9):
+    """An int8 range ``(low, high)`` (0 included) for the collected values: ``"minmax"``, ``"percentile"`` or ``"mse"``.
+
+    ``"minmax"`` is the converter's own choice (the extremes); ``"percentile"`` clips the
+    ``100 - percentile`` % tails; ``"mse"`` picks the clipping that minimises the int8
+    round-trip error of the values (outliers are clipped when that costs less than the
+    resolution lost to them).
+    """
+    low, high = min(collector.low, 0.0), max(collector.high, 0.0)
+    if method == "minmax" or high - low <= 0:
+        return low, max(high, low + 1e-6)
+    values = collector.values()
+    if method == "percentile":
+        low = min(0.0, max(low, float(np.percentile(values, 100.0 - percentile))))
+        high = max(0.0, min(high, float(np.percentile(values, percentile))))
+        return low, max(high, low + 1e-6)
+    if method == "mse":
+        candidates = [(low * f, high * f) for f in np.linspace(0.02, 1.0, 50)]
+        return min(candidates, key=lambda r: _int8_mse(values, *r))
+    raise ValueError(f"calibration method {method!r}: choose 'minmax', 'percentile' or 'mse'.")
+
+
 @keras.saving.register_keras_serializable(package="tfcompress")
 class ActivationQuantizer(keras.layers.Layer):
     """Fake-quantizes a tensor to asymmetric int8 with a moving-average range.
@@ -135,6 +194,12 @@ class ActivationQuantizer(keras.layers.Layer):
         self.frozen = self.add_weight(name="frozen", shape=(), initializer="zeros", trainable=False)
 
     def call(self, inputs, training=None):
+        collector = COLLECTORS.get(id(self)) if self.calibrating else None
+        if collector is not None:
+            # Eager (calibrate() runs the model outside tf.function). Values pass through unquantized, so every
+            # quantizer sees float activations, as the converter's own calibration does.
+            collector.add(ops.convert_to_numpy(inputs))
+            return inputs
         if (training or self.calibrating) and self.fixed_range is None:
             self._update_range(inputs)
         low, high = self.quantization_range()

@@ -11,6 +11,7 @@ from tfcompress import graph
 from tfcompress.reports import markdown_table
 from tfcompress.quantization import registry
 from tfcompress.quantization.config import QATConfig
+from tfcompress.quantization import fake_quant
 from tfcompress.quantization.fake_quant import FIXED_OUTPUT_RANGES, ActivationQuantizer
 from tfcompress.quantization.quantized_layers import (
     FUSABLE_ACTIVATIONS,
@@ -498,29 +499,41 @@ def _copy_weights(original, new_layer, plan):
         new_layer.bn_moving_variance.assign(bn.moving_variance)
 
 
-def calibrate(model, x, batch_size=128, only_untrained=False):
+CALIBRATION_METHODS = ("ema", "minmax", "percentile", "mse")
+
+
+def calibrate(model, x, batch_size=128, only_untrained=False, method="ema", percentile=99.9):
     """Sets activation ranges of a QAT model from data, without training anything else.
 
     The model runs in inference mode (BatchNormalization statistics, folded or
     not, stay as they are; Dropout is off) while its activation quantizers
-    update their ranges from each batch, as in training. Optional before QAT:
-    training sets ranges on its own within a few batches; calibrating first gives
-    the very first steps realistic ranges instead of the initial [-6, 6].
-    `to_tflite` calls it (``only_untrained=True``) on a QAT model that was never
-    trained, when given ``representative_data``.
+    set their ranges from the data. Optional before QAT: training sets ranges on
+    its own within a few batches; calibrating first gives the very first steps
+    realistic ranges instead of the initial [-6, 6]. `to_tflite` calls it on a
+    QAT model that was never trained (``only_untrained=True``), and for
+    ``calibration=`` other than the converter's own.
 
     Args:
         model: a model returned by `quantize_model`.
         x: a NumPy array of inputs (or a list of arrays for several inputs).
         batch_size: samples per forward pass.
         only_untrained: update only ranges that never saw data; trained ones are kept.
+        method: ``"ema"`` (moving averages of batch min/max, as training does),
+            ``"minmax"`` (the extremes over all of ``x``, the TFLite converter's
+            choice), ``"percentile"`` (clip the ``100 - percentile`` % tails) or
+            ``"mse"`` (the clipping with the least int8 round-trip error).
+        percentile: for ``method="percentile"``.
 
     Returns:
-        The number of activation ranges updated.
+        The number of activation ranges set.
 
     Raises:
-        ValueError: ``model`` holds no activation quantizer.
+        ValueError: ``model`` holds no activation quantizer, or an unknown method.
     """
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"method={method!r} is not a calibration method; choose one of {list(CALIBRATION_METHODS)}.")
+    if not 50.0 < float(percentile) <= 100.0:
+        raise ValueError(f"percentile={percentile!r} must be in (50, 100], e.g. 99.9.")
     quantizers = [layer for layer in graph.layers_of(model) if isinstance(layer, ActivationQuantizer)]
     if not quantizers:
         raise ValueError(
@@ -528,9 +541,13 @@ def calibrate(model, x, batch_size=128, only_untrained=False):
             "pass the model returned by tfc.quantize_model."
         )
     chosen = [q for q in quantizers if q.fixed_range is None and not (only_untrained and q.updated)]
+    collectors = {}
+    if method != "ema":
+        collectors = {id(q): fake_quant.ValueCollector() for q in chosen}
     inputs = x if isinstance(x, (list, tuple)) else [x]
     count = len(inputs[0])
     try:
+        fake_quant.COLLECTORS.update(collectors)
         for quantizer in chosen:
             quantizer.calibrating = True
         if chosen:
@@ -540,6 +557,13 @@ def calibrate(model, x, batch_size=128, only_untrained=False):
     finally:
         for quantizer in chosen:
             quantizer.calibrating = False
+        for key in collectors:
+            fake_quant.COLLECTORS.pop(key, None)
+    for quantizer in chosen if collectors else ():
+        low, high = fake_quant.choose_range(collectors[id(quantizer)], method, percentile)
+        quantizer.range_min.assign(low)
+        quantizer.range_max.assign(high)
+        quantizer.num_updates.assign(max(1.0, float(keras.ops.convert_to_numpy(quantizer.num_updates))))
     return len(chosen)
 
 

@@ -34,14 +34,19 @@ class LayerSensitivity:
     Attributes:
         layer: its Keras name ('/'-path for nested layers).
         kind: its class name.
-        sqnr_db: signal-to-quantization-noise ratio of its output, int8 model vs float (higher is better).
-        relative_error: ``||int8 - float|| / ||float||`` of its output.
+        local_sqnr_db: SQNR of its output when only this layer quantizes (its int8 weights and output range
+            applied to the float model's input of it), averaged over output channels (so one outlier channel
+            cannot hide that the others rounded to zero): its own share of the noise; rows are sorted by it.
+        sqnr_db: signal-to-quantization-noise ratio of its output when the whole model is int8 (the noise of
+            every layer before it included; higher is better).
+        relative_error: ``||int8 - float|| / ||float||`` of its output, whole model int8.
         accuracy_kept_float: accuracy of the int8 file with only this layer float (None if not measured).
         accuracy_only_int8: accuracy of the file with only this layer int8 (None if not measured).
     """
 
     layer: str
     kind: str
+    local_sqnr_db: float
     sqnr_db: float
     relative_error: float
     accuracy_kept_float: float = None
@@ -59,7 +64,7 @@ class SensitivityReport:
     int8_accuracy: float = None
 
     def most_sensitive(self, count=5):
-        """The names of the ``count`` layers with the lowest SQNR."""
+        """The names of the ``count`` layers with the lowest local SQNR (their own quantization noise)."""
         return [row.layer for row in self.rows[:count]]
 
     def to_dict(self):
@@ -72,10 +77,10 @@ class SensitivityReport:
         header = f"Quantization sensitivity of {self.model_name!r} ({self.samples} samples)"
         if self.float_accuracy is not None:
             header += f": float {pct(self.float_accuracy)}, all-int8 {pct(self.int8_accuracy)}"
-        rows = [(row.layer, row.kind, f"{row.sqnr_db:.1f}", f"{row.relative_error:.3f}", pct(row.accuracy_kept_float),
-                 pct(row.accuracy_only_int8)) for row in self.rows]
-        return markdown_table(("layer", "kind", "SQNR dB", "rel. error", "acc. with only it float",
-                               "acc. with only it int8"), rows, title=header + "\n")
+        rows = [(row.layer, row.kind, f"{row.local_sqnr_db:.1f}", f"{row.sqnr_db:.1f}", f"{row.relative_error:.3f}",
+                 pct(row.accuracy_kept_float), pct(row.accuracy_only_int8)) for row in self.rows]
+        return markdown_table(("layer", "kind", "local SQNR dB", "SQNR dB (all int8)", "rel. error (all int8)",
+                               "acc. with only it float", "acc. with only it int8"), rows, title=header + "\n")
 
     def __str__(self):
         return self.to_markdown()
@@ -97,37 +102,88 @@ def _sqnr(reference, quantized):
     return 10.0 * np.log10(max(signal_power, 1e-30) / noise_power), relative
 
 
-def layer_outputs(model, x, names):
-    """``{path: output array}`` of the named layers of a Functional model (nested submodels included) on ``x``."""
-    wanted = set(names)
-    found = {}
-    _collect_outputs(model, x, wanted, "", found)
-    return found
+def _channel_sqnr(reference, quantized, cap=100.0):
+    """Mean over output channels (last axis) of each channel's SQNR, each capped at ``cap`` dB.
+
+    A plain SQNR is dominated by the channels with the largest values: one outlier channel can hide
+    that every other channel rounded to zero. Per channel, that shows (0 dB each).
+    """
+    reference = np.asarray(reference, np.float64)
+    channels = reference.shape[-1] if reference.ndim > 1 else 1
+    reference = reference.reshape(-1, channels)
+    noise = np.asarray(quantized, np.float64).reshape(-1, channels) - reference
+    signal_power, noise_power = np.sum(reference ** 2, axis=0), np.sum(noise ** 2, axis=0)
+    live = signal_power > 0
+    if not live.any():
+        return cap
+    with np.errstate(divide="ignore"):
+        per_channel = 10.0 * np.log10(signal_power[live] / np.maximum(noise_power[live], 1e-300))
+    return float(np.mean(np.minimum(per_channel, cap)))
 
 
-def _collect_outputs(model, x, wanted, prefix, found):
-    tensors, keys = [], []
-    nested = []
+def layer_values(model, x, outputs=(), inputs=()):
+    """``({path: output}, {path: input})`` of the named layers of a Functional model on ``x``.
+
+    Nested Functional submodels are entered (their layers named by '/'-path). An
+    input is an array, or a list of arrays for a layer with several inputs.
+    """
+    found_outputs, found_inputs = {}, {}
+    _collect(model, x, set(outputs), set(inputs), "", found_outputs, found_inputs)
+    return found_outputs, found_inputs
+
+
+def _call_inputs(model, layer, nodes):
+    """The tensors of ``model``'s graph that ``layer`` was called on, or None when they cannot be told.
+
+    A plain layer's ``input`` is them; a nested model's ``input`` is its own inner ``keras.Input``, so its
+    call's inputs are read off its producers (plain layers, whose ``output`` is in this graph).
+    """
+    if not isinstance(layer, keras.Model):
+        return layer.input
+    if isinstance(model, keras.Sequential):
+        position = model.layers.index(layer)
+        producers = [model.layers[position - 1]] if position > 0 else []
+        if not producers:
+            return model.inputs[0]
+    else:
+        node = nodes.get(layer.name)
+        if node is None or not node.single_call:
+            return None
+        producers = [model.get_layer(name) for name in node.producers]
+    if any(isinstance(p, keras.Model) for p in producers):
+        return None
+    tensors = [p.output for p in producers]
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def _collect(model, x, outputs, inputs, prefix, found_outputs, found_inputs):
+    tensors, keys, nested = [], [], []
+    nodes = graph.read_graph(model)[0] if not isinstance(model, keras.Sequential) else {}
     for layer in model.layers:
         path = prefix + layer.name
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        if isinstance(layer, keras.Model) and graph.is_functional(layer):
-            nested.append((layer, path))
-            tensors.append(layer.input)
+        entered = isinstance(layer, keras.Model) and graph.is_functional(layer)
+        if path in inputs or entered:
+            tensor = _call_inputs(model, layer, nodes)
+            if tensor is None:
+                continue  # a model fed straight by another model: its layers get no row
+            if entered:
+                nested.append((layer, path))
+            tensors.append(tensor)
             keys.append(("input", path))
-        if path in wanted:
+        if path in outputs:
             tensors.append(layer.output)
             keys.append(("output", path))
     if not tensors:
         return
-    values = keras.Model(model.inputs, tensors).predict(x, verbose=0, batch_size=256)
-    values = values if isinstance(values, list) else [values]
-    inputs = {}
+    flat = keras.tree.flatten(tensors)
+    values = keras.Model(model.inputs, flat).predict(x, verbose=0, batch_size=256)
+    values = keras.tree.pack_sequence_as(tensors, values if isinstance(values, list) else [values])
     for (kind, path), value in zip(keys, values):
-        (found if kind == "output" else inputs)[path] = value
+        (found_outputs if kind == "output" else found_inputs)[path] = value
     for layer, path in nested:
-        _collect_outputs(layer, inputs[path], wanted, path + "/", found)
+        _collect(layer, found_inputs[path], outputs, inputs, path + "/", found_outputs, found_inputs)
 
 
 def _quantizable(qat_model, report):
@@ -204,13 +260,23 @@ def quantization_sensitivity(model, representative_data, x=None, y=None, accurac
     subset = evaluation if isinstance(evaluation, list) else evaluation[:max_samples]
     if isinstance(evaluation, list):
         subset = [a[:max_samples] for a in evaluation]
-    float_out = layer_outputs(model, subset, [source for _, _, source, _ in entries])
-    twin_out = layer_outputs(twin, subset, [read for _, read, _, _ in entries])
+    float_out, float_in = layer_values(model, subset, outputs=[source for _, _, source, _ in entries],
+                                       inputs=[path for path, _, _, _ in entries])
+    twin_out, _ = layer_values(twin, subset, outputs=[read for _, read, _, _ in entries])
+    twin_layers = dict(graph.iter_layers(twin))
     rows = []
     for path, read, source, kind in entries:
+        if source not in float_out or read not in twin_out or path not in float_in:
+            continue
         sqnr, relative = _sqnr(float_out[source], twin_out[read])
-        rows.append(LayerSensitivity(layer=path, kind=kind, sqnr_db=float(sqnr), relative_error=relative))
-    rows.sort(key=lambda r: r.sqnr_db)
+        # This layer alone: its fake-quant self (int8 weights, folded BN) and its output range, on float inputs.
+        alone = twin_layers[path](float_in[path], training=False)
+        if read != path:
+            alone = twin_layers[read](alone, training=False)
+        local = _channel_sqnr(float_out[source], keras.ops.convert_to_numpy(alone))
+        rows.append(LayerSensitivity(layer=path, kind=kind, local_sqnr_db=float(local), sqnr_db=float(sqnr),
+                                     relative_error=relative))
+    rows.sort(key=lambda r: r.local_sqnr_db)
     report = SensitivityReport(model_name=model.name, rows=rows, samples=int(len(subset[0] if isinstance(subset, list) else subset)))
     if y is not None:
         _measure_accuracies(model, representative_data, x, y, report, accuracy_layers)
@@ -218,16 +284,11 @@ def quantization_sensitivity(model, representative_data, x=None, y=None, accurac
 
 
 def tflite_accuracy(flatbuffer, x, y, output=None):
-    """Top-1 accuracy of a ``.tflite`` on ``(x, y)`` (XNNPACK), without timing."""
+    """Top-1 accuracy of a ``.tflite`` on ``(x, y)``, without timing (see `evaluate.predict`)."""
     from tfcompress import evaluate
 
-    interpreter = evaluate._make_interpreter(bytes(flatbuffer), "xnnpack", 1)
-    heads = evaluate.output_heads(interpreter)
-    head = evaluate._pick_head(heads, output, scoring=True)
-    arrays = evaluate._check_inputs(x, interpreter.get_input_details())
-    shape = heads[head][1]["shape"]
-    labels = validation.check_labels(y, int(np.prod(shape[1:])) if len(shape) > 1 else 1, num_samples=len(arrays[0]))
-    logits = evaluate._predict(interpreter, arrays, 256, head)
+    logits = evaluate.predict(flatbuffer, x, output=output)
+    labels = validation.check_labels(y, int(np.prod(logits.shape[1:])), num_samples=len(logits))
     return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == labels))
 
 
@@ -254,3 +315,82 @@ def _measure_accuracies(model, representative_data, x, y, report, accuracy_layer
             row.accuracy_only_int8 = tflite_accuracy(alone, x, y)
         else:
             row.accuracy_only_int8 = report.int8_accuracy
+
+
+class AccuracyBudgetError(ValueError):
+    """No int8 (or int16x8) file met ``max_accuracy_drop`` on the validation data; the message lists every try."""
+
+
+def convert_within_budget(model, representative_data, validation_data, max_accuracy_drop, max_float_layers=8,
+                          **convert_kwargs):
+    """The int8 file with the fewest layers kept float that loses at most ``max_accuracy_drop`` points.
+
+    Tries, in order, and returns the first within budget on ``validation_data``:
+    all-int8; then the most sensitive layers (`quantization_sensitivity`'s local
+    SQNR order) kept float one more at a time, up to ``max_float_layers``; then
+    ``int16x8`` (16-bit activations) for the whole model.
+
+    Returns:
+        A `ConvertedModel` whose ``budget`` attribute says what was chosen:
+        ``{"float_accuracy", "accuracy", "drop", "mode", "kept_float", "tries"}``.
+
+    Raises:
+        AccuracyBudgetError: no try met the budget (each try's accuracy is listed).
+    """
+    from tfcompress.convert import to_tflite
+
+    x, y = _check_validation_data(validation_data)
+    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) or max_accuracy_drop < 0:
+        raise ValueError(f"max_accuracy_drop={max_accuracy_drop!r} must be a number of accuracy points >= 0, e.g. 0.5.")
+    float_accuracy = keras_accuracy(model, x, y)
+    tries = []
+
+    def attempt(mode, kept):
+        flatbuffer = to_tflite(model, mode=mode, representative_data=representative_data, keep_float=kept or None,
+                               **convert_kwargs)
+        accuracy = tflite_accuracy(flatbuffer, x, y)
+        tries.append({"mode": mode, "kept_float": list(kept), "accuracy": accuracy})
+        if 100 * (float_accuracy - accuracy) <= max_accuracy_drop:
+            flatbuffer.budget = {"float_accuracy": float_accuracy, "accuracy": accuracy,
+                                 "drop": 100 * (float_accuracy - accuracy), "mode": mode, "kept_float": list(kept),
+                                 "tries": tries}
+            flatbuffer.notes.append(
+                f"accuracy budget {max_accuracy_drop} pt met on {len(y)} validation samples: {100 * accuracy:.2f}% vs "
+                f"float {100 * float_accuracy:.2f}%, mode={mode}, kept float: {list(kept) or 'none'}")
+            return flatbuffer
+        return None
+
+    result = attempt("int8", [])
+    if result is not None:
+        return result
+    ranking = quantization_sensitivity(model, representative_data, x).most_sensitive(max_float_layers)
+    kept = []
+    for name in ranking:
+        kept.append(name)
+        result = attempt("int8", kept)
+        if result is not None:
+            # Greedy by sensitivity may keep more than needed: drop every earlier layer the budget can spare.
+            for spare in kept[:-1]:
+                fewer = [k for k in kept if k != spare]
+                smaller = attempt("int8", fewer)
+                if smaller is not None:
+                    kept, result = fewer, smaller
+            return result
+    result = attempt("int16x8", [])
+    if result is not None:
+        return result
+    listed = "; ".join(f"{t['mode']}{' with ' + ', '.join(t['kept_float']) + ' float' if t['kept_float'] else ''}: "
+                       f"{100 * t['accuracy']:.2f}%" for t in tries)
+    raise AccuracyBudgetError(
+        f"max_accuracy_drop={max_accuracy_drop}: no file stayed within {max_accuracy_drop} pt of the float model's "
+        f"{100 * float_accuracy:.2f}% on the {len(y)} validation samples. Tried {listed}. Raise max_accuracy_drop, "
+        "train with quantization-aware training (tfc.quantize_model, then fit), or use mode='float16'.")
+
+
+def _check_validation_data(validation_data):
+    try:
+        x, y = validation_data
+    except (TypeError, ValueError):
+        raise ValueError("validation_data must be (x, y) held-out inputs and labels, needed to check "
+                         f"max_accuracy_drop; got {type(validation_data).__name__}.") from None
+    return x, y
