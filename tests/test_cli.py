@@ -302,3 +302,17 @@ def test_training_command_survives_its_converter_being_killed(saved_model, tmp_p
     assert "Traceback" not in err
     assert not tflite.exists() and keras.models.load_model(out).get_layer("fc1") is not None
     assert os.listdir(scratch) == [], "the export folder must be removed"
+
+
+def test_convert_with_a_budget_and_a_calibration_method(saved_model, tmp_path):
+    out = tmp_path / "budget.tflite"
+    result = tfcompress("convert", str(saved_model), "--mode=int8", "--data=digits", f"--output={out}",
+                        "--max_accuracy_drop=1.0", "--validation_samples=300", "--calibration=percentile",
+                        "--noisolate")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"accuracy budget 1\.0 pt met on 300 held-out training samples: [\d.]+% vs float [\d.]+% "
+                     r"\(int8, kept float: ", result.stdout), result.stdout
+    assert out.read_bytes()[4:8] == b"TFL3"
+    too_many = tfcompress("convert", str(saved_model), "--mode=int8", "--data=digits", f"--output={tmp_path / 'x.tflite'}",
+                          "--max_accuracy_drop=1.0", "--validation_samples=1300")
+    assert too_many.returncode == 2 and "--validation_samples=1300" in too_many.stderr.strip().splitlines()[-1]

@@ -153,6 +153,14 @@ def _define_convert():
     flags.DEFINE_boolean("strict", False, "Fail if an int8 model still has float compute ops.")
     flags.DEFINE_integer("calibration_samples", 200, "Training samples used to calibrate int8/int16x8.",
                          lower_bound=1)
+    flags.DEFINE_enum("calibration", None, ["minmax", "percentile", "mse"], "How int8 activation ranges are chosen "
+                      "(default: none - the converter's own min-max).")
+    flags.DEFINE_float("max_accuracy_drop", None, "int8: keep the fewest layers float (then int16x8) so that the file "
+                       "loses at most this many accuracy points on a validation split carved from the end of the "
+                       "training data (--validation_samples); the test split is never used (default: none - no budget).",
+                       lower_bound=0.0)
+    flags.DEFINE_integer("validation_samples", 2000, "Training samples held out for --max_accuracy_drop.",
+                         lower_bound=10)
     _define_isolation(default=True)
 
 
@@ -166,16 +174,27 @@ def _convert(argv):
     tfc.files.check_writable(output, FLAGS.overwrite, argument="--output")
     start = time.perf_counter()
     model = load_keras_model(model_path, FLAGS.unsafe)
-    calibration = None
+    calibration, budget = None, {}
     if FLAGS.mode in ("int8", "int16x8"):
-        (x, _), _ = load_data(FLAGS.data)
+        (x, y), _ = load_data(FLAGS.data)
+        if FLAGS.max_accuracy_drop is not None:
+            if len(x) <= FLAGS.validation_samples + FLAGS.calibration_samples:
+                raise UsageError(f"--validation_samples={FLAGS.validation_samples} leaves too few of the {len(x)} "
+                                 "training samples to calibrate on; lower it.")
+            held_out = slice(len(x) - FLAGS.validation_samples, None)
+            budget = {"max_accuracy_drop": FLAGS.max_accuracy_drop, "validation_data": (x[held_out], y[held_out])}
         calibration = x[: FLAGS.calibration_samples]
     b = tfc.to_tflite(
         model, mode=FLAGS.mode, representative_data=calibration, output_path=output, overwrite=FLAGS.overwrite,
         io_type=FLAGS.io_type, sparse=FLAGS.sparse, keep_float=FLAGS.keep_float or None, strict=FLAGS.strict,
-        isolate=FLAGS.isolate, timeout=FLAGS.timeout,
+        isolate=FLAGS.isolate, timeout=FLAGS.timeout, calibration=FLAGS.calibration, **budget,
     )
     _progress(f"wrote {output}: {len(b):,} bytes, ops {b.info.op_census_by_dtype}", start)
+    if budget:
+        chosen = b.budget
+        _progress(f"accuracy budget {FLAGS.max_accuracy_drop} pt met on {FLAGS.validation_samples} held-out training "
+                  f"samples: {100 * chosen['accuracy']:.2f}% vs float {100 * chosen['float_accuracy']:.2f}% "
+                  f"({chosen['mode']}, kept float: {', '.join(chosen['kept_float']) or 'none'})")
 
 
 # --- evaluate ----------------------------------------------------------------------------------

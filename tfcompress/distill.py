@@ -223,6 +223,10 @@ class Distiller(keras.distillation.Distiller):
         if metrics is not None and not isinstance(metrics, (list, tuple)):
             metrics = [metrics]
         self._hard_loss = hard_loss
+        # A Keras Loss divides by the replica count under tf.distribute (gradients are summed across
+        # replicas); a bare loss function does not, so it is wrapped to scale like the soft loss.
+        self._scaled_hard_loss = (hard_loss if isinstance(hard_loss, keras.losses.Loss)
+                                  else keras.losses.LossFunctionWrapper(hard_loss))
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         self._compile_args = {"optimizer": self.optimizer, "loss": loss, "metrics": metrics}
 
@@ -375,7 +379,7 @@ class Distiller(keras.distillation.Distiller):
                     f"The batch has no labels but alpha={self.alpha} weights the hard-label "
                     "loss; pass labels, or build the Distiller with alpha=0."
                 )
-            hard_loss = keras.ops.mean(self._hard_loss(self._checked_labels(labels, y_pred), y_pred))
+            hard_loss = keras.ops.mean(self._scaled_hard_loss(self._checked_labels(labels, y_pred), y_pred))
 
         distill_loss = keras.ops.zeros(())
         if self.alpha < 1:
@@ -403,9 +407,11 @@ class Distiller(keras.distillation.Distiller):
         # Regularizers of the student (the teacher's are constant and would only shift the value).
         for extra in self.student.losses:
             total = total + keras.ops.cast(keras.ops.sum(extra), total.dtype)
-        self.student_loss_tracker.update_state(hard_loss)
-        self.distillation_loss_tracker.update_state(distill_loss)
-        self.total_loss_tracker.update_state(total)
+        # The losses are scaled by 1 / replicas for the gradients; the logged values are the per-batch means.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.student_loss_tracker.update_state(hard_loss * replicas)
+        self.distillation_loss_tracker.update_state(distill_loss * replicas)
+        self.total_loss_tracker.update_state(total * replicas)
         return total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

@@ -102,14 +102,31 @@ def compare(reports, baseline=None, reference_accuracy=None):
     return markdown_table(header, rows)
 
 
-def plot_variants(reports, path, threads):
-    """Writes a PNG: accuracy vs gzip size, and latency bars CPU vs XNNPACK. False (and nothing written) without matplotlib."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _save_png(fig, path):
+    """Writes the figure to ``path`` atomically and closes it."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(fig)
+    write_atomic(path, buffer.getvalue(), overwrite=True)
+
+
+def plot_variants(reports, path, threads):
+    """Writes a PNG: accuracy vs gzip size, and latency bars CPU vs XNNPACK. False (and nothing written) without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
         return False
     names = list(reports)
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
@@ -133,22 +150,14 @@ def plot_variants(reports, path, threads):
     right.set_ylabel("median latency per image (ms)")
     right.set_title("latency: LiteRT built-in CPU kernels vs XNNPACK")
     right.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue(), overwrite=True)
+    _save_png(fig, path)
     return True
 
 
 def plot_sensitivity(report, path, count=20):
     """Writes a PNG: the SQNR of the ``count`` most quantization-sensitive layers (lowest first). False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     rows = report.rows[:count][::-1]
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.5))
@@ -157,9 +166,5 @@ def plot_sensitivity(report, path, count=20):
     ax.set_title(f"quantization sensitivity of {report.model_name!r}")
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue(), overwrite=True)
+    _save_png(fig, path)
     return True

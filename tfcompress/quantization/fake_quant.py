@@ -187,9 +187,14 @@ class ActivationQuantizer(keras.layers.Layer):
     def build(self, input_shape=None):
         # tfmot's initial range: wide enough for ReLU6 networks before any batch is seen.
         low, high = self.fixed_range or (-6.0, 6.0)
-        self.range_min = self.add_weight(name="range_min", shape=(), initializer=keras.initializers.Constant(low), trainable=False)
-        self.range_max = self.add_weight(name="range_max", shape=(), initializer=keras.initializers.Constant(high), trainable=False)
-        self.num_updates = self.add_weight(name="num_updates", shape=(), initializer="zeros", trainable=False)
+        # aggregation="mean": under tf.distribute every replica's update is averaged into one value, so all
+        # replicas and workers keep the same range (with "none", each worker would keep its own).
+        self.range_min = self.add_weight(name="range_min", shape=(), initializer=keras.initializers.Constant(low),
+                                         trainable=False, aggregation="mean")
+        self.range_max = self.add_weight(name="range_max", shape=(), initializer=keras.initializers.Constant(high),
+                                         trainable=False, aggregation="mean")
+        self.num_updates = self.add_weight(name="num_updates", shape=(), initializer="zeros", trainable=False,
+                                           aggregation="mean")
         # A variable rather than a Python flag, so freezing takes effect inside a running fit().
         self.frozen = self.add_weight(name="frozen", shape=(), initializer="zeros", trainable=False)
 

@@ -165,11 +165,12 @@ class QuantizedLayerMixin:
         if options["batch_norm"] is not None:
             self.bn_gamma = self.add_weight(name="bn_gamma", shape=(channels,), initializer="ones")
             self.bn_beta = self.add_weight(name="bn_beta", shape=(channels,), initializer="zeros")
+            # aggregation="mean": replicas and workers average their updates into one set of statistics.
             self.bn_moving_mean = self.add_weight(
-                name="bn_moving_mean", shape=(channels,), initializer="zeros", trainable=False
+                name="bn_moving_mean", shape=(channels,), initializer="zeros", trainable=False, aggregation="mean"
             )
             self.bn_moving_variance = self.add_weight(
-                name="bn_moving_variance", shape=(channels,), initializer="ones", trainable=False
+                name="bn_moving_variance", shape=(channels,), initializer="ones", trainable=False, aggregation="mean"
             )
             # A variable, not a Python flag, so freezing takes effect inside a running fit().
             self.bn_frozen = self.add_weight(name="bn_frozen", shape=(), initializer="zeros", trainable=False)
