@@ -37,8 +37,8 @@ with _quiet_import:
     from tfcompress.reports import compare  # noqa: E402
     # Pruning
     from tfcompress.pruning import (  # noqa: E402
-        ConstantSparsity, PolynomialDecay, Pruner, PruningCallback, PruningSchedule, SparsityReport,
-        sparsity_report,
+        ChannelPruningCallback, ChannelPruningError, ConstantSparsity, PolynomialDecay, Pruner, PruningCallback,
+        PruningSchedule, SparsityReport, prune_channels, shrink, sparsity_report,
     )
     # Distillation
     from tfcompress.distill import Distiller  # noqa: E402
@@ -56,7 +56,7 @@ with _quiet_import:
     _tf.config.list_physical_devices("GPU")
 # Recipes: one verb for a whole chain
 from tfcompress.recipe import (  # noqa: E402
-    CompressionResult, Convert, Distill, Prune, QuantizationAwareTraining, compress,
+    CompressionResult, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining, compress,
 )
 
 __all__ = [
@@ -68,13 +68,13 @@ __all__ = [
     "evaluate_tflite", "evaluate_many", "compare", "EvaluationReport",
     # pruning
     "PruningCallback", "Pruner", "PolynomialDecay", "ConstantSparsity", "PruningSchedule", "sparsity_report",
-    "SparsityReport",
+    "SparsityReport", "ChannelPruningCallback", "prune_channels", "shrink", "ChannelPruningError",
     # distillation
     "Distiller",
     # quantization-aware training (QAT)
     "quantize_model", "QATConfig", "TFLiteParityCallback", "quantization",
     # recipes
-    "compress", "CompressionResult", "Prune", "Distill", "QuantizationAwareTraining", "Convert",
+    "compress", "CompressionResult", "Prune", "PruneChannels", "Distill", "QuantizationAwareTraining", "Convert",
     # callbacks, files, data, models
     "callbacks", "BackupAndRestore", "write_atomic", "OutputExistsError", "datasets", "zoo",
 ]

@@ -7,7 +7,8 @@
 
 from tfcompress.backup import BackupAndRestore
 from tfcompress.pruning.callback import PruningCallback
+from tfcompress.pruning.channel_callback import ChannelPruningCallback
 from tfcompress.quantization.parity_callback import TFLiteParityCallback
 from tfcompress.quantization.quantize import FreezeQuantization
 
-__all__ = ["BackupAndRestore", "FreezeQuantization", "PruningCallback", "TFLiteParityCallback"]
+__all__ = ["BackupAndRestore", "ChannelPruningCallback", "FreezeQuantization", "PruningCallback", "TFLiteParityCallback"]

@@ -273,8 +273,13 @@ def _define_prune():
     from tfcompress.recipe import Prune
 
     _define_training(2, Prune, "pruned", "pruned")
-    flags.DEFINE_float("sparsity", 0.75, "Final fraction of zero weights, in [0, 1).")
+    flags.DEFINE_float("sparsity", 0.75, "Final fraction of zero weights, in [0, 1) (with --channels: only if given).")
     flags.DEFINE_enum("structure", "unstructured", ["unstructured", "block", "2:4"], "Sparsity pattern.")
+    flags.DEFINE_float("channels", None, "Structural pruning: remove this fraction of the removable channels, in "
+                       "[0, 1), while fine-tuning, then shrink the model (default: none - weight pruning only).")
+    flags.DEFINE_enum("importance", "l2", ["l1", "l2", "bn", "taylor"], "Channel importance criterion (--channels).")
+    flags.DEFINE_integer("round_to", 1, "Kept channel counts are multiples of this where possible (--channels).",
+                         lower_bound=1)
 
 
 def _define_distill():
@@ -350,9 +355,16 @@ def _learning_rate():
 def _prune(argv):
     from tfcompress.recipe import Prune
 
+    from tfcompress.recipe import PruneChannels
+
     path = _one_model(argv, "prune")
-    _finish_training("pruned", path, [Prune(FLAGS.sparsity, epochs=FLAGS.epochs, structure=FLAGS.structure,
-                                            **_learning_rate())])
+    steps = []
+    if FLAGS.channels is not None:
+        steps.append(PruneChannels(FLAGS.channels, epochs=FLAGS.epochs, importance=FLAGS.importance,
+                                   round_to=FLAGS.round_to, **_learning_rate()))
+    if FLAGS.channels is None or FLAGS["sparsity"].present:
+        steps.append(Prune(FLAGS.sparsity, epochs=FLAGS.epochs, structure=FLAGS.structure, **_learning_rate()))
+    _finish_training("pruned", path, steps)
 
 
 def _distill(argv):
@@ -400,7 +412,8 @@ def _demo(argv):
 
 
 COMMANDS = {
-    "prune": (_define_prune, _prune, "Magnitude-prune a .keras model while fine-tuning it."),
+    "prune": (_define_prune, _prune, "Magnitude-prune a .keras model while fine-tuning it (--channels: remove "
+              "whole channels, a smaller and faster model)."),
     "distill": (_define_distill, _distill, "Distil a teacher .keras model into a student .keras model."),
     "quantize": (_define_quantize, _quantize, "Quantization-aware training (QAT), then an int8 .tflite (--tflite). "
                  "For post-training quantization use convert --mode=int8."),

@@ -73,6 +73,33 @@ class Prune:
 
 
 @dataclasses.dataclass(frozen=True)
+class PruneChannels:
+    """Structural pruning while fine-tuning: whole channels zeroed (`ChannelPruningCallback`), then removed (`shrink`).
+
+    Args:
+        ratio: fraction of the removable channels to remove, in [0, 1).
+        epochs: fine-tuning epochs; the fraction ramps (polynomial decay) over the first
+            ``ramp_fraction`` of the steps and holds for the rest.
+        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (taylor ranks on 512 training samples).
+        round_to: kept widths are multiples of this where possible.
+        learning_rate: initial Adam learning rate, cosine-decayed to zero over the step.
+        ramp_fraction: share of the steps spent ramping up.
+    """
+
+    ratio: float = 0.5
+    epochs: int = 2
+    importance: str = "l2"
+    round_to: int = 1
+    learning_rate: float = 1e-3
+    ramp_fraction: float = 2 / 3
+
+    def __post_init__(self):
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"PruneChannels(ratio={self.ratio!r}): ratio must be in [0, 1).")
+        _check_epochs(self, self.epochs)
+
+
+@dataclasses.dataclass(frozen=True)
 class Distill:
     """Train the current model as a student of ``teacher`` (knowledge distillation).
 
@@ -139,6 +166,8 @@ class Convert:
             raise ValueError(f"Convert(mode={self.mode!r}): choose one of {list(MODES)}.")
 
 
+STEPS = (Prune, PruneChannels, Distill, QuantizationAwareTraining, Convert)
+
 NAMED_RECIPES = {
     "float32": [Convert("float32")],
     "float16": [Convert("float16")],
@@ -180,21 +209,23 @@ def _resolve_recipe(recipe, convert_default=True):
     if isinstance(recipe, str):
         if recipe not in NAMED_RECIPES:
             raise ValueError(f"recipe={recipe!r} is not a named recipe; choose one of {sorted(NAMED_RECIPES)} "
-                             "or pass a list of steps (Prune, Distill, QuantizationAwareTraining, Convert).")
+                             "or pass a list of steps (Prune, PruneChannels, Distill, QuantizationAwareTraining, "
+                             "Convert).")
         return list(NAMED_RECIPES[recipe])
-    if isinstance(recipe, (Prune, Distill, QuantizationAwareTraining, Convert)):
+    if isinstance(recipe, STEPS):
         recipe = [recipe]
     steps = list(recipe)
     for i, step in enumerate(steps):
-        if not isinstance(step, (Prune, Distill, QuantizationAwareTraining, Convert)):
-            raise TypeError(f"recipe step {i} is {step!r}; steps are Prune, Distill, QuantizationAwareTraining or Convert.")
+        if not isinstance(step, STEPS):
+            raise TypeError(f"recipe step {i} is {step!r}; steps are Prune, PruneChannels, Distill, "
+                            "QuantizationAwareTraining or Convert.")
     if not steps:
         raise ValueError("recipe is empty; add at least one step (e.g. Convert('int8')).")
     if convert_default and not any(isinstance(s, Convert) for s in steps):
         steps.append(Convert("int8"))
     quantized_at = next((i for i, s in enumerate(steps) if isinstance(s, QuantizationAwareTraining)), None)
     if quantized_at is not None:
-        late = [type(s).__name__ for s in steps[quantized_at + 1:] if isinstance(s, (Prune, Distill))]
+        late = [type(s).__name__ for s in steps[quantized_at + 1:] if isinstance(s, (Prune, PruneChannels, Distill))]
         if late:
             raise ValueError(f"recipe: {late} after QuantizationAwareTraining would train a fake-quantized model outside "
                              "QAT; put pruning and distillation before QuantizationAwareTraining.")
@@ -344,6 +375,21 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
                                                    verbose=0)] + backup(step_index, "prune"))
             chain.append(f"prune{round(100 * step.sparsity)}")
             say(f"pruned to {100 * step.sparsity:.0f}% over {step.epochs} epoch(s)", start)
+        elif isinstance(step, PruneChannels):
+            from tfcompress.pruning import ChannelPruningCallback, shrink
+
+            callback = ChannelPruningCallback(ramp(step.ratio, step.epochs, step.ramp_fraction),
+                                              importance=step.importance, round_to=step.round_to,
+                                              data=(x[:512], y[:512]) if step.importance == "taylor" else None,
+                                              verbose=0)
+            current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
+            current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
+                        callbacks=[callback] + backup(step_index, "channels"))
+            before = current.count_params()
+            current = shrink(current, verbose=0)
+            chain.append(f"channels{round(100 * step.ratio)}")
+            say(f"removed {100 * callback.sparsity:.0f}% of the removable channels over {step.epochs} epoch(s): "
+                f"{before:,} -> {current.count_params():,} parameters", start)
         elif isinstance(step, Distill):
             kwargs = {k: v for k, v in (("temperature", step.temperature), ("alpha", step.alpha)) if v is not None}
             teacher_was_trainable = step.teacher.trainable

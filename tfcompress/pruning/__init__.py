@@ -8,11 +8,18 @@ Example:
 """
 
 from tfcompress.pruning.callback import PruningCallback
+from tfcompress.pruning.channel_callback import ChannelPruningCallback
+from tfcompress.pruning.channels import ChannelGraph, ChannelPruningError, prune_channels, shrink
 from tfcompress.pruning.pruner import Pruner
 from tfcompress.pruning.report import SparsityReport, sparsity_report
 from tfcompress.pruning.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 
 __all__ = [
+    "ChannelGraph",
+    "ChannelPruningCallback",
+    "ChannelPruningError",
+    "prune_channels",
+    "shrink",
     "ConstantSparsity",
     "PolynomialDecay",
     "Pruner",

@@ -12,7 +12,7 @@ from tfcompress.pruning import schedules as schedules_module
 SCOPES = ("erk", "global", "layer")
 
 
-class _MaskConstraint(keras.constraints.Constraint):
+class MaskConstraint(keras.constraints.Constraint):
     """Multiplies a weight by its mask after every optimizer update.
 
     Keras optimizers apply ``variable.constraint`` inside the compiled train
@@ -287,7 +287,7 @@ class Pruner:
             variable = entry.variable
             if id(variable) not in self._attached:
                 self._attached[id(variable)] = variable.constraint
-                variable.constraint = _MaskConstraint(mask, variable.constraint)
+                variable.constraint = MaskConstraint(mask, variable.constraint)
         return self
 
     def detach(self):

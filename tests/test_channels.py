@@ -1,0 +1,188 @@
+"""Structural (channel) pruning: the dependency graph, shrink's exactness, criteria, the callback, bad input."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfcompress as tfc
+from tfcompress.pruning import channels
+
+L = keras.layers
+
+
+def _everything_model():
+    """Residual (tied) group, BN, DepthwiseConv with depth_multiplier 2, SeparableConv, Concatenate,
+    Conv2DTranspose, pooling, Flatten -> Dense."""
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="c1")(i)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU(name="r1")(x)
+    y = L.Conv2D(8, 3, padding="same", name="c2")(x)
+    y = L.BatchNormalization(name="bn2")(y)
+    x = L.Add(name="add")([x, y])
+    d = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(x)
+    d = L.BatchNormalization(name="bn3")(d)
+    s = L.SeparableConv2D(12, 3, padding="same", activation="relu", name="sep")(d)
+    c = L.Concatenate(name="cat")([s, x])
+    t = L.Conv2DTranspose(6, 3, padding="same", name="tr")(c)
+    f = L.Flatten(name="flat")(L.MaxPooling2D(name="pool")(t))
+    f = L.Dense(16, activation="relu", name="fc")(f)
+    return keras.Model(i, L.Dense(4, name="out")(f), name="everything")
+
+
+def _randomise_batch_norm(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([rng.normal(1, 0.2, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                               rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 1.5, variance.shape)])
+
+
+def _relative_error(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+
+
+def _sequential_1d():
+    return keras.Sequential([keras.Input((16, 4)), L.Conv1D(8, 3, padding="same", activation="relu", name="c1"),
+                             L.BatchNormalization(name="bn"), L.Conv1D(6, 3, name="c2"),
+                             L.GlobalAveragePooling1D(name="gap"), L.Dense(12, activation="relu", name="fc"),
+                             L.Dense(3, name="out")], name="seq1d")
+
+
+@pytest.mark.parametrize("make, shape", [(_everything_model, (5, 8, 8, 3)), (_sequential_1d, (5, 16, 4))],
+                         ids=["functional-every-kind", "sequential-conv1d"])
+def test_shrink_computes_what_the_masked_model_computes(make, shape, tmp_path):
+    model = make()
+    _randomise_batch_norm(model)
+    graph = channels.ChannelGraph(model)
+    channels.zero_units(graph, graph.units[::3])
+    x = np.random.default_rng(1).random(shape, dtype=np.float32)
+    masked = np.asarray(model(x, training=False))
+    small = tfc.shrink(model, verbose=0)
+    assert type(small) is type(model) and small.count_params() < model.count_params()
+    assert _relative_error(small(x, training=False), masked) < 1e-5
+    path = str(tmp_path / "small.keras")
+    small.save(path)
+    loaded = keras.models.load_model(path)  # plain Keras: no custom objects
+    assert _relative_error(loaded(x, training=False), masked) < 1e-5
+
+
+def test_residual_channels_are_tied_and_unknown_layers_keep_theirs():
+    graph = channels.ChannelGraph(_everything_model())
+    groups = {frozenset(names) for names in graph.groups.values()}
+    assert frozenset({"c1", "c2"}) in groups  # Add ties the residual stream's producers
+    decisions = {p.layer: p.decision for p in graph.plan}
+    assert decisions["out"].startswith("kept: reaches a model output") and decisions["c1"] == "prunable"
+    inputs = keras.Input((8, 8, 1))
+    x = L.Conv2D(4, 3, name="a")(inputs)
+    x = L.Reshape((-1, 4), name="reshape")(x)
+    opaque = keras.Model(inputs, L.Dense(2, name="b")(L.Flatten()(x)))
+    plan = {p.layer: p.decision for p in channels.ChannelGraph(opaque).plan}
+    assert "Reshape is not analysed" in plan["a"], plan
+
+
+def test_every_criterion_prunes_a_dead_filter_first(digits_data):
+    (x, y), _ = digits_data
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.ReLU()(h)
+    model = keras.Model(inputs, L.Dense(10, name="out")(L.GlobalAveragePooling2D()(h)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:256], y[:256], epochs=2, verbose=0)
+    kernel, bias = model.get_layer("conv").get_weights()
+    kernel[..., 5] *= 1e-3  # filter 5 is nearly dead
+    model.get_layer("conv").set_weights([kernel, bias])
+    gamma, beta, mean, variance = model.get_layer("bn").get_weights()
+    gamma[5] = 1e-4
+    model.get_layer("bn").set_weights([gamma, beta, mean, variance])
+    graph = channels.ChannelGraph(model)
+    rankings = {}
+    for criterion in ("l1", "l2", "bn", "taylor"):
+        scores = tfc.pruning.importance.unit_scores(graph, criterion, data=(x[:128], y[:128]))
+        rankings[criterion] = list(np.argsort(scores))
+        assert graph.units[rankings[criterion][0]].members == [("conv", 5)], criterion
+    assert len({tuple(r) for r in rankings.values()}) > 1  # the criteria are not one ranking under four names
+
+
+def test_prune_channels_halves_the_reference_cnn_and_converts_in_every_mode(trained_digits_model, digits_data):
+    (x, y), (x_test, y_test) = digits_data
+    small = tfc.prune_channels(trained_digits_model, 0.5, round_to=4, verbose=0)
+    widths = {layer.name: layer.output.shape[-1] for layer in small.layers if isinstance(layer, (L.Conv2D, L.Dense))}
+    assert widths["logits"] == 10 and all(w % 4 == 0 for n, w in widths.items() if n != "logits"), widths
+    assert small.count_params() < 0.5 * trained_digits_model.count_params()
+    for mode in ("float32", "float16", "dynamic", "int8", "int16x8"):
+        data = x[:64] if mode in ("int8", "int16x8") else None
+        assert tfc.to_tflite(small, mode=mode, representative_data=data)[4:8] == b"TFL3", mode
+
+
+def test_callback_prunes_during_fit_and_shrink_removes_the_zeroed_channels(digits_data):
+    (x, y), (x_test, y_test) = digits_data
+    from conftest import small_cnn
+
+    keras.utils.set_random_seed(0)
+    model = tfc.zoo.compile_classifier(small_cnn(), learning_rate=3e-3)
+    shapes = [tuple(w.shape) for w in model.weights]
+    steps = int(np.ceil(len(x) / 64))
+    callback = tfc.ChannelPruningCallback(tfc.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=steps, frequency=5),
+                                          verbose=0)
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0, callbacks=[callback])
+    assert [tuple(w.shape) for w in model.weights] == shapes  # the model keeps its shape while training
+    assert callback.sparsity == pytest.approx(0.5, abs=0.05)
+    small = tfc.shrink(model, verbose=0)
+    assert _relative_error(small(x_test, training=False), model(x_test, training=False)) < 1e-5
+    assert small.count_params() < 0.6 * model.count_params()
+    accuracy = float(np.mean(np.asarray(small(x_test)).argmax(1) == y_test))
+    assert accuracy > 0.85
+
+
+def test_bad_input_is_named():
+    model = _sequential_1d()
+    with pytest.raises(ValueError, match=r"ratio=1\.0 must be in \[0, 1\)"):
+        tfc.prune_channels(model, 1.0)
+    with pytest.raises(tfc.ChannelPruningError, match=r"layers=\['nope'\]: model 'seq1d' has no such layer"):
+        tfc.prune_channels(model, 0.5, layers=["nope"])
+    only_out = keras.Sequential([keras.Input((4,)), L.Dense(3, name="out")], name="tiny")
+    with pytest.raises(tfc.ChannelPruningError, match="no prunable channel group: reaches a model output"):
+        tfc.prune_channels(only_out, 0.5, verbose=0)
+    with pytest.raises(ValueError, match="importance='taylor' needs data"):
+        tfc.prune_channels(model, 0.5, importance="taylor")
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    sub = Sub()
+    sub(np.zeros((1, 3), np.float32))
+    with pytest.raises(tfc.ChannelPruningError, match="subclassed.*Functional or Sequential"):
+        tfc.shrink(sub)
+
+
+def test_shrink_without_zeroed_channels_returns_a_copy_and_says_so(capsys):
+    model = _sequential_1d()
+    copy = tfc.shrink(model)
+    assert copy is not model and copy.count_params() == model.count_params()
+    assert "nothing was removed" in capsys.readouterr().out
+
+
+def test_compress_step_and_cli_prune_channels(trained_digits_model, digits_data, tmp_path):
+    import subprocess
+    import sys
+
+    result = tfc.compress(trained_digits_model, "digits", [tfc.PruneChannels(0.5, epochs=2), tfc.Convert("int8")],
+                          evaluate=False, verbose=0)
+    assert result.model.count_params() < 0.6 * trained_digits_model.count_params()
+    assert "channels50-int8" in result.artifacts
+    path = tmp_path / "m.keras"
+    trained_digits_model.save(path)
+    out = tmp_path / "m_small.keras"
+    run = subprocess.run([sys.executable, "-m", "tfcompress", "prune", str(path), "--channels=0.5", "--epochs=1",
+                          "--data=digits", f"--output={out}"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert keras.models.load_model(out).count_params() < 0.6 * trained_digits_model.count_params()

@@ -1,0 +1,120 @@
+"""``ChannelPruningCallback``: structural (channel) pruning during ``model.fit``, then `shrink`."""
+
+import keras
+import numpy as np
+
+from tfcompress.pruning import channels, importance as importance_module
+from tfcompress.pruning import schedules as schedules_module
+from tfcompress.pruning.pruner import MaskConstraint
+
+
+class ChannelPruningCallback(keras.callbacks.Callback):
+    """Zeroes whole channel groups while the model trains; `tfc.shrink` then removes them.
+
+    The schedule's sparsity is the fraction of removable channels (units) that are
+    zeroed. At each of its mask updates the units are ranked by ``importance`` and
+    the lowest ones are masked: their filters, biases and the BatchNormalization
+    gamma/beta on them are multiplied by a mask inside the compiled train step, as
+    `PruningCallback` does for single weights (no wrapper layers; the model keeps its
+    shape while it trains). A pruned unit stays pruned. The clock is the optimizer's
+    iterations, so a run resumed by `BackupAndRestore` continues the schedule, and a
+    model that already has zeroed units starts with them masked.
+
+    Args:
+        schedule: ``PolynomialDecay``, ``ConstantSparsity``, a tfmot schedule, or a
+            callable ``step -> (should_prune, sparsity)``; sparsity = fraction of channels.
+        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (``"taylor"`` needs ``data``).
+        scope: ``"global"`` or ``"layer"`` (see `prune_channels`).
+        round_to: kept widths are multiples of this where possible.
+        layers / skip: names of the only producers to prune / of producers never to prune.
+        data: ``(x, y)`` for ``importance="taylor"``.
+        verbose: 1 prints the plan table when training starts.
+
+    Example:
+        >>> cb = tfc.ChannelPruningCallback(tfc.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=1000))
+        >>> model.fit(x, y, epochs=3, callbacks=[cb])
+        >>> small = tfc.shrink(model)           # a smaller plain Keras model, same outputs
+    """
+
+    def __init__(self, schedule, importance="l2", scope="global", round_to=1, layers=None, skip=None, data=None,
+                 verbose=1):
+        super().__init__()
+        self.schedule = schedules_module.get(schedule)
+        importance_module.check_criterion(importance, data)
+        if scope not in importance_module.SCOPES:
+            raise ValueError(f"scope={scope!r}: choose one of {list(importance_module.SCOPES)}.")
+        self.importance, self.scope, self.round_to = importance, scope, round_to
+        self.layers, self.skip, self.data, self.verbose = layers, skip, data, verbose
+        self.graph = None
+        self.pruned = set()  # unit indices
+        self.notes = []
+        self._masks = {}
+        self._saved_constraints = {}
+
+    def on_train_begin(self, logs=None):
+        if self.graph is None or self.graph.model is not self.model:
+            self.graph = channels.ChannelGraph(self.model, layers=self.layers, skip=self.skip)
+            if not self.graph.units:
+                reasons = sorted(set(self.graph.reasons.values())) or ["it has no Conv/Dense layer"]
+                raise channels.ChannelPruningError(
+                    f"Model {self.model.name!r} has no prunable channel group: {'; '.join(reasons)}.")
+            if self.verbose:
+                print(self.graph.plan_table())
+            self.pruned = {u.index for u in channels.zeroed_units(self.graph)}
+        self._attach()
+
+    def _attach(self):
+        with self.model.distribute_strategy.scope():  # masks are mirrored like the weights they mask
+            for unit in self.graph.units:
+                for variable, _, _ in channels.unit_slices(self.graph, unit):
+                    if id(variable) not in self._masks:
+                        mask = keras.Variable(np.ones(variable.shape, variable.dtype), trainable=False,
+                                              dtype=variable.dtype)
+                        self._masks[id(variable)] = (variable, mask)
+        for variable, mask in self._masks.values():
+            if id(variable) not in self._saved_constraints:
+                self._saved_constraints[id(variable)] = variable.constraint
+                variable.constraint = MaskConstraint(mask, variable.constraint)
+        self._update_masks()
+        # fit() built its train function before on_train_begin: retrace so the constraints are compiled in.
+        self.model.make_train_function(force=True)
+
+    def _update_masks(self):
+        values = {key: np.ones(variable.shape, variable.dtype) for key, (variable, _) in self._masks.items()}
+        for unit in self.graph.units:
+            if unit.index in self.pruned:
+                for variable, axis, index in channels.unit_slices(self.graph, unit):
+                    np.moveaxis(values[id(variable)], axis, 0)[index] = 0
+        for key, (variable, mask) in self._masks.items():
+            mask.assign(values[key])
+            variable.assign(keras.ops.multiply(variable, mask))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy()) + 1
+        should_prune, sparsity = self.schedule(step)
+        if not should_prune:
+            return
+        scores = importance_module.unit_scores(self.graph, self.importance, self.data)
+        scores[list(self.pruned)] = -np.inf  # pruned units stay pruned
+        chosen, note = importance_module.select_units(self.graph, scores, sparsity, self.scope, self.round_to)
+        if note and note not in self.notes:
+            self.notes.append(note)
+            if self.verbose:
+                print(f"ChannelPruningCallback: {note}")
+        new = {u.index for u in chosen} | self.pruned
+        if new != self.pruned:
+            self.pruned = new
+            self._update_masks()
+
+    def on_train_end(self, logs=None):
+        if self.graph is None:
+            return
+        self._update_masks()  # fit() may have overwritten weights after the last step
+        for key, (variable, _) in self._masks.items():
+            variable.constraint = self._saved_constraints.pop(key, None)
+        self.model.make_train_function(force=True)
+
+    @property
+    def sparsity(self):
+        """The fraction of removable channels currently zeroed."""
+        return len(self.pruned) / max(len(self.graph.units), 1) if self.graph else 0.0

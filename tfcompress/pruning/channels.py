@@ -1,0 +1,522 @@
+"""Structural pruning: which output channels of a model can be removed together, and removing them.
+
+The dependency graph works at the level of single channels, as DepGraph
+(Torch-Pruning) does: every output channel of a Conv/Dense-like layer is an
+*element*; layers that pass channels through (BatchNormalization, activations,
+pooling, padding, DepthwiseConv...) carry their input's elements; element-wise
+layers (Add, Multiply, ...) tie the elements of their inputs together (a residual
+stream); Concatenate lays its inputs' elements side by side; Flatten repeats them
+once per spatial position. The connected elements form *units*: a unit is removed
+as a whole (an output filter together with everything that reads or is tied to
+it). Units that reach a model output, a model input, or a layer this analysis
+cannot reason about (Reshape, Lambda, custom layers, attention...) are kept, and
+the plan says why.
+
+A zeroed unit (its producers' kernel slice and bias, and the gamma/beta of
+BatchNormalization on it, all exactly zero) computes zero; `shrink` removes such
+units physically: new layer configs and sliced weights, a plain Keras model.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from tfcompress import graph
+
+L = keras.layers
+
+# Layers whose output channels are new elements: (output-channel axis of the kernel, input-channel axis).
+PRODUCERS = {
+    L.Conv1D: ("kernel", -1, -2),
+    L.Conv2D: ("kernel", -1, -2),
+    L.Dense: ("kernel", -1, 0),
+    L.Conv2DTranspose: ("kernel", -2, -1),
+    L.SeparableConv1D: ("pointwise_kernel", -1, None),
+    L.SeparableConv2D: ("pointwise_kernel", -1, None),
+}
+# Layers whose output channel c is their input channel c (value 0 stays 0).
+PASSTHROUGH = (
+    L.ReLU, L.LeakyReLU, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.GaussianNoise, L.Identity,
+    L.MaxPooling1D, L.MaxPooling2D, L.AveragePooling1D, L.AveragePooling2D, L.GlobalAveragePooling1D,
+    L.GlobalAveragePooling2D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.ZeroPadding1D, L.ZeroPadding2D,
+    L.Cropping1D, L.Cropping2D, L.UpSampling1D, L.UpSampling2D, L.BatchNormalization, L.Activation,
+)
+ELEMENTWISE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
+# Activations with f(0) = 0: a zeroed channel stays zero through them.
+ZERO_PRESERVING = {"linear", "relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "swish", "silu", "gelu",
+                   "hard_swish", "hard_silu", "mish", "softsign"}
+
+
+class ChannelPruningError(ValueError):
+    """A model whose channels cannot be analysed or pruned; the message says why and what to do."""
+
+
+def _activation_name(layer):
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return "linear"
+    return getattr(activation, "__name__", type(activation).__name__).lower()
+
+
+@dataclasses.dataclass
+class Unit:
+    """Channels removed together: ``members`` is ``[(producer layer name, channel)]``."""
+
+    index: int
+    members: list
+    group: int = -1
+
+
+@dataclasses.dataclass
+class LayerPlan:
+    """What the analysis decided for one layer (one row of the plan table)."""
+
+    layer: str
+    kind: str
+    channels: int
+    group: int
+    decision: str
+
+
+class ChannelGraph:
+    """The channel dependency graph of a Functional or Sequential model.
+
+    Attributes:
+        units: every `Unit` that can be removed.
+        groups: ``{group id: [producer names]}``: producers whose channels are tied (a residual stream).
+        plan: ``[LayerPlan]``, one per producer, in graph order.
+        elements: ``{layer name: [element id per output channel]}``.
+    """
+
+    def __init__(self, model, layers=None, skip=None):
+        graph.check_model(model, action="prune channels of")
+        if not graph.is_functional(model):
+            raise ChannelPruningError(
+                f"Channel pruning needs the layer graph of model {model.name!r}, but it is subclassed: its graph "
+                "lives in Python code. Build it with the Functional or Sequential API (or prune the Functional "
+                "models it calls).")
+        self.model = model
+        self._parent = []
+        self._fixed_reason = {}
+        self._owner = []  # element id -> (producer name, channel) or None
+        self.elements = {}
+        self.input_elements = {}
+        self.reasons = {}  # producer -> why its channels are kept
+        self.bn_on = {}  # producer name -> BN layer names over its elements (for gamma/beta masking)
+        self._walk(layers, skip)
+        self._build_units()
+
+    # -- union-find ----------------------------------------------------------------------
+    def _new(self, owner, fixed=None):
+        self._parent.append(len(self._parent))
+        self._owner.append(owner)
+        if fixed:
+            self._fixed_reason[len(self._parent) - 1] = fixed
+        return len(self._parent) - 1
+
+    def _find(self, e):
+        while self._parent[e] != e:
+            self._parent[e] = self._parent[self._parent[e]]
+            e = self._parent[e]
+        return e
+
+    def _union(self, a, b):
+        ra, rb = self._find(a), self._find(b)
+        if ra != rb:
+            self._parent[rb] = ra
+            if rb in self._fixed_reason and ra not in self._fixed_reason:
+                self._fixed_reason[ra] = self._fixed_reason[rb]
+
+    def _fix(self, elements, reason):
+        for e in elements:
+            root = self._find(e)
+            self._fixed_reason.setdefault(root, reason)
+
+    # -- the walk ------------------------------------------------------------------------
+    def _order(self):
+        """``[(layer, [input layer names])]`` in graph order."""
+        model = self.model
+        if isinstance(model, keras.Sequential):
+            order, previous = [], ["__input__"]
+            for layer in model.layers:
+                order.append((layer, previous))
+                previous = [layer.name]
+            return order, ["__input__"], [model.layers[-1].name]
+        nodes, inputs = graph.read_graph(model)
+        order = []
+        for layer in model.layers:
+            node = nodes[layer.name]
+            if isinstance(layer, L.InputLayer):
+                continue
+            order.append((layer, node.producers if node.single_call else None))
+        outputs = [name for name, node in nodes.items() if node.is_output]
+        return order, inputs, outputs
+
+    def _walk(self, layers, skip):
+        order, input_names, output_names = self._order()
+        model = self.model
+        for name in input_names:
+            width = int(model.inputs[0].shape[-1]) if name == "__input__" else int(model.get_layer(name).output.shape[-1])
+            self.elements[name] = [self._new(None, "a model input's channels") for _ in range(width)]
+        named = set(layers) if layers else None
+        skipped = set(skip or ())
+        known = {layer.name for layer, _ in order}
+        for argument, names in (("layers", named or set()), ("skip", skipped)):
+            unknown = sorted(names - known)
+            if unknown:
+                raise ChannelPruningError(f"{argument}={unknown}: model {model.name!r} has no such layer; its layers "
+                                          f"are {sorted(known)}.")
+        self.order = [layer.name for layer, _ in order]
+        for layer, producers in order:
+            if producers is None:
+                self._opaque(layer, [], "called more than once (a shared layer)")
+                continue
+            ins = [self.elements[p] for p in producers]
+            self.input_elements[layer.name] = ins
+            self._visit(layer, ins, named, skipped)
+        for name in output_names:
+            self._fix(self.elements[name], "reaches a model output")
+
+    def _opaque(self, layer, ins, why):
+        for elements in ins:
+            self._fix(elements, f"read by {layer.name} ({why})")
+        width = layer.output.shape[-1] if hasattr(layer, "output") else None
+        try:
+            width = int(width)
+        except (TypeError, ValueError):
+            width = 0
+        self.elements[layer.name] = [self._new(None, f"produced by {layer.name} ({why})") for _ in range(width)]
+
+    def _visit(self, layer, ins, named, skipped):
+        kind = type(layer)
+        rank = len(layer.output.shape)
+        data_format = getattr(layer, "data_format", "channels_last")
+        if data_format == "channels_first":
+            return self._opaque(layer, ins, "channels_first")
+        if kind in PRODUCERS:
+            self._producer(layer, ins, named, skipped)
+        elif kind is L.DepthwiseConv2D or kind is L.DepthwiseConv1D:
+            multiplier = int(layer.depth_multiplier)
+            self.elements[layer.name] = [e for e in ins[0] for _ in range(multiplier)]
+            if layer.use_bias:  # its bias on a zeroed channel would make it non-zero again: zeroed with the unit
+                for e in ins[0]:
+                    if self._owner[e] is not None:
+                        self.bn_on.setdefault(self._owner[e][0], set()).add(layer.name)
+            if _activation_name(layer) not in ZERO_PRESERVING:
+                self._fix(ins[0], f"{layer.name}'s activation does not keep 0 at 0")
+        elif kind in PASSTHROUGH or kind is L.Flatten:
+            if kind is L.BatchNormalization and layer.axis not in (-1, rank - 1):
+                return self._opaque(layer, ins, "BatchNormalization not over the last axis")
+            if kind in (L.Activation,) and _activation_name(layer) not in ZERO_PRESERVING:
+                return self._opaque(layer, ins, f"activation {_activation_name(layer)!r} maps 0 to non-0")
+            if kind is L.Flatten:
+                spatial = int(np.prod(layer.input.shape[1:-1])) if len(layer.input.shape) > 2 else 1
+                self.elements[layer.name] = list(ins[0]) * spatial
+            else:
+                self.elements[layer.name] = list(ins[0])
+            if kind is L.BatchNormalization:
+                for e in ins[0]:
+                    owner = self._owner[e]
+                    if owner is not None:
+                        self.bn_on.setdefault(owner[0], set()).add(layer.name)
+        elif kind in ELEMENTWISE:
+            widths = {len(e) for e in ins}
+            if len(widths) != 1:
+                return self._opaque(layer, ins, "inputs of different widths (broadcast)")
+            for other in ins[1:]:
+                for a, b in zip(ins[0], other):
+                    self._union(a, b)
+            self.elements[layer.name] = list(ins[0])
+        elif kind is L.Concatenate and layer.axis in (-1, rank - 1):
+            self.elements[layer.name] = [e for elements in ins for e in elements]
+        else:
+            self._opaque(layer, ins, f"{kind.__name__} is not analysed")
+
+    def _producer(self, layer, ins, named, skipped):
+        reason = None
+        if named is not None and layer.name not in named:
+            reason = "not named in layers="
+        elif layer.name in skipped:
+            reason = "named in skip="
+        elif _activation_name(layer) not in ZERO_PRESERVING:
+            reason = f"its activation {_activation_name(layer)!r} maps 0 to non-0"
+        elif getattr(layer, "groups", 1) != 1:
+            reason = "grouped convolution"
+        width = int(layer.output.shape[-1])
+        self.elements[layer.name] = [self._new((layer.name, c), reason) for c in range(width)]
+
+    def _build_units(self):
+        components = {}
+        for e, owner in enumerate(self._owner):
+            components.setdefault(self._find(e), []).append(e)
+        self.units, self.groups, self.plan = [], {}, []
+        fixed_members = {}
+        producer_groups = {}
+        for root, members in components.items():
+            owners = [self._owner[e] for e in members if self._owner[e] is not None]
+            if not owners:
+                continue
+            reason = self._fixed_reason.get(root)
+            if reason:
+                for name, _ in owners:
+                    fixed_members.setdefault(name, reason)
+                continue
+            unit = Unit(index=len(self.units), members=sorted(set(owners)))
+            self.units.append(unit)
+        # Producers tied by units form a group (one residual stream, or one plain layer).
+        parent = {}
+
+        def find(x):
+            while parent.setdefault(x, x) != x:
+                x = parent[x]
+            return x
+
+        for unit in self.units:
+            names = sorted({name for name, _ in unit.members})
+            for other in names[1:]:
+                parent[find(other)] = find(names[0])
+        for unit in self.units:
+            root = find(unit.members[0][0])
+            group = producer_groups.setdefault(root, len(producer_groups))
+            unit.group = group
+            self.groups.setdefault(group, set()).update(name for name, _ in unit.members)
+        self.groups = {g: sorted(names) for g, names in self.groups.items()}
+        group_of = {name: g for g, names in self.groups.items() for name in names}
+        for name in self.order:
+            layer = self.model.get_layer(name)
+            if type(layer) not in PRODUCERS:
+                continue
+            width = int(layer.output.shape[-1])
+            if name in group_of:
+                self.plan.append(LayerPlan(name, type(layer).__name__, width, group_of[name], "prunable"))
+            else:
+                why = fixed_members.get(name, "no removable channel")
+                self.plan.append(LayerPlan(name, type(layer).__name__, width, -1, f"kept: {why}"))
+        self.reasons = fixed_members
+
+    def plan_table(self):
+        from tfcompress.reports import markdown_table
+
+        rows = [(p.layer, p.kind, p.channels, p.group if p.group >= 0 else "—", p.decision) for p in self.plan]
+        return markdown_table(("layer", "kind", "channels", "group", "decision"), rows,
+                              title=f"Channel pruning plan for {self.model.name!r}: {len(self.units)} removable units "
+                                    f"in {len(self.groups)} group(s)")
+
+
+# -- weights ---------------------------------------------------------------------------------
+
+def _producer_slices(layer):
+    """``[(variable, axis)]``: the weights of ``layer`` indexed by its output channels."""
+    weight, out_axis, _ = PRODUCERS[type(layer)]
+    slices = [(getattr(layer, weight), out_axis)]
+    if getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
+        slices.append((layer.bias, 0))
+    return slices
+
+
+def unit_slices(channel_graph, unit):
+    """``[(variable, axis, index)]``: every weight entry that must be zero for ``unit`` to compute zero."""
+    model = channel_graph.model
+    out = []
+    for name, channel in unit.members:
+        layer = model.get_layer(name)
+        out += [(v, axis, channel) for v, axis in _producer_slices(layer)]
+        for reader_name in channel_graph.bn_on.get(name, ()):
+            reader = model.get_layer(reader_name)
+            if isinstance(reader, L.BatchNormalization):
+                positions = channel_graph.input_elements[reader_name][0]
+                attrs = ("gamma", "beta")
+            else:  # a DepthwiseConv's bias, on its output channels
+                positions = channel_graph.elements[reader_name]
+                attrs = ("bias",)
+            for i, e in enumerate(positions):
+                if channel_graph._owner[e] == (name, channel):
+                    for attr in attrs:
+                        variable = getattr(reader, attr, None)
+                        if variable is not None:
+                            out.append((variable, 0, i))
+    return out
+
+
+def _zeroed(variable_values, axis, index):
+    values = variable_values
+    return not np.any(np.take(values, index, axis=axis))
+
+
+def zeroed_units(channel_graph):
+    """The units whose every weight entry (`unit_slices`) is exactly zero."""
+    cache = {}
+
+    def values(variable):
+        if id(variable) not in cache:
+            cache[id(variable)] = keras.ops.convert_to_numpy(variable)
+        return cache[id(variable)]
+
+    return [u for u in channel_graph.units if all(_zeroed(values(v), a, i) for v, a, i in unit_slices(channel_graph, u))]
+
+
+def zero_units(channel_graph, units):
+    """Sets every weight entry of ``units`` to zero (the masked model)."""
+    updates = {}
+    for unit in units:
+        for variable, axis, index in unit_slices(channel_graph, unit):
+            updates.setdefault(id(variable), [variable, []])[1].append((axis, index))
+    for variable, entries in updates.values():
+        values = keras.ops.convert_to_numpy(variable).copy()
+        for axis, index in entries:
+            view = np.moveaxis(values, axis, 0)
+            view[index] = 0
+        variable.assign(values)
+
+
+# -- shrink ----------------------------------------------------------------------------------
+
+def _kept(elements, removed):
+    return [i for i, e in enumerate(elements) if e not in removed]
+
+
+def shrink(model, verbose=1):
+    """A new plain Keras model with the zeroed channels of ``model`` physically removed.
+
+    Finds every removable unit whose weights are all zero (after `prune_channels`
+    or `ChannelPruningCallback`), and rebuilds the model (same kind: Sequential or
+    Functional) with fewer filters / units, sliced kernels, biases,
+    BatchNormalization statistics and depthwise kernels. The result computes what
+    the masked model computes, and saves and loads with plain
+    ``keras.models.load_model``.
+
+    Args:
+        model: a Functional or Sequential Keras model.
+        verbose: 1 prints one line saying what was removed.
+
+    Returns:
+        A new ``keras.Model`` (``model`` is not modified). Without a zeroed channel,
+        a copy of ``model`` (and a line saying that nothing was removed).
+    """
+    channel_graph = ChannelGraph(model)
+    units = zeroed_units(channel_graph)
+    removed_members = {m for u in units for m in u.members}
+    removed = {e for e, owner in enumerate(channel_graph._owner) if owner in removed_members}
+    new_widths = {}
+    for name in channel_graph.order:
+        layer = model.get_layer(name)
+        if type(layer) in PRODUCERS:
+            new_widths[name] = len(_kept(channel_graph.elements[name], removed))
+
+    def clone_function(layer):
+        config = layer.get_config()
+        if layer.name in new_widths:
+            key = "units" if isinstance(layer, L.Dense) else "filters"
+            config[key] = new_widths[layer.name]
+        return type(layer).from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=clone_function)
+    for layer in model.layers:
+        if isinstance(layer, L.InputLayer) or not layer.weights:
+            continue
+        new = clone.get_layer(layer.name)
+        new.set_weights(_sliced_weights(channel_graph, layer, removed))
+    if model.compiled:
+        clone.compile_from_config(model.get_compile_config())
+    if verbose:
+        before = sum(int(np.prod(v.shape)) for v in model.weights)
+        after = sum(int(np.prod(v.shape)) for v in clone.weights)
+        if units:
+            print(f"shrink: removed {len(removed_members)} channels ({len(units)} units) from {model.name!r}: "
+                  f"{before:,} → {after:,} parameters")
+        else:
+            print(f"shrink: model {model.name!r} has no zeroed channel; nothing was removed (a copy is returned)")
+    return clone
+
+
+def _sliced_weights(channel_graph, layer, removed):
+    """``layer``'s weights, with removed output channels and removed input channels cut out."""
+    kind = type(layer)
+    ins = channel_graph.input_elements.get(layer.name, [])
+    in_keep = _kept(ins[0], removed) if len(ins) == 1 else None
+    out_keep = _kept(channel_graph.elements[layer.name], removed)
+    result = []
+    for variable in layer.weights:
+        value = keras.ops.convert_to_numpy(variable)
+        name = variable.name
+        if kind in PRODUCERS:
+            weight, out_axis, in_axis = PRODUCERS[kind]
+            if name == weight:
+                value = np.take(value, out_keep, axis=out_axis)
+                if in_axis is not None and in_keep is not None:
+                    value = np.take(value, in_keep, axis=in_axis)
+                elif in_axis is None and in_keep is not None:  # separable: pointwise rows = in * multiplier
+                    multiplier = int(layer.depth_multiplier)
+                    rows = [i * multiplier + m for i in in_keep for m in range(multiplier)]
+                    value = np.take(value, rows, axis=-2)
+            elif name == "bias":
+                value = value[out_keep]
+            elif name == "depthwise_kernel" and in_keep is not None:
+                value = np.take(value, in_keep, axis=-2)
+        elif kind in (L.DepthwiseConv1D, L.DepthwiseConv2D):
+            if name == "kernel" and in_keep is not None:
+                value = np.take(value, in_keep, axis=-2)
+            elif name == "bias":
+                value = value[out_keep]
+        elif kind is L.BatchNormalization and in_keep is not None:
+            value = value[in_keep]
+        result.append(value)
+    return result
+
+
+def _copy(model):
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    if model.compiled:
+        clone.compile_from_config(model.get_compile_config())
+    return clone
+
+
+def prune_channels(model, ratio, importance="l2", data=None, scope="global", round_to=1, layers=None, skip=None,
+                   verbose=1):
+    """One-shot structural pruning: removes ``ratio`` of the removable channels; returns the smaller model.
+
+    Ranks every removable unit (an output channel with everything tied to it) by
+    ``importance``, zeroes the lowest ones on a copy and `shrink`s it. Fine-tune the
+    result with ``fit`` (or distil it from the original with `tfc.Distiller`).
+
+    Args:
+        model: a trained Functional or Sequential Keras model (not modified).
+        ratio: fraction of the removable channels to remove, in [0, 1).
+        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (see `importance`).
+        data: ``(x, y)`` for ``"taylor"``.
+        scope: ``"global"`` (one ranking across layers, normalised per layer) or ``"layer"`` (every group at
+            ``ratio``).
+        round_to: kept widths are multiples of this where possible (8 or 16 suit SIMD kernels).
+        layers / skip: names of the only producers to prune / of producers never to prune.
+        verbose: 1 prints the plan table and what was removed.
+
+    Returns:
+        A new, smaller ``keras.Model``.
+
+    Raises:
+        ChannelPruningError: nothing in the model can be pruned (the message says why), or bad arguments.
+
+    Example:
+        >>> small = tfc.prune_channels(model, 0.5)
+        >>> small.fit(x, y, epochs=2)
+    """
+    from tfcompress.pruning import importance as importance_module
+
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio={ratio!r} must be in [0, 1): the fraction of removable channels to remove.")
+    importance_module.check_criterion(importance, data)
+    masked = _copy(model)
+    channel_graph = ChannelGraph(masked, layers=layers, skip=skip)
+    if verbose:
+        print(channel_graph.plan_table())
+    if not channel_graph.units:
+        reasons = sorted(set(channel_graph.reasons.values())) or ["it has no Conv/Dense layer"]
+        raise ChannelPruningError(f"Model {model.name!r} has no prunable channel group: {'; '.join(reasons)}.")
+    scores = importance_module.unit_scores(channel_graph, importance, data)
+    chosen, note = importance_module.select_units(channel_graph, scores, ratio, scope, round_to)
+    if note and verbose:
+        print(f"prune_channels: {note}")
+    zero_units(channel_graph, chosen)
+    return shrink(masked, verbose=verbose)
