@@ -186,3 +186,53 @@ def test_compress_step_and_cli_prune_channels(trained_digits_model, digits_data,
                           "--data=digits", f"--output={out}"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert keras.models.load_model(out).count_params() < 0.6 * trained_digits_model.count_params()
+
+
+MIRRORED = """
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import numpy as np
+import tfcompress as tfc
+
+(x, y), (x_test, y_test) = tfc.datasets.digits()
+
+
+def run(strategy):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        inputs = keras.Input((8, 8, 1))
+        h = keras.layers.Conv2D(16, 3, padding="same", name="conv")(inputs)
+        h = keras.layers.BatchNormalization(name="bn")(h)
+        h = keras.layers.ReLU()(h)
+        h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(h)
+        h = keras.layers.Flatten()(h)
+        model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+        tfc.zoo.compile_classifier(model, learning_rate=3e-3)
+    cb = tfc.ChannelPruningCallback(tfc.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=30, frequency=10), verbose=0)
+    model.fit(x, y, epochs=4, batch_size=64, verbose=0, callbacks=[cb])
+    small = tfc.shrink(model, verbose=0)
+    return sorted(cb.pruned), small.count_params(), float(np.mean(small.predict(x_test, verbose=0).argmax(-1) == y_test))
+
+
+mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+single = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
+print("RESULT" + json.dumps({"mirrored": mirrored, "single": single}))
+"""
+
+
+def test_channel_pruning_under_mirrored_strategy_prunes_what_one_device_prunes():
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT"):])
+    (units, params, accuracy), (single_units, single_params, single_accuracy) = result["mirrored"], result["single"]
+    overlap = len(set(units) & set(single_units)) / max(len(single_units), 1)
+    assert params == single_params and overlap >= 0.9, result
+    assert abs(accuracy - single_accuracy) < 0.05 and accuracy > 0.8, result
