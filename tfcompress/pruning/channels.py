@@ -230,6 +230,8 @@ class ChannelGraph:
             self.elements[layer.name] = list(ins[0])
         elif kind is L.Concatenate and layer.axis in (-1, rank - 1):
             self.elements[layer.name] = [e for elements in ins for e in elements]
+        elif isinstance(layer, keras.Model):
+            self._opaque(layer, ins, "a nested model: its layers are not entered yet")
         else:
             self._opaque(layer, ins, f"{kind.__name__} is not analysed")
 
