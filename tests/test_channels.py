@@ -236,3 +236,15 @@ def test_channel_pruning_under_mirrored_strategy_prunes_what_one_device_prunes()
     overlap = len(set(units) & set(single_units)) / max(len(single_units), 1)
     assert params == single_params and overlap >= 0.9, result
     assert abs(accuracy - single_accuracy) < 0.05 and accuracy > 0.8, result
+
+
+def test_shrink_report_counts_parameters_and_macs():
+    model = _everything_model()
+    small = tfc.prune_channels(model, 0.5, verbose=0)
+    costs = channels.layer_costs(model)
+    assert costs["c1"] == (3 * 3 * 3 * 8 + 8, 8 * 8 * 3 * 3 * 3 * 8)
+    assert costs["dw"][1] == 8 * 8 * 3 * 3 * 8 * 2
+    table = tfc.pruning.shrink_report(model, small)
+    assert "| c1 " in table and "x fewer" in table.splitlines()[-1]
+    total_before = sum(c[0] for c in costs.values())
+    assert total_before == model.count_params()

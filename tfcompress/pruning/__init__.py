@@ -9,7 +9,7 @@ Example:
 
 from tfcompress.pruning.callback import PruningCallback
 from tfcompress.pruning.channel_callback import ChannelPruningCallback
-from tfcompress.pruning.channels import ChannelGraph, ChannelPruningError, prune_channels, shrink
+from tfcompress.pruning.channels import ChannelGraph, ChannelPruningError, prune_channels, shrink, shrink_report
 from tfcompress.pruning.pruner import Pruner
 from tfcompress.pruning.report import SparsityReport, sparsity_report
 from tfcompress.pruning.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -20,6 +20,7 @@ __all__ = [
     "ChannelPruningError",
     "prune_channels",
     "shrink",
+    "shrink_report",
     "ConstantSparsity",
     "PolynomialDecay",
     "Pruner",

@@ -522,3 +522,44 @@ def prune_channels(model, ratio, importance="l2", data=None, scope="global", rou
         print(f"prune_channels: {note}")
     zero_units(channel_graph, chosen)
     return shrink(masked, verbose=verbose)
+
+
+def layer_costs(model):
+    """``{layer name: (parameters, multiply-accumulates per sample)}`` of a Functional/Sequential model's layers."""
+    costs = {}
+    for layer in model.layers:
+        if isinstance(layer, L.InputLayer):
+            continue
+        params = int(sum(int(np.prod(v.shape)) for v in layer.weights))
+        macs = 0
+        out_shape = getattr(layer, "output", None)
+        spatial = int(np.prod(layer.output.shape[1:-1])) if out_shape is not None and len(layer.output.shape) > 2 else 1
+        if isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv2DTranspose, L.Dense)) and not isinstance(
+                layer, (L.SeparableConv1D, L.SeparableConv2D, L.DepthwiseConv1D, L.DepthwiseConv2D)):
+            kernel = layer.kernel.shape
+            positions = int(np.prod(layer.input.shape[1:-1])) if isinstance(layer, L.Conv2DTranspose) else spatial
+            macs = positions * int(np.prod(kernel))
+        elif isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
+            macs = spatial * int(np.prod(layer.kernel.shape))
+        elif isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+            macs = spatial * (int(np.prod(layer.depthwise_kernel.shape)) + int(np.prod(layer.pointwise_kernel.shape)))
+        costs[layer.name] = (params, macs)
+    return costs
+
+
+def shrink_report(before, after):
+    """A markdown table: per layer, the output width, parameters and MACs before and after `shrink`, and totals."""
+    from tfcompress.reports import markdown_table
+
+    old, new = layer_costs(before), layer_costs(after)
+    rows = []
+    for name, (params, macs) in old.items():
+        if name not in new or (params == 0 and macs == 0):
+            continue
+        layer_before, layer_after = before.get_layer(name), after.get_layer(name)
+        width = f"{layer_before.output.shape[-1]} → {layer_after.output.shape[-1]}"
+        rows.append((name, width, f"{params:,} → {new[name][0]:,}", f"{macs:,} → {new[name][1]:,}"))
+    total = [sum(c[i] for c in old.values()) for i in (0, 1)], [sum(c[i] for c in new.values()) for i in (0, 1)]
+    footer = (f"total: {total[0][0]:,} → {total[1][0]:,} parameters ({total[0][0] / max(total[1][0], 1):.2f}x fewer), "
+              f"{total[0][1]:,} → {total[1][1]:,} MACs ({total[0][1] / max(total[1][1], 1):.2f}x fewer)")
+    return markdown_table(("layer", "channels", "parameters", "MACs"), rows, footer=footer)
