@@ -40,6 +40,9 @@ with _quiet_import:
         ChannelPruningCallback, ChannelPruningError, ConstantSparsity, PolynomialDecay, Pruner, PruningCallback,
         PruningSchedule, SparsityReport, prune_channels, shrink, sparsity_report,
     )
+    # Clustering
+    from tfcompress import clustering  # noqa: E402
+    from tfcompress.clustering import ClusteringCallback, cluster_weights  # noqa: E402
     # Distillation
     from tfcompress.distill import Distiller  # noqa: E402
     # Quantization-aware training (QAT)
@@ -69,6 +72,8 @@ __all__ = [
     # pruning
     "PruningCallback", "Pruner", "PolynomialDecay", "ConstantSparsity", "PruningSchedule", "sparsity_report",
     "SparsityReport", "ChannelPruningCallback", "prune_channels", "shrink", "ChannelPruningError",
+    # clustering
+    "ClusteringCallback", "cluster_weights", "clustering",
     # distillation
     "Distiller",
     # quantization-aware training (QAT)

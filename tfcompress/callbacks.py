@@ -6,9 +6,10 @@
 """
 
 from tfcompress.backup import BackupAndRestore
+from tfcompress.clustering import ClusteringCallback
 from tfcompress.pruning.callback import PruningCallback
 from tfcompress.pruning.channel_callback import ChannelPruningCallback
 from tfcompress.quantization.parity_callback import TFLiteParityCallback
 from tfcompress.quantization.quantize import FreezeQuantization
 
-__all__ = ["BackupAndRestore", "ChannelPruningCallback", "FreezeQuantization", "PruningCallback", "TFLiteParityCallback"]
+__all__ = ["BackupAndRestore", "ChannelPruningCallback", "ClusteringCallback", "FreezeQuantization", "PruningCallback", "TFLiteParityCallback"]
