@@ -43,6 +43,7 @@ with _quiet_import:
     # Clustering
     from tfcompress import clustering  # noqa: E402
     from tfcompress.clustering import ClusteringCallback, cluster_weights  # noqa: E402
+    from tfcompress.factorize import factorize  # noqa: E402
     # Distillation
     from tfcompress.distill import Distiller  # noqa: E402
     # Quantization-aware training (QAT)
@@ -73,7 +74,7 @@ __all__ = [
     "PruningCallback", "Pruner", "PolynomialDecay", "ConstantSparsity", "PruningSchedule", "sparsity_report",
     "SparsityReport", "ChannelPruningCallback", "prune_channels", "shrink", "ChannelPruningError",
     # clustering
-    "ClusteringCallback", "cluster_weights", "clustering",
+    "ClusteringCallback", "cluster_weights", "clustering", "factorize",
     # distillation
     "Distiller",
     # quantization-aware training (QAT)
