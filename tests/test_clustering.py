@@ -102,3 +102,12 @@ def test_kmeans_and_inits():
         tfc.cluster_weights(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), 300)
     with pytest.raises(ValueError, match=r"init='random'"):
         tfc.ClusteringCallback(init="random")
+
+
+def test_deep_compression_chain_prune_cluster_qat_int8(trained_digits_model):
+    result = tfc.compress(trained_digits_model, "digits",
+                          [tfc.Prune(0.5, epochs=1), tfc.Cluster(8, epochs=1),
+                           tfc.QuantizationAwareTraining(epochs=1), tfc.Convert("int8")], verbose=0, num_runs=3)
+    name = "prune50-cluster8-qat-int8"
+    assert name in result.reports and result.reports[name].accuracy > 0.85
+    assert result.reports[name].sparsity > 0.4  # the pruned zeros survived clustering, QAT and int8

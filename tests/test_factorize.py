@@ -47,3 +47,10 @@ def test_factorize_says_why_a_layer_is_kept_and_rejects_bad_arguments(trained_di
         tfc.factorize(trained_digits_model, energy=1.5)
     with pytest.raises(ValueError, match=r"layers=\['nope'\]"):
         tfc.factorize(trained_digits_model, layers=["nope"])
+
+
+def test_factorize_step_in_a_recipe(trained_digits_model):
+    result = tfc.compress(trained_digits_model, "digits", [tfc.Factorize(0.9, epochs=1), tfc.Convert("int8")],
+                          evaluate=False, verbose=0)
+    assert "lowrank90-int8" in result.artifacts
+    assert result.model.count_params() < trained_digits_model.count_params()

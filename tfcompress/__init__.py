@@ -60,7 +60,7 @@ with _quiet_import:
     _tf.config.list_physical_devices("GPU")
 # Recipes: one verb for a whole chain
 from tfcompress.recipe import (  # noqa: E402
-    CompressionResult, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining, compress,
+    Cluster, CompressionResult, Convert, Distill, Factorize, Prune, PruneChannels, QuantizationAwareTraining, compress,
 )
 
 __all__ = [
@@ -80,7 +80,7 @@ __all__ = [
     # quantization-aware training (QAT)
     "quantize_model", "QATConfig", "TFLiteParityCallback", "quantization",
     # recipes
-    "compress", "CompressionResult", "Prune", "PruneChannels", "Distill", "QuantizationAwareTraining", "Convert",
+    "compress", "CompressionResult", "Prune", "PruneChannels", "Cluster", "Factorize", "Distill", "QuantizationAwareTraining", "Convert",
     # callbacks, files, data, models
     "callbacks", "BackupAndRestore", "write_atomic", "OutputExistsError", "datasets", "zoo",
 ]

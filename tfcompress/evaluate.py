@@ -610,7 +610,7 @@ def evaluate_tflite(
         accuracy=accuracy,
         accuracy_samples=0 if y is None else int(len(y)),
         accuracy_backend=accuracy_backend,
-        accuracy_output=heads[head][0] if y is not None else None,
+        accuracy_output=heads[head][0] if y is not None and len(heads) > 1 else None,
         notes=notes,
         failed_backends=failures,
     )

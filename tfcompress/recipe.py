@@ -100,6 +100,51 @@ class PruneChannels:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cluster:
+    """Weight clustering (`cluster_weights`), then fine-tuning with the centroids training (`ClusteringCallback`).
+
+    Args:
+        num_clusters: values per kernel (per output channel with ``per_channel``), in [2, 256].
+        epochs: fine-tuning epochs (0: one-shot clustering only).
+        per_channel: cluster each output channel of convolutions separately.
+        learning_rate: initial Adam learning rate, cosine-decayed to zero over the step.
+    """
+
+    num_clusters: int = 16
+    epochs: int = 1
+    per_channel: bool = True
+    learning_rate: float = 1e-4
+
+    def __post_init__(self):
+        from tfcompress.clustering import _check
+
+        _check(self.num_clusters, "kmeans++")
+        if self.epochs:
+            _check_epochs(self, self.epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Factorize:
+    """Low-rank factorization (`factorize`), then fine-tuning.
+
+    Args:
+        energy: share of each kernel's squared singular values kept, in (0, 1].
+        epochs: fine-tuning epochs (0: none).
+        learning_rate: initial Adam learning rate, cosine-decayed to zero over the step.
+    """
+
+    energy: float = 0.9
+    epochs: int = 1
+    learning_rate: float = 1e-3
+
+    def __post_init__(self):
+        if not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"Factorize(energy={self.energy!r}): energy must be in (0, 1].")
+        if self.epochs:
+            _check_epochs(self, self.epochs)
+
+
+@dataclasses.dataclass(frozen=True)
 class Distill:
     """Train the current model as a student of ``teacher`` (knowledge distillation).
 
@@ -166,7 +211,7 @@ class Convert:
             raise ValueError(f"Convert(mode={self.mode!r}): choose one of {list(MODES)}.")
 
 
-STEPS = (Prune, PruneChannels, Distill, QuantizationAwareTraining, Convert)
+STEPS = (Prune, PruneChannels, Cluster, Factorize, Distill, QuantizationAwareTraining, Convert)
 
 NAMED_RECIPES = {
     "float32": [Convert("float32")],
@@ -209,23 +254,23 @@ def _resolve_recipe(recipe, convert_default=True):
     if isinstance(recipe, str):
         if recipe not in NAMED_RECIPES:
             raise ValueError(f"recipe={recipe!r} is not a named recipe; choose one of {sorted(NAMED_RECIPES)} "
-                             "or pass a list of steps (Prune, PruneChannels, Distill, QuantizationAwareTraining, "
-                             "Convert).")
+                             "or pass a list of steps (Prune, PruneChannels, Cluster, Factorize, Distill, "
+                             "QuantizationAwareTraining, Convert).")
         return list(NAMED_RECIPES[recipe])
     if isinstance(recipe, STEPS):
         recipe = [recipe]
     steps = list(recipe)
     for i, step in enumerate(steps):
         if not isinstance(step, STEPS):
-            raise TypeError(f"recipe step {i} is {step!r}; steps are Prune, PruneChannels, Distill, "
-                            "QuantizationAwareTraining or Convert.")
+            raise TypeError(f"recipe step {i} is {step!r}; steps are Prune, PruneChannels, Cluster, Factorize, "
+                            "Distill, QuantizationAwareTraining or Convert.")
     if not steps:
         raise ValueError("recipe is empty; add at least one step (e.g. Convert('int8')).")
     if convert_default and not any(isinstance(s, Convert) for s in steps):
         steps.append(Convert("int8"))
     quantized_at = next((i for i, s in enumerate(steps) if isinstance(s, QuantizationAwareTraining)), None)
     if quantized_at is not None:
-        late = [type(s).__name__ for s in steps[quantized_at + 1:] if isinstance(s, (Prune, PruneChannels, Distill))]
+        late = [type(s).__name__ for s in steps[quantized_at + 1:] if isinstance(s, (Prune, PruneChannels, Factorize, Distill))]
         if late:
             raise ValueError(f"recipe: {late} after QuantizationAwareTraining would train a fake-quantized model outside "
                              "QAT; put pruning and distillation before QuantizationAwareTraining.")
@@ -390,6 +435,28 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             chain.append(f"channels{round(100 * step.ratio)}")
             say(f"removed {100 * callback.sparsity:.0f}% of the removable channels over {step.epochs} epoch(s): "
                 f"{before:,} -> {current.count_params():,} parameters", start)
+        elif isinstance(step, Cluster):
+            from tfcompress.clustering import ClusteringCallback, cluster_weights
+
+            current = cluster_weights(current, step.num_clusters, per_channel=step.per_channel)
+            if step.epochs:
+                current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
+                current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
+                            callbacks=[ClusteringCallback(step.num_clusters, per_channel=step.per_channel, verbose=0)]
+                            + backup(step_index, "cluster"))
+            chain.append(f"cluster{step.num_clusters}")
+            say(f"clustered to {step.num_clusters} values per kernel, fine-tuned {step.epochs} epoch(s)", start)
+        elif isinstance(step, Factorize):
+            from tfcompress.factorize import factorize
+
+            before = current.count_params()
+            current = factorize(current, energy=step.energy, verbose=0)
+            if step.epochs:
+                current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
+                current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
+                            callbacks=backup(step_index, "factorize"))
+            chain.append(f"lowrank{round(100 * step.energy)}")
+            say(f"factorized at energy {step.energy}: {before:,} -> {current.count_params():,} parameters", start)
         elif isinstance(step, Distill):
             kwargs = {k: v for k, v in (("temperature", step.temperature), ("alpha", step.alpha)) if v is not None}
             teacher_was_trainable = step.teacher.trainable
