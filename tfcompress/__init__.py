@@ -50,6 +50,7 @@ with _quiet_import:
     from tfcompress import quantization  # noqa: E402
     from tfcompress.quantization import QATConfig, TFLiteParityCallback, quantize_model  # noqa: E402
     from tfcompress.quantization import AccuracyBudgetError, quantization_sensitivity  # noqa: E402
+    from tfcompress.firmware import export_c_array  # noqa: E402
     # Training utilities, files
     from tfcompress.backup import BackupAndRestore  # noqa: E402
     from tfcompress.files import OutputExistsError, write_atomic  # noqa: E402
@@ -69,7 +70,7 @@ __all__ = [
     "quantization_sensitivity", "AccuracyBudgetError",
     "inspect_tflite", "InvalidTFLiteFileError",
     # evaluation
-    "evaluate_tflite", "evaluate_many", "compare", "EvaluationReport",
+    "evaluate_tflite", "evaluate_many", "compare", "EvaluationReport", "export_c_array",
     # pruning
     "PruningCallback", "Pruner", "PolynomialDecay", "ConstantSparsity", "PruningSchedule", "sparsity_report",
     "SparsityReport", "ChannelPruningCallback", "prune_channels", "shrink", "ChannelPruningError",

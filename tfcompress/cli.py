@@ -386,6 +386,28 @@ def _quantize(argv):
     _finish_training("qat", path, [QuantizationAwareTraining(epochs=FLAGS.epochs, **_learning_rate())])
 
 
+# --- export ----------------------------------------------------------------------------------
+
+def _define_export():
+    _define_common()
+    flags.DEFINE_string("c_array", None, "Write the model as a C array to this .cc file (and a .h beside it), in "
+                        "TensorFlow Lite Micro's convention (default: none - required).")
+    flags.DEFINE_string("name", "g_model", "C identifier of the array.")
+
+
+def _export(argv):
+    from tfcompress.firmware import export_c_array
+
+    if len(argv) != 2:
+        raise UsageError("usage: tfcompress export MODEL.tflite --c_array=model_data.cc [--name=g_model]")
+    if not FLAGS.c_array:
+        raise UsageError("--c_array=model_data.cc is required: the C source file to write.")
+    if not os.path.isfile(argv[1]):
+        raise UsageError(f"model file {argv[1]!r} not found.")
+    source, header = export_c_array(argv[1], FLAGS.c_array, name=FLAGS.name, overwrite=FLAGS.overwrite)
+    _progress(f"wrote {source} and {header}: {os.path.getsize(argv[1]):,} bytes as {FLAGS.name}[]")
+
+
 # --- demo --------------------------------------------------------------------------------------
 
 def _define_demo():
@@ -420,6 +442,7 @@ COMMANDS = {
     "convert": (_define_convert, _convert, "Convert a .keras model to .tflite; --mode=int8/int16x8/dynamic/float16 "
                 "are post-training quantization (PTQ)."),
     "evaluate": (_define_evaluate, _evaluate, "Size, latency (CPU vs XNNPACK) and accuracy of .tflite files."),
+    "export": (_define_export, _export, "Write a .tflite as a C array (.cc + .h) for firmware (TFLite Micro)."),
     "demo": (_define_demo, _demo, "The end-to-end demo on Fashion-MNIST: train, compress, evaluate, report."),
 }
 
