@@ -111,3 +111,47 @@ def test_deep_compression_chain_prune_cluster_qat_int8(trained_digits_model):
     name = "prune50-cluster8-qat-int8"
     assert name in result.reports and result.reports[name].accuracy > 0.85
     assert result.reports[name].sparsity > 0.4  # the pruned zeros survived clustering, QAT and int8
+
+
+MIRRORED = """
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import numpy as np
+import tfcompress as tfc
+
+(x, y), (x_test, y_test) = tfc.datasets.digits()
+
+
+def run(strategy):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3, activation="relu", name="conv"),
+                                  keras.layers.Flatten(), keras.layers.Dense(10, name="logits")])
+        tfc.zoo.compile_classifier(model, learning_rate=3e-3)
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[tfc.ClusteringCallback(8, verbose=0)])
+    kernels = [model.get_layer(n).kernel.numpy() for n in ("conv", "logits")]
+    return ([int(np.unique(k).size) for k in kernels],
+            float(np.mean(model.predict(x_test, verbose=0).argmax(-1) == y_test)))
+
+
+print("RESULT" + json.dumps({"mirrored": run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
+                             "single": run(tf.distribute.OneDeviceStrategy("/cpu:0"))}))
+"""
+
+
+def test_clustering_under_mirrored_strategy():
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT"):])
+    (distinct, accuracy), (single_distinct, single_accuracy) = result["mirrored"], result["single"]
+    assert max(distinct) <= 8 and max(single_distinct) <= 8, result
+    assert abs(accuracy - single_accuracy) < 0.03 and accuracy > 0.85, result
