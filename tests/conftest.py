@@ -44,3 +44,33 @@ def trained_digits_model(digits_data):
 def keras_accuracy(model, x, y):
     logits = np.asarray(model.predict(x, verbose=0, batch_size=256))
     return float(np.mean(logits.argmax(1) == y))
+
+
+TWO_LOGICAL_CPUS = """
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import numpy as np
+import tfcompress as tfc
+
+(x, y), (x_test, y_test) = tfc.datasets.digits()
+"""
+
+
+def run_on_two_logical_cpus(body, timeout=600):
+    """Runs ``body`` in a fresh interpreter with two logical CPUs (they must be set before TF starts).
+
+    ``body`` sees ``tf``, ``keras``, ``np``, ``tfc`` and the digits data, and reports by printing
+    ``"RESULT" + json.dumps(...)``; that JSON is returned.
+    """
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", TWO_LOGICAL_CPUS + body], capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULT"):])

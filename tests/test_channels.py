@@ -189,16 +189,6 @@ def test_compress_step_and_cli_prune_channels(trained_digits_model, digits_data,
 
 
 MIRRORED = """
-import json
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras
-import numpy as np
-import tfcompress as tfc
-
-(x, y), (x_test, y_test) = tfc.datasets.digits()
-
 
 def run(strategy):
     keras.utils.set_random_seed(0)
@@ -224,14 +214,9 @@ print("RESULT" + json.dumps({"mirrored": mirrored, "single": single}))
 
 
 def test_channel_pruning_under_mirrored_strategy_prunes_what_one_device_prunes():
-    import json
-    import subprocess
-    import sys
+    from conftest import run_on_two_logical_cpus
 
-    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT"):])
+    result = run_on_two_logical_cpus(MIRRORED)
     (units, params, accuracy), (single_units, single_params, single_accuracy) = result["mirrored"], result["single"]
     overlap = len(set(units) & set(single_units)) / max(len(single_units), 1)
     assert params == single_params and overlap >= 0.9, result

@@ -114,16 +114,6 @@ def test_deep_compression_chain_prune_cluster_qat_int8(trained_digits_model):
 
 
 MIRRORED = """
-import json
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras
-import numpy as np
-import tfcompress as tfc
-
-(x, y), (x_test, y_test) = tfc.datasets.digits()
-
 
 def run(strategy):
     keras.utils.set_random_seed(0)
@@ -144,14 +134,9 @@ print("RESULT" + json.dumps({"mirrored": run(tf.distribute.MirroredStrategy(["/c
 
 
 def test_clustering_under_mirrored_strategy():
-    import json
-    import subprocess
-    import sys
+    from conftest import run_on_two_logical_cpus
 
-    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT"):])
+    result = run_on_two_logical_cpus(MIRRORED)
     (distinct, accuracy), (single_distinct, single_accuracy) = result["mirrored"], result["single"]
     assert max(distinct) <= 8 and max(single_distinct) <= 8, result
     assert abs(accuracy - single_accuracy) < 0.03 and accuracy > 0.85, result

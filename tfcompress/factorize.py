@@ -81,9 +81,7 @@ def factorize(model, energy=0.9, rank=None, layers=None, verbose=1):
         ValueError: bad ``energy`` / ``rank`` / ``layers``, a subclassed model.
     """
     graph.check_model(model, action="factorize")
-    if not graph.is_functional(model):
-        raise TypeError(f"factorize needs the layer graph of model {model.name!r}, but it is subclassed; build it "
-                        "with the Functional or Sequential API.")
+    graph.check_functional(model, "factorize")
     if rank is None and (isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1):
         raise ValueError(f"energy={energy!r} must be in (0, 1]: the share of squared singular values kept.")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):

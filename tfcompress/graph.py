@@ -58,6 +58,24 @@ def check_model(model, argument="model", action="compress", allow_layer=False, r
     return model
 
 
+class SubclassedModelError(TypeError):
+    """A verb that rewrites or reads the layer graph was given a subclassed model (its graph is Python code)."""
+
+
+def check_functional(model, verb, error=SubclassedModelError):
+    """Raises ``error`` unless ``model`` is Functional or Sequential, with the one message every verb uses.
+
+    Args:
+        verb: what needs the graph, for the message (``"quantize_model"``, ``"channel pruning"``...).
+    """
+    if not is_functional(model):
+        raise error(
+            f"{verb} needs the layer graph of model {model.name!r} ({type(model).__name__}), but it is subclassed: "
+            "its graph lives in Python code. Build it with the Functional or Sequential API, or apply "
+            f"{verb} to the Functional/Sequential sub-models it calls.")
+    return model
+
+
 def is_functional(model):
     """True for Functional and Sequential models: their graph is data, not Python code."""
     if isinstance(model, keras.Sequential) or type(model) is keras.Model:

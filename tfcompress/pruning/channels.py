@@ -91,11 +91,7 @@ class ChannelGraph:
 
     def __init__(self, model, layers=None, skip=None):
         graph.check_model(model, action="prune channels of")
-        if not graph.is_functional(model):
-            raise ChannelPruningError(
-                f"Channel pruning needs the layer graph of model {model.name!r}, but it is subclassed: its graph "
-                "lives in Python code. Build it with the Functional or Sequential API (or prune the Functional "
-                "models it calls).")
+        graph.check_functional(model, "channel pruning", error=ChannelPruningError)
         self.model = model
         self._parent = []
         self._fixed_reason = {}

@@ -234,12 +234,7 @@ def _check_config(config):
 
 def _check_model(model):
     graph.check_model(model, action="quantize", require_built=False)
-    if not graph.is_functional(model):
-        raise TypeError(
-            f"quantize_model cannot rewrite subclassed model {model.name!r} ({type(model).__name__}): its "
-            "graph lives in Python code. Build it with the Functional or Sequential API, or apply "
-            "quantize_model to the Functional/Sequential sub-models it calls."
-        )
+    graph.check_functional(model, "quantize_model")
     graph.check_model(model, action="quantize")
     for layer in graph.layers_of(model):
         if isinstance(layer, (QuantizedLayerMixin, ActivationQuantizer)):

@@ -238,11 +238,7 @@ def quantization_sensitivity(model, representative_data, x=None, y=None, accurac
     from tfcompress.quantization import quantize
 
     graph.check_model(model, action="analyse")
-    if not graph.is_functional(model):
-        raise TypeError(
-            f"quantization_sensitivity needs the layer graph of model {model.name!r}, but it is subclassed "
-            "(its graph lives in Python code). Analyse the Functional/Sequential model it calls, or rebuild it "
-            "with the Functional API.")
+    graph.check_functional(model, "quantization_sensitivity")
     specs = convert.input_specs(model, representative_data)
     samples = representative.prepare(representative_data, specs, max_samples=max_samples)
     calibration = [np.concatenate([s[i] for s in samples]) for i in range(len(specs))]
