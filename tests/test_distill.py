@@ -567,3 +567,23 @@ def test_the_teacher_freeze_lasts_through_pruned_distillation_until_trainable_is
     own.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     own.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
     assert any(not np.array_equal(b, a.numpy()) for b, a in zip(before, own.weights))
+
+
+def test_a_list_of_teachers_teaches_their_averaged_soft_targets(teacher, digits):
+    (x, y), (x_test, y_test) = digits
+    keras.utils.set_random_seed(3)
+    second = tfc.zoo.compile_classifier(_teacher(name="teacher2"), learning_rate=3e-3)
+    second.fit(x, y, epochs=4, batch_size=32, verbose=0)
+    distiller = _distiller([teacher, second], temperature=3.0)
+    ensemble = distiller.teacher
+    soft = keras.ops.convert_to_numpy(keras.ops.softmax(ensemble(x_test[:32]) / 3.0))
+    expected = np.mean([keras.ops.convert_to_numpy(keras.ops.softmax(t(x_test[:32]) / 3.0)) for t in (teacher, second)],
+                       axis=0)
+    np.testing.assert_allclose(soft, expected, atol=1e-5)
+    assert not teacher.trainable and not second.trainable
+    distiller.fit(distiller.cache_teacher(x, y, batch_size=64), epochs=3, verbose=0)
+    accuracy = float(np.mean(np.asarray(distiller.student(x_test)).argmax(1) == y_test))
+    assert accuracy > 0.7
+    wrong = keras.Sequential([keras.Input(INPUT_SHAPE), keras.layers.Flatten(), keras.layers.Dense(5)], name="five")
+    with pytest.raises(ValueError, match=r"teacher\[0\] 'teacher' output shape .* teacher\[1\] 'five'"):
+        tfc.Distiller([teacher, wrong], _student())

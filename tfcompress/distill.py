@@ -20,6 +20,54 @@ _LABEL_RANGE_MARKER = "tfcompress.Distiller: label out of range"
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
+class SoftEnsemble(keras.layers.Layer):
+    """Logits whose temperature-softened distribution is the mean of its inputs' softened distributions.
+
+    ``softmax(output / T) == mean_i softmax(logits_i / T)``: the output is ``T * log(mean_i softmax(logits_i / T))``,
+    so a distillation loss at temperature ``T`` sees the ensemble's averaged soft targets.
+    """
+
+    def __init__(self, temperature=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, logits):
+        ops = keras.ops
+        probabilities = ops.mean(ops.stack([ops.softmax(z / self.temperature, axis=-1) for z in logits]), axis=0)
+        return self.temperature * ops.log(probabilities + 1e-12)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def ensemble_teacher(teachers, temperature):
+    """One teacher model from several trained ones: their softened distributions, averaged (`SoftEnsemble`).
+
+    Args:
+        teachers: trained Functional or Sequential models with the same input and output shapes (logits).
+        temperature: the distillation temperature the averaging is done at.
+
+    Returns:
+        A Functional ``keras.Model`` that outputs the ensemble's logits at that temperature.
+    """
+    teachers = list(teachers)
+    if not teachers:
+        raise ValueError("teacher is an empty list; pass one trained model or several.")
+    for i, teacher in enumerate(teachers):
+        graph.check_model(teacher, f"teacher[{i}]", action="distill from")
+        graph.check_functional(teacher, "a teacher ensemble")
+        _check_outputs_logits(teacher, f"teacher[{i}]")
+        if i:
+            _check_same_shape(teachers[0], teacher, "input", roles=("teacher[0]", f"teacher[{i}]"))
+            _check_same_shape(teachers[0], teacher, "output", roles=("teacher[0]", f"teacher[{i}]"))
+    if len(teachers) == 1:
+        return teachers[0]
+    inputs = keras.Input(batch_shape=teachers[0].inputs[0].shape, dtype=teachers[0].inputs[0].dtype, name="image")
+    outputs = SoftEnsemble(temperature, name="soft_ensemble")([t(inputs) for t in teachers])
+    return keras.Model(inputs, outputs, name=f"ensemble_of_{len(teachers)}")
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
 class Distiller(keras.distillation.Distiller):
     """Trains ``student`` on the hard labels and on the softened outputs of a frozen ``teacher``.
 
@@ -71,7 +119,9 @@ class Distiller(keras.distillation.Distiller):
     much as a plain student epoch.
 
     Args:
-        teacher: a trained, built ``keras.Model`` that outputs logits.
+        teacher: a trained, built ``keras.Model`` that outputs logits, or a list of them
+            (an ensemble: their temperature-softened distributions are averaged, see
+            `ensemble_teacher`, and teach the one student).
         student: the ``keras.Model`` to train; same input and output shapes as the teacher.
         temperature: softmax temperature ``T > 0`` of the soft loss. Higher values pass
             more of the teacher's "dark knowledge" about wrong classes.
@@ -120,6 +170,11 @@ class Distiller(keras.distillation.Distiller):
         name="distiller",
         **kwargs,
     ):
+        if isinstance(teacher, (list, tuple)):
+            if feature_layers:
+                raise ValueError("feature_layers needs one teacher's activations; with a list of teachers, "
+                                 "distil their logits only (leave feature_layers unset).")
+            teacher = ensemble_teacher(teacher, _check_number(temperature, "temperature"))
         # The teacher must be trained, so built; a subclassed student may be built by its first step.
         graph.check_model(teacher, "teacher", action="distill from")
         graph.check_model(student, "student", action="distill into", require_built=False)
@@ -516,7 +571,7 @@ def _check_outputs_logits(model, role):
         )
 
 
-def _check_same_shape(teacher, student, kind):
+def _check_same_shape(teacher, student, kind, roles=("teacher", "student")):
     attribute = kind + "s"
     if not getattr(teacher, attribute, None) or not getattr(student, attribute, None):
         return
@@ -531,7 +586,7 @@ def _check_same_shape(teacher, student, kind):
             else "Both must read the same images."
         )
         raise ValueError(
-            f"The teacher {teacher.name!r} {kind} shape {teacher_shape} does not match the student "
+            f"The {roles[0]} {teacher.name!r} {kind} shape {teacher_shape} does not match the {roles[1]} "
             f"{student.name!r} {kind} shape {student_shape}. {hint}"
         )
 
