@@ -267,3 +267,11 @@ def test_importing_tensorflow_through_tfcompress_prints_no_chatter():
     result = subprocess.run([sys.executable, "-c", "import tfcompress"], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert "oneDNN" in result.stderr or "cuda" in result.stderr
+
+
+def test_keep_float_keeps_only_the_named_layer_float(trained_digits_model, digits_data):
+    # The op that reads a kept layer's output is the next layer: it stays int8 (a bug kept it float too).
+    (x, _), _ = digits_data
+    b = tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:64], keep_float=["conv2"])
+    floats = b.info.float_compute_ops()
+    assert [op.type for op in floats] == ["CONV_2D"] and "conv2" in floats[0].output_names[0]

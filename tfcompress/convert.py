@@ -615,10 +615,13 @@ def _convert_keeping_float(converter, saved_model_dir, samples, keep_float):
     # Op names are only known after conversion: read them off a float conversion.
     float_converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serve"])
     info = tflite_file.inspect(float_converter.convert())
-    # A fused op's output may carry the signature's name, so its weights' names identify the layer too.
+    # A fused op's output may carry the signature's name, so its weights' names identify the layer too. Only
+    # constant inputs count: an op reading a kept layer's *output* is the next layer, which stays int8.
+    constants = {w.name for w in info.weights}
     nodes = sorted({
         op.output_names[0] for op in info.operators
-        if op.output_names and any(p.search(n) for p in patterns for n in op.output_names + op.input_names)
+        if op.output_names and any(p.search(n) for p in patterns
+                                   for n in op.output_names + [i for i in op.input_names if i in constants])
     })
     if not nodes:
         raise ValueError(f"keep_float={keep_float}: no TFLite op comes from these layers; check the names.")
