@@ -49,6 +49,8 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import bench_common  # noqa: E402  (tools/ is on sys.path: the script's folder)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Smoke test of every code path: little data, 1 epoch, 1 seed, MobileNetV2 0.35 only.")
 flags.DEFINE_integer("seeds", 3, "Seeds of the reference-CNN part (0..seeds-1).")
@@ -182,18 +184,6 @@ def _load_weights(path):
     with np.load(path) as archive:
         return [archive[f"arr_{i}"] for i in range(len(archive.files))]
 
-
-def _reestimate_batch_norm(model, x, batch=256):
-    """Sets every BN's moving statistics to those of one large training batch (momentum 0 for one pass)."""
-    import keras
-
-    bns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.momentum = 0.0
-    model(x[:batch], training=True)
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
 
 
 def _student_channel_pruning(*args, **kwargs):
@@ -349,16 +339,6 @@ def _cnn_seed(s, seed, data):
 # MobileNetV2 ---------------------------------------------------------------------------------
 
 
-def _upscale(images):
-    import numpy as np
-    import tensorflow as tf
-
-    out = np.empty((len(images), 96, 96, 3), np.float32)
-    for start in range(0, len(images), 500):
-        resized = tf.image.resize(images[start:start + 500], (96, 96)).numpy()
-        out[start:start + 500] = np.repeat(resized, 3, axis=-1) * 2.0 - 1.0  # mobilenet_v2.preprocess_input range
-    return out
-
 
 def _mnv2(alpha):
     import keras
@@ -388,7 +368,7 @@ def _mnv2_seed(s, seed, data):
             keras.utils.set_random_seed(seed)
             net = tfc.zoo.compile_classifier(_mnv2(alpha), learning_rate=s["learning_rate"])
             net.fit(x, y, epochs=s["mnv2_epochs"], batch_size=s["mnv2_batch_size"], verbose=0)
-            _reestimate_batch_norm(net, x)
+            bench_common.reestimate_batch_norm(net, x)
             weights = net.get_weights()
             _save_weights(path, weights)
             _log(f"MobileNetV2 {alpha:g} seed {seed}: trained in {time.perf_counter() - start:.0f} s, cached")
@@ -421,7 +401,7 @@ def _mnv2_seed(s, seed, data):
                 net.fit(x, y, epochs=s["mnv2_finetune_epochs"], batch_size=s["mnv2_batch_size"], verbose=0)
                 small = net
                 row.update(removed=0.0)
-            _reestimate_batch_norm(small, x)
+            bench_common.reestimate_batch_norm(small, x)
             row.update(params=small.count_params(), macs=_macs(small), train_seconds=time.perf_counter() - start)
             files[f"{name} float32"] = tfc.to_tflite(small, mode="float32")
             files[f"{name} int8"] = tfc.to_tflite(small, mode="int8", representative_data=x[: s["calibration"]])
@@ -625,7 +605,7 @@ def main(argv):
     mnv2_seeds, mnv2_agg, mnv2_compares = [], None, []
     if s["mnv2_alphas"]:
         (mx, my), (mxt, myt) = tfc.datasets.fashion_mnist(limit_train=s["mnv2_train"], limit_test=s["mnv2_test"])
-        mdata = (_upscale(mx), my, _upscale(mxt), myt)
+        mdata = (bench_common.upscale_to_mobilenet(mx), my, bench_common.upscale_to_mobilenet(mxt), myt)
         for seed in range(s["mnv2_seeds"]):
             rows, compare = _mnv2_seed(s, seed, mdata)
             mnv2_seeds.append(rows)

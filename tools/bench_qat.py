@@ -54,6 +54,8 @@ from absl import app, flags, logging
 
 import tfmot_baseline  # tools/ is on sys.path: it is the script's own folder
 
+import bench_common  # noqa: E402  (tools/ is on sys.path: the script's folder)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("float_epochs", 3, "Epochs of float training before quantization.")
 flags.DEFINE_integer("qat_epochs", 2, "Epochs of quantization-aware fine-tuning (ours and tfmot).")
@@ -242,7 +244,7 @@ def _coverage(s):
         x_train, x_eval = prepare(upscale(x)).astype("float32"), prepare(upscale(x_test)).astype("float32")
         tfc.zoo.compile_classifier(model)
         model.fit(x_train, y, epochs=s["coverage_epochs"], batch_size=32, verbose=0)
-        _reestimate_batch_norm(model, x_train)
+        bench_common.reestimate_batch_norm(model, x_train)
         row = {}
         try:
             qat = tfc.quantize_model(model)
@@ -287,18 +289,6 @@ def _run_tflite(tflite, x, builtin_kernels=False):
     interpreter.invoke()
     return interpreter.get_tensor(out["index"])
 
-
-def _reestimate_batch_norm(model, x, batch=256):
-    """Sets every BN's moving statistics to those of one large batch (a few float steps leave them stale)."""
-    import keras
-
-    bns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.momentum = 0.0
-    model(x[:batch], training=True)
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
 
 
 # tfmot (subprocess, tf_keras) ---------------------------------------------------------------

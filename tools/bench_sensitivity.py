@@ -61,6 +61,8 @@ import numpy as np  # noqa: E402
 import tfcompress as tfc  # noqa: E402
 from tfcompress.quantization import sensitivity  # noqa: E402
 
+import bench_common  # noqa: E402  (tools/ is on sys.path: the script's folder)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_boolean("quick", False, "Smoke test: little data, 1 epoch, MobileNetV2 alpha 0.35 only (numbers meaningless).")
 flags.DEFINE_integer("seed", 0, "Random seed of every training run.")
@@ -116,18 +118,6 @@ def _log(message):
 # Models ------------------------------------------------------------------------------------
 
 
-def _reestimate_batch_norm(model, x, batch=256):
-    """Sets every BN's moving statistics to those of one large training batch."""
-    import keras
-
-    bns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.momentum = 0.0
-    model(x[:batch], training=True)
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-
 
 def _with_outlier_unit(model, scale):
     """The same function, but one fc1 unit's output ``scale`` times larger (the logits' weights for it smaller)."""
@@ -153,21 +143,12 @@ def _small_data(s):
     return dict(x=x[:n], y=y[:n], x_val=x[n:], y_val=y[n:], x_test=x_test, y_test=y_test)
 
 
-def _upscale(images):
-    import tensorflow as tf
-
-    out = np.empty((len(images), 96, 96, 3), np.float32)
-    for start in range(0, len(images), 500):
-        resized = tf.image.resize(images[start:start + 500], (96, 96)).numpy()
-        out[start:start + 500] = np.repeat(resized, 3, axis=-1) * 2.0 - 1.0  # mobilenet_v2.preprocess_input range
-    return out
-
 
 def _mnv2_data(s):
     (x, y), (x_test, y_test) = tfc.datasets.fashion_mnist(limit_train=s["mnv2_train"] + s["mnv2_val"],
                                                           limit_test=s["mnv2_test"])
     n = s["mnv2_train"]
-    return dict(x=_upscale(x[:n]), y=y[:n], x_val=_upscale(x[n:]), y_val=y[n:], x_test=_upscale(x_test),
+    return dict(x=bench_common.upscale_to_mobilenet(x[:n]), y=y[:n], x_val=bench_common.upscale_to_mobilenet(x[n:]), y_val=y[n:], x_test=bench_common.upscale_to_mobilenet(x_test),
                 y_test=y_test)
 
 
@@ -177,7 +158,7 @@ def _train(model, data, epochs, batch_size, learning_rate, seed):
     keras.utils.set_random_seed(seed)
     tfc.zoo.compile_classifier(model, learning_rate=learning_rate)
     model.fit(data["x"], data["y"], epochs=epochs, batch_size=batch_size, verbose=0)
-    _reestimate_batch_norm(model, data["x"])
+    bench_common.reestimate_batch_norm(model, data["x"])
     return model
 
 
