@@ -233,3 +233,18 @@ def test_shrink_report_counts_parameters_and_macs():
     assert "| c1 " in table and "x fewer" in table.splitlines()[-1]
     total_before = sum(c[0] for c in costs.values())
     assert total_before == model.count_params()
+
+
+def test_channel_pruning_callback_prunes_a_distillers_student(trained_digits_model, digits_data):
+    (x, y), (x_test, _) = digits_data
+    student = keras.models.clone_model(trained_digits_model)
+    student.set_weights(trained_digits_model.get_weights())
+    distiller = tfc.Distiller(teacher=trained_digits_model, student=student)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    callback = tfc.ChannelPruningCallback(tfc.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=20, frequency=5),
+                                          verbose=0)
+    distiller.fit(distiller.cache_teacher(x, y, batch_size=64), epochs=2, verbose=0, callbacks=[callback])
+    assert callback.graph.model is student and callback.sparsity == pytest.approx(0.5, abs=0.05)
+    small = tfc.shrink(student, verbose=0)
+    assert _relative_error(small(x_test), student(x_test)) < 1e-5
+    assert small.count_params() < 0.6 * student.count_params()

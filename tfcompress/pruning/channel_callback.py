@@ -51,20 +51,28 @@ class ChannelPruningCallback(keras.callbacks.Callback):
         self._masks = {}
         self._saved_constraints = {}
 
+    def _pruned_model(self):
+        """The model whose channels are pruned: the one being fit, or a `Distiller`'s student."""
+        student = getattr(self.model, "student", None)
+        if student is not None and getattr(self.model, "teacher", None) is not None:
+            return student
+        return self.model
+
     def on_train_begin(self, logs=None):
-        if self.graph is None or self.graph.model is not self.model:
-            self.graph = channels.ChannelGraph(self.model, layers=self.layers, skip=self.skip)
+        target = self._pruned_model()
+        if self.graph is None or self.graph.model is not target:
+            self.graph = channels.ChannelGraph(target, layers=self.layers, skip=self.skip)
             if not self.graph.units:
                 reasons = sorted(set(self.graph.reasons.values())) or ["it has no Conv/Dense layer"]
                 raise channels.ChannelPruningError(
-                    f"Model {self.model.name!r} has no prunable channel group: {'; '.join(reasons)}.")
+                    f"Model {target.name!r} has no prunable channel group: {'; '.join(reasons)}.")
             if self.verbose:
                 print(self.graph.plan_table())
             self.pruned = {u.index for u in channels.zeroed_units(self.graph)}
         self._attach()
 
     def _attach(self):
-        with self.model.distribute_strategy.scope():  # masks are mirrored like the weights they mask
+        with self._pruned_model().distribute_strategy.scope():  # masks are mirrored like the weights they mask
             for unit in self.graph.units:
                 for variable, _, _ in channels.unit_slices(self.graph, unit):
                     if id(variable) not in self._masks:
