@@ -24,7 +24,8 @@ from tfcompress.pruning import registry
 INITS = ("kmeans++", "linear", "density")
 
 
-def _check(num_clusters, init):
+def check_arguments(num_clusters, init):
+    """Raises a ValueError naming ``num_clusters`` or ``init`` when either is out of range."""
     if isinstance(num_clusters, bool) or not isinstance(num_clusters, (int, np.integer)) or not 2 <= num_clusters <= 256:
         raise ValueError(f"num_clusters={num_clusters!r} must be an integer in [2, 256] (16 is typical; int8 has "
                          "256 values, so more clusters cannot pay).")
@@ -107,19 +108,15 @@ def _clustered_values(table, assignment, per_channel):
 class _ClusterConstraint(keras.constraints.Constraint):
     """After each optimizer update: centroids move by their members' mean update; members go back on them."""
 
-    def __init__(self, table, assignment, group_index, frozen_zero, original=None):
-        self.table, self.assignment, self.group_index = table, assignment, group_index
-        self.frozen_zero, self.original = frozen_zero, original
-
-    def _flat_index(self):
-        k = self.table.shape[-1]
-        return self.group_index * k + self.assignment
+    def __init__(self, table, index, frozen_zero, original=None):
+        # index: each weight's slot in the flattened (groups, k) table, computed once when clustering.
+        self.table, self.index, self.frozen_zero, self.original = table, index, frozen_zero, original
 
     def __call__(self, weight):
         ops = keras.ops
         if self.original is not None:
             weight = self.original(weight)
-        index = ops.reshape(self._flat_index(), (-1,))
+        index = self.index
         flat_table = ops.reshape(self.table, (-1,))
         before = ops.take(flat_table, index)
         delta = ops.reshape(weight, (-1,)) - before
@@ -159,10 +156,10 @@ class ClusteringCallback(keras.callbacks.Callback):
     def __init__(self, num_clusters=16, init="kmeans++", per_channel=False, preserve_sparsity=True, layers=None,
                  skip=None, verbose=1):
         super().__init__()
-        _check(num_clusters, init)
+        check_arguments(num_clusters, init)
         self.num_clusters, self.init, self.per_channel = int(num_clusters), init, per_channel
         self.preserve_sparsity, self.layers, self.skip, self.verbose = preserve_sparsity, layers, skip, verbose
-        self.clustered = {}  # weight path -> (table variable, assignment variable)
+        self.clustered = {}  # weight path -> (centroid table, flat slot index, free-centroid mask) variables
         self.skipped = {}
         self._saved = {}
 
@@ -178,9 +175,9 @@ class ClusteringCallback(keras.callbacks.Callback):
         for entry in self._entries:
             variable = entry.variable
             if entry.path in self.clustered and id(variable) not in self._saved:
-                table, assignment, group_index, frozen = self.clustered[entry.path]
+                table, index, frozen = self.clustered[entry.path]
                 self._saved[id(variable)] = variable.constraint
-                variable.constraint = _ClusterConstraint(table, assignment, group_index, frozen, variable.constraint)
+                variable.constraint = _ClusterConstraint(table, index, frozen, variable.constraint)
         self.model.make_train_function(force=True)
 
     def _cluster(self):
@@ -198,16 +195,14 @@ class ClusteringCallback(keras.callbacks.Callback):
                 self.skipped[entry.path] = f"only {distinct} distinct values: kept as the centroids"
             table, assignment, frozen = _cluster_array(values, self.num_clusters, self.init, per_channel,
                                                        self.preserve_sparsity)
-            group_index = _group_index(values.shape, per_channel)
+            flat_index = (_group_index(values.shape, per_channel) * self.num_clusters + assignment).reshape(-1)
             with strategy.scope():
                 table_var = keras.Variable(table.astype(values.dtype), trainable=False, name=f"{entry.variable.name}_centroids")
-                assign_var = keras.Variable(assignment.astype("int32"), trainable=False, dtype="int32",
-                                            name=f"{entry.variable.name}_clusters")
-                group_var = keras.Variable(group_index.astype("int32"), trainable=False, dtype="int32",
-                                           name=f"{entry.variable.name}_cluster_groups")
+                index_var = keras.Variable(flat_index.astype("int32"), trainable=False, dtype="int32",
+                                           name=f"{entry.variable.name}_clusters")
                 frozen_var = keras.Variable(frozen.astype(values.dtype), trainable=False,
                                             name=f"{entry.variable.name}_cluster_free")
-            self.clustered[entry.path] = (table_var, assign_var, group_var, frozen_var)
+            self.clustered[entry.path] = (table_var, index_var, frozen_var)
             entry.variable.assign(_clustered_values(table, assignment, per_channel).astype(values.dtype))
         if self.verbose:
             print(clustering_report(self.model, self.layers, self.skip, skipped=self.skipped))
@@ -227,7 +222,7 @@ def cluster_weights(model, num_clusters, init="kmeans++", per_channel=False, pre
         A new plain Keras model (``model`` is not modified); fine-tune it with
         ``fit`` and a `ClusteringCallback` to train the centroids.
     """
-    _check(num_clusters, init)
+    check_arguments(num_clusters, init)
     graph.check_model(model, action="cluster")
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())

@@ -116,9 +116,9 @@ class Cluster:
     learning_rate: float = 1e-4
 
     def __post_init__(self):
-        from tfcompress.clustering import _check
+        from tfcompress.clustering import check_arguments
 
-        _check(self.num_clusters, "kmeans++")
+        check_arguments(self.num_clusters, "kmeans++")
         if self.epochs:
             _check_epochs(self, self.epochs)
 

@@ -48,7 +48,7 @@ def _bn_scales(channel_graph, name):
         positions = channel_graph.input_elements[reader][0]
         scores = np.full(len(channel_graph.elements[name]), np.nan)
         for i, e in enumerate(positions):
-            owner = channel_graph._owner[e]
+            owner = channel_graph.owner(e)
             if owner is not None and owner[0] == name:
                 scores[owner[1]] = gamma[i]
         if not np.isnan(scores).any():
