@@ -237,9 +237,11 @@ def test_shrink_report_counts_parameters_and_macs():
 
 def test_channel_pruning_callback_prunes_a_distillers_student(trained_digits_model, digits_data):
     (x, y), (x_test, _) = digits_data
-    student = keras.models.clone_model(trained_digits_model)
+    # Copies: the Distiller freezes its teacher in place, and the session fixture must stay trainable.
+    teacher, student = (keras.models.clone_model(trained_digits_model) for _ in range(2))
+    teacher.set_weights(trained_digits_model.get_weights())
     student.set_weights(trained_digits_model.get_weights())
-    distiller = tfc.Distiller(teacher=trained_digits_model, student=student)
+    distiller = tfc.Distiller(teacher=teacher, student=student)
     distiller.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
     callback = tfc.ChannelPruningCallback(tfc.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=20, frequency=5),
                                           verbose=0)
