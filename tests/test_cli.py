@@ -104,6 +104,14 @@ def test_convert_then_evaluate(saved_model, tmp_path):
     report = json.loads(report_json.read_text())
     assert report["accuracy"] > 0.9 and report["accuracy_samples"] == 449
 
+    # Two files on TFLite Micro too: timed together, one table with the arena beside LiteRT.
+    dynamic = tmp_path / "digits_dynamic.tflite"
+    assert tfcompress("convert", str(saved_model), "--mode=dynamic", f"--output={dynamic}").returncode == 0
+    result = tfcompress("evaluate", str(out), str(dynamic), "--data=digits", "--runs=3", "--backends=xnnpack,micro",
+                        "--micro_samples=40")
+    assert result.returncode == 0, result.stderr
+    assert "TFLM arena" in result.stdout and "does not run" in result.stdout and "hybrid" in result.stdout
+
 
 def test_npz_data_and_bad_npz(saved_model, tmp_path, digits_data):
     (x, y), (xt, yt) = digits_data

@@ -35,6 +35,9 @@ with _quiet_import:
     # Evaluation and reports
     from tfcompress.evaluate import EvaluationReport, evaluate_many, evaluate_tflite  # noqa: E402
     from tfcompress.reports import compare  # noqa: E402
+    from tfcompress import micro  # noqa: E402
+    from tfcompress.micro import MicroCompatibilityError  # noqa: E402
+    from tfcompress.extras import MissingExtraError  # noqa: E402
     # Pruning
     from tfcompress.pruning import (  # noqa: E402
         ChannelPruningCallback, ChannelPruningError, ConstantSparsity, PolynomialDecay, Pruner, PruningCallback,
@@ -71,6 +74,7 @@ __all__ = [
     "inspect_tflite", "InvalidTFLiteFileError",
     # evaluation
     "evaluate_tflite", "evaluate_many", "compare", "EvaluationReport", "export_c_array",
+    "micro", "MicroCompatibilityError", "MissingExtraError",
     # pruning
     "PruningCallback", "Pruner", "PolynomialDecay", "ConstantSparsity", "PruningSchedule", "sparsity_report",
     "SparsityReport", "ChannelPruningCallback", "prune_channels", "shrink", "ChannelPruningError",

@@ -203,8 +203,12 @@ def _define_evaluate():
     _define_common()
     _define_data()
     flags.DEFINE_string("threads", "1", "Comma-separated thread counts to time, e.g. 1,2.")
-    flags.DEFINE_list("backends", ["cpu", "xnnpack"], "Backends: cpu (built-in kernels), xnnpack.")
+    flags.DEFINE_list("backends", ["cpu", "xnnpack"], "Backends: cpu (LiteRT's built-in kernels), xnnpack (the "
+                      "XNNPACK delegate), micro (TFLite Micro: tensor arena, flash, agreement with LiteRT; needs the "
+                      "[micro] extra).")
     flags.DEFINE_integer("runs", 50, "Timed runs per backend and thread count.")
+    flags.DEFINE_integer("micro_samples", 500, "Test samples run on TFLite Micro (--backends=...,micro).",
+                         lower_bound=1)
     flags.DEFINE_string("json", None, "Also write the report as JSON to this path (default: none - no JSON file).")
     flags.DEFINE_boolean("no_data", False, "Skip accuracy: time a synthetic input only.")
 
@@ -220,13 +224,11 @@ def _evaluate(argv):
     x = y = None
     if not FLAGS.no_data:
         _, (x, y) = load_data(FLAGS.data, FLAGS.limit_test)
-    reports = []
-    for path in argv[1:]:
-        start = time.perf_counter()
-        report = tfc.evaluate_tflite(path, x=x, y=y, backends=FLAGS.backends, threads=threads,
-                                     num_runs=FLAGS.runs, name=os.path.basename(path))
-        _progress(f"evaluated {path}", start)
-        reports.append(report)
+    start = time.perf_counter()
+    # Several files are timed together (interleaved), so their latency ratios are meaningful.
+    reports = list(tfc.evaluate_many({os.path.basename(p): p for p in argv[1:]}, x=x, y=y, backends=FLAGS.backends,
+                                     threads=threads, num_runs=FLAGS.runs, micro_samples=FLAGS.micro_samples).values())
+    _progress(f"evaluated {len(reports)} file(s)", start)
     for report in reports:
         print(report.to_markdown())
         print()
@@ -441,7 +443,7 @@ COMMANDS = {
                  "For post-training quantization use convert --mode=int8."),
     "convert": (_define_convert, _convert, "Convert a .keras model to .tflite; --mode=int8/int16x8/dynamic/float16 "
                 "are post-training quantization (PTQ)."),
-    "evaluate": (_define_evaluate, _evaluate, "Size, latency (CPU vs XNNPACK) and accuracy of .tflite files."),
+    "evaluate": (_define_evaluate, _evaluate, "Size, latency (CPU vs XNNPACK), accuracy and TFLite Micro arena (--backends=...,micro) of .tflite files."),
     "export": (_define_export, _export, "Write a .tflite as a C array (.cc + .h) for firmware (TFLite Micro)."),
     "demo": (_define_demo, _demo, "The end-to-end demo on Fashion-MNIST: train, compress, evaluate, report."),
 }
@@ -455,10 +457,11 @@ def _usage():
 
 def _known_errors():
     from tfcompress.convert import ConversionError
+    from tfcompress.extras import MissingExtraError
     from tfcompress.representative import RepresentativeDataError
     from tfcompress.tflite_file import InvalidTFLiteFileError
 
-    return (UsageError, ConversionError, RepresentativeDataError, InvalidTFLiteFileError,
+    return (UsageError, ConversionError, RepresentativeDataError, InvalidTFLiteFileError, MissingExtraError,
             ValueError, TypeError, OSError, RuntimeError)
 
 

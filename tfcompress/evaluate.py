@@ -4,6 +4,9 @@ Backends:
     ``"cpu"``: LiteRT's built-in optimized kernels with default delegates disabled
         (``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
     ``"xnnpack"``: the default resolver, which applies the XNNPACK delegate.
+    ``"micro"``: the TFLite Micro interpreter (extra ``[micro]``, see `tfcompress.micro`):
+        tensor arena, flash, accuracy and agreement with LiteRT. Not timed with the
+        others: its speed on this host says nothing about a microcontroller's.
 
 Latency runs of all backend × thread configurations are interleaved round-robin,
 so slow drifts of the machine (thermal, other processes) hit every configuration
@@ -18,10 +21,12 @@ import time
 
 import numpy as np
 
-from tfcompress import reports, tflite_file, validation
+from tfcompress import micro, reports, tflite_file, validation
 from tfcompress.convert import ConvertedModel
 
-BACKENDS = ("cpu", "xnnpack")
+BACKENDS = ("cpu", "xnnpack")  # the default: LiteRT's two CPU paths
+ALL_BACKENDS = BACKENDS + ("micro",)
+MICRO_SAMPLES = 500
 
 
 @dataclasses.dataclass
@@ -65,6 +70,7 @@ class EvaluationReport:
     accuracy_output: str = None
     notes: list = dataclasses.field(default_factory=list)
     failed_backends: dict = dataclasses.field(default_factory=dict)
+    micro: object = None  # a micro.MicroReport, with backends including "micro"
 
     def latency_for(self, backend, threads=1):
         for r in self.latency:
@@ -391,12 +397,14 @@ def _check_backends(backends):
     try:
         backends = tuple(dict.fromkeys(backends))
     except TypeError:
-        raise ValueError(f"backends must be a list of backend names from {list(BACKENDS)}, got {backends!r}.") from None
+        raise ValueError(f"backends must be a list of backend names from {list(ALL_BACKENDS)}, got {backends!r}.") from None
     if not backends:
-        raise ValueError(f"backends is empty: pass one or more of {list(BACKENDS)}, e.g. backends=('xnnpack',).")
+        raise ValueError(f"backends is empty: pass one or more of {list(ALL_BACKENDS)}, e.g. backends=('xnnpack',).")
     for b in backends:
-        if b not in BACKENDS:
-            raise ValueError(f"backends: unknown backend {b!r}; choose from {list(BACKENDS)}.")
+        if b not in ALL_BACKENDS:
+            raise ValueError(f"backends: unknown backend {b!r}; choose from {list(ALL_BACKENDS)}.")
+    if "micro" in backends:
+        micro.runtime()  # a missing extra is an error before anything is measured
     return backends
 
 
@@ -466,6 +474,7 @@ def evaluate_tflite(
     seed=0,
     verify="auto",
     output=None,
+    micro_samples=MICRO_SAMPLES,
 ):
     """Measures a .tflite model: size, sparsity, ops, latency per backend, parity and accuracy.
 
@@ -478,7 +487,11 @@ def evaluate_tflite(
             shape and dtype are checked against the model's inputs first. The
             first sample is the latency input; without x a random input is used.
         y: optional integer (or one-hot) labels for top-1 accuracy on all of x.
-        backends: any of ``"cpu"`` (built-in kernels, no delegate) and ``"xnnpack"``.
+        backends: any of ``"cpu"`` (built-in kernels, no delegate), ``"xnnpack"``
+            and ``"micro"`` (TFLite Micro: arena, flash, agreement; see the
+            report's ``micro``). A backend that cannot run the file is recorded
+            in ``failed_backends`` with the reason (for micro: the audit's
+            findings and their fixes); if none can, it is an error.
         threads: thread counts to time, e.g. ``(1, 2)``.
         num_runs: timed runs per configuration, after ``warmup_runs``.
         batch_size: batch for the accuracy pass (models with a dynamic batch).
@@ -493,12 +506,17 @@ def evaluate_tflite(
             parity compares: its index in the Keras model's output order, or its
             name in the file's signature (``"output_0"``..., or a dict output's
             key). Required with ``y`` when there are several.
+        micro_samples: samples of x run on TFLite Micro (one at a time, as on a
+            board; its reference kernels are slow).
 
     Returns:
         An `EvaluationReport`.
 
     Raises:
         tfcompress.InvalidTFLiteFileError: the bytes are not a usable .tflite.
+        tfcompress.micro.MicroCompatibilityError: only ``"micro"`` was asked for
+            and TFLite Micro cannot run the file (the message says why).
+        tfcompress.MissingExtraError: ``"micro"`` without ``tflite-micro`` installed.
         ValueError: bad backends/threads; x that does not fit the model's inputs
             (count, shape, dtype, NaN/Inf); y that does not match x.
 
@@ -510,6 +528,10 @@ def evaluate_tflite(
     threads = _check_threads(threads)
     if num_runs < 1:
         raise ValueError(f"num_runs must be >= 1, got {num_runs!r}.")
+    want_micro = "micro" in backends
+    if want_micro:
+        micro_samples = micro.check_samples(micro_samples)
+    backends = tuple(b for b in backends if b != "micro")
 
     raw = tflite_file.read_bytes(model)
     info = tflite_file.inspect(raw)
@@ -518,7 +540,7 @@ def evaluate_tflite(
     name = name or getattr(model, "mode", None) or "model"
     rng = np.random.default_rng(seed)
     try:
-        probe = _make_interpreter(raw, backends[0], 1)
+        probe = _make_interpreter(raw, backends[0] if backends else "xnnpack", 1)
     except (ValueError, RuntimeError) as exc:
         raise tflite_file.InvalidTFLiteFileError(
             f"LiteRT could not load the model: {str(exc).strip().splitlines()[-1]}. The file is corrupted or uses "
@@ -556,7 +578,7 @@ def evaluate_tflite(
             # A backend that cannot run this model (e.g. a delegate refusing an op) is a finding, not a crash.
             failures[cfg[0]] = " ".join(str(exc).split())[:300]
             interpreters.pop(cfg, None)
-    if not interpreters:
+    if backends and not interpreters:
         raise tflite_file.InvalidTFLiteFileError(
             f"No backend could run the model: {failures}. The file is corrupted or uses ops this runtime "
             "lacks; re-export it.")
@@ -580,10 +602,20 @@ def evaluate_tflite(
             parity["backends"][b] = {"max_abs_diff": diff, "top1_agreement": agree}
 
     accuracy, accuracy_backend = None, None
-    if y is not None:
+    if y is not None and backends:
         accuracy_backend = "xnnpack" if "xnnpack" in backends else backends[0]
         logits = _predict(_make_interpreter(raw, accuracy_backend, max(threads)), inputs_float, batch_size, head)
         accuracy = float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
+
+    micro_report = None
+    if want_micro:
+        micro_report = _evaluate_micro(raw, probe, heads, head, inputs_float, y, micro_samples, batch_size, rng)
+        if not micro_report.runs:
+            if not backends:
+                raise micro.MicroCompatibilityError(micro_report.error)
+            failures["micro"] = micro_report.error
+        elif not backends and y is not None:
+            accuracy, accuracy_backend = micro_report.accuracy, "micro"
 
     notes = list(getattr(model, "notes", []))
     if len(heads) > 1:
@@ -613,4 +645,35 @@ def evaluate_tflite(
         accuracy_output=heads[head][0] if y is not None and len(heads) > 1 else None,
         notes=notes,
         failed_backends=failures,
+        micro=micro_report,
     )
+
+
+def _evaluate_micro(raw, probe, heads, head, inputs_float, y, samples, batch_size, rng):
+    """The ``"micro"`` backend: a `micro.MicroReport` (a file TFLM cannot run gives one with ``error``)."""
+    report = micro.MicroReport(flash_bytes=len(raw))
+    details = probe.get_input_details()
+    try:
+        report.findings, report.arena_bytes = micro.load(raw, len(details))
+    except micro.MicroCompatibilityError as exc:
+        report.findings, report.error = micro.audit(raw), str(exc)
+        return report
+    if inputs_float is not None:
+        sample = [a[:samples] for a in inputs_float]
+    else:
+        sample = [np.concatenate([dequantize_output(_synthetic_input(d, rng), d) for _ in range(8)]) for d in details]
+    name, detail = heads[head]
+    output_index = [d["index"] for d in probe.get_output_details()].index(detail["index"])
+    raw_outputs, report.host_ms = micro.run(raw, report.arena_bytes,
+                                            [quantize_input(a, d) for a, d in zip(sample, details)], output_index)
+    outputs = dequantize_output(raw_outputs, detail).reshape(len(raw_outputs), -1)
+    reference = _predict(_make_interpreter(raw, "xnnpack", 1), sample, batch_size, head).reshape(len(outputs), -1)
+    report.samples = len(outputs)
+    report.agreement = float(np.mean(outputs.argmax(1) == reference.argmax(1)))
+    report.max_abs_diff = float(np.max(np.abs(outputs - reference))) if outputs.size else 0.0
+    if y is not None:
+        report.accuracy = float(np.mean(outputs.argmax(1) == y[:len(outputs)]))
+    wrong = [f for f in report.findings if f.rule in micro.RUNS_WRONGLY]
+    if wrong:
+        report.error = f"{wrong[0].message} Measured: {100 * report.agreement:.1f}% top-1 agreement with LiteRT."
+    return report

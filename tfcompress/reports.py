@@ -49,6 +49,8 @@ def evaluation_markdown(report):
             (f"backend vs {report.parity.get('reference', '?')}", "max abs diff", "top-1 agreement"),
             [(backend, f"{p['max_abs_diff']:.3g}", f"{100 * p['top1_agreement']:.2f}%")
              for backend, p in report.parity.get("backends", {}).items()])]
+    if getattr(report, "micro", None) is not None:
+        lines += ["", "TFLite Micro:", "", report.micro.to_markdown()]
     lines += ["", "Ops: " + ", ".join(f"{k}×{v}" for k, v in report.op_census_by_dtype.items())]
     lines.append("Inputs: " + "; ".join(f"{d['name']} {d['dtype']}{list(d['shape'])}" for d in report.inputs))
     for note in report.notes:
@@ -83,6 +85,9 @@ def compare(reports, baseline=None, reference_accuracy=None):
     if reference_accuracy is not None:
         header.append("Δ vs Keras")
     header += [f"{k} ms" for k in keys] + [f"{k} speed-up" for k in keys]
+    with_micro = any(getattr(r, "micro", None) is not None for r in reports)
+    if with_micro:
+        header += ["TFLM arena", "TFLM agreement"]
     rows = []
     for r in reports:
         cells = [r.name, format_kb(r.file_bytes), format_kb(r.gzip_bytes), f"{base.file_bytes / r.file_bytes:.2f}x",
@@ -98,6 +103,14 @@ def compare(reports, baseline=None, reference_accuracy=None):
         base_key = {x.key: x for x in base.latency}
         cells += [f"{by_key[k].median_ms:.3f}" if k in by_key else "—" for k in keys]
         cells += [f"{base_key[k].median_ms / by_key[k].median_ms:.2f}x" if k in by_key else "—" for k in keys]
+        if with_micro:
+            m = getattr(r, "micro", None)
+            if m is None:
+                cells += ["—", "—"]
+            elif not m.runs and m.arena_bytes is None:
+                cells += ["does not run", "—"]
+            else:
+                cells += [format_kb(m.arena_bytes), f"{100 * m.agreement:.1f}%" + ("" if m.runs else " (wrong)")]
         rows.append(cells)
     return markdown_table(header, rows)
 

@@ -38,6 +38,9 @@ class WeightTensor:
     stored_bytes: int
     zero_fraction: float
     sparse_encoded: bool
+    subgraph: int = 0
+    tensor: int = -1  # index in its subgraph's tensor list (what `Operator.inputs` refers to)
+    num_scales: int = 0  # quantization scales stored: 0 unquantized, 1 per tensor, > 1 per channel
 
     @property
     def size(self):
@@ -53,6 +56,7 @@ class Operator:
     outputs: list
     input_names: list
     output_names: list
+    subgraph: int = 0
 
 
 @dataclasses.dataclass
@@ -89,6 +93,11 @@ class TFLiteInfo:
         for w in self.weights:
             out[w.dtype] = out.get(w.dtype, 0) + w.stored_bytes
         return dict(sorted(out.items()))
+
+    def constant_inputs(self, op):
+        """The weight tensors among ``op``'s inputs, in input order."""
+        by_index = {(w.subgraph, w.tensor): w for w in self.weights}
+        return [by_index[(op.subgraph, t)] for t in op.inputs if (op.subgraph, t) in by_index]
 
     @property
     def kernels(self):
@@ -233,6 +242,7 @@ def _parse(raw):
                 continue
             constant[t] = True
             dtype = _tensor_dtype(tensor)
+            quant = tensor.Quantization()
             shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
             weights.append(WeightTensor(
                 name=tensor.Name().decode("utf-8", "replace"),
@@ -241,6 +251,9 @@ def _parse(raw):
                 stored_bytes=len(data),
                 zero_fraction=_zero_fraction(data, dtype, shape, tensor),
                 sparse_encoded=tensor.Sparsity() is not None,
+                subgraph=s,
+                tensor=t,
+                num_scales=int(quant.ScaleLength()) if quant is not None else 0,
             ))
         for i in range(graph.OperatorsLength()):
             op = graph.Operators(i)
@@ -257,6 +270,7 @@ def _parse(raw):
                 outputs=outs,
                 input_names=[graph.Tensors(t).Name().decode("utf-8", "replace") for t in ins],
                 output_names=[graph.Tensors(t).Name().decode("utf-8", "replace") for t in outs],
+                subgraph=s,
             ))
 
     main = model.Subgraphs(0)

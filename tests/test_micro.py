@@ -1,0 +1,120 @@
+"""The TFLite Micro backend: arena vs TFLM's own allocation, agreement with LiteRT, and every audit rule on a real file."""
+
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfcompress as tfc
+
+runtime = pytest.importorskip("tflite_micro").runtime
+
+
+@pytest.fixture(scope="module")
+def files(trained_digits_model, digits_data):
+    (x, _), _ = digits_data
+    model = trained_digits_model
+    return {mode: bytes(tfc.to_tflite(model, mode=mode, representative_data=x[:128]))
+            for mode in ("int8", "float32", "dynamic", "float16")}
+
+
+def _allocates(raw, arena_size):
+    try:
+        runtime.Interpreter.from_bytes(raw, arena_size=arena_size)
+        return True
+    except RuntimeError:
+        return False
+
+
+def test_arena_is_tflms_own_figure_and_the_smallest_that_allocates(files, digits_data):
+    (_, _), (x, y) = digits_data
+    report = tfc.evaluate_tflite(files["int8"], x=x, y=y, backends=("xnnpack", "micro"), num_runs=3)
+    arena = report.micro.arena_bytes
+    lo, hi = 256, 1 << 22
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _allocates(files["int8"], mid) else (mid, hi)
+    assert abs(hi - arena) <= 16, (hi, arena)
+    assert not _allocates(files["int8"], arena - 64)
+    assert report.micro.flash_bytes == len(files["int8"])
+
+
+def test_int8_agrees_with_litert_and_reports_accuracy(files, digits_data):
+    (_, _), (x, y) = digits_data
+    r = tfc.evaluate_tflite(files["int8"], x=x, y=y, backends=("xnnpack", "micro"), num_runs=3, micro_samples=200)
+    m = r.micro
+    assert m.runs and m.samples == 200 and m.agreement >= 0.99
+    assert m.accuracy == pytest.approx(r.accuracy, abs=0.03)  # r.accuracy is over all of x
+    assert m.host_ms > 0 and "not MCU" in m.to_markdown()
+    assert "TFLite Micro" in r.to_markdown() and "micro" not in [lat.backend for lat in r.latency]
+    # Only micro: accuracy comes from TFLM, nothing is timed on LiteRT.
+    only = tfc.evaluate_tflite(files["int8"], x=x[:50], y=y[:50], backends=("micro",))
+    assert only.latency == [] and only.accuracy_backend == "micro" and only.accuracy == only.micro.accuracy
+
+
+def _rules(raw):
+    return {f.rule for f in tfc.micro.audit(raw) if f.blocking}
+
+
+def test_float32_runs_with_a_note_and_dynamic_float16_are_refused_with_the_fix(files):
+    assert _rules(files["int8"]) == set() and tfc.micro.audit(files["int8"]) == []
+    assert [f.rule for f in tfc.micro.audit(files["float32"])] == ["float_compute"]
+    r = tfc.evaluate_tflite(files["float32"], backends=("micro",))
+    assert r.micro.runs and r.micro.max_abs_diff < 1e-4
+    for mode, rule in (("dynamic", "hybrid"), ("float16", "float16")):
+        assert rule in _rules(files[mode])
+        report = tfc.evaluate_tflite(files[mode], backends=("xnnpack", "micro"), num_runs=2)
+        assert "micro" in report.failed_backends and "mode='int8'" in report.failed_backends["micro"]
+        assert not report.micro.runs and report.latency  # LiteRT still measured
+        with pytest.raises(tfc.MicroCompatibilityError, match="mode='int8'"):
+            tfc.evaluate_tflite(files[mode], backends=("micro",))
+
+
+def test_missing_op_is_named_from_the_audit_and_from_tflm_itself():
+    inputs = keras.Input((10,))
+    top = keras.layers.Lambda(lambda v: tf.math.top_k(v, 3)[0])(keras.layers.Dense(10)(inputs))
+    raw = bytes(tfc.to_tflite(keras.Model(inputs, top), mode="float32"))
+    assert "missing_op" in _rules(raw)
+    assert "TOPK_V2" in tfc.micro.audit(raw)[0].message
+    # Past the audit, TFLM's own refusal (printed by the native code in a child process) names the op too.
+    with pytest.raises(tfc.MicroCompatibilityError, match="TOPK_V2"):
+        tfc.micro.first_load(raw, 1)
+
+
+def test_litert_quantizer_files_int4_and_per_channel_weight_only(files, digits_data):
+    quantizer = pytest.importorskip("litert_quantizer")
+    (_, _), (x, _) = digits_data
+    out = {}
+    for recipe in ("weight_only_wi8_afp32", "weight_only_wi4_afp32"):
+        q = quantizer.Quantizer(files["float32"])
+        q.load_quantization_recipe(getattr(quantizer.recipe, recipe)())
+        out[recipe] = bytes(q.quantize().quantized_model)
+    assert "int4" in _rules(out["weight_only_wi4_afp32"])
+    assert _rules(out["weight_only_wi8_afp32"]) == {"per_channel_dequantize"}
+    # It runs on TFLM, but wrongly: the report measures how wrong and marks it as not running.
+    r = tfc.evaluate_tflite(out["weight_only_wi8_afp32"], x=x[:100], backends=("xnnpack", "micro"), num_runs=2)
+    fine = tfc.evaluate_tflite(files["float32"], x=x[:100], backends=("xnnpack", "micro"), num_runs=2)
+    assert not r.micro.runs and r.micro.samples == 100 and "Measured:" in r.micro.error
+    assert r.micro.max_abs_diff > 100 * max(fine.micro.max_abs_diff, 1e-6)
+
+
+def test_compare_puts_the_arena_beside_litert(files, digits_data):
+    (_, _), (x, y) = digits_data
+    reports = tfc.evaluate_many({"float32": files["float32"], "int8": files["int8"], "dynamic": files["dynamic"]},
+                                x=x, y=y, backends=("xnnpack", "micro"), num_runs=3, micro_samples=50)
+    table = tfc.compare(reports)
+    assert "TFLM arena" in table and "does not run" in table
+    assert reports["int8"].micro.arena_bytes < reports["float32"].micro.arena_bytes
+    assert reports["int8"].to_dict()["micro"]["arena_bytes"] == reports["int8"].micro.arena_bytes
+
+
+def test_bad_micro_arguments(files, monkeypatch):
+    with pytest.raises(ValueError, match="micro_samples"):
+        tfc.evaluate_tflite(files["int8"], backends=("micro",), micro_samples=0)
+    with pytest.raises(ValueError, match=r"unknown backend 'tflm'.*'micro'"):
+        tfc.evaluate_tflite(files["int8"], backends=("tflm",))
+    monkeypatch.setitem(sys.modules, "tflite_micro", None)  # as if the extra were not installed
+    with pytest.raises(tfc.MissingExtraError, match=r"tfcompress\[micro\]"):
+        tfc.evaluate_tflite(files["int8"], backends=("xnnpack", "micro"))
