@@ -55,8 +55,8 @@ def cnn_tflites(trained_digits_model, digits_data):
 @pytest.mark.parametrize("mode", ["float32", "int8"])
 def test_interpreter_factory_applies_xnnpack_only_for_the_xnnpack_backend(cnn_tflites, mode):
     raw = bytes(cnn_tflites[mode])
-    cpu = evaluate_module._make_interpreter(raw, "cpu", 1)
-    xnnpack = evaluate_module._make_interpreter(raw, "xnnpack", 1)
+    cpu = evaluate_module.make_interpreter(raw, "cpu", 1)
+    xnnpack = evaluate_module.make_interpreter(raw, "xnnpack", 1)
     assert _delegate_nodes(cpu) == []
     delegated = _delegate_nodes(xnnpack)
     assert delegated, "the xnnpack backend must run the model through the XNNPACK delegate"
@@ -81,14 +81,14 @@ def test_interpreter_factory_applies_xnnpack_only_for_the_xnnpack_backend(cnn_tf
 def test_evaluate_tflite_times_and_scores_each_backend_on_its_own_runtime(cnn_tflites, digits_data, monkeypatch):
     _, (x_test, y_test) = digits_data
     made = []
-    real = evaluate_module._make_interpreter
+    real = evaluate_module.make_interpreter
 
     def recording(raw, backend, threads):
         interpreter = real(raw, backend, threads)
         made.append((backend, bool(_delegate_nodes(interpreter))))
         return interpreter
 
-    monkeypatch.setattr(evaluate_module, "_make_interpreter", recording)
+    monkeypatch.setattr(evaluate_module, "make_interpreter", recording)
     report = tfc.evaluate_tflite(cnn_tflites["float32"], x=x_test, y=y_test, threads=(1, 2), num_runs=2)
     # Timing (1 and 2 threads), parity and accuracy each built interpreters; every one matches its backend.
     assert {b for b, _ in made} == {"cpu", "xnnpack"} and len(made) >= 6
@@ -134,7 +134,7 @@ def test_round_robin_runs_one_invoke_of_each_config_per_round():
     log = []
     invokers = {key: _Invoker(key, log, seconds=0.005 if key == "slow" else 0.0) for key in ("a", "slow", "c")}
     assert gc.isenabled()
-    times = evaluate_module._time_round_robin(invokers, num_runs=4, warmup_runs=2)
+    times = evaluate_module.time_round_robin(invokers, num_runs=4, warmup_runs=2)
     assert [name for name, _ in log] == ["a", "slow", "c"] * 6  # 2 warm-up rounds, then 4 timed ones
     assert not any(enabled for _, enabled in log), "gc must be off while timing"
     assert gc.isenabled(), "gc is switched back on afterwards"
@@ -148,11 +148,11 @@ def test_round_robin_runs_one_invoke_of_each_config_per_round():
 def test_round_robin_restores_gc_when_an_invoke_fails():
     log = []
     with pytest.raises(RuntimeError, match="invoke failed"):
-        evaluate_module._time_round_robin({"ok": _Invoker("ok", log), "bad": _Invoker("bad", log, fail=True)}, 3, 0)
+        evaluate_module.time_round_robin({"ok": _Invoker("ok", log), "bad": _Invoker("bad", log, fail=True)}, 3, 0)
     assert gc.isenabled()
     gc.disable()
     try:  # a caller that had gc off keeps it off
-        evaluate_module._time_round_robin({"ok": _Invoker("ok", log)}, 1, 0)
+        evaluate_module.time_round_robin({"ok": _Invoker("ok", log)}, 1, 0)
         assert not gc.isenabled()
     finally:
         gc.enable()
@@ -162,7 +162,7 @@ def test_evaluate_many_times_every_model_backend_and_thread_count_in_the_same_ro
                                                                                     monkeypatch):
     _, (x_test, y_test) = digits_data
     calls = []
-    real = evaluate_module._time_round_robin
+    real = evaluate_module.time_round_robin
 
     class Recorded:
         """Forwards to a real interpreter and records the order of invokes."""
@@ -182,7 +182,7 @@ def test_evaluate_many_times_every_model_backend_and_thread_count_in_the_same_ro
                           warmup_runs=warmup_runs))
         return times
 
-    monkeypatch.setattr(evaluate_module, "_time_round_robin", spy)
+    monkeypatch.setattr(evaluate_module, "time_round_robin", spy)
     models = {"float32": cnn_tflites["float32"], "int8": cnn_tflites["int8"]}
     reports = tfc.evaluate_many(models, x=x_test, y=y_test, backends=("cpu", "xnnpack"), threads=(1, 2),
                                 num_runs=5, warmup_runs=2)

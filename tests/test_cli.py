@@ -112,6 +112,16 @@ def test_convert_then_evaluate(saved_model, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "TFLM arena" in result.stdout and "does not run" in result.stdout and "hybrid" in result.stdout
 
+    # ONNX: written by convert --format=onnx, evaluated on ONNX Runtime in the same table as the .tflite.
+    onnx = tmp_path / "digits_int8.onnx"
+    result = tfcompress("convert", str(saved_model), "--mode=int8", "--format=onnx", "--data=digits", f"--output={onnx}")
+    assert result.returncode == 0, result.stderr
+    result = tfcompress("evaluate", str(out), str(onnx), "--data=digits", "--runs=3", "--backends=xnnpack")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\| digits_int8\.onnx .*\| 9\d\.\d\d% ", result.stdout) and "onnxruntime/1t ms" in result.stdout
+    result = tfcompress("convert", str(saved_model), "--mode=dynamic", "--format=onnx", f"--output={tmp_path / 'd.onnx'}")
+    assert result.returncode == 2 and "--format=onnx takes --mode=float32 or --mode=int8" in result.stderr
+
 
 def test_npz_data_and_bad_npz(saved_model, tmp_path, digits_data):
     (x, y), (xt, yt) = digits_data

@@ -70,9 +70,9 @@ def test_cluster_preserving_qat_keeps_k_int8_values_per_channel(trained_digits_m
     qat.fit(x, y, epochs=1, batch_size=64, verbose=0,
             callbacks=[tfc.ClusteringCallback(num_clusters=8, per_channel=True, verbose=0)])
     flatbuffer = tfc.to_tflite(qat, mode="int8")
-    from tfcompress.evaluate import _make_interpreter
+    from tfcompress.evaluate import make_interpreter
 
-    interpreter = _make_interpreter(bytes(flatbuffer), "cpu", 1)
+    interpreter = make_interpreter(bytes(flatbuffer), "cpu", 1)
     constants = {w.name for w in flatbuffer.info.weights if w.dtype == "int8" and len(w.shape) >= 2}
     checked = 0
     for detail in interpreter.get_tensor_details():

@@ -69,9 +69,9 @@ def test_two_headed_model_converts_and_is_scored_on_the_named_head():
     x = np.random.default_rng(0).random((40, 8), dtype=np.float32)
     narrow, wide = (np.asarray(o) for o in model(x))
     flatbuffer = tfc.to_tflite(model)
-    from tfcompress.evaluate import _make_interpreter, _predict
+    from tfcompress.evaluate import make_interpreter, _predict
 
-    interpreter = _make_interpreter(bytes(flatbuffer), "cpu", 1)
+    interpreter = make_interpreter(bytes(flatbuffer), "cpu", 1)
     np.testing.assert_allclose(_predict(interpreter, [x], 16, head=0), narrow, atol=1e-5)
     np.testing.assert_allclose(_predict(interpreter, [x], 16, head=1), wide, atol=1e-5)
     by_index = tfc.evaluate_tflite(flatbuffer, x=x, y=wide.argmax(1), output=1, num_runs=1)

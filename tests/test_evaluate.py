@@ -3,6 +3,7 @@
 import json
 import re
 
+import keras
 import numpy as np
 import pytest
 from conftest import keras_accuracy
@@ -144,8 +145,8 @@ class TestBadInput:
             tfc.evaluate_tflite(float_and_int8[0], x=make_x(x_test[:20]), num_runs=1)
 
     @pytest.mark.parametrize("backends,pattern", [
-        ((), r"backends is empty: pass one or more of \['cpu', 'xnnpack'\]"),
-        (("cpu", "gpu"), r"unknown backend 'gpu'; choose from \['cpu', 'xnnpack'\]"),
+        ((), r"backends is empty: pass one or more of \['cpu', 'xnnpack', 'micro'\]"),
+        (("cpu", "gpu"), r"unknown backend 'gpu'; choose from \['cpu', 'xnnpack', 'micro'\]"),
     ], ids=["empty", "unknown"])
     def test_backends_are_checked_before_the_file(self, float_and_int8, backends, pattern):
         with pytest.raises(ValueError, match=pattern) as info:
@@ -231,3 +232,38 @@ def test_input_with_a_dynamic_dimension_is_resized_to_the_data(digits_data):
     assert r.parity["backends"]["xnnpack"]["top1_agreement"] == 1.0
     with pytest.raises(ValueError, match=r"\(60, 64, 2\).*takes samples of shape \(None, 1\)"):
         tfc.evaluate_tflite(flatbuffer, x=np.concatenate([sequences, sequences], axis=-1), num_runs=1)
+
+
+def _two_input_model(second_shape):
+    image = keras.Input((8, 8, 1), name="image")
+    other = keras.Input(second_shape, name="other")
+    h = keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(image))
+    o = keras.layers.Flatten()(other) if len(second_shape) > 1 else other
+    out = keras.layers.Dense(5)(keras.layers.Concatenate()([h, keras.layers.Dense(4)(o)]))
+    return keras.Model([image, other], out)
+
+
+def test_multi_input_lists_follow_the_keras_order_though_the_file_reorders_inputs(tmp_path):
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(0)
+    model = _two_input_model((3,))
+    x = [rng.random((64, 8, 8, 1), dtype=np.float32), rng.random((64, 3), dtype=np.float32)]
+    # The converter puts 'other' first in the file; calibration and evaluation must still feed each input its data.
+    int8 = tfc.to_tflite(model, mode="int8", representative_data=x)
+    assert [d["name"] for d in int8.info.input_details] == ["serve_other:0", "serve_image:0"]
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(tfc.evaluate.predict(int8, x), expected, atol=0.05)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(int8)
+    np.testing.assert_allclose(tfc.evaluate.predict(str(path), x), expected, atol=0.05)  # shapes tell them apart
+
+    same = _two_input_model((8, 8, 1))
+    pair = [x[0], rng.random((64, 8, 8, 1), dtype=np.float32)]
+    f32 = tfc.to_tflite(same, mode="float32")
+    np.testing.assert_allclose(tfc.evaluate.predict(f32, pair), same.predict(pair, verbose=0), atol=1e-5)
+    path.write_bytes(f32)
+    np.testing.assert_allclose(tfc.evaluate.predict(str(path), {"image": pair[0], "other": pair[1]}),
+                               same.predict(pair, verbose=0), atol=1e-5)
+    assert [d["name"] for d in f32.info.input_details] == ["serve_other:0", "serve_image:0"]
+    with pytest.raises(ValueError, match="same shape.*Pass a dict keyed by input name"):
+        tfc.evaluate.predict(str(path), pair)  # the file alone cannot say which array is which

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.evaluate import _make_interpreter, _predict
+from tfcompress.evaluate import make_interpreter, _predict
 
 
 def _agreement(flatbuffer, model, x):
-    tflite = _predict(_make_interpreter(bytes(flatbuffer), "xnnpack", 1), [x], 256)
+    tflite = _predict(make_interpreter(bytes(flatbuffer), "xnnpack", 1), [x], 256)
     return float(np.mean(tflite.argmax(1) == np.asarray(model(x, training=False)).argmax(1)))
 
 
@@ -52,7 +52,7 @@ def test_trained_ranges_are_kept_whatever_the_calibration_data(trained_digits_mo
     with_odd_data = tfc.to_tflite(qat, mode="int8", representative_data=3.0 * x[:100])
     assert _ranges(qat) == trained
     scales = [sorted((d["name"], tuple(np.atleast_1d(d["quantization_parameters"]["scales"]).tolist()))
-                     for d in _make_interpreter(bytes(b), "cpu", 1).get_tensor_details()) for b in (without, with_odd_data)]
+                     for d in make_interpreter(bytes(b), "cpu", 1).get_tensor_details()) for b in (without, with_odd_data)]
     assert any(s for _, s in scales[0]) and scales[0] == scales[1]
 
 

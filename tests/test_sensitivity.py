@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.evaluate import _make_interpreter, _predict
+from tfcompress.evaluate import make_interpreter, _predict
 from tfcompress.quantization import sensitivity
 
 
@@ -106,7 +106,7 @@ def test_percentile_and_mse_calibration_beat_minmax_on_outliers(trained_digits_m
         flatbuffer = tfc.to_tflite(trained_digits_model, mode="int8", representative_data=calibration,
                                    calibration=method)
         assert flatbuffer.info.float_compute_ops() == []
-        out = _predict(_make_interpreter(bytes(flatbuffer), "xnnpack", 1), [x_test], 256)
+        out = _predict(make_interpreter(bytes(flatbuffer), "xnnpack", 1), [x_test], 256)
         errors[method] = float(np.mean((out - reference) ** 2))
     # Min-max spends the input's whole int8 range on the glitch; the 99.9th percentile clips it. MSE weighs the
     # glitch's own clipping error too, so it clips less, but never does worse than min-max on its sample.

@@ -36,6 +36,8 @@ with _quiet_import:
     from tfcompress.evaluate import EvaluationReport, evaluate_many, evaluate_tflite  # noqa: E402
     from tfcompress.reports import compare  # noqa: E402
     from tfcompress import micro  # noqa: E402
+    from tfcompress.onnx_export import ONNXExportError, ONNXModel, evaluate_onnx, to_onnx  # noqa: E402
+    from tfcompress.profiling import Delegation, OpProfile, delegation, op_profile, peak_memory  # noqa: E402
     from tfcompress.micro import MicroCompatibilityError  # noqa: E402
     from tfcompress.extras import MissingExtraError  # noqa: E402
     # Pruning
@@ -75,6 +77,8 @@ __all__ = [
     # evaluation
     "evaluate_tflite", "evaluate_many", "compare", "EvaluationReport", "export_c_array",
     "micro", "MicroCompatibilityError", "MissingExtraError",
+    "to_onnx", "evaluate_onnx", "ONNXModel", "ONNXExportError",
+    "delegation", "op_profile", "peak_memory", "Delegation", "OpProfile",
     # pruning
     "PruningCallback", "Pruner", "PolynomialDecay", "ConstantSparsity", "PruningSchedule", "sparsity_report",
     "SparsityReport", "ChannelPruningCallback", "prune_channels", "shrink", "ChannelPruningError",

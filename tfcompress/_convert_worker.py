@@ -1,7 +1,7 @@
 """Child process of ``to_tflite(isolate=True)``: converts one exported SavedModel.
 
 Usage: ``python -m tfcompress._convert_worker SAVED_MODEL_DIR JOB_DIR``. Reads
-``job.json`` (and ``samples.npz``) from JOB_DIR, writes ``model.tflite`` there, or
+``job.json`` (and ``samples.npz`` with ``input_names.json``) from JOB_DIR, writes ``model.tflite`` there, or
 ``error.txt`` and exit code 3 when the converter raises. A native crash shows as a
 signal in the parent.
 """
@@ -21,9 +21,11 @@ def main(saved_model_dir, job_dir):
     samples = None
     samples_path = os.path.join(job_dir, "samples.npz")
     if os.path.exists(samples_path):
+        with open(os.path.join(job_dir, "input_names.json")) as f:
+            names = json.load(f)
         with np.load(samples_path) as npz:
-            inputs = [npz[f"input_{j}"] for j in range(len(npz.files))]
-        samples = [[a[i: i + 1] for a in inputs] for i in range(len(inputs[0]))]
+            inputs = [npz[f"input_{j}"] for j in range(len(names))]
+        samples = [{name: a[i: i + 1] for name, a in zip(names, inputs)} for i in range(len(inputs[0]))]
     try:
         data = convert_saved_model(saved_model_dir, job["mode"], samples, job["io_type"], job["sparse"],
                                    job["keep_float"])

@@ -144,8 +144,11 @@ def _define_convert():
     _define_data()
     _define_model_loading()
     flags.DEFINE_enum("mode", "int8", list(MODES), "Conversion mode.")
-    flags.DEFINE_string("output", None, "Output .tflite path (default: none - writes MODEL_<mode>.tflite next to "
-                        "the model).")
+    flags.DEFINE_enum("format", "tflite", ["tflite", "onnx"], "Output format: tflite (LiteRT), or onnx (ONNX Runtime; "
+                      "--mode=float32 through Keras's exporter, --mode=int8 from the int8 .tflite via tf2onnx; needs "
+                      "the [onnx] extra).")
+    flags.DEFINE_string("output", None, "Output path (default: none - writes MODEL_<mode>.tflite, or .onnx, next "
+                        "to the model).")
     flags.DEFINE_enum("io_type", "float32", ["float32", "int8", "uint8", "int16"], "Input/output tensor type.")
     flags.DEFINE_boolean("sparse", False, "Store weights with the converter's sparse encoding.")
     flags.DEFINE_list("keep_float", [], "Comma-separated Keras layer names to keep in float (int8 mode); empty: "
@@ -170,8 +173,10 @@ def _convert(argv):
     if len(argv) != 2:
         raise UsageError("usage: tfcompress convert MODEL.keras [--mode int8] [--output out.tflite]")
     model_path = argv[1]
-    output = FLAGS.output or os.path.splitext(model_path)[0] + f"_{FLAGS.mode}.tflite"
+    output = FLAGS.output or os.path.splitext(model_path)[0] + f"_{FLAGS.mode}.{FLAGS.format}"
     tfc.files.check_writable(output, FLAGS.overwrite, argument="--output")
+    if FLAGS.format == "onnx" and FLAGS.mode not in ("float32", "int8"):
+        raise UsageError(f"--format=onnx takes --mode=float32 or --mode=int8, not {FLAGS.mode!r}.")
     start = time.perf_counter()
     model = load_keras_model(model_path, FLAGS.unsafe)
     calibration, budget = None, {}
@@ -184,6 +189,11 @@ def _convert(argv):
             held_out = slice(len(x) - FLAGS.validation_samples, None)
             budget = {"max_accuracy_drop": FLAGS.max_accuracy_drop, "validation_data": (x[held_out], y[held_out])}
         calibration = x[: FLAGS.calibration_samples]
+    if FLAGS.format == "onnx":
+        b = tfc.to_onnx(model, mode=FLAGS.mode, representative_data=calibration, output_path=output,
+                        overwrite=FLAGS.overwrite, **({"io_type": FLAGS.io_type} if FLAGS.mode == "int8" else {}))
+        _progress(f"wrote {output}: {len(b):,} bytes (ONNX, {FLAGS.mode})", start)
+        return
     b = tfc.to_tflite(
         model, mode=FLAGS.mode, representative_data=calibration, output_path=output, overwrite=FLAGS.overwrite,
         io_type=FLAGS.io_type, sparse=FLAGS.sparse, keep_float=FLAGS.keep_float or None, strict=FLAGS.strict,
@@ -209,6 +219,8 @@ def _define_evaluate():
     flags.DEFINE_integer("runs", 50, "Timed runs per backend and thread count.")
     flags.DEFINE_integer("micro_samples", 500, "Test samples run on TFLite Micro (--backends=...,micro).",
                          lower_bound=1)
+    flags.DEFINE_boolean("profile", False, "Also report time per op type (LiteRT's "
+                         "profiler) and peak memory per backend.")
     flags.DEFINE_string("json", None, "Also write the report as JSON to this path (default: none - no JSON file).")
     flags.DEFINE_boolean("no_data", False, "Skip accuracy: time a synthetic input only.")
 
@@ -217,7 +229,7 @@ def _evaluate(argv):
     import tfcompress as tfc
 
     if len(argv) < 2:
-        raise UsageError("usage: tfcompress evaluate MODEL.tflite [MODEL2.tflite ...] [--data fashion_mnist]")
+        raise UsageError("usage: tfcompress evaluate MODEL.tflite [MODEL2.tflite | MODEL.onnx ...] [--data fashion_mnist]")
     threads = _int_list(FLAGS.threads, "threads")
     if FLAGS.json:
         tfc.files.check_writable(FLAGS.json, FLAGS.overwrite, argument="--json")
@@ -225,9 +237,14 @@ def _evaluate(argv):
     if not FLAGS.no_data:
         _, (x, y) = load_data(FLAGS.data, FLAGS.limit_test)
     start = time.perf_counter()
+    tflite = [p for p in argv[1:] if not p.endswith(".onnx")]
     # Several files are timed together (interleaved), so their latency ratios are meaningful.
-    reports = list(tfc.evaluate_many({os.path.basename(p): p for p in argv[1:]}, x=x, y=y, backends=FLAGS.backends,
-                                     threads=threads, num_runs=FLAGS.runs, micro_samples=FLAGS.micro_samples).values())
+    reports = list(tfc.evaluate_many({os.path.basename(p): p for p in tflite}, x=x, y=y, backends=FLAGS.backends,
+                                     threads=threads, num_runs=FLAGS.runs, micro_samples=FLAGS.micro_samples,
+                                     profile=FLAGS.profile).values()) if tflite else []
+    # .onnx files run on ONNX Runtime; their rows join the same table.
+    reports += [tfc.evaluate_onnx(p, x=x, y=y, threads=threads, num_runs=FLAGS.runs, name=os.path.basename(p))
+                for p in argv[1:] if p.endswith(".onnx")]
     _progress(f"evaluated {len(reports)} file(s)", start)
     for report in reports:
         print(report.to_markdown())

@@ -51,13 +51,16 @@ class ConvertedModel(bytes):
         info: a `tflite_file.TFLiteInfo` (op census by type and dtype, weight
             sparsity, bytes by dtype), computed on first access.
         notes: list of strings describing choices made (e.g. calibration size).
+        input_names: the Keras model's input names in its order (the file's own
+            input order may differ); the evaluator maps a list ``x`` with them.
     """
 
-    def __new__(cls, data, mode, model_name, notes=()):
+    def __new__(cls, data, mode, model_name, notes=(), input_names=None):
         obj = super().__new__(cls, data)
         obj.mode = mode
         obj.model_name = model_name
         obj.notes = list(notes)
+        obj.input_names = list(input_names) if input_names is not None else None
         obj._info = None
         return obj
 
@@ -222,12 +225,12 @@ def _export_saved_model(model, specs, directory):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", serve, input_signature=signature)
-    with _quiet_tensorflow_logs():
+    with quiet_tensorflow_logs():
         archive.write_out(directory, verbose=False)
 
 
 @contextlib.contextmanager
-def _quiet_tensorflow_logs():
+def quiet_tensorflow_logs():
     """TensorFlow logs each SavedModel write ("Assets written to ...") at INFO; it is our temp folder."""
     import logging
 
@@ -470,12 +473,16 @@ def to_tflite(
         try:
             _export_saved_model(model, specs, saved_model_dir)
         except Exception as exc:
-            _raise_if_out_of_space(exc, model.name)
+            raise_if_out_of_space(exc, model.name)
             raise ConversionError(
                 f"Exporting model {model.name!r} for TFLite failed: {type(exc).__name__}: {converter_message(exc)}. "
                 "Check that model(x, training=False) runs on inputs of shape "
                 f"{[representative.format_shape(s.shape) for s in specs]}."
             ) from None
+        if samples is not None:
+            # Keyed by the signature's input names: the converter feeds a list in the .tflite's input order,
+            # which is not the Keras order for inputs of different shapes (an image and a vector).
+            samples = [dict(zip([spec.name for spec in specs], sample)) for sample in samples]
         if isolate:
             data = _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep_float, timeout,
                                           model.name)
@@ -491,7 +498,7 @@ def to_tflite(
         if restore_ranges is not None:
             restore_ranges()
 
-    result = ConvertedModel(data, mode=mode, model_name=model.name, notes=notes)
+    result = ConvertedModel(data, mode=mode, model_name=model.name, notes=notes, input_names=[s.name for s in specs])
     return _finish(result, model, strict, verify, output_path, overwrite)
 
 
@@ -635,7 +642,7 @@ def _convert_keeping_float(converter, saved_model_dir, samples, keep_float):
         return debugger.get_nondebug_quantized_model()
 
 
-def _raise_if_out_of_space(exc, model_name):
+def raise_if_out_of_space(exc, model_name):
     text = str(exc)
     for symptom in ("No space left on device", "File too large", "Disk quota exceeded"):
         if symptom in text:
@@ -654,7 +661,10 @@ def _failure_message(model_name, mode, reason):
 
 
 def convert_saved_model(saved_model_dir, mode, samples, io_type="float32", sparse=False, keep_float=None):
-    """Runs the TFLite converter on an exported SavedModel (``serve`` endpoint); returns the bytes."""
+    """Runs the TFLite converter on an exported SavedModel (``serve`` endpoint); returns the bytes.
+
+    ``samples``: calibration samples, each ``{signature input name: array}``, or None.
+    """
     import tensorflow as tf
 
     with native_stderr.buffered_filter(native_stderr.CONVERTER_CHATTER):
@@ -674,8 +684,11 @@ def _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep
     with open(os.path.join(job, "job.json"), "w") as f:
         json.dump({"mode": mode, "io_type": io_type, "sparse": bool(sparse), "keep_float": keep_float}, f)
     if samples:
-        arrays = {f"input_{j}": np.concatenate([s[j] for s in samples]) for j in range(len(samples[0]))}
+        names = list(samples[0])
+        arrays = {f"input_{j}": np.concatenate([s[name] for s in samples]) for j, name in enumerate(names)}
         np.savez(os.path.join(job, "samples.npz"), **arrays)
+        with open(os.path.join(job, "input_names.json"), "w") as f:
+            json.dump(names, f)
     try:
         outcome = isolation.run(["-m", "tfcompress._convert_worker", saved_model_dir, job], timeout)
     except isolation.Timeout:

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from tfcompress import micro, reports, tflite_file, validation
+from tfcompress import micro, profiling, reports, tflite_file, validation
 from tfcompress.convert import ConvertedModel
 
 BACKENDS = ("cpu", "xnnpack")  # the default: LiteRT's two CPU paths
@@ -71,6 +71,9 @@ class EvaluationReport:
     notes: list = dataclasses.field(default_factory=list)
     failed_backends: dict = dataclasses.field(default_factory=dict)
     micro: object = None  # a micro.MicroReport, with backends including "micro"
+    delegation: object = None  # a profiling.Delegation, with "xnnpack" in backends
+    op_profiles: dict = dataclasses.field(default_factory=dict)  # backend -> profiling.OpProfile (profile=True)
+    peak_memory_bytes: dict = dataclasses.field(default_factory=dict)  # backend -> bytes (profile=True)
 
     def latency_for(self, backend, threads=1):
         for r in self.latency:
@@ -100,7 +103,7 @@ def _json_default(value):
     return str(value)
 
 
-def _make_interpreter(raw, backend, threads):
+def make_interpreter(raw, backend, threads):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     if backend == "cpu":
@@ -141,7 +144,38 @@ _INPUT_FIX = ("or evaluate without x to time a synthetic input only (CLI: --data
               "or --no_data)")
 
 
-def _split_inputs(x, details):
+def _input_name(detail):
+    """The signature's name of an input: ``"serve_image:0"`` → ``"image"``."""
+    name = detail["name"]
+    name = name[len("serve_"):] if name.startswith("serve_") else name
+    return name[:-2] if name.endswith(":0") else name
+
+
+def _list_in_file_order(x, details, keras_order):
+    """A list of per-input arrays, given in the Keras model's input order, in the file's input order.
+
+    The converter orders a file's inputs its own way (an image and a vector input
+    may swap), so a list cannot simply be read in file order. With the Keras order
+    known (the output of `to_tflite` carries it) the names map the list; for a file
+    from elsewhere, the arrays' sample shapes must tell the inputs apart.
+    """
+    names = [_input_name(d) for d in details]
+    if keras_order is not None and sorted(keras_order) == sorted(names):
+        return [(f"x[{keras_order.index(n)}]", x[keras_order.index(n)]) for n in names]
+    fits = [[j for j, d in enumerate(details) if _shape_or_none(a) is not None and len(np.shape(a)) == len(_signature(d))
+             and all(s < 0 or s == g for s, g in zip(_signature(d)[1:], np.shape(a)[1:]))] for a in x]
+    if all(len(f) == 1 for f in fits) and sorted(f[0] for f in fits) == list(range(len(details))):
+        placed = {f[0]: (f"x[{i}]", x[i]) for i, f in enumerate(fits)}
+        return [placed[j] for j in range(len(details))]
+    if all(i in f for i, f in enumerate(fits)) and any(len(f) > 1 for f in fits):
+        raise ValueError(
+            f"x: the model has {len(details)} inputs {names} that take samples of the same shape, and this file does "
+            "not record the Keras model's input order (the converter may reorder inputs). Pass a dict keyed by input "
+            f"name, e.g. {{{', '.join(repr(n) + ': ...' for n in names)}}}.")
+    return [(f"x[{i}]", a) for i, a in enumerate(x)]  # shapes do not fit: the per-input check names the mismatch
+
+
+def _split_inputs(x, details, keras_order=None):
     """Maps user inputs (array, list or dict) onto the interpreter's input order: ``[(label, value)]``."""
     names = [d["name"] for d in details]
     if len(details) == 1:
@@ -172,7 +206,7 @@ def _split_inputs(x, details):
             pairs.append((f"x[{key!r}]", x[key]))
         return pairs
     if isinstance(x, (list, tuple)) and len(x) == len(details):
-        return [(f"x[{i}]", a) for i, a in enumerate(x)]
+        return _list_in_file_order(x, details, keras_order)
     got = f"a list of {len(x)} arrays" if isinstance(x, (list, tuple)) else f"one {type(x).__name__}"
     raise ValueError(
         f"x: the model has {len(details)} inputs {names}, but x is {got}. Pass a list of {len(details)} arrays in "
@@ -223,9 +257,13 @@ def _check_input(label, value, detail):
     return array
 
 
-def _check_inputs(x, details):
-    """All user inputs, batched and checked against the interpreter's input details."""
-    arrays = [_check_input(label, value, d) for (label, value), d in zip(_split_inputs(x, details), details)]
+def check_inputs(x, details, keras_order=None):
+    """All user inputs, batched and checked against the interpreter's input details.
+
+    ``keras_order``: the Keras model's input names in order, if known (see `_list_in_file_order`).
+    """
+    arrays = [_check_input(label, value, d)
+              for (label, value), d in zip(_split_inputs(x, details, keras_order), details)]
     counts = {len(a) for a in arrays}
     if len(counts) > 1:
         raise ValueError(
@@ -288,7 +326,7 @@ def output_heads(interpreter):
     return [(name, by_index[named[name]["index"]]) for name in sorted(named, key=_keras_order)]
 
 
-def _pick_head(heads, output, scoring):
+def pick_head(heads, output, scoring):
     """The index (into ``heads``) of the output that accuracy and parity use; a clear error when ambiguous."""
     names = [name for name, _ in heads]
     if output is None:
@@ -346,11 +384,11 @@ def predict(model, x, output=None, backend="xnnpack", batch_size=256):
         An array with one row per sample.
     """
     raw = tflite_file.read_bytes(model)
-    probe = _make_interpreter(raw, "cpu", 1)
-    head = _pick_head(output_heads(probe), output, scoring=False)
-    arrays = _check_inputs(x, probe.get_input_details())
+    probe = make_interpreter(raw, "cpu", 1)
+    head = pick_head(output_heads(probe), output, scoring=False)
+    arrays = check_inputs(x, probe.get_input_details(), getattr(model, "input_names", None))
     try:
-        return _predict(_make_interpreter(raw, backend, 1), arrays, batch_size, head)
+        return _predict(make_interpreter(raw, backend, 1), arrays, batch_size, head)
     except (RuntimeError, ValueError):
         if backend == "cpu":
             raise
@@ -358,7 +396,7 @@ def predict(model, x, output=None, backend="xnnpack", batch_size=256):
         return _predict(probe, arrays, batch_size, head)
 
 
-def _time_round_robin(interpreters, num_runs, warmup_runs):
+def time_round_robin(interpreters, num_runs, warmup_runs):
     """Times ``invoke()`` of every interpreter (inputs already set), one run of each per round."""
     times = {key: [] for key in interpreters}
     gc_was_enabled = gc.isenabled()
@@ -378,14 +416,14 @@ def _time_round_robin(interpreters, num_runs, warmup_runs):
     return times
 
 
-def _summary(times):
+def summarize_times(times):
     t = sorted(times)
     return dict(median_ms=statistics.median(t), p90_ms=float(np.percentile(t, 90)), mean_ms=statistics.fmean(t),
                 std_ms=statistics.stdev(t) if len(t) > 1 else 0.0, runs=len(t))
 
 
-def _latency_inputs(details, arrays, rng):
-    """The latency input: the first sample of the checked ``arrays`` (see `_check_inputs`), else a random one."""
+def timing_inputs(details, arrays, rng):
+    """The latency input: the first sample of the checked ``arrays`` (see `check_inputs`), else a random one."""
     if arrays is None:
         return [_synthetic_input(d, rng) for d in details]
     return [quantize_input(a[:1], d) for a, d in zip(arrays, details)]
@@ -408,7 +446,7 @@ def _check_backends(backends):
     return backends
 
 
-def _check_threads(threads):
+def check_threads(threads):
     if isinstance(threads, (int, np.integer)):
         threads = (threads,)
     try:
@@ -446,16 +484,16 @@ def evaluate_many(models, x=None, y=None, backends=BACKENDS, threads=(1,), num_r
         raw = tflite_file.read_bytes(m)
         checked = None  # the same inputs on every backend of one model: checked once
         for r in reports[name].latency:
-            interpreter = _make_interpreter(raw, r.backend, r.threads)
+            interpreter = make_interpreter(raw, r.backend, r.threads)
             details = interpreter.get_input_details()
             if x is not None and checked is None:
-                checked = _check_inputs(x, details)
-            _set_inputs(interpreter, _latency_inputs(details, checked, rng))
+                checked = check_inputs(x, details, getattr(m, "input_names", None))
+            _set_inputs(interpreter, timing_inputs(details, checked, rng))
             interpreters[(name, r.backend, r.threads)] = interpreter
-    times = _time_round_robin(interpreters, num_runs, warmup_runs)
+    times = time_round_robin(interpreters, num_runs, warmup_runs)
     for (name, backend, n_threads), t in times.items():
         result = reports[name].latency_for(backend, n_threads)
-        for field, value in _summary(t).items():
+        for field, value in summarize_times(t).items():
             setattr(result, field, value)
     return reports
 
@@ -475,6 +513,7 @@ def evaluate_tflite(
     verify="auto",
     output=None,
     micro_samples=MICRO_SAMPLES,
+    profile=False,
 ):
     """Measures a .tflite model: size, sparsity, ops, latency per backend, parity and accuracy.
 
@@ -508,6 +547,10 @@ def evaluate_tflite(
             key). Required with ``y`` when there are several.
         micro_samples: samples of x run on TFLite Micro (one at a time, as on a
             board; its reference kernels are slow).
+        profile: also time each op type with LiteRT's profiler and measure each
+            backend's peak memory (in child processes; see `tfcompress.profiling`).
+            How many nodes XNNPACK took, and which ops stayed on the default
+            kernels, is always reported (``delegation``, and a note when not all).
 
     Returns:
         An `EvaluationReport`.
@@ -525,7 +568,7 @@ def evaluate_tflite(
         >>> print(r.to_markdown())
     """
     backends = _check_backends(backends)
-    threads = _check_threads(threads)
+    threads = check_threads(threads)
     if num_runs < 1:
         raise ValueError(f"num_runs must be >= 1, got {num_runs!r}.")
     want_micro = "micro" in backends
@@ -540,7 +583,7 @@ def evaluate_tflite(
     name = name or getattr(model, "mode", None) or "model"
     rng = np.random.default_rng(seed)
     try:
-        probe = _make_interpreter(raw, backends[0] if backends else "xnnpack", 1)
+        probe = make_interpreter(raw, backends[0] if backends else "xnnpack", 1)
     except (ValueError, RuntimeError) as exc:
         raise tflite_file.InvalidTFLiteFileError(
             f"LiteRT could not load the model: {str(exc).strip().splitlines()[-1]}. The file is corrupted or uses "
@@ -548,12 +591,12 @@ def evaluate_tflite(
         ) from None
     details = probe.get_input_details()
     heads = output_heads(probe)
-    head = _pick_head(heads, output, scoring=y is not None)
+    head = pick_head(heads, output, scoring=y is not None)
 
     inputs_float = None
     if x is not None:
         # Checked here, before any backend runs: a backend failing on mismatched data would read as a bad file.
-        inputs_float = _check_inputs(x, details)
+        inputs_float = check_inputs(x, details, getattr(model, "input_names", None))
         if y is not None:
             output_shape = heads[head][1]["shape"]
             y = validation.check_labels(y, int(np.prod(output_shape[1:])) if len(output_shape) > 1 else 1,
@@ -561,7 +604,7 @@ def evaluate_tflite(
     elif y is not None:
         raise ValueError("y was given without x; pass both to measure accuracy.")
 
-    latency_inputs = _latency_inputs(details, inputs_float, rng)
+    latency_inputs = timing_inputs(details, inputs_float, rng)
 
     interpreters, init_ms, first_ms, failures = {}, {}, {}, {}
     for cfg in [(b, t) for b in backends for t in threads]:
@@ -569,7 +612,7 @@ def evaluate_tflite(
             continue
         try:
             start = time.perf_counter()
-            interpreters[cfg] = _make_interpreter(raw, *cfg)
+            interpreters[cfg] = make_interpreter(raw, *cfg)
             init_ms[cfg] = (time.perf_counter() - start) * 1e3
             start = time.perf_counter()
             _run(interpreters[cfg], latency_inputs)
@@ -584,16 +627,16 @@ def evaluate_tflite(
             "lacks; re-export it.")
     configs = list(interpreters)
     backends = tuple(dict.fromkeys(b for b, _ in configs))
-    times = _time_round_robin(interpreters, num_runs, warmup_runs)
+    times = time_round_robin(interpreters, num_runs, warmup_runs)
     latency = [LatencyResult(backend=cfg[0], threads=cfg[1], init_ms=init_ms[cfg], first_run_ms=first_ms[cfg],
-                             **_summary(times[cfg])) for cfg in configs]
+                             **summarize_times(times[cfg])) for cfg in configs]
 
     parity = {}
     if len(backends) > 1:
         sample = [a[:parity_samples] for a in inputs_float] if inputs_float is not None else [
             np.concatenate([dequantize_output(_synthetic_input(d, rng), d) for _ in range(8)]) for d in details
         ]
-        outs = {b: _predict(_make_interpreter(raw, b, threads[0]), sample, batch_size, head) for b in backends}
+        outs = {b: _predict(make_interpreter(raw, b, threads[0]), sample, batch_size, head) for b in backends}
         reference = backends[0]
         parity = {"reference": reference, "samples": int(len(sample[0])), "output": heads[head][0], "backends": {}}
         for b in backends[1:]:
@@ -604,7 +647,7 @@ def evaluate_tflite(
     accuracy, accuracy_backend = None, None
     if y is not None and backends:
         accuracy_backend = "xnnpack" if "xnnpack" in backends else backends[0]
-        logits = _predict(_make_interpreter(raw, accuracy_backend, max(threads)), inputs_float, batch_size, head)
+        logits = _predict(make_interpreter(raw, accuracy_backend, max(threads)), inputs_float, batch_size, head)
         accuracy = float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
 
     micro_report = None
@@ -617,6 +660,17 @@ def evaluate_tflite(
         elif not backends and y is not None:
             accuracy, accuracy_backend = micro_report.accuracy, "micro"
 
+    delegation, op_profiles, peak_bytes = None, {}, {}
+    if "xnnpack" in backends:
+        try:
+            delegation = profiling.delegation(raw, threads=threads[0])
+        except (AttributeError, KeyError, TypeError):
+            pass  # it reads a private LiteRT node list (see profiling): a LiteRT that changed it costs the count only
+    if profile:
+        for b in backends:
+            op_profiles[b] = profiling.op_profile(raw, backend=b, threads=threads[0], num_runs=num_runs)
+            peak_bytes[b] = profiling.peak_memory(raw, backend=b, threads=threads[0])
+
     notes = list(getattr(model, "notes", []))
     if len(heads) > 1:
         notes.append(f"{len(heads)} outputs {[n for n, _ in heads]}: accuracy and parity are of {heads[head][0]!r}")
@@ -626,6 +680,10 @@ def evaluate_tflite(
             f"{100 * info.sparsity:.0f}% of weights are zero: this shrinks the gzip size; on x86 with AVX, "
             "XNNPACK runs dense kernels, so no speed-up is expected here (ARM can use sparse kernels)."
         )
+    if delegation is not None and not delegation.fully_delegated:
+        notes.append(f"XNNPACK took {delegation.xnnpack_nodes} of {delegation.total_nodes} nodes "
+                     f"({delegation.partitions} partitions); on the default kernels: "
+                     + ", ".join(f"{k}×{v}" for k, v in delegation.default_kernel_census.items()))
     return EvaluationReport(
         name=name,
         file_bytes=info.file_bytes,
@@ -646,6 +704,9 @@ def evaluate_tflite(
         notes=notes,
         failed_backends=failures,
         micro=micro_report,
+        delegation=delegation,
+        op_profiles=op_profiles,
+        peak_memory_bytes=peak_bytes,
     )
 
 
@@ -667,7 +728,7 @@ def _evaluate_micro(raw, probe, heads, head, inputs_float, y, samples, batch_siz
     raw_outputs, report.host_ms = micro.run(raw, report.arena_bytes,
                                             [quantize_input(a, d) for a, d in zip(sample, details)], output_index)
     outputs = dequantize_output(raw_outputs, detail).reshape(len(raw_outputs), -1)
-    reference = _predict(_make_interpreter(raw, "xnnpack", 1), sample, batch_size, head).reshape(len(outputs), -1)
+    reference = _predict(make_interpreter(raw, "xnnpack", 1), sample, batch_size, head).reshape(len(outputs), -1)
     report.samples = len(outputs)
     report.agreement = float(np.mean(outputs.argmax(1) == reference.argmax(1)))
     report.max_abs_diff = float(np.max(np.abs(outputs - reference))) if outputs.size else 0.0

@@ -49,6 +49,13 @@ def evaluation_markdown(report):
             (f"backend vs {report.parity.get('reference', '?')}", "max abs diff", "top-1 agreement"),
             [(backend, f"{p['max_abs_diff']:.3g}", f"{100 * p['top1_agreement']:.2f}%")
              for backend, p in report.parity.get("backends", {}).items()])]
+    if getattr(report, "delegation", None) is not None and (report.op_profiles or not report.delegation.fully_delegated):
+        lines += ["", report.delegation.to_markdown()]
+    for prof in getattr(report, "op_profiles", {}).values():
+        lines += ["", prof.to_markdown()]
+    if getattr(report, "peak_memory_bytes", None):
+        lines += ["", markdown_table(("backend", "peak memory"),
+                                     [(b, format_kb(v)) for b, v in report.peak_memory_bytes.items()])]
     if getattr(report, "micro", None) is not None:
         lines += ["", "TFLite Micro:", "", report.micro.to_markdown()]
     lines += ["", "Ops: " + ", ".join(f"{k}×{v}" for k, v in report.op_census_by_dtype.items())]
@@ -80,7 +87,7 @@ def compare(reports, baseline=None, reference_accuracy=None):
     base = next((r for r in reports if r.name == baseline), None) if baseline else reports[0]
     if base is None:
         raise ValueError(f"baseline={baseline!r} is not among the reports {[r.name for r in reports]}.")
-    keys = [r.key for r in base.latency]
+    keys = list(dict.fromkeys(x.key for r in reports for x in r.latency))  # e.g. LiteRT's and ONNX Runtime's
     header = ["variant", "size", "gzip", "× smaller", "sparsity", "accuracy", f"Δ vs {base.name}"]
     if reference_accuracy is not None:
         header.append("Δ vs Keras")
@@ -102,7 +109,8 @@ def compare(reports, baseline=None, reference_accuracy=None):
         by_key = {x.key: x for x in r.latency}
         base_key = {x.key: x for x in base.latency}
         cells += [f"{by_key[k].median_ms:.3f}" if k in by_key else "—" for k in keys]
-        cells += [f"{base_key[k].median_ms / by_key[k].median_ms:.2f}x" if k in by_key else "—" for k in keys]
+        cells += [f"{base_key[k].median_ms / by_key[k].median_ms:.2f}x" if k in by_key and k in base_key else "—"
+                  for k in keys]
         if with_micro:
             m = getattr(r, "micro", None)
             if m is None:

@@ -1,0 +1,216 @@
+"""ONNX export (float through Keras' exporter, int8 from the int8 .tflite via tf2onnx) and ONNX Runtime evaluation.
+
+Real TensorFlow, tf2onnx and ONNX Runtime; tiny models so the whole file runs in seconds.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import tfcompress as tfc
+from tfcompress import evaluate, onnx_export
+from tfcompress.extras import MissingExtraError
+
+pytest.importorskip("tf2onnx")
+pytest.importorskip("onnxruntime")
+
+from conftest import small_cnn  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(digits_data):
+    """The shared small CNN, trained briefly (a few seconds) so accuracy and int8 ranges mean something."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    (x, y), _ = digits_data
+    model = tfc.zoo.compile_classifier(small_cnn(name="onnx_cnn"), learning_rate=3e-3)
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(trained_cnn, digits_data):
+    (x, _), _ = digits_data
+    return onnx_export.to_onnx(trained_cnn, mode="int8", representative_data=x[:200])
+
+
+def _two_input_model():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    image = keras.Input((8, 8, 1), name="image")
+    meta = keras.Input((3,), name="meta")
+    h = keras.layers.Conv2D(4, 3, activation="relu")(image)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Concatenate()([h, keras.layers.Dense(4, activation="relu")(meta)])
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Dropout(0.5)(h)  # inference mode in the export: no effect
+    return keras.Model([image, meta], [keras.layers.Dense(10, name="logits")(h),
+                                       keras.layers.Dense(2, name="aux")(h)], name="two_in_two_out")
+
+
+def test_float_sequential_matches_keras():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    # Built by keras.Input but never called: Keras' own exporter refuses that without an input signature.
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.BatchNormalization(), keras.layers.MaxPooling2D(),
+                              keras.layers.Flatten(), keras.layers.Dense(10)], name="seq")
+    x = np.random.default_rng(0).random((32, 8, 8, 1), dtype=np.float32)
+    result = onnx_export.to_onnx(model)
+    assert isinstance(result, bytes) and result.mode == "float32" and result.model_name == "seq"
+    diff = np.abs(onnx_export.predict_onnx(result, x) - model.predict(x, verbose=0))
+    assert diff.max() < 1e-4, diff.max()
+
+
+def test_float_two_input_functional_matches_keras():
+    model = _two_input_model()
+    rng = np.random.default_rng(0)
+    x = [rng.random((20, 8, 8, 1), dtype=np.float32), rng.random((20, 3), dtype=np.float32)]
+    result = onnx_export.to_onnx(model)
+    expected = model.predict(x, verbose=0)
+    for head in (0, 1):
+        got = onnx_export.predict_onnx(result, x, output=head)
+        assert np.abs(got - expected[head]).max() < 1e-4
+    # A dict keyed by the Keras input names works too, in any order.
+    by_name = onnx_export.predict_onnx(result, {"meta": x[1], "image": x[0]})
+    assert np.abs(by_name - expected[0]).max() < 1e-4
+
+
+def test_int8_matches_int8_tflite(int8_onnx, digits_data, tmp_path):
+    _, (x_test, _) = digits_data
+    assert int8_onnx.mode == "int8" and int8_onnx.tflite.mode == "int8"
+    onnx_out = onnx_export.predict_onnx(int8_onnx, x_test)
+    tflite_out = evaluate.predict(bytes(int8_onnx.tflite), x_test)
+    assert np.array_equal(onnx_out.argmax(1), tflite_out.argmax(1))
+    # The same int8 arithmetic: equal up to at most one output quantization step.
+    step = int8_onnx.tflite.info.output_details[0]["scale"]
+    assert np.abs(onnx_out - tflite_out).max() <= step + 1e-6
+    # A .tflite path (not our ConvertedModel) is translated the same way.
+    path = tmp_path / "m.tflite"
+    path.write_bytes(bytes(int8_onnx.tflite))
+    again = onnx_export.to_onnx(str(path), mode="int8")
+    assert np.array_equal(onnx_export.predict_onnx(again, x_test[:50]), onnx_out[:50])
+
+
+def test_int8_io_and_output_order_match_tflite():
+    """int8 inputs are quantized for the caller, and several outputs keep the Keras order."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    image = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu")(image))
+    # Two heads the converter lists in the other order: the file's signature gives the Keras order back.
+    model = keras.Model(image, [keras.layers.Dense(10, name="wide")(h), keras.layers.Dense(2, name="narrow")(h)])
+    x = np.random.default_rng(0).random((64, 8, 8, 1), dtype=np.float32)
+    result = onnx_export.to_onnx(model, mode="int8", representative_data=x, io_type="int8")
+    assert [d["dtype"] for d in onnx_export.evaluate_onnx(result, num_runs=1).inputs] == ["int8"]
+    for head, width in ((0, 10), (1, 2)):
+        got = onnx_export.predict_onnx(result, x, output=head)
+        expected = evaluate.predict(bytes(result.tflite), x, output=head)
+        assert got.shape == expected.shape == (64, width) and np.array_equal(got, expected)
+
+
+def test_evaluate_onnx_report(int8_onnx, trained_cnn, digits_data):
+    _, (x_test, y_test) = digits_data
+    report = onnx_export.evaluate_onnx(int8_onnx, x=x_test, y=y_test, threads=(1, 2), num_runs=5)
+    assert isinstance(report, tfc.EvaluationReport)
+    predicted = onnx_export.predict_onnx(int8_onnx, x_test).argmax(1)
+    assert report.accuracy == pytest.approx(float(np.mean(predicted == y_test)))
+    assert report.accuracy_samples == len(y_test) and report.accuracy_backend == "onnxruntime"
+    assert [r.key for r in report.latency] == ["onnxruntime/1t", "onnxruntime/2t"]
+    assert all(r.runs == 5 and r.median_ms > 0 for r in report.latency)
+    assert report.file_bytes == len(int8_onnx) and 0 < report.gzip_bytes
+    assert report.op_census["QuantizeLinear"] >= 1 and "Conv" in report.op_census
+    assert report.weight_bytes_by_dtype["int8"] > report.weight_bytes_by_dtype.get("float32", 0)
+    assert report.parity == {} and report.name == "int8"
+    assert "onnxruntime" in report.to_markdown()
+    assert report.to_dict()["latency"][0]["backend"] == "onnxruntime"
+    # In one table with the LiteRT rows.
+    litert = tfc.evaluate_tflite(int8_onnx.tflite, x=x_test, y=y_test, num_runs=5, name="int8 tflite")
+    assert "int8 tflite" in tfc.compare([litert, report])
+    # The float file is close to the Keras model's accuracy.
+    float_report = onnx_export.evaluate_onnx(onnx_export.to_onnx(trained_cnn), x=x_test, y=y_test, num_runs=2)
+    keras_accuracy = float(np.mean(trained_cnn.predict(x_test, verbose=0).argmax(1) == y_test))
+    assert float_report.accuracy == pytest.approx(keras_accuracy)
+
+
+def test_bad_x_is_named(int8_onnx):
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"x has shape \(4, 1, 8, 8\).*takes samples of shape \(8, 8, 1\)"):
+        onnx_export.evaluate_onnx(int8_onnx, x=rng.random((4, 1, 8, 8), dtype=np.float32))
+    x = rng.random((6, 8, 8, 1), dtype=np.float32)
+    x[3, 2, 2, 0] = np.nan
+    with pytest.raises(ValueError, match=r"sample 3 of model input .* contains NaN"):
+        onnx_export.evaluate_onnx(int8_onnx, x=x)
+    with pytest.raises(ValueError, match=r"y has 2 labels but x has 6 samples"):
+        onnx_export.evaluate_onnx(int8_onnx, x=np.nan_to_num(x), y=[1, 2])
+    with pytest.raises(onnx_export.InvalidONNXFileError, match="Could not parse the ONNX model"):
+        onnx_export.evaluate_onnx(b"not an onnx model at all")
+
+
+def test_int8_needs_representative_data(trained_cnn):
+    with pytest.raises(tfc.RepresentativeDataError, match=r"representative_data is required for to_onnx\(mode='int8'\)"):
+        onnx_export.to_onnx(trained_cnn, mode="int8")
+    with pytest.raises(ValueError, match="mode='int8x' is not an ONNX export mode"):
+        onnx_export.to_onnx(trained_cnn, mode="int8x")
+
+
+def test_tflite_input_checks(int8_onnx, digits_data):
+    (x, _), _ = digits_data
+    with pytest.raises(ValueError, match="this .tflite is quantized.*pass mode='int8'"):
+        onnx_export.to_onnx(int8_onnx.tflite, mode="float32")
+    with pytest.raises(ValueError, match="representative_data: not used for a .tflite input"):
+        onnx_export.to_onnx(int8_onnx.tflite, mode="int8", representative_data=x[:10])
+    with pytest.raises(onnx_export.InvalidONNXFileError, match="This is a .tflite model, not ONNX"):
+        onnx_export.evaluate_onnx(bytes(int8_onnx.tflite))
+
+
+def test_output_path_is_not_overwritten(trained_cnn, tmp_path):
+    path = tmp_path / "model.onnx"
+    first = onnx_export.to_onnx(trained_cnn, output_path=str(path))
+    assert path.read_bytes() == bytes(first)
+    path.write_bytes(b"keep me")
+    with pytest.raises(tfc.OutputExistsError, match="overwrite=True"):
+        onnx_export.to_onnx(trained_cnn, output_path=str(path))
+    assert path.read_bytes() == b"keep me"
+    onnx_export.to_onnx(trained_cnn, output_path=str(path), overwrite=True)
+    assert onnx_export.evaluate_onnx(str(path), num_runs=1).file_bytes == len(first)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp file left behind
+
+
+def test_export_failure_is_one_line():
+    import keras
+
+    inputs = keras.Input((4,))
+    # tf2onnx has no translation of TensorFlow's Erfinv: Keras' exporter writes a file ONNX Runtime cannot load.
+    outputs = keras.layers.Lambda(lambda t: keras.ops.erfinv(keras.ops.tanh(t) * 0.5))(inputs)
+    model = keras.Model(inputs, outputs, name="uses_erfinv")
+    with pytest.raises(onnx_export.ONNXExportError) as info:
+        onnx_export.to_onnx(model)
+    message = str(info.value)
+    assert "\n" not in message and "uses_erfinv" in message and "Erfinv" in message, message
+    assert isinstance(info.value, tfc.ConversionError)
+
+
+def test_missing_extra_is_named(monkeypatch, int8_onnx, trained_cnn):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"tfcompress\[onnx\]"):
+        onnx_export.evaluate_onnx(int8_onnx)
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)
+    with pytest.raises(MissingExtraError, match=r"tfc.to_onnx needs the optional package 'tf2onnx'"):
+        onnx_export.to_onnx(trained_cnn)
+
+
+def test_no_temp_files_left(trained_cnn, digits_data):
+    import tempfile
+
+    (x, _), _ = digits_data
+    before = set(os.listdir(tempfile.gettempdir()))
+    onnx_export.to_onnx(trained_cnn, mode="int8", representative_data=x[:50])
+    leftovers = {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("tfcompress_")}
+    assert not leftovers
