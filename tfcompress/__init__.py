@@ -68,6 +68,7 @@ with _quiet_import:
 from tfcompress.recipe import (  # noqa: E402
     Cluster, CompressionResult, Convert, Distill, Factorize, Prune, PruneChannels, QuantizationAwareTraining, compress,
 )
+from tfcompress.auto import AutoCompressionResult, auto_compress  # noqa: E402
 
 __all__ = [
     # conversion (PTQ = to_tflite's int8 / int16x8 / dynamic / float16 modes), its guardrails
@@ -89,7 +90,7 @@ __all__ = [
     # quantization-aware training (QAT)
     "quantize_model", "QATConfig", "TFLiteParityCallback", "quantization",
     # recipes
-    "compress", "CompressionResult", "Prune", "PruneChannels", "Cluster", "Factorize", "Distill", "QuantizationAwareTraining", "Convert",
+    "compress", "CompressionResult", "auto_compress", "AutoCompressionResult", "Prune", "PruneChannels", "Cluster", "Factorize", "Distill", "QuantizationAwareTraining", "Convert",
     # callbacks, files, data, models
     "callbacks", "BackupAndRestore", "write_atomic", "OutputExistsError", "datasets", "zoo",
 ]

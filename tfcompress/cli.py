@@ -429,6 +429,59 @@ def _export(argv):
 
 # --- demo --------------------------------------------------------------------------------------
 
+# --- auto ---------------------------------------------------------------------------------------
+
+def _define_auto():
+    _define_common()
+    _define_data()
+    _define_model_loading()
+    flags.DEFINE_float("max_drop", 1.0, "Accuracy points a candidate may lose against the input model on the "
+                       "validation split (carved from the end of the training data; the test split only reports).")
+    flags.DEFINE_enum("objective", "latency", ["latency", "size"], "What to minimise: latency on --backend (1 "
+                      "thread) or the gzip -9 size of the file.")
+    flags.DEFINE_float("time_budget", None, "Seconds for the whole search; the best candidate so far wins "
+                       "(default: none - no limit).")
+    flags.DEFINE_enum("backend", "xnnpack", ["xnnpack", "cpu"], "The runtime whose latency counts.")
+    flags.DEFINE_string("out", "auto_out", "Output folder: best.tflite, candidates/, report.md, report.json, "
+                        "report.png.")
+    flags.DEFINE_string("backup_dir", None, "Keep finished candidates (and training state) here; rerunning the same "
+                        "command after a kill skips them (default: none - not resumable).")
+    flags.DEFINE_integer("epochs", 2, "Fine-tuning epochs of each training step (pruning, distillation).",
+                         lower_bound=1)
+    flags.DEFINE_float("validation_split", 0.1, "Share of the training data held out to choose by.")
+    flags.DEFINE_integer("limit_train", None, "Use the first N training samples only (default: none - all).",
+                         lower_bound=10)
+    flags.DEFINE_integer("runs", 50, "Timed runs per candidate in the final joint timing.", lower_bound=1)
+
+
+def _auto(argv):
+    import tfcompress as tfc
+
+    if len(argv) != 2:
+        raise UsageError("usage: tfcompress auto MODEL.keras [--data=fashion_mnist] [--max_drop=1.0] "
+                         "[--objective=latency] [--time_budget=SECONDS] [--out=DIR]")
+    if FLAGS.max_drop <= 0:
+        raise UsageError(f"--max_drop={FLAGS.max_drop}: give the accuracy points you accept to lose, > 0 (e.g. 1.0).")
+    if FLAGS.time_budget is not None and FLAGS.time_budget <= 0:
+        raise UsageError(f"--time_budget={FLAGS.time_budget}: give seconds > 0.")
+    if os.path.isdir(FLAGS.out) and os.listdir(FLAGS.out) and not FLAGS.overwrite:
+        raise UsageError(f"--out={FLAGS.out!r} already holds files; pass --overwrite or choose another folder.")
+    start = time.perf_counter()
+    model = load_keras_model(argv[1], FLAGS.unsafe)
+    (x, y), test = load_data(FLAGS.data, FLAGS.limit_test)
+    if FLAGS.limit_train:
+        x, y = x[:FLAGS.limit_train], y[:FLAGS.limit_train]
+    result = tfc.auto_compress(model, ((x, y), test), max_accuracy_drop=FLAGS.max_drop, objective=FLAGS.objective,
+                               time_budget=FLAGS.time_budget, backend=FLAGS.backend, backup_dir=FLAGS.backup_dir,
+                               out_dir=FLAGS.out, overwrite=FLAGS.overwrite, epochs=FLAGS.epochs,
+                               validation_split=FLAGS.validation_split, num_runs=FLAGS.runs)
+    print(result.to_markdown())
+    _progress(f"wrote {os.path.join(FLAGS.out, 'best.tflite')} ({result.best}) and report.md/.json/.png", start)
+    if not result.budget_met_on_test:
+        print(f"tfcompress auto: warning: {result.best} met the budget on validation but misses it on the test split "
+              f"by {result.test_shortfall:.2f} pt (see report.md).", file=sys.stderr)
+
+
 def _define_demo():
     _define_common()
     flags.DEFINE_string("out", "demo_out", "Output folder for report.md, report.json, plots and .tflite files.")
@@ -462,6 +515,8 @@ COMMANDS = {
                 "are post-training quantization (PTQ)."),
     "evaluate": (_define_evaluate, _evaluate, "Size, latency (CPU vs XNNPACK), accuracy and TFLite Micro arena (--backends=...,micro) of .tflite files."),
     "export": (_define_export, _export, "Write a .tflite as a C array (.cc + .h) for firmware (TFLite Micro)."),
+    "auto": (_define_auto, _auto, "Search recipes for the fastest (--objective=latency) or smallest .tflite within "
+             "an accuracy budget (--max_drop), measured on the deployment runtime."),
     "demo": (_define_demo, _demo, "The end-to-end demo on Fashion-MNIST: train, compress, evaluate, report."),
 }
 

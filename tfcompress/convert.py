@@ -667,7 +667,10 @@ def convert_saved_model(saved_model_dir, mode, samples, io_type="float32", spars
     """
     import tensorflow as tf
 
-    with native_stderr.buffered_filter(native_stderr.CONVERTER_CHATTER):
+    with native_stderr.buffered_filter(native_stderr.CONVERTER_CHATTER), warnings.catch_warnings():
+        # Calibrating on samples keyed by input name runs TF's deprecated tf.lite.Interpreter inside the
+        # converter, which warns; nothing for the user to act on.
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated", category=UserWarning)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serve"])
         _configure(converter, mode, samples, io_type, sparse)
         if keep_float:

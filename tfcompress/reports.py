@@ -144,6 +144,91 @@ def _save_png(fig, path):
     write_atomic(path, buffer.getvalue(), overwrite=True)
 
 
+# Label positions tried around a point (offset points), nearest first.
+_LABEL_OFFSETS = [(dx, dy) for r in (1, 2, 3, 4, 6) for dx, dy in
+                  ((5, 4), (5, -11), (-5, 4), (-5, -11), (0, 9), (0, -16))
+                  for dx, dy in [(dx * r, dy if abs(dy) < 5 else dy + (r - 1) * (8 if dy > 0 else -8))]]
+
+
+def place_labels(ax, xs, ys, names, fontsize=7):
+    """Annotates each point with its name where the label overlaps no other label and no marker (greedy).
+
+    Close points (``prune75-int8`` and ``prune75-qat-int8`` at almost the same size
+    and accuracy) would otherwise print on top of each other. Labels that had to
+    move away from their point get a thin leader line.
+
+    Returns:
+        The text artists, in the order of ``names``.
+    """
+    fig = ax.figure
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    from matplotlib.transforms import Bbox
+
+    # The markers are obstacles too: a label must not cover another point.
+    markers = [Bbox.from_bounds(px - 4, py - 4, 8, 8) for px, py in ax.transData.transform(list(zip(xs, ys)))]
+    placed, texts = [], [None] * len(names)
+    for i in sorted(range(len(names)), key=lambda k: (xs[k], ys[k])):
+        for n, (dx, dy) in enumerate(_LABEL_OFFSETS):
+            far = n >= 6
+            text = ax.annotate(names[i], (xs[i], ys[i]), xytext=(dx, dy), textcoords="offset points",
+                               fontsize=fontsize, ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                               arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5") if far else None)
+            box = text.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed + markers):
+                break
+            if n < len(_LABEL_OFFSETS) - 1:
+                text.remove()
+        placed.append(box)
+        texts[i] = text
+    return texts
+
+
+def pareto_front(points):
+    """Indices of the points no other point beats on both axes (lower x, higher y), by increasing x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_y = [], -float("inf")
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front
+
+
+def plot_pareto(rows, path, xlabel, ylabel, highlight=None, title=None):
+    """Writes a PNG: one point per ``(name, x, y)``, the Pareto front (lower x, higher y) marked, labels apart.
+
+    Returns False (and writes nothing) without matplotlib.
+    """
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 6))
+    xs, ys, names = [r[1] for r in rows], [r[2] for r in rows], [r[0] for r in rows]
+    front = pareto_front(list(zip(xs, ys)))
+    ax.scatter(xs, ys, s=30, color="0.6", label="candidate", zorder=2)
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], "-o", color="tab:blue", ms=6, label="Pareto front",
+            zorder=3, drawstyle="steps-post")
+    if highlight in names:
+        i = names.index(highlight)
+        ax.scatter([xs[i]], [ys[i]], s=160, facecolors="none", edgecolors="tab:red", linewidths=2, label="chosen",
+                   zorder=4)
+    if len(set(xs)) > 1 and max(xs) / max(min(xs), 1e-9) > 8:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(0.15)
+    place_labels(ax, xs, ys, names)
+    _save_png(fig, path)
+    return True
+
+
 def plot_variants(reports, path, threads):
     """Writes a PNG: accuracy vs gzip size, and latency bars CPU vs XNNPACK. False (and nothing written) without matplotlib."""
     plt = _pyplot()
@@ -151,12 +236,11 @@ def plot_variants(reports, path, threads):
         return False
     names = list(reports)
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
-    for name in names:
-        r = reports[name]
-        left.scatter(r.gzip_bytes / 1024, 100 * r.accuracy, s=40)
-        left.annotate(name, (r.gzip_bytes / 1024, 100 * r.accuracy), fontsize=7, xytext=(3, 3),
-                      textcoords="offset points")
+    xs = [reports[n].gzip_bytes / 1024 for n in names]
+    ys = [100 * reports[n].accuracy for n in names]
+    left.scatter(xs, ys, s=40, c=[f"C{i % 10}" for i in range(len(names))])
     left.set_xscale("log")
+    left.margins(0.15)
     left.set_xlabel("gzip -9 size of the .tflite (KB, log scale)")
     left.set_ylabel("test accuracy (%)")
     left.set_title("accuracy vs compressed size")
@@ -171,6 +255,7 @@ def plot_variants(reports, path, threads):
     right.set_ylabel("median latency per image (ms)")
     right.set_title("latency: LiteRT built-in CPU kernels vs XNNPACK")
     right.legend()
+    place_labels(left, xs, ys, names)  # last: it needs the final layout
     _save_png(fig, path)
     return True
 
