@@ -169,8 +169,8 @@ def test_demo_quick(tmp_path):
                         timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted(os.listdir(out))
-    expected = {"float32", "float16", "dynamic", "int8", "prune50-int8", "prune75-int8", "prune90-int8",
-                "distill-int8", "distill-prune50-int8", "qat-int8", "prune75-qat-int8"}
+    expected = {"float32", "float16", "dynamic", "int8", "prune75-int8", "channels50-int8", "cluster16-int8",
+                "prune75-cluster16-int8", "distill-int8", "qat-int8"}
     assert {"report.md", "report.json", "report.png"} | {f"{v}.tflite" for v in expected} <= set(files)
     report = json.loads((out / "report.json").read_text())
     assert set(report["variants"]) == expected
@@ -178,9 +178,17 @@ def test_demo_quick(tmp_path):
     variants = report["variants"]
     assert abs(variants["int8"]["accuracy"] - report["keras_accuracy"]) < 0.03
     assert variants["prune75-int8"]["sparsity"] == pytest.approx(0.75, abs=0.02)
-    assert variants["prune75-qat-int8"]["sparsity"] > 0.7  # zeros survive QAT into the int8 file
+    assert variants["prune75-cluster16-int8"]["sparsity"] > 0.7  # zeros survive clustering into the int8 file
+    assert variants["prune75-cluster16-int8"]["gzip_bytes"] < variants["prune75-int8"]["gzip_bytes"]
+    assert variants["channels50-int8"]["file_bytes"] < variants["int8"]["file_bytes"] / 2
     assert variants["distill-int8"]["file_bytes"] < variants["int8"]["file_bytes"] / 5
-    assert re.search(r"\| prune75-qat-int8 +\|", result.stdout)
+    # Δ vs a dense control fine-tuned for the same epochs: 0 for post-training variants, 1 and 2 epochs otherwise.
+    assert set(report["control_accuracy_by_epochs"]) == {"0", "1", "2"}
+    assert report["control_accuracy"]["int8"] == report["keras_accuracy"]
+    assert report["control_accuracy"]["prune75-cluster16-int8"] == report["control_accuracy_by_epochs"]["2"]
+    # TFLite Micro: int8 runs (with its arena), float16 and dynamic-range files are refused with the reason.
+    assert variants["int8"]["micro"]["arena_bytes"] > 0 and variants["float16"]["micro"]["error"]
+    assert re.search(r"\| prune75-cluster16-int8 +\|", result.stdout) and "Δ vs control" in result.stdout
     # A second run refuses to overwrite the folder.
     again = tfcompress("demo", "--quick", f"--out={out}", f"--cache_dir={tmp_path / 'cache'}")
     assert again.returncode == 1 and "--overwrite" in again.stderr

@@ -66,7 +66,8 @@ with _quiet_import:
     _tf.config.list_physical_devices("GPU")
 # Recipes: one verb for a whole chain
 from tfcompress.recipe import (  # noqa: E402
-    Cluster, CompressionResult, Convert, Distill, Factorize, Prune, PruneChannels, QuantizationAwareTraining, compress,
+    Cluster, CompressionResult, Convert, Distill, Factorize, FineTune, Prune, PruneChannels, QuantizationAwareTraining,
+    compress,
 )
 from tfcompress.auto import AutoCompressionResult, auto_compress  # noqa: E402
 
@@ -90,7 +91,7 @@ __all__ = [
     # quantization-aware training (QAT)
     "quantize_model", "QATConfig", "TFLiteParityCallback", "quantization",
     # recipes
-    "compress", "CompressionResult", "auto_compress", "AutoCompressionResult", "Prune", "PruneChannels", "Cluster", "Factorize", "Distill", "QuantizationAwareTraining", "Convert",
+    "compress", "CompressionResult", "auto_compress", "AutoCompressionResult", "Prune", "PruneChannels", "Cluster", "Factorize", "Distill", "QuantizationAwareTraining", "FineTune", "Convert",
     # callbacks, files, data, models
     "callbacks", "BackupAndRestore", "write_atomic", "OutputExistsError", "datasets", "zoo",
 ]

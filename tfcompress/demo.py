@@ -31,13 +31,18 @@ def _prepare_out_dir(out_dir, overwrite):
     os.makedirs(out_dir, exist_ok=True)
 
 
-def trained_reference_cnn(x, y, epochs, cache_dir=None, seed=0, batch_size=128, bn_momentum=0.99):
-    """Trains the reference CNN (or loads it from the cache keyed by data size, epochs and seed)."""
+def trained_reference_cnn(x, y, epochs, cache_dir=None, seed=0, batch_size=128, bn_momentum=0.99, decay=False):
+    """Trains the reference CNN (or loads it from the cache keyed by data size, epochs and seed).
+
+    ``decay``: Adam's learning rate cosine-decays to zero over the training, so the
+    model ends converged; at a constant rate it stops short and any fine-tuning
+    afterwards gains points that are not the compression's.
+    """
     import keras
 
     cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "tfcompress")
-    path = os.path.join(
-        cache_dir, f"reference_cnn_fmnist_n{len(x)}_e{epochs}_b{batch_size}_m{bn_momentum}_s{seed}.keras")
+    path = os.path.join(cache_dir, f"reference_cnn_fmnist_n{len(x)}_e{epochs}_b{batch_size}_m{bn_momentum}_s{seed}"
+                                   f"{'_cos' if decay else ''}.keras")
     if os.path.exists(path):
         try:
             model = keras.models.load_model(path)
@@ -46,7 +51,13 @@ def trained_reference_cnn(x, y, epochs, cache_dir=None, seed=0, batch_size=128, 
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
             _say(f"ignoring unreadable cache {path}: {exc}")
     keras.utils.set_random_seed(seed)
-    model = zoo.compile_classifier(zoo.reference_cnn(bn_momentum=bn_momentum))
+    model = zoo.reference_cnn(bn_momentum=bn_momentum)
+    if decay:
+        steps = epochs * -(-len(x) // batch_size)
+        model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps)),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    else:
+        model = zoo.compile_classifier(model)
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=fit_verbosity())
     os.makedirs(cache_dir, exist_ok=True)
     save_keras_atomic(model, path)
@@ -54,43 +65,56 @@ def trained_reference_cnn(x, y, epochs, cache_dir=None, seed=0, batch_size=128, 
 
 
 def _plans(model, quick):
-    """Every technique: ``[(title, start, recipe)]``; ``start`` is a model or the title of an
-    earlier stage whose resulting model it continues from."""
-    from tfcompress.recipe import Convert, Distill, Prune, QuantizationAwareTraining
+    """Every technique: ``[(title, start, recipe, epochs)]``; ``start`` is a model or the title of an earlier
+    stage whose resulting model it continues from; ``epochs`` is the training the variant had after the float
+    model (its dense control is fine-tuned for as many)."""
+    from tfcompress.recipe import Cluster, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining
 
     epochs = 1 if quick else 2
     # See run(): a student trained from scratch for a few hundred steps needs faster
     # BatchNormalization statistics than momentum 0.99 gives.
     momentum = 0.9
     student = zoo.compile_classifier(zoo.small_student(bn_momentum=momentum))
-    pruned_student = zoo.compile_classifier(zoo.small_student(bn_momentum=momentum))
-    return [
+    plans = [
         ("post-training quantization", model,
-         [Convert("float32"), Convert("float16"), Convert("dynamic"), Convert("int8")]),
-        *[(f"pruning to {round(100 * s)}%", model, [Prune(s, epochs=epochs), Convert("int8", sparse=False)])
-          for s in (0.5, 0.75, 0.9)],
-        ("distilled small student", student, [Distill(model, epochs=epochs), Convert("int8")]),
-        ("distilled and pruned student", pruned_student, [Distill(model, epochs=epochs, sparsity=0.5),
-                                                          Convert("int8")]),
-        ("quantization-aware training", model, [QuantizationAwareTraining(epochs=1), Convert("int8")]),
-        # QAT of the 75%-pruned model from above: its zeros stay zeros through QAT.
-        ("pruned QAT", "pruning to 75%", [QuantizationAwareTraining(epochs=1), Convert("int8", name="prune75-qat-int8")]),
+         [Convert("float32"), Convert("float16"), Convert("dynamic"), Convert("int8")], 0),
+        *[(f"pruning to {round(100 * s)}%", model, [Prune(s, epochs=epochs), Convert("int8")], epochs)
+          for s in ((0.75,) if quick else (0.5, 0.75, 0.9))],
+        ("channel pruning (50% of the channels removed)", model,
+         [PruneChannels(0.5, epochs=epochs), Convert("int8")], epochs),
+        ("clustering (16 values per kernel)", model, [Cluster(16, epochs=1), Convert("int8")], 1),
+        # Deep Compression's chain on the 75%-pruned model from above: prune → cluster → int8 (→ gzip).
+        ("prune + cluster (Deep Compression)", "pruning to 75%",
+         [Cluster(16, epochs=1), Convert("int8", name="prune75-cluster16-int8")], epochs + 1),
+        ("distilled small student", student, [Distill(model, epochs=epochs), Convert("int8")], epochs),
+        ("quantization-aware training", model, [QuantizationAwareTraining(epochs=1), Convert("int8")], 1),
     ]
+    if not quick:  # the quick run keeps one variant of each technique
+        pruned_student = zoo.compile_classifier(zoo.small_student(bn_momentum=momentum))
+        plans.insert(-1, ("distilled and pruned student", pruned_student,
+                          [Distill(model, epochs=epochs, sparsity=0.5), Convert("int8")], epochs))
+        # QAT of the 75%-pruned model from above: its zeros stay zeros through QAT.
+        plans.append(("pruned QAT", "pruning to 75%",
+                      [QuantizationAwareTraining(epochs=1), Convert("int8", name="prune75-qat-int8")], epochs + 1))
+    return plans
 
 
 def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=False, cache_dir=None,
         isolate=False, timeout=DEFAULT_TIMEOUT_S):
     """Runs the demo and returns ``{variant: EvaluationReport}``.
 
-    Trains (or loads the cached) reference CNN on Fashion-MNIST, then runs every
-    technique through `tfcompress.compress`: post-training float16 / dynamic / int8,
-    pruning to 50/75/90% + int8, a distilled small student (and a pruned one), QAT
-    int8 and pruned QAT int8. Every variant is evaluated on the test set.
+    Trains (or loads the cached) reference CNN on Fashion-MNIST to convergence, then
+    runs every technique through `tfcompress.compress`: post-training float16 /
+    dynamic / int8, pruning to 50/75/90% + int8, channel pruning, clustering, the
+    Deep-Compression chain (prune + cluster + int8), a distilled small student (and
+    a pruned one), QAT int8 and pruned QAT int8. Every variant is evaluated on the
+    test set on LiteRT (CPU, XNNPACK) and TFLite Micro, and compared with a dense
+    control fine-tuned for the same epochs.
 
     Args:
         out_dir: folder for ``report.md``, ``report.json``, ``report.png`` and the ``.tflite`` files.
         quick: 8,000 training images for the float model, 4,000 and 1 epoch for each
-            technique, 1,000 test images (about two minutes).
+            technique, fewer pruning levels, 1,000 test images (under two minutes).
         epochs: training epochs of the float model (default 3).
         threads: thread counts timed by the evaluator.
         overwrite: replace files in a non-empty ``out_dir``.
@@ -99,7 +123,7 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
             limit (see `tfcompress.compress`); off by default: the demo converts
             only its own models, and each isolated conversion costs about 10 s.
     """
-    from tfcompress.recipe import compress
+    from tfcompress.recipe import FineTune, compress
 
     total = time.perf_counter()
     _prepare_out_dir(out_dir, overwrite)
@@ -114,15 +138,16 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
     # while the first conv's activations have a variance near 0.003: it needs ~1,000 steps to settle.
     # The quick run has fewer, so it uses momentum 0.9.
     model = trained_reference_cnn(x, y, epochs, cache_dir=cache_dir, batch_size=64 if quick else 128,
-                                  bn_momentum=0.9 if quick else 0.99)
+                                  bn_momentum=0.9 if quick else 0.99, decay=True)
     keras_accuracy = float(model.evaluate(x_test, y_test, verbose=0, batch_size=512)[1])
     _say(f"float Keras model: test accuracy {100 * keras_accuracy:.2f}%", start)
     save_keras_atomic(model, os.path.join(out_dir, "reference_cnn.keras"))
 
     # The quick run is a smoke test of every stage: it fine-tunes on fewer images to stay near two minutes.
     x_tune, y_tune = (x[:4000], y[:4000]) if quick else (x, y)
-    artifacts, models = {}, {}
-    for title, start_model, recipe in _plans(model, quick):
+    artifacts, models, trained_epochs = {}, {}, {}
+    plans = _plans(model, quick)
+    for title, start_model, recipe, variant_epochs in plans:
         start = time.perf_counter()
         _say(f"{title} ...")
         if isinstance(start_model, str):
@@ -133,20 +158,40 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
         models[title] = result.model
         for name, data in result.artifacts.items():
             write_atomic(os.path.join(out_dir, f"{name}.tflite"), bytes(data), overwrite=overwrite)
+            trained_epochs[name] = variant_epochs
         artifacts.update(result.artifacts)
         _say(f"{title}: done", start)
+
+    # Dense controls: the float model fine-tuned, uncompressed, for as many epochs as each variant had,
+    # with the same data and schedule. "Δ vs control" is then the cost of the compression alone.
+    controls = {0: keras_accuracy}
+    for count in sorted({e for *_, e in plans if e}):
+        start = time.perf_counter()
+        control = compress(model, ((x_tune, y_tune), (x_test, y_test)), [FineTune(epochs=count)],
+                           batch_size=64 if quick else 128, evaluate=False, convert_default=False, verbose=0).model
+        controls[count] = float(control.evaluate(x_test, y_test, verbose=0, batch_size=512)[1])
+        _say(f"dense control fine-tuned {count} epoch(s): test accuracy {100 * controls[count]:.2f}%", start)
+    control_accuracy = {name: controls[e] for name, e in trained_epochs.items()}
+
     start = time.perf_counter()
-    # One evaluation of everything: latencies of all variants are timed in the same rounds.
-    reports = evaluate_many(artifacts, x=x_test, y=y_test, threads=threads, num_runs=30 if quick else 100)
+    # One evaluation of everything: latencies of all variants are timed in the same rounds; TFLite Micro
+    # reports the arena each file needs on a microcontroller (and which files cannot run there).
+    reports = evaluate_many(artifacts, x=x_test, y=y_test, threads=threads, num_runs=30 if quick else 100,
+                            backends=("cpu", "xnnpack", "micro"), micro_samples=20 if quick else 300)
     _say(f"evaluated {len(reports)} variants", start)
 
-    table = compare(reports, baseline="float32", reference_accuracy=keras_accuracy)
+    table = compare(reports, baseline="float32", reference_accuracy=keras_accuracy, control_accuracy=control_accuracy)
     plotted = reports_module.plot_variants(reports, os.path.join(out_dir, "report.png"), threads)
     lines = [
         "# tfcompress demo report", "",
         f"Reference CNN on Fashion-MNIST ({len(x):,} train images, {epochs} epoch(s); {len(x_test):,} test images).",
-        f"Float Keras model test accuracy: {100 * keras_accuracy:.2f}%. Students are "
-        "`tfcompress.zoo.small_student()` distilled from it.", "",
+        f"Float Keras model test accuracy: {100 * keras_accuracy:.2f}% (trained with a cosine-decayed learning "
+        "rate, so it is converged). Students are `tfcompress.zoo.small_student()` distilled from it.", "",
+        "**Δ vs control** compares each variant with the float model fine-tuned, uncompressed, for as many "
+        "epochs as the variant was trained after it (dense controls: "
+        + ", ".join(f"{e} epoch(s) {100 * a:.2f}%" for e, a in sorted(controls.items()) if e) + "): the cost of "
+        "the compression itself, not of the extra training. TFLM columns: the tensor arena TFLite Micro needs "
+        "and its top-1 agreement with LiteRT (float16 and dynamic-range files do not run there).", "",
         "Latency: median ms of single-image inference, interleaved runs; `cpu` = LiteRT built-in kernels "
         "without delegates, `xnnpack` = the XNNPACK delegate. Sparsity shrinks the gzip size; on x86 with "
         "AVX it does not speed up XNNPACK.", "",
@@ -158,6 +203,8 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
     write_atomic(os.path.join(out_dir, "report.md"), "\n".join(lines), overwrite=True)
     payload = {
         "keras_accuracy": keras_accuracy,
+        "control_accuracy_by_epochs": {str(e): a for e, a in controls.items()},
+        "control_accuracy": control_accuracy,
         "train_samples": len(x), "test_samples": len(x_test), "epochs": epochs,
         "variants": {m: r.to_dict() for m, r in reports.items()},
     }

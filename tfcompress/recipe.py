@@ -191,6 +191,26 @@ class QuantizationAwareTraining:
 
 
 @dataclasses.dataclass(frozen=True)
+class FineTune:
+    """Plain fine-tuning, nothing compressed: the dense control that a compressed variant is compared with.
+
+    A variant fine-tuned for N epochs has had N more epochs of training than its
+    input; the same N epochs of ``FineTune`` give the accuracy it would have reached
+    without being compressed, so the difference is the cost of the compression.
+
+    Args:
+        epochs: fine-tuning epochs.
+        learning_rate: initial Adam learning rate, cosine-decayed to zero (as the other steps).
+    """
+
+    epochs: int = 2
+    learning_rate: float = 1e-3
+
+    def __post_init__(self):
+        _check_epochs(self, self.epochs)
+
+
+@dataclasses.dataclass(frozen=True)
 class Convert:
     """Convert the current model to a .tflite artifact (see `to_tflite`).
 
@@ -211,7 +231,7 @@ class Convert:
             raise ValueError(f"Convert(mode={self.mode!r}): choose one of {list(MODES)}.")
 
 
-STEPS = (Prune, PruneChannels, Cluster, Factorize, Distill, QuantizationAwareTraining, Convert)
+STEPS = (Prune, PruneChannels, Cluster, Factorize, Distill, QuantizationAwareTraining, FineTune, Convert)
 
 NAMED_RECIPES = {
     "float32": [Convert("float32")],
@@ -263,14 +283,15 @@ def _resolve_recipe(recipe, convert_default=True):
     for i, step in enumerate(steps):
         if not isinstance(step, STEPS):
             raise TypeError(f"recipe step {i} is {step!r}; steps are Prune, PruneChannels, Cluster, Factorize, "
-                            "Distill, QuantizationAwareTraining or Convert.")
+                            "Distill, QuantizationAwareTraining, FineTune or Convert.")
     if not steps:
         raise ValueError("recipe is empty; add at least one step (e.g. Convert('int8')).")
     if convert_default and not any(isinstance(s, Convert) for s in steps):
         steps.append(Convert("int8"))
     quantized_at = next((i for i, s in enumerate(steps) if isinstance(s, QuantizationAwareTraining)), None)
     if quantized_at is not None:
-        late = [type(s).__name__ for s in steps[quantized_at + 1:] if isinstance(s, (Prune, PruneChannels, Factorize, Distill))]
+        late = [type(s).__name__ for s in steps[quantized_at + 1:]
+                if isinstance(s, (Prune, PruneChannels, Factorize, Distill, FineTune))]
         if late:
             raise ValueError(f"recipe: {late} after QuantizationAwareTraining would train a fake-quantized model outside "
                              "QAT; put pruning and distillation before QuantizationAwareTraining.")
@@ -475,6 +496,12 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             current = distiller.student
             chain.append("distill" + (f"-prune{round(100 * step.sparsity)}" if step.sparsity else ""))
             say(f"distilled for {step.epochs} epoch(s)", start)
+        elif isinstance(step, FineTune):
+            current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
+            current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
+                        callbacks=backup(step_index, "finetune"))
+            chain.append(f"finetune{step.epochs}")
+            say(f"fine-tuned (dense) for {step.epochs} epoch(s)", start)
         elif isinstance(step, QuantizationAwareTraining):
             current = quantization.quantize_model(current, config=step.config)
             current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])

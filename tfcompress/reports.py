@@ -65,7 +65,7 @@ def evaluation_markdown(report):
     return "\n".join(lines)
 
 
-def compare(reports, baseline=None, reference_accuracy=None):
+def compare(reports, baseline=None, reference_accuracy=None, control_accuracy=None):
     """A markdown table comparing several evaluated variants.
 
     Args:
@@ -74,6 +74,9 @@ def compare(reports, baseline=None, reference_accuracy=None):
             (default: the first).
         reference_accuracy: optional accuracy (0-1) of the Keras model, shown as
             an extra Δ column.
+        control_accuracy: optional ``{variant: accuracy}`` of the dense control
+            fine-tuned for as many epochs as that variant (`tfcompress.FineTune`):
+            a "Δ vs control" column, the cost of the compression itself.
 
     Returns:
         A markdown string: size, gzip, size ratio, weight sparsity, accuracy and Δ vs
@@ -91,6 +94,8 @@ def compare(reports, baseline=None, reference_accuracy=None):
     header = ["variant", "size", "gzip", "× smaller", "sparsity", "accuracy", f"Δ vs {base.name}"]
     if reference_accuracy is not None:
         header.append("Δ vs Keras")
+    if control_accuracy is not None:
+        header.append("Δ vs control")
     header += [f"{k} ms" for k in keys] + [f"{k} speed-up" for k in keys]
     with_micro = any(getattr(r, "micro", None) is not None for r in reports)
     if with_micro:
@@ -106,6 +111,10 @@ def compare(reports, baseline=None, reference_accuracy=None):
             cells += ["—", "—"]
         if reference_accuracy is not None:
             cells.append(f"{100 * (r.accuracy - reference_accuracy):+.2f}" if r.accuracy is not None else "—")
+        if control_accuracy is not None:
+            control = control_accuracy.get(r.name)
+            cells.append(f"{100 * (r.accuracy - control):+.2f}" if r.accuracy is not None and control is not None
+                         else "—")
         by_key = {x.key: x for x in r.latency}
         base_key = {x.key: x for x in base.latency}
         cells += [f"{by_key[k].median_ms:.3f}" if k in by_key else "—" for k in keys]
