@@ -130,12 +130,15 @@ class _Invoker:
             raise RuntimeError("invoke failed")
 
 
-def test_round_robin_runs_one_invoke_of_each_config_per_round():
+def test_round_robin_runs_a_warm_burst_of_each_config_per_round():
     log = []
     invokers = {key: _Invoker(key, log, seconds=0.005 if key == "slow" else 0.0) for key in ("a", "slow", "c")}
     assert gc.isenabled()
-    times = evaluate_module.time_round_robin(invokers, num_runs=4, warmup_runs=2)
-    assert [name for name, _ in log] == ["a", "slow", "c"] * 6  # 2 warm-up rounds, then 4 timed ones
+    times = evaluate_module.time_round_robin(invokers, num_runs=4, warmup_runs=2, burst=4)
+    # 2 warm-up rounds; then rounds of 1 untimed (cache-warming) + up to 3 timed runs per config: 3 + 1 timed.
+    keys = ["a", "slow", "c"]
+    assert [name for name, _ in log] == keys * 2 + [k for k in keys for _ in range(4)] + [k for k in keys
+                                                                                         for _ in range(2)]
     assert not any(enabled for _, enabled in log), "gc must be off while timing"
     assert gc.isenabled(), "gc is switched back on afterwards"
     assert {k: len(v) for k, v in times.items()} == {"a": 4, "slow": 4, "c": 4}
@@ -177,7 +180,7 @@ def test_evaluate_many_times_every_model_backend_and_thread_count_in_the_same_ro
     def spy(interpreters, num_runs, warmup_runs):
         log = []
         wrapped = {key: Recorded(key, it, log) for key, it in interpreters.items()}
-        times = real(wrapped, num_runs, warmup_runs)
+        times = real(wrapped, num_runs, warmup_runs, burst=4)
         calls.append(dict(interpreters=dict(interpreters), log=log, times=times, num_runs=num_runs,
                           warmup_runs=warmup_runs))
         return times
@@ -194,8 +197,9 @@ def test_evaluate_many_times_every_model_backend_and_thread_count_in_the_same_ro
     keys = list(joint["interpreters"])
     assert set(keys) == {(m, b, t) for m in models for b in ("cpu", "xnnpack") for t in (1, 2)}
     assert (joint["num_runs"], joint["warmup_runs"]) == (5, 2)
-    # Every round runs each of the 8 configs once, in the same order: no model is timed in a block.
-    assert joint["log"] == keys * 7
+    # Every round visits each of the 8 configs in the same order, a short warm burst each: 2 warm-up rounds,
+    # then 2 rounds (1 untimed + 3 timed runs, then 1 untimed + the last 2 timed).
+    assert joint["log"] == keys * 2 + [k for k in keys for _ in range(4)] + [k for k in keys for _ in range(3)]
     for (name, backend, threads), interpreter in joint["interpreters"].items():
         assert bool(_delegate_nodes(interpreter)) == (backend == "xnnpack"), (name, backend, threads)
     # What the reports show is what that call measured.
