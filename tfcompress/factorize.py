@@ -3,12 +3,22 @@
     >>> small = tfc.factorize(model, energy=0.9)    # a plain Keras model; fine-tune it with fit
     >>> print(small.factorization_report)
 
-A Dense kernel W (m x n) becomes Dense(r, no bias) then Dense(n) with W ~ A B; a
-Conv2D kernel (k x k, c_in -> c_out), seen as a (k*k*c_in) x c_out matrix, becomes a
-k x k convolution to r filters followed by a 1x1 convolution to c_out. The rank r
-keeps ``energy`` of the kernel's squared singular values (or is given), and a layer
-is factorized only where it costs fewer multiply-accumulates. The second layer keeps
-the original name, bias and activation, so the rest of the graph is unchanged.
+A Dense kernel W (m x n) becomes Dense(r, no bias) then Dense(n) with W ~ A B. A
+Conv2D kernel W[kh, kw, c_in, c_out] has two forms:
+
+* ``"pointwise"``: W seen as a (kh*kw*c_in) x c_out matrix becomes a kh x kw
+  convolution to r filters followed by a 1x1 convolution to c_out;
+* ``"separable"`` (Jaderberg et al. 2014, scheme 2): W rearranged as a
+  (kh*c_in) x (kw*c_out) matrix becomes a kh x 1 convolution c_in -> r followed by a
+  1 x kw convolution r -> c_out. Strides (sh, sw) split as (sh, 1) then (1, sw),
+  dilation likewise, and "same" / "valid" padding each pad only their own axis, so
+  at full rank the pair computes exactly what the layer computes.
+
+The rank r of each form keeps ``energy`` of that form's squared singular values (or
+is given); with ``form="auto"`` a Conv2D takes whichever form costs fewer
+multiply-accumulates at its rank, and a layer is factorized only where that costs
+fewer MACs than the layer itself. The second layer keeps the original name, bias
+and activation, so the rest of the graph is unchanged.
 """
 
 import dataclasses
@@ -23,23 +33,34 @@ L = keras.layers
 
 @dataclasses.dataclass
 class FactorizationReport:
-    """Per layer: ``(name, rank, full rank, MACs before, MACs after, decision)``."""
+    """Per layer: ``(name, form, rank, full rank, MACs before, MACs after, decision)``.
+
+    ``form`` is ``"dense"``, ``"pointwise"`` (k x k -> 1 x 1), ``"separable"`` (k x 1 -> 1 x k) or ``"—"``
+    for a layer left alone; a kept layer's rank / full rank / MACs are those of the cheapest form tried.
+    """
 
     rows: list
 
     def to_markdown(self):
         from tfcompress.reports import markdown_table
 
-        return markdown_table(("layer", "rank", "full rank", "MACs before", "MACs after", "decision"),
-                              [(n, r, f, f"{a:,}", f"{b:,}", d) for n, r, f, a, b, d in self.rows])
+        return markdown_table(("layer", "form", "rank", "full rank", "MACs before", "MACs after", "decision"),
+                              [(n, form, r, f, f"{a:,}", f"{b:,}", d) for n, form, r, f, a, b, d in self.rows])
 
     def __str__(self):
         return self.to_markdown()
 
 
-def _matrix(layer):
-    kernel = keras.ops.convert_to_numpy(layer.kernel)
-    return kernel.reshape(-1, kernel.shape[-1])
+FORMS = ("auto", "pointwise", "separable")
+
+
+def _kernel(layer):
+    return keras.ops.convert_to_numpy(layer.kernel)
+
+
+def _spatial(shape):
+    """Spatial dims of a (batch, H, W, C) shape; None where unknown."""
+    return [None if d is None else int(d) for d in shape[1:-1]]
 
 
 def _positions(layer):
@@ -59,11 +80,80 @@ def _eligible(layer):
     if type(layer) is L.Conv2D:
         if layer.groups != 1 or layer.data_format != "channels_last":
             return "grouped or channels_first convolution"
+        if None in _spatial(layer.output.shape) or None in _spatial(layer.input.shape):
+            return "unknown spatial size (MACs cannot be counted)"
         return None
     return "not a Dense or Conv2D layer"
 
 
-def factorize(model, energy=0.9, rank=None, layers=None, verbose=1):
+def _separable_unavailable(layer):
+    """Why the k x 1 / 1 x k pair cannot compute this Conv2D exactly at full rank (None when it can)."""
+    kh, kw = layer.kernel_size
+    if kh == 1 or kw == 1:
+        return "a 1-wide kernel has no separable pair"
+    if layer.padding not in ("valid", "same"):
+        return f"padding {layer.padding!r}"
+    return None
+
+
+def _candidates(layer, form):
+    """``[(form, matrix, MACs per rank unit, rebuild)]``: each factorization this layer admits.
+
+    ``rebuild(u_r, v_r)`` turns the factors of ``matrix ~ u_r @ v_r`` into the two kernels.
+    """
+    kernel = _kernel(layer)
+    if type(layer) is L.Dense:
+        matrix = kernel.reshape(-1, kernel.shape[-1])
+        positions = int(np.prod(layer.input.shape[1:-1])) if len(layer.input.shape) > 2 else 1
+        return [("dense", matrix, positions * (matrix.shape[0] + matrix.shape[1]), lambda a, b: (a, b))]
+    kh, kw, c_in, c_out = kernel.shape
+    (h_out, w_out), (_, w_in) = _spatial(layer.output.shape), _spatial(layer.input.shape)
+    out = []
+    if form in ("auto", "pointwise"):
+        matrix = kernel.reshape(-1, c_out)
+        out.append(("pointwise", matrix, h_out * w_out * (kh * kw * c_in + c_out), lambda a, b: (a, b)))
+    if form in ("auto", "separable") and _separable_unavailable(layer) is None:
+        # M[(i, c), (j, o)] = W[i, j, c, o]; M ~ A B gives first[i, 0, c, k] = A[(i, c), k] and
+        # second[0, j, k, o] = B[k, (j, o)]. The first conv runs at (h_out, w_in) positions: it strides rows only.
+        matrix = kernel.transpose(0, 2, 1, 3).reshape(kh * c_in, kw * c_out)
+
+        def rebuild(a, b, kh=kh, kw=kw, c_in=c_in, c_out=c_out):
+            r = a.shape[1]
+            return a.reshape(kh, 1, c_in, r), b.reshape(r, kw, c_out).transpose(1, 0, 2)[None]
+
+        out.append(("separable", matrix, h_out * w_in * kh * c_in + h_out * w_out * kw * c_out, rebuild))
+    return out
+
+
+def _plan(layer, form, energy, rank):
+    """``(row, plan or None)`` for one eligible layer: the cheapest exact-at-full-rank form at its rank."""
+    before = _positions(layer) * int(np.prod(layer.kernel.shape))
+    candidates = _candidates(layer, form)
+    if not candidates:
+        reason = _separable_unavailable(layer)
+        return (layer.name, "—", "—", "—", before, before, f"kept: no separable form ({reason})"), None
+    best, tried = None, []
+    for name, matrix, per_rank, rebuild in candidates:
+        u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+        full = len(s)
+        r = min(_rank_for(s, energy, rank), full)
+        tried.append((name, r, full, per_rank * r))
+        if r >= full or per_rank * r >= before:
+            continue
+        if best is None or per_rank * r < best[3]:
+            root = np.sqrt(s[:r])
+            best = (name, r, full, per_rank * r, rebuild((u[:, :r] * root).astype("float32"),
+                                                         (root[:, None] * vt[:r]).astype("float32")))
+    if best is None:
+        name, r, full, after = min(tried, key=lambda t: t[3])
+        why = ("the rank is the full rank (no-op)" if all(t[1] >= t[2] for t in tried)
+               else "two layers would cost more MACs")
+        return (layer.name, "—", r, full, before, before, f"kept: {why}"), None
+    name, r, full, after, kernels = best
+    return (layer.name, name, r, full, before, after, "factorized"), (name, r) + kernels
+
+
+def factorize(model, energy=0.9, rank=None, layers=None, form="auto", verbose=1):
     """Replaces Dense / Conv2D layers by low-rank pairs where that reduces MACs.
 
     Args:
@@ -71,6 +161,9 @@ def factorize(model, energy=0.9, rank=None, layers=None, verbose=1):
         energy: fraction in (0, 1] of each kernel's squared singular values to keep; picks the rank.
         rank: a fixed rank for every layer instead of ``energy``.
         layers: names of the only layers to factorize (default: every Dense and Conv2D).
+        form: how a Conv2D is split: ``"pointwise"`` (k x k to r filters, then 1 x 1), ``"separable"``
+            (k x 1 to r filters, then 1 x k; layers with a 1-wide kernel are kept) or ``"auto"`` (default:
+            whichever costs fewer MACs at its own energy-chosen rank). Dense layers are split the one way.
         verbose: 1 prints the per-layer table.
 
     Returns:
@@ -78,7 +171,7 @@ def factorize(model, energy=0.9, rank=None, layers=None, verbose=1):
         what ``model`` computes; fine-tune it with ``fit`` at lower energies.
 
     Raises:
-        ValueError: bad ``energy`` / ``rank`` / ``layers``, a subclassed model.
+        ValueError: bad ``energy`` / ``rank`` / ``layers`` / ``form``, a subclassed model.
     """
     graph.check_model(model, action="factorize")
     graph.check_functional(model, "factorize")
@@ -86,6 +179,9 @@ def factorize(model, energy=0.9, rank=None, layers=None, verbose=1):
         raise ValueError(f"energy={energy!r} must be in (0, 1]: the share of squared singular values kept.")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank={rank!r} must be a positive integer.")
+    if not isinstance(form, str) or form not in FORMS:
+        raise ValueError(f"form={form!r}: choose one of {list(FORMS)} ('pointwise': k x k then 1 x 1, "
+                         "'separable': k x 1 then 1 x k, 'auto': the one with fewer MACs).")
     names = {layer.name for layer in model.layers}
     if layers is not None:
         unknown = sorted(set(layers) - names)
@@ -98,24 +194,12 @@ def factorize(model, energy=0.9, rank=None, layers=None, verbose=1):
         reason = _eligible(layer)
         if reason is not None:
             if layers is not None:
-                rows.append((layer.name, "—", "—", 0, 0, f"kept: {reason}"))
+                rows.append((layer.name, "—", "—", "—", 0, 0, f"kept: {reason}"))
             continue
-        matrix = _matrix(layer)
-        u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
-        full = len(s)
-        r = min(_rank_for(s, energy, rank), full)
-        positions = _positions(layer)
-        before = positions * matrix.size
-        after = positions * r * (matrix.shape[0] + matrix.shape[1])
-        if r >= full:
-            rows.append((layer.name, r, full, before, before, "kept: the rank is the full rank (no-op)"))
-            continue
-        if after >= before:
-            rows.append((layer.name, r, full, before, before, "kept: two layers would cost more MACs"))
-            continue
-        root = np.sqrt(s[:r])
-        plans[layer.name] = (r, (u[:, :r] * root).astype("float32"), (root[:, None] * vt[:r]).astype("float32"))
-        rows.append((layer.name, r, full, before, after, "factorized"))
+        row, plan = _plan(layer, form, energy, rank)
+        rows.append(row)
+        if plan is not None:
+            plans[layer.name] = plan
     functional = keras.Model(model.input, model.output, name=model.name) if isinstance(model, keras.Sequential) \
         else model
     built = {}
@@ -123,11 +207,17 @@ def factorize(model, energy=0.9, rank=None, layers=None, verbose=1):
     def call_function(layer, *args, **kwargs):
         if layer.name not in plans:
             return layer(*args, **kwargs)
-        r, first_kernel, second_kernel = plans[layer.name]
+        kind, r, first_kernel, second_kernel = plans[layer.name]
         config = layer.get_config()
         if type(layer) is L.Dense:
             first = L.Dense(r, use_bias=False, name=f"{layer.name}_low_rank")
             second_config = dict(config)
+        elif kind == "separable":
+            (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+            first = L.Conv2D(r, (layer.kernel_size[0], 1), strides=(sh, 1), padding=layer.padding,
+                             dilation_rate=(dh, 1), use_bias=False, name=f"{layer.name}_low_rank")
+            second_config = dict(config, kernel_size=(1, layer.kernel_size[1]), strides=(1, sw),
+                                 dilation_rate=(1, dw))
         else:
             first = L.Conv2D(r, layer.kernel_size, strides=layer.strides, padding=layer.padding,
                              dilation_rate=layer.dilation_rate, use_bias=False, name=f"{layer.name}_low_rank")
