@@ -148,11 +148,11 @@ def _plan(objective, epochs, teacher):
                      [PruneChannels(ratio, epochs=E), Distill(teacher, epochs=E),
                       Convert("int8", name=f"channels{pct}-distill-int8")], f"channels-distill:{ratio}"))
     if objective == "size":
-        plan += [("prune75-int8", [Prune(0.75, epochs=E), Convert("int8", name="prune75-int8")], "prune"),
-                 ("prune75-cluster16-int8", [Prune(0.75, epochs=E), Cluster(16, epochs=1),
-                                             Convert("int8", name="prune75-cluster16-int8")], "prune"),
-                 ("channels50-prune75-int8", [PruneChannels(0.5, epochs=E), Prune(0.75, epochs=E),
-                                              Convert("int8", name="channels50-prune75-int8")], "prune")]
+        # These continue from the narrowest channel-pruned model within the budget (trained above), or from
+        # the input model when none is: zeros and shared values shrink the gzip of whatever width won.
+        plan += [("prune75-int8", [Prune(0.75, epochs=E), Convert("int8", name="prune75-int8")], "prune:narrowest"),
+                 ("cluster16-int8", [Cluster(16, epochs=1), Convert("int8", name="cluster16-int8")],
+                  "cluster:prune75-int8")]
     return plan
 
 
@@ -193,10 +193,12 @@ def _accuracy(model, x, y):
     return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
 
 
-def _save_candidate(folder, candidate, tflite):
-    from tfcompress.files import write_atomic
+def _save_candidate(folder, candidate, tflite, model=None):
+    from tfcompress.files import save_keras_atomic, write_atomic
 
     os.makedirs(folder, exist_ok=True)
+    if model is not None:  # later candidates continue from it
+        save_keras_atomic(model, os.path.join(folder, f"{candidate.name}.keras"))
     write_atomic(os.path.join(folder, f"{candidate.name}.tflite"), bytes(tflite), overwrite=True)
     write_atomic(os.path.join(folder, f"{candidate.name}.json"), json.dumps(dataclasses.asdict(candidate)),
                  overwrite=True)
@@ -211,6 +213,13 @@ def _load_candidate(folder, name):
         candidate = Candidate(**json.load(f))
     with open(blob, "rb") as f:
         return candidate, f.read()
+
+
+def _load_trained(folder, name):
+    import keras
+
+    path = os.path.join(folder, f"{name}.keras")
+    return keras.models.load_model(path) if os.path.exists(path) else None
 
 
 def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_budget=None, backend="xnnpack",
@@ -299,7 +308,7 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
     say(f"input model: {100 * input_val:.2f}% on {n_val} validation samples, {100 * input_test:.2f}% test; "
         f"budget {max_accuracy_drop} pt, objective {objective} on {backend}")
     plan = _plan(objective, epochs, model)
-    candidates, files = [], {}
+    candidates, files, trained, renamed = [], {}, {}, {}  # trained: models later candidates continue from
     epoch_seconds, convert_seconds = None, None
     best = None  # the name of the best candidate within the budget so far
     failed_groups = set()
@@ -324,6 +333,28 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
                 g.startswith("channels") and float(g.split(":")[1]) <= float(ratio) for g in failed_groups):
             candidate.status = "skipped: a smaller channel fraction already missed the budget"
             continue
+        start_model = model
+        if kind in ("prune", "cluster"):
+            if ratio == "narrowest":
+                narrowest = [c.name for c in candidates if c.status == "ok" and c.name.startswith("channels")]
+                start_name = narrowest[-1] if narrowest else None
+            else:
+                source = next(c for c in candidates if c.name == renamed.get(ratio, ratio))
+                start_name = source.name if source.status == "ok" else None
+            if start_name is not None:
+                start_model = trained.get(start_name)
+                if start_model is None and folder:
+                    start_model = _load_trained(folder, start_name)  # a resumed search
+                if start_model is None:
+                    candidate.status = f"skipped: the trained {start_name} is not available"
+                    continue
+                renamed[name] = candidate.name = f"{start_name.removesuffix('-int8')}-{name}"
+                name = candidate.name
+                steps = [dataclasses.replace(s, name=name) if isinstance(s, Convert) else s for s in steps]
+                candidate.recipe = f"from {start_name}: " + _describe(steps)
+            elif kind == "cluster":
+                candidate.status = "skipped: its pruned model is not within the budget"
+                continue
         if kind == "channels-distill":
             plain = next(c for c in candidates if c.name == name.replace("-distill", ""))
             if plain.status != "over budget":
@@ -372,10 +403,12 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
                     tflite = to_tflite(model, mode="int8", representative_data=x_train[:200],
                                        max_accuracy_drop=max_accuracy_drop, validation_data=(x_val, y_val))
                 else:
-                    result = compress(model, ((x_train, y_train), (x_val, y_val)), steps, batch_size=batch_size,
+                    result = compress(start_model, ((x_train, y_train), (x_val, y_val)), steps, batch_size=batch_size,
                                       evaluate=False, verbose=verbose, seed=seed,
                                       backup_dir=os.path.join(backup_dir, name) if backup_dir else None)
                     tflite = result.artifacts[name]
+                    if objective == "size":
+                        trained[name] = result.model
             except (AccuracyBudgetError, ValueError, RuntimeError) as exc:
                 candidate.status = "failed: " + " ".join(str(exc).split())[:160]
                 candidate.seconds = time.perf_counter() - start
@@ -390,7 +423,8 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
             candidate.status = "ok" if candidate.val_accuracy >= input_val - budget else "over budget"
             files[name] = bytes(tflite)
             if folder:
-                _save_candidate(folder, candidate, tflite)
+                keep = objective == "size" and (kind == "channels" or kind == "channels-distill" or kind == "prune")
+                _save_candidate(folder, candidate, tflite, trained.get(name) if keep else None)
             say(f"    {candidate.status}: {100 * candidate.val_accuracy:.2f}% validation "
                 f"({100 * (candidate.val_accuracy - input_val):+.2f} pt), {info.gzip_bytes / 1024:.1f} KB gzip "
                 f"({candidate.seconds:.0f} s)")
