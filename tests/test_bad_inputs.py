@@ -160,7 +160,7 @@ CASES = [
     ("evaluate-label-count", lambda: tfc.evaluate_tflite(_tflite_bytes(), x=_x(3), y=np.array([1]), num_runs=1), ValueError, r"1 labels but x has 3 samples; pass one label per sample of x"),
     ("evaluate-x-wrong-shape", lambda: tfc.evaluate_tflite(_tflite_bytes(), x=_x(3, (28, 28, 1)), num_runs=1), ValueError, r"x has shape \(3, 28, 28, 1\).*model input 'serve_image:0' takes samples of shape \(8, 8, 1\).*Pass data shaped like the model's input.*--no_data"),
     ("evaluate-two-arrays-one-input", lambda: tfc.evaluate_tflite(_tflite_bytes(), x=[_x(3), _x(3)], num_runs=1), ValueError, r"model has 1 input 'serve_image:0'.*list of 2 arrays.*Pass one array of shape \(num_samples,\) \+ \(8, 8, 1\)"),
-    ("evaluate-no-backends", lambda: tfc.evaluate_tflite(_tflite_bytes(), backends=()), ValueError, r"backends is empty: pass one or more of \['cpu', 'xnnpack'\]"),
+    ("evaluate-no-backends", lambda: tfc.evaluate_tflite(_tflite_bytes(), backends=()), ValueError, r"backends is empty: pass one or more of \['cpu', 'xnnpack', 'micro'\]"),
     ("compress-label-range", lambda: tfc.compress(_image_model(), ((_x(4), np.array([0, 1, 2, 10])), (_x(2), np.array([0, 1]))), "int8"), ValueError, r"y_train\[3\] = 10.*10 outputs"),
     ("compress-unknown-recipe", lambda: tfc.compress(_image_model(), ((_x(2), np.zeros(2, int)), (_x(2), np.zeros(2, int))), "shrink"), ValueError, r"recipe='shrink' is not a named recipe; choose one of \['dynamic'.*or pass a list of steps"),
     ("write-into-missing-folder", lambda: tfc.write_atomic("/nonexistent-folder/x.bin", b"x"), FileNotFoundError, r"'/nonexistent-folder' does not exist; create it"),
