@@ -122,7 +122,7 @@ def test_cli_resumes_after_a_kill_and_skips_finished_candidates(trained_digits_m
     trained_digits_model.save(model)
     backup = tmp_path / "backup"
     first = _auto_cli(model, tmp_path / "out", backup)
-    finished = backup / "candidates" / "channels30-int8.json"
+    finished = backup / "candidates" / "channels50-int8.json"
     deadline = time.time() + 300
     while not finished.exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.5)
@@ -132,7 +132,7 @@ def test_cli_resumes_after_a_kill_and_skips_finished_candidates(trained_digits_m
     second = _auto_cli(model, tmp_path / "out", backup, "--overwrite")
     stdout, stderr = second.communicate(timeout=600)
     assert second.returncode == 0, stderr[-2000:]
-    for name in ("float32", "int8", "channels30-int8"):
+    for name in ("float32", "int8", "channels50-int8"):
         assert f"{name}: resumed from" in stdout
     assert (tmp_path / "out" / "best.tflite").exists() and "| candidate" in stdout
 

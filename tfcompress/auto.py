@@ -6,8 +6,8 @@
 
 The search tries recipes built from the toolkit, cheapest first: post-training
 int8 (then its accuracy-budget fallback and QAT, if plain int8 misses the budget),
-structural channel pruning at rising fractions (each retried with distillation from
-the input model when fine-tuning alone misses), and for ``objective="size"``
+structural channel pruning at 50%, then 70% or 30% (bisection; each retried with
+distillation from the input model when fine-tuning alone misses), and for ``objective="size"``
 unstructured pruning and clustering. Every candidate's accuracy is measured on a
 validation split carved from the end of the training data (never the test split)
 and compared with the input model's on the same split. A branch that cannot win is
@@ -140,7 +140,8 @@ def _plan(objective, epochs, teacher):
             ("int8", [Convert("int8", name="int8")], "ptq"),
             ("int8-budget", "budget", "ptq-fallback"),
             ("qat-int8", [QuantizationAwareTraining(epochs=1), Convert("int8", name="qat-int8")], "ptq-fallback")]
-    for ratio in (0.3, 0.5, 0.7):
+    # Bisection order: 50% first; 70% only if 50% (or 50% distilled) is within the budget, 30% only if not.
+    for ratio in (0.5, 0.7, 0.3):
         pct = round(100 * ratio)
         plan.append((f"channels{pct}-int8", [PruneChannels(ratio, epochs=E), Convert("int8", name=f"channels{pct}-int8")],
                      f"channels:{ratio}"))
@@ -154,6 +155,11 @@ def _plan(objective, epochs, teacher):
                  ("cluster16-int8", [Cluster(16, epochs=1), Convert("int8", name="cluster16-int8")],
                   "cluster:prune75-int8")]
     return plan
+
+
+def _fraction(name):
+    """``"channels50-distill-int8"`` → 0.5."""
+    return int(name[len("channels"):].split("-")[0]) / 100
 
 
 def _describe(steps):
@@ -333,11 +339,17 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
                 g.startswith("channels") and float(g.split(":")[1]) <= float(ratio) for g in failed_groups):
             candidate.status = "skipped: a smaller channel fraction already missed the budget"
             continue
+        if kind in ("channels", "channels-distill") and any(
+                c.status == "ok" and c.name.startswith("channels") and _fraction(c.name) > float(ratio)
+                for c in candidates):
+            candidate.status = "skipped: a larger channel fraction is within the budget (faster and smaller)"
+            continue
         start_model = model
         if kind in ("prune", "cluster"):
             if ratio == "narrowest":
-                narrowest = [c.name for c in candidates if c.status == "ok" and c.name.startswith("channels")]
-                start_name = narrowest[-1] if narrowest else None
+                narrowest = sorted((c for c in candidates if c.status == "ok" and c.name.startswith("channels")),
+                                   key=lambda c: _fraction(c.name))
+                start_name = narrowest[-1].name if narrowest else None
             else:
                 source = next(c for c in candidates if c.name == renamed.get(ratio, ratio))
                 start_name = source.name if source.status == "ok" else None
