@@ -342,3 +342,24 @@ def test_convert_with_a_budget_and_a_calibration_method(saved_model, tmp_path):
     too_many = tfcompress("convert", str(saved_model), "--mode=int8", "--data=digits", f"--output={tmp_path / 'x.tflite'}",
                           "--max_accuracy_drop=1.0", "--validation_samples=1300")
     assert too_many.returncode == 2 and "--validation_samples=1300" in too_many.stderr.strip().splitlines()[-1]
+
+
+def test_every_command_documents_every_flags_default():
+    """Each command's --help names every flag's default (or, for unset ones, what happens without it)."""
+    from absl import flags
+
+    from tfcompress import cli
+
+    for command, (define, _, _) in cli.COMMANDS.items():
+        define()  # in this process: each command's flags in turn, removed again below
+        try:
+            defined = flags.FLAGS.get_key_flags_for_module(cli.__name__)
+            help_text = flags.FLAGS.module_help(cli.__name__)
+            assert defined, command
+            for flag in defined:
+                assert f"--{flag.name}:" in help_text or f"--[no]{flag.name}:" in help_text, (command, flag.name)
+                if flag.default is None:
+                    assert "(default: none - " in flag.help, f"{command} --{flag.name}: say what happens without it"
+        finally:
+            for flag in flags.FLAGS.get_key_flags_for_module(cli.__name__):
+                delattr(flags.FLAGS, flag.name)
