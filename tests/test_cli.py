@@ -363,3 +363,18 @@ def test_every_command_documents_every_flags_default():
         finally:
             for flag in flags.FLAGS.get_key_flags_for_module(cli.__name__):
                 delattr(flags.FLAGS, flag.name)
+
+
+def test_prune_with_clusters_and_low_rank(saved_model, tmp_path):
+    out = tmp_path / "c.keras"
+    result = tfcompress("prune", str(saved_model), "--data=digits", "--sparsity=0.5", "--clusters=8", "--low_rank=0.9",
+                        "--epochs=1", "--batch_size=32", f"--output={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = keras.models.load_model(out)  # plain Keras
+    assert any(layer.name.endswith("_low_rank") for layer in model.layers)
+    kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+    assert all(len(np.unique(k)) <= 8 + 1 for k in kernels if k.ndim == 2)  # Dense: 8 centroids and the fixed zero
+    zeros = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
+    assert zeros >= 0.45  # the pruned zeros survive clustering
+    result = tfcompress("prune", str(saved_model), "--clusters=1")
+    assert result.returncode == 2 and "--clusters" in result.stderr

@@ -299,6 +299,12 @@ def _define_prune():
     flags.DEFINE_enum("importance", "l2", ["l1", "l2", "bn", "taylor"], "Channel importance criterion (--channels).")
     flags.DEFINE_integer("round_to", 1, "Kept channel counts are multiples of this where possible (--channels).",
                          lower_bound=1)
+    flags.DEFINE_integer("clusters", None, "Weight clustering after pruning: at most this many values per kernel "
+                         "(per output channel of convolutions), in [2, 256], fine-tuned 1 epoch with the centroids "
+                         "training; zeros stay zeros (default: none - no clustering).", lower_bound=2, upper_bound=256)
+    flags.DEFINE_float("low_rank", None, "Low-rank factorization first: keep this share of each kernel's singular-value "
+                       "energy, in (0, 1], where it cuts MACs, then fine-tune (default: none - no factorization).",
+                       lower_bound=1e-6, upper_bound=1.0)
 
 
 def _define_distill():
@@ -372,17 +378,20 @@ def _learning_rate():
 
 
 def _prune(argv):
-    from tfcompress.recipe import Prune
-
-    from tfcompress.recipe import PruneChannels
+    from tfcompress.recipe import Cluster, Factorize, Prune, PruneChannels
 
     path = _one_model(argv, "prune")
     steps = []
+    if FLAGS.low_rank is not None:
+        steps.append(Factorize(FLAGS.low_rank, epochs=FLAGS.epochs, **_learning_rate()))
     if FLAGS.channels is not None:
         steps.append(PruneChannels(FLAGS.channels, epochs=FLAGS.epochs, importance=FLAGS.importance,
                                    round_to=FLAGS.round_to, **_learning_rate()))
-    if FLAGS.channels is None or FLAGS["sparsity"].present:
+    # Weight pruning runs by default, or with another technique when --sparsity is given too.
+    if FLAGS["sparsity"].present or (FLAGS.channels is None and FLAGS.clusters is None and FLAGS.low_rank is None):
         steps.append(Prune(FLAGS.sparsity, epochs=FLAGS.epochs, structure=FLAGS.structure, **_learning_rate()))
+    if FLAGS.clusters is not None:
+        steps.append(Cluster(FLAGS.clusters, epochs=1))
     _finish_training("pruned", path, steps)
 
 
