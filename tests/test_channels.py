@@ -250,3 +250,34 @@ def test_channel_pruning_callback_prunes_a_distillers_student(trained_digits_mod
     small = tfc.shrink(student, verbose=0)
     assert _relative_error(small(x_test), student(x_test)) < 1e-5
     assert small.count_params() < 0.6 * student.count_params()
+
+
+def test_nested_keras_application_is_entered_pruned_and_rebuilt_flat(digits_data, tmp_path):
+    """A Keras application inside a Sequential: its layers join the outer graph; shrink is exact; all criteria work."""
+    keras.utils.set_random_seed(0)
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, include_top=False)
+    model = keras.Sequential([keras.Input((32, 32, 3)), backbone, L.GlobalAveragePooling2D(name="pool"),
+                              L.Dense(5, name="head")], name="nested")
+    _randomise_batch_norm(backbone)
+    graph = channels.ChannelGraph(model)
+    assert graph.source is model and "block_1_project" in {p.layer for p in graph.plan}
+    assert {"block_1_project", "block_2_project"} <= next(set(g) for g in graph.groups.values()
+                                                           if "block_1_project" in g)  # the residual stream, tied
+    channels.zero_units(graph, graph.units[::4])  # masks act on the nested model's own layers
+    x = np.random.default_rng(1).random((4, 32, 32, 3), dtype=np.float32)
+    masked = np.asarray(model(x, training=False))
+    small = tfc.shrink(model, verbose=0)
+    assert not any(isinstance(layer, keras.Model) for layer in small.layers)  # one flat Functional model
+    assert small.count_params() < 0.9 * model.count_params()
+    assert _relative_error(small(x, training=False), masked) < 1e-5
+    small.save(tmp_path / "s.keras")
+    assert _relative_error(keras.models.load_model(tmp_path / "s.keras")(x, training=False), masked) < 1e-5
+    # taylor probes the inner layers' outputs, which must come from the flat graph, not the nested one.
+    pruned = tfc.prune_channels(model, 0.3, importance="taylor", data=(x, np.arange(4) % 5), verbose=0)
+    assert pruned.count_params() < model.count_params() and pruned.output_shape == (None, 5)
+    # The callback trains the nested model itself and masks its layers.
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    xs = np.random.default_rng(2).random((32, 32, 32, 3), dtype=np.float32)
+    model.fit(xs, np.arange(32) % 5, epochs=1, batch_size=8, verbose=0,
+              callbacks=[tfc.ChannelPruningCallback(tfc.ConstantSparsity(0.5, begin_step=0, frequency=2), verbose=0)])
+    assert channels.zeroed_units(channels.ChannelGraph(model))

@@ -158,10 +158,91 @@ def _tensor_producers(structure, found):
 
 
 def _endpoint_names(entries):
+    return [name for name, _, _ in _endpoints(entries)]
+
+
+def has_nested_models(model):
+    return any(isinstance(layer, keras.Model) for layer in model.layers)
+
+
+def flatten(model, layer_outputs=None):
+    """``model`` with its nested Functional/Sequential sub-models inlined: one Functional graph.
+
+    The layers are the same objects (so are their weights): masks set through the flat
+    graph act on ``model``, and a model rebuilt from it (e.g. by `shrink`) is flat. A
+    model without nested models is returned as it is. ``layer_outputs``, if a dict, gets
+    ``{layer name: its output tensor in the flat graph}`` (a shared layer's ``.output``
+    is its first call's, inside the nested model).
+
+    Raises:
+        ValueError: a nested model is subclassed, or two layers share a name (a flat
+            graph needs unique names).
+    """
+    if not has_nested_models(model):
+        return model
+    names = {}
+    for _, layer in iter_layers(model):
+        if isinstance(layer, keras.Model):
+            check_functional(layer, "entering nested models", error=ValueError)
+            continue
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if layer.name in names and names[layer.name] is not layer:
+            raise ValueError(
+                f"model {model.name!r}: two of its (nested) layers are named {layer.name!r}; a flat graph needs unique "
+                "layer names. Rename one (name= when building the model).")
+        names[layer.name] = layer
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=f"{model.name}_input_{i}")
+              for i, t in enumerate(model.inputs)]
+    layer_outputs = {} if layer_outputs is None else layer_outputs
+    outputs = _replay(model, inputs, layer_outputs)
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs if len(outputs) > 1 else outputs[0],
+                       name=model.name)
+
+
+def _replay(model, args, layer_outputs):
+    """Calls ``model``'s layers (entering nested models) on ``args``; returns its output tensors."""
+    if isinstance(model, keras.Sequential):
+        x = args[0]
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                x = _replay(layer, [x], layer_outputs)[0]
+            else:
+                x = layer_outputs[layer.name] = layer(x)
+        return [x]
+    config = model.get_config()
+    produced = dict(zip(_endpoints(config["input_layers"]), args))
+    for layer_config in config["layers"]:
+        layer = model.get_layer(layer_config["name"])
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        for node_index, call in enumerate(layer_config.get("inbound_nodes", [])):
+            call_args = _substitute(call["args"], produced)
+            if isinstance(layer, keras.Model):
+                out = _replay(layer, list(keras.tree.flatten(call_args)), layer_outputs)
+            else:
+                out = layer_outputs[layer.name] = layer(*call_args, **_substitute(call.get("kwargs", {}), produced))
+            for index, tensor in enumerate(keras.tree.flatten(out)):
+                produced[(layer_config["name"], node_index, index)] = tensor
+    return [produced[e] for e in _endpoints(config["output_layers"])]
+
+
+def _substitute(structure, produced):
+    """A serialized call with every Keras tensor replaced by the replayed tensor it names."""
+    if isinstance(structure, dict):
+        if structure.get("class_name") == "__keras_tensor__":
+            return produced[tuple(structure["config"]["keras_history"])]
+        return {k: _substitute(v, produced) for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return type(structure)(_substitute(v, produced) for v in structure)
+    return structure
+
+
+def _endpoints(entries):
     # A single input/output is stored as one [name, node, tensor] triple, several as a list of them.
     if entries and isinstance(entries[0], str):
         entries = [entries]
-    return [name for name, _, _ in entries]
+    return [tuple(e) for e in entries]
 
 
 def read_graph(model):

@@ -60,7 +60,7 @@ class ChannelPruningCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         target = self._pruned_model()
-        if self.graph is None or self.graph.model is not target:
+        if self.graph is None or self.graph.source is not target:
             self.graph = channels.ChannelGraph(target, layers=self.layers, skip=self.skip)
             if not self.graph.units:
                 reasons = sorted(set(self.graph.reasons.values())) or ["it has no Conv/Dense layer"]

@@ -92,7 +92,12 @@ class ChannelGraph:
     def __init__(self, model, layers=None, skip=None):
         graph.check_model(model, action="prune channels of")
         graph.check_functional(model, "channel pruning", error=ChannelPruningError)
-        self.model = model
+        self.source = model  # the model given; `model` is its flat graph (the same layers) when it nests models
+        self._flat_outputs = {}
+        try:
+            self.model = graph.flatten(model, self._flat_outputs)
+        except ValueError as exc:
+            raise ChannelPruningError(str(exc)) from None
         self._parent = []
         self._fixed_reason = {}
         self._owner = []  # element id -> (producer name, channel) or None
@@ -103,6 +108,12 @@ class ChannelGraph:
         self._slice_cache = {}  # unit index -> unit_slices(): the weights and units never change
         self._walk(layers, skip)
         self._build_units()
+
+    def layer_output(self, name):
+        """The output tensor of layer ``name`` in `model`'s graph (for probes such as the taylor criterion)."""
+        if name in self._flat_outputs:
+            return self._flat_outputs[name]
+        return self.model.get_layer(name).output
 
     # -- union-find ----------------------------------------------------------------------
     def _new(self, owner, fixed=None):
@@ -227,8 +238,6 @@ class ChannelGraph:
             self.elements[layer.name] = list(ins[0])
         elif kind is L.Concatenate and layer.axis in (-1, rank - 1):
             self.elements[layer.name] = [e for elements in ins for e in elements]
-        elif isinstance(layer, keras.Model):
-            self._opaque(layer, ins, "a nested model: its layers are not entered yet")
         else:
             self._opaque(layer, ins, f"{kind.__name__} is not analysed")
 
@@ -394,7 +403,9 @@ def shrink(model, verbose=1):
 
     Finds every removable unit whose weights are all zero (after `prune_channels`
     or `ChannelPruningCallback`), and rebuilds the model (same kind: Sequential or
-    Functional) with fewer filters / units, sliced kernels, biases,
+    Functional; a model with nested Functional/Sequential sub-models, e.g. a Keras
+    application inside a Sequential, comes back as one flat Functional model) with
+    fewer filters / units, sliced kernels, biases,
     BatchNormalization statistics and depthwise kernels. The result computes what
     the masked model computes, and saves and loads with plain
     ``keras.models.load_model``.
@@ -408,6 +419,7 @@ def shrink(model, verbose=1):
         a copy of ``model`` (and a line saying that nothing was removed).
     """
     channel_graph = ChannelGraph(model)
+    model = channel_graph.model  # nested sub-models inlined: the result is one flat Functional model
     units = zeroed_units(channel_graph)
     removed_members = {m for u in units for m in u.members}
     removed = {e for e, owner in enumerate(channel_graph._owner) if owner in removed_members}

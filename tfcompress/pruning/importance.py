@@ -62,7 +62,7 @@ def _taylor(channel_graph, names, data, batch_size=64, max_samples=512):
     model = channel_graph.model
     x, y = data
     x, y = np.asarray(x)[:max_samples], np.asarray(y)[:max_samples]
-    probe = keras.Model(model.inputs, [model.outputs[0]] + [model.get_layer(n).output for n in names])
+    probe = keras.Model(model.inputs, [model.outputs[0]] + [channel_graph.layer_output(n) for n in names])
     loss_fn = getattr(model, "loss", None) or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if isinstance(loss_fn, str):
         loss_fn = keras.losses.get(loss_fn)
