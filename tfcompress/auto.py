@@ -27,7 +27,7 @@ import numpy as np
 
 from tfcompress import graph, tflite_file, validation
 from tfcompress.recipe import (
-    Cluster, CompressionResult, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining, _resolve_data,
+    Cluster, CompressionResult, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining, resolve_data,
     compress,
 )
 
@@ -284,7 +284,7 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
     if out_dir is not None and os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise OutputExistsError(f"out_dir={os.fspath(out_dir)!r} already holds files; pass overwrite=True (CLI: "
                                 "--overwrite) or choose another folder.")
-    (x, y), (x_test, y_test) = _resolve_data(data)
+    (x, y), (x_test, y_test) = resolve_data(data)
     y, y_test = np.asarray(y).reshape(-1), np.asarray(y_test).reshape(-1)
     _check_fits(model, x, y)
     if validation_data is not None:

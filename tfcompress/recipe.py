@@ -298,7 +298,8 @@ def _resolve_recipe(recipe, convert_default=True):
     return steps
 
 
-def _resolve_data(data):
+def resolve_data(data):
+    """``data`` (a dataset name or ``((x, y), (x_test, y_test))``) as checked numpy arrays; shared with `auto`."""
     if isinstance(data, str):
         return datasets.load(data)
     try:
@@ -394,7 +395,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
 
     graph.check_model(model, action="compress")
     steps = _resolve_recipe(recipe, convert_default)
-    (x, y), (x_test, y_test) = _resolve_data(data)
+    (x, y), (x_test, y_test) = resolve_data(data)
     _check_labels(model, y, "y_train")
     _check_labels(model, y_test, "y_test")
     keras_accuracy = _accuracy(model, x_test, y_test)
