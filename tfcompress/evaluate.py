@@ -662,7 +662,7 @@ def evaluate_tflite(
             agree = float(np.mean(outs[b].reshape(len(outs[b]), -1).argmax(1) == outs[reference].reshape(len(outs[reference]), -1).argmax(1)))
             parity["backends"][b] = {"max_abs_diff": diff, "top1_agreement": agree}
 
-    accuracy, accuracy_backend = None, None
+    accuracy, accuracy_backend, logits = None, None, None
     if y is not None and backends:
         accuracy_backend = "xnnpack" if "xnnpack" in backends else backends[0]
         logits = _predict(make_interpreter(raw, accuracy_backend, max(threads)), inputs_float, batch_size, head)
@@ -670,7 +670,8 @@ def evaluate_tflite(
 
     micro_report = None
     if want_micro:
-        micro_report = _evaluate_micro(raw, probe, heads, head, inputs_float, y, micro_samples, batch_size, rng)
+        micro_report = _evaluate_micro(raw, probe, heads, head, inputs_float, y, micro_samples, batch_size, rng,
+                                       litert_outputs=logits)
         if not micro_report.runs:
             if not backends:
                 raise micro.MicroCompatibilityError(micro_report.error)
@@ -728,8 +729,11 @@ def evaluate_tflite(
     )
 
 
-def _evaluate_micro(raw, probe, heads, head, inputs_float, y, samples, batch_size, rng):
-    """The ``"micro"`` backend: a `micro.MicroReport` (a file TFLM cannot run gives one with ``error``)."""
+def _evaluate_micro(raw, probe, heads, head, inputs_float, y, samples, batch_size, rng, litert_outputs=None):
+    """The ``"micro"`` backend: a `micro.MicroReport` (a file TFLM cannot run gives one with ``error``).
+
+    ``litert_outputs``: LiteRT's outputs on all of x, when the accuracy pass computed them already.
+    """
     report = micro.MicroReport(flash_bytes=len(raw))
     details = probe.get_input_details()
     try:
@@ -746,7 +750,9 @@ def _evaluate_micro(raw, probe, heads, head, inputs_float, y, samples, batch_siz
     raw_outputs, report.host_ms = micro.run(raw, report.arena_bytes,
                                             [quantize_input(a, d) for a, d in zip(sample, details)], output_index)
     outputs = dequantize_output(raw_outputs, detail).reshape(len(raw_outputs), -1)
-    reference = _predict(make_interpreter(raw, "xnnpack", 1), sample, batch_size, head).reshape(len(outputs), -1)
+    if litert_outputs is None:
+        litert_outputs = _predict(make_interpreter(raw, "xnnpack", 1), sample, batch_size, head)
+    reference = np.asarray(litert_outputs)[:len(outputs)].reshape(len(outputs), -1)
     report.samples = len(outputs)
     report.agreement = float(np.mean(outputs.argmax(1) == reference.argmax(1)))
     report.max_abs_diff = float(np.max(np.abs(outputs - reference))) if outputs.size else 0.0

@@ -9,6 +9,7 @@ import importlib
 OPTIONAL = {
     "tflite_micro": ("tflite-micro", "micro"),
     "tf2onnx": ("tf2onnx", "onnx"),
+    "onnx": ("onnx", "onnx"),
     "onnxruntime": ("onnxruntime", "onnx"),
     "litert_quantizer": ("litert-quantizer", "quantizer"),
     "tensorflow_model_optimization": ("tensorflow-model-optimization", "tfmot"),

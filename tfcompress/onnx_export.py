@@ -73,12 +73,7 @@ class ONNXModel(bytes):
 def _require_onnx(module, feature):
     """The optional package ``module`` (tf2onnx / onnxruntime) and ``onnx``, or a `MissingExtraError`."""
     imported = extras.require(module, feature)
-    try:
-        import onnx  # noqa: F401 - a dependency of tf2onnx; needed to read the graph
-    except ImportError as exc:
-        raise extras.MissingExtraError(
-            f"{feature} needs the optional package 'onnx', which is not installed ({exc}). Install it with "
-            "`pip install 'tfcompress[onnx]'` (or `pip install onnx`).") from None
+    extras.require("onnx", feature)  # a dependency of tf2onnx; needed to read the graph
     return imported
 
 

@@ -6,6 +6,7 @@ is the one place in tfcompress that uses it.
 """
 
 import dataclasses
+import functools
 import gzip
 
 import numpy as np
@@ -94,9 +95,13 @@ class TFLiteInfo:
             out[w.dtype] = out.get(w.dtype, 0) + w.stored_bytes
         return dict(sorted(out.items()))
 
+    @functools.cached_property
+    def _weights_by_tensor(self):
+        return {(w.subgraph, w.tensor): w for w in self.weights}
+
     def constant_inputs(self, op):
         """The weight tensors among ``op``'s inputs, in input order."""
-        by_index = {(w.subgraph, w.tensor): w for w in self.weights}
+        by_index = self._weights_by_tensor
         return [by_index[(op.subgraph, t)] for t in op.inputs if (op.subgraph, t) in by_index]
 
     @property

@@ -70,7 +70,7 @@ def main():
                             ("met" if met else "missed") if model_name == "reference_cnn" else "report"))
     print("\n### Summary\n")
     print(tfc.reports.markdown_table(("model", "objective", "chosen", "vs float32 file", "Δ test vs input",
-                                      "search time", f"target"), summary))
+                                      "search time", "target"), summary))
 
 
 if __name__ == "__main__":
