@@ -164,6 +164,43 @@ def test_bad_input_is_named():
         tfc.shrink(sub)
 
 
+def _residual_stream_and_wide_layer():
+    inputs = keras.Input((8, 8, 3))
+    stream = L.Conv2D(8, 1, name="s1")(inputs)
+    for i in (2, 3):
+        stream = L.Add(name=f"add{i}")([stream, L.Conv2D(8, 3, padding="same", name=f"s{i}")(stream)])
+    wide = L.Conv2D(32, 3, padding="same", activation="relu", name="wide")(stream)
+    return keras.Model(inputs, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(wide)), name="stream")
+
+
+def test_max_group_ratio_caps_a_residual_stream_and_takes_the_rest_elsewhere():
+    model = _residual_stream_and_wide_layer()
+    for name in ("s1", "s2", "s3"):  # the stream's filters are the smallest: a global ranking takes them first
+        kernel, bias = model.get_layer(name).get_weights()
+        model.get_layer(name).set_weights([kernel * 1e-3, bias])
+    graph = channels.ChannelGraph(model)
+    stream = next(g for g, names in graph.groups.items() if "s1" in names)
+    scores = tfc.pruning.importance.unit_scores(graph, "l2")
+    scores[[u.index for u in graph.units if u.group == stream]] -= 10.0  # per-layer normalisation hides the scale
+
+    def removed(**kwargs):
+        chosen, note = tfc.pruning.importance.select_units(graph, scores, 0.5, **kwargs)
+        in_stream = sum(u.group == stream for u in chosen)
+        return in_stream, len(chosen) - in_stream, note
+
+    assert removed() == (7, 13, None)  # uncapped: the stream is cut to one channel
+    assert removed(max_group_ratio=0.5) == (4, 16, None)  # capped at half; the wide layer gives the rest
+    in_stream, elsewhere, note = removed(max_group_ratio=0.25)
+    assert (in_stream, elsewhere) == (2, 8) and "max_group_ratio=0.25" in note  # 20 asked, 10 allowed: said
+    small = tfc.prune_channels(model, 0.5, max_group_ratio=0.5, verbose=0)
+    assert small.get_layer("s1").filters == 4 and small.get_layer("wide").filters == 16
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match=f"max_group_ratio={bad!r} must be in \\(0, 1\\]"):
+            tfc.ChannelPruningCallback(tfc.ConstantSparsity(0.5, 0), max_group_ratio=bad)
+    with pytest.raises(ValueError, match="PruneChannels: max_group_ratio=2"):
+        tfc.PruneChannels(0.5, max_group_ratio=2)
+
+
 def test_shrink_without_zeroed_channels_returns_a_copy_and_says_so(capsys):
     model = _sequential_1d()
     copy = tfc.shrink(model)
@@ -281,3 +318,35 @@ def test_nested_keras_application_is_entered_pruned_and_rebuilt_flat(digits_data
     model.fit(xs, np.arange(32) % 5, epochs=1, batch_size=8, verbose=0,
               callbacks=[tfc.ChannelPruningCallback(tfc.ConstantSparsity(0.5, begin_step=0, frequency=2), verbose=0)])
     assert channels.zeroed_units(channels.ChannelGraph(model))
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_model_is_pruned_shrunk_and_converted(mixed_float16, digits_data):
+    (x, y), _ = digits_data
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(16, 3, activation="relu", name="c1"),
+                              L.BatchNormalization(name="bn"), L.Conv2D(16, 3, activation="relu", name="c2"),
+                              L.GlobalAveragePooling2D(), L.Dense(10, name="out"),
+                              L.Activation("linear", dtype="float32", name="logits")], name="mixed")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = tfc.ChannelPruningCallback(tfc.ConstantSparsity(0.5, begin_step=0, frequency=2), verbose=0)
+    model.fit(x[:256], y[:256], epochs=1, batch_size=32, verbose=0, callbacks=[callback])
+    assert model.get_layer("c1").compute_dtype == "float16" and callback.sparsity == 0.5
+    masked = np.asarray(model(x[:64], training=False))
+    small = tfc.shrink(model, verbose=0)
+    assert small.get_layer("c1").compute_dtype == "float16"  # the user's policy is kept
+    assert small.get_layer("c1").filters + small.get_layer("c2").filters == 16
+    assert _relative_error(small(x[:64], training=False), masked) < 1e-5
+    # TFLite has no float16 compute: the file is converted from a float32-compute copy with the same weights.
+    file = tfc.to_tflite(small, mode="float32")
+    report = tfc.evaluate_tflite(file, x=x[:64], backends=("cpu",), num_runs=1)
+    assert set(report.op_census_by_dtype) >= {"CONV_2D/float32", "FULLY_CONNECTED/float32"}
+    assert _relative_error(tfc.evaluate.predict(file, x[:64]), masked) < 1e-2  # Keras computes in float16
+    int8 = tfc.to_tflite(small, mode="int8", representative_data=x[:100], verify=x[:200])
+    assert int8.agreement > 0.9

@@ -299,6 +299,8 @@ def _define_prune():
     flags.DEFINE_enum("importance", "l2", ["l1", "l2", "bn", "taylor"], "Channel importance criterion (--channels).")
     flags.DEFINE_integer("round_to", 1, "Kept channel counts are multiples of this where possible (--channels).",
                          lower_bound=1)
+    flags.DEFINE_float("max_group_ratio", None, "At most this fraction of any one channel group (a layer, or a "
+                       "residual stream) is removed, in (0, 1] (--channels; default: no cap).")
     flags.DEFINE_integer("clusters", None, "Weight clustering after pruning: at most this many values per kernel "
                          "(per output channel of convolutions), in [2, 256], fine-tuned 1 epoch with the centroids "
                          "training; zeros stay zeros (default: none - no clustering).", lower_bound=2, upper_bound=256)
@@ -386,7 +388,8 @@ def _prune(argv):
         steps.append(Factorize(FLAGS.low_rank, epochs=FLAGS.epochs, **_learning_rate()))
     if FLAGS.channels is not None:
         steps.append(PruneChannels(FLAGS.channels, epochs=FLAGS.epochs, importance=FLAGS.importance,
-                                   round_to=FLAGS.round_to, **_learning_rate()))
+                                   round_to=FLAGS.round_to, max_group_ratio=FLAGS.max_group_ratio,
+                                   **_learning_rate()))
     # Weight pruning runs by default, or with another technique when --sparsity is given too.
     if FLAGS["sparsity"].present or (FLAGS.channels is None and FLAGS.clusters is None and FLAGS.low_rank is None):
         steps.append(Prune(FLAGS.sparsity, epochs=FLAGS.epochs, structure=FLAGS.structure, **_learning_rate()))

@@ -72,14 +72,50 @@ class ConvertedModel(bytes):
 
 
 def exported_model(model):
-    """The Keras model ``to_tflite`` exports: ``model`` itself, or a `Distiller`'s student (what ships)."""
+    """The Keras model ``to_tflite`` exports: ``model`` itself, or a `Distiller`'s student (what ships).
+
+    A mixed-precision model (``mixed_float16`` / ``mixed_bfloat16`` layers) is exported
+    as a float32 copy with the same weights: TFLite's builtin kernels have no float16
+    or bfloat16 compute (the converter refuses ``tf.Conv2D`` on f16), and its weights
+    are float32 variables already.
+    """
     import keras
 
     graph.check_model(model, action="convert")
     student = getattr(model, "student", None)
     if student is not None and getattr(model, "teacher", None) is not None and isinstance(student, keras.Model):
-        return graph.check_model(student, argument="the Distiller's student", action="convert")
-    return model
+        model = graph.check_model(student, argument="the Distiller's student", action="convert")
+    return float32_compute(model)
+
+
+def _computes_below_float32(layer):
+    policy = getattr(layer, "dtype_policy", None)
+    return policy is not None and policy.compute_dtype in ("float16", "bfloat16") and policy.variable_dtype == "float32"
+
+
+def float32_compute(model):
+    """``model``, or a float32-compute copy of it (same weights) when any of its layers is mixed precision."""
+    import keras
+
+    layers = list(model._flatten_layers(include_self=False))
+    if not any(_computes_below_float32(layer) for layer in layers):
+        return model
+    if not graph.is_functional(model):
+        raise ConversionError(
+            f"Model {model.name!r} uses mixed precision and is subclassed, so it cannot be rebuilt in float32 for "
+            "TFLite (whose kernels compute in float32, int8 or int16). Build it again under "
+            "keras.mixed_precision.set_global_policy('float32'), load the weights (model.load_weights) and convert "
+            "that.")
+
+    def in_float32(layer):
+        config = layer.get_config()
+        if _computes_below_float32(layer):
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=in_float32, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def input_specs(model, samples_hint=None, input_shape=None):

@@ -84,6 +84,7 @@ class PruneChannels:
         round_to: kept widths are multiples of this where possible.
         learning_rate: initial Adam learning rate, cosine-decayed to zero over the step.
         ramp_fraction: share of the steps spent ramping up.
+        max_group_ratio: at most this fraction of any one group's channels is removed (None: no cap).
     """
 
     ratio: float = 0.5
@@ -92,10 +93,17 @@ class PruneChannels:
     round_to: int = 1
     learning_rate: float = 1e-3
     ramp_fraction: float = 2 / 3
+    max_group_ratio: float = None
 
     def __post_init__(self):
+        from tfcompress.pruning.importance import check_selection
+
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"PruneChannels(ratio={self.ratio!r}): ratio must be in [0, 1).")
+        try:
+            check_selection("global", self.round_to, self.max_group_ratio)
+        except ValueError as exc:
+            raise ValueError(f"PruneChannels: {exc}") from None
         _check_epochs(self, self.epochs)
 
 
@@ -447,6 +455,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
 
             callback = ChannelPruningCallback(ramp(step.ratio, step.epochs, step.ramp_fraction),
                                               importance=step.importance, round_to=step.round_to,
+                                              max_group_ratio=step.max_group_ratio,
                                               data=(x[:512], y[:512]) if step.importance == "taylor" else None,
                                               verbose=0)
             current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])

@@ -26,6 +26,8 @@ class ChannelPruningCallback(keras.callbacks.Callback):
         importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (``"taylor"`` needs ``data``).
         scope: ``"global"`` or ``"layer"`` (see `prune_channels`).
         round_to: kept widths are multiples of this where possible.
+        max_group_ratio: at most this fraction of any one group's channels is removed (None: no cap); e.g.
+            0.6 keeps residual streams from being cut to the ``round_to`` floor.
         layers / skip: names of the only producers to prune / of producers never to prune.
         data: ``(x, y)`` for ``importance="taylor"``.
         verbose: 1 prints the plan table when training starts.
@@ -37,13 +39,13 @@ class ChannelPruningCallback(keras.callbacks.Callback):
     """
 
     def __init__(self, schedule, importance="l2", scope="global", round_to=1, layers=None, skip=None, data=None,
-                 verbose=1):
+                 verbose=1, max_group_ratio=None):
         super().__init__()
         self.schedule = schedules_module.get(schedule)
         importance_module.check_criterion(importance, data)
-        if scope not in importance_module.SCOPES:
-            raise ValueError(f"scope={scope!r}: choose one of {list(importance_module.SCOPES)}.")
+        importance_module.check_selection(scope, round_to, max_group_ratio)
         self.importance, self.scope, self.round_to = importance, scope, round_to
+        self.max_group_ratio = max_group_ratio
         self.layers, self.skip, self.data, self.verbose = layers, skip, data, verbose
         self.graph = None
         self.pruned = set()  # unit indices
@@ -104,7 +106,8 @@ class ChannelPruningCallback(keras.callbacks.Callback):
             return
         scores = importance_module.unit_scores(self.graph, self.importance, self.data)
         scores[list(self.pruned)] = -np.inf  # pruned units stay pruned
-        chosen, note = importance_module.select_units(self.graph, scores, sparsity, self.scope, self.round_to)
+        chosen, note = importance_module.select_units(self.graph, scores, sparsity, self.scope, self.round_to,
+                                                    self.max_group_ratio)
         if note and note not in self.notes:
             self.notes.append(note)
             if self.verbose:

@@ -499,7 +499,7 @@ def _copy(model):
 
 
 def prune_channels(model, ratio, importance="l2", data=None, scope="global", round_to=1, layers=None, skip=None,
-                   verbose=1):
+                   verbose=1, max_group_ratio=None):
     """One-shot structural pruning: removes ``ratio`` of the removable channels; returns the smaller model.
 
     Ranks every removable unit (an output channel with everything tied to it) by
@@ -514,6 +514,9 @@ def prune_channels(model, ratio, importance="l2", data=None, scope="global", rou
         scope: ``"global"`` (one ranking across layers, normalised per layer) or ``"layer"`` (every group at
             ``ratio``).
         round_to: kept widths are multiples of this where possible (8 or 16 suit SIMD kernels).
+        max_group_ratio: at most this fraction of any one group's channels is removed (None: no cap). With the
+            global ranking a residual stream can otherwise be cut to the ``round_to`` floor; the channels a
+            capped group cannot give come from the next-ranked groups.
         layers / skip: names of the only producers to prune / of producers never to prune.
         verbose: 1 prints the plan table and what was removed.
 
@@ -532,6 +535,7 @@ def prune_channels(model, ratio, importance="l2", data=None, scope="global", rou
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio={ratio!r} must be in [0, 1): the fraction of removable channels to remove.")
     importance_module.check_criterion(importance, data)
+    importance_module.check_selection(scope, round_to, max_group_ratio)
     masked = _copy(model)
     channel_graph = ChannelGraph(masked, layers=layers, skip=skip)
     if verbose:
@@ -540,7 +544,7 @@ def prune_channels(model, ratio, importance="l2", data=None, scope="global", rou
         reasons = sorted(set(channel_graph.reasons.values())) or ["it has no Conv/Dense layer"]
         raise ChannelPruningError(f"Model {model.name!r} has no prunable channel group: {'; '.join(reasons)}.")
     scores = importance_module.unit_scores(channel_graph, importance, data)
-    chosen, note = importance_module.select_units(channel_graph, scores, ratio, scope, round_to)
+    chosen, note = importance_module.select_units(channel_graph, scores, ratio, scope, round_to, max_group_ratio)
     if note and verbose:
         print(f"prune_channels: {note}")
     zero_units(channel_graph, chosen)

@@ -103,42 +103,68 @@ def unit_scores(channel_graph, importance="l2", data=None):
     return np.array([np.mean([per_layer[name][c] for name, c in unit.members]) for unit in channel_graph.units])
 
 
-def select_units(channel_graph, scores, ratio, scope="global", round_to=1):
-    """The units to remove so that ``ratio`` of the removable units go, and what could not.
-
-    Every group keeps at least ``round_to`` (and at least one) of its units, and the
-    number it keeps is a multiple of ``round_to`` where it can be (SIMD-friendly widths).
-
-    Returns:
-        ``(units to remove, note or None)``: the note says when the groups could not give ``ratio``.
-    """
+def check_selection(scope, round_to, max_group_ratio):
+    """Raises a ValueError naming the bad argument of `select_units`."""
     if scope not in SCOPES:
         raise ValueError(f"scope={scope!r}: choose one of {list(SCOPES)}.")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to={round_to!r} must be a positive integer (1, 8, 16...).")
+    if max_group_ratio is not None and (isinstance(max_group_ratio, bool)
+                                        or not isinstance(max_group_ratio, (int, float))
+                                        or not 0.0 < max_group_ratio <= 1.0):
+        raise ValueError(f"max_group_ratio={max_group_ratio!r} must be in (0, 1] (the largest fraction of one "
+                         f"group's channels that may go), or None for no cap.")
+
+
+def select_units(channel_graph, scores, ratio, scope="global", round_to=1, max_group_ratio=None):
+    """The units to remove so that ``ratio`` of the removable units go, and what could not.
+
+    Every group keeps at least ``round_to`` (and at least one) of its units, and the
+    number it keeps is a multiple of ``round_to`` where it can be (SIMD-friendly widths).
+    ``max_group_ratio`` caps the fraction of any one group that goes: with a global
+    ranking, a residual stream (many producers tied into one group, scored by their
+    mean) can otherwise be cut to the floor while wide single layers keep everything;
+    the units a capped group cannot give are taken from the next-ranked groups.
+
+    Returns:
+        ``(units to remove, note or None)``: the note says when the groups could not give ``ratio``.
+    """
+    check_selection(scope, round_to, max_group_ratio)
     units = channel_graph.units
     by_group = {}
     for unit in units:
         by_group.setdefault(unit.group, []).append(unit)
+    cap = max_group_ratio if max_group_ratio is not None else 1.0
+
+    def most_removable(size):
+        keep = max(min(size, round_to), 1, int(math.ceil((1.0 - cap) * size - 1e-9)))
+        return max(size - keep, 0)
+
+    limit = {g: most_removable(len(members)) for g, members in by_group.items()}
     target = int(math.floor(ratio * len(units) + 1e-9))
+    wanted = {}
     if scope == "global":
-        ranked = sorted(units, key=lambda u: scores[u.index])
-        wanted = {}
-        for unit in ranked[:target]:
-            wanted[unit.group] = wanted.get(unit.group, 0) + 1
+        taken = 0
+        for unit in sorted(units, key=lambda u: scores[u.index]):
+            if taken == target:
+                break
+            if wanted.get(unit.group, 0) < limit[unit.group]:
+                wanted[unit.group] = wanted.get(unit.group, 0) + 1
+                taken += 1
     else:
-        wanted = {g: int(math.floor(ratio * len(members) + 1e-9)) for g, members in by_group.items()}
+        wanted = {g: min(int(math.floor(ratio * len(members) + 1e-9)), limit[g]) for g, members in by_group.items()}
     chosen = []
     for group, members in by_group.items():
         size = len(members)
         keep = size - wanted.get(group, 0)
-        keep = min(size, max(keep, min(size, round_to), 1))
         if round_to > 1:
             keep = min(size, int(math.ceil(keep / round_to) * round_to))
         ranked = sorted(members, key=lambda u: scores[u.index])
         chosen += ranked[: size - keep]
     note = None
     if len(chosen) < target:
+        cap_text = f", at most max_group_ratio={max_group_ratio} of each group" if max_group_ratio is not None else ""
         note = (f"asked for {ratio:.0%} of {len(units)} removable channels ({target}); the groups allow "
-                f"{len(chosen)} (every group keeps at least max(1, round_to={round_to}) and multiples of round_to)")
+                f"{len(chosen)} (every group keeps at least max(1, round_to={round_to}) and multiples of round_to"
+                f"{cap_text})")
     return chosen, note
