@@ -67,6 +67,8 @@ flags.DEFINE_enum("teacher", "control", ["pretrained", "control"],
                   "distillation from it loses points against plain fine-tuning.")
 flags.DEFINE_enum("scope", "global", ["global", "layer"], "ChannelPruningCallback scope.")
 flags.DEFINE_integer("round_to", 8, "Kept widths are multiples of this where possible (SIMD-friendly).")
+flags.DEFINE_float("max_group_ratio", None, "At most this fraction of any one group is removed (None: no cap).")
+flags.DEFINE_float("mnv2_max_group_ratio", None, "max_group_ratio of the MobileNetV2 part (None: no cap).")
 flags.DEFINE_integer("train_limit", 20000, "Training images of the reference CNN (0: all 60k).")
 flags.DEFINE_integer("test_limit", 0, "Test images (0: the full 10k).")
 flags.DEFINE_integer("batch_size", 64, "Batch size of the reference CNN's fits.")
@@ -98,7 +100,9 @@ def _settings():
         seeds=FLAGS.seeds, pretrain_epochs=FLAGS.pretrain_epochs, finetune_epochs=FLAGS.finetune_epochs,
         fractions=[float(v) for v in FLAGS.fractions], criterion=FLAGS.criterion, criteria=list(FLAGS.criteria),
         criteria_fraction=FLAGS.criteria_fraction, teacher=FLAGS.teacher, scope=FLAGS.scope,
-        round_to=FLAGS.round_to, train_limit=FLAGS.train_limit or None, test_limit=FLAGS.test_limit or None,
+        round_to=FLAGS.round_to, max_group_ratio=FLAGS.max_group_ratio,
+        mnv2_max_group_ratio=FLAGS.mnv2_max_group_ratio, train_limit=FLAGS.train_limit or None,
+        test_limit=FLAGS.test_limit or None,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, calibration=FLAGS.calibration,
         num_runs=FLAGS.num_runs, mnv2_alphas=[float(a) for a in FLAGS.mnv2_alphas], mnv2_seeds=FLAGS.mnv2_seeds,
         mnv2_train=FLAGS.mnv2_train, mnv2_test=FLAGS.mnv2_test, mnv2_epochs=FLAGS.mnv2_epochs,
@@ -110,6 +114,10 @@ def _settings():
                  train_limit=2000, test_limit=1000, num_runs=30, mnv2_alphas=[0.35], mnv2_seeds=1, mnv2_train=128,
                  mnv2_test=100, mnv2_epochs=1, mnv2_finetune_epochs=1)
     return s
+
+
+def _cap_text(max_group_ratio):
+    return "" if max_group_ratio is None else f", max_group_ratio {max_group_ratio:g}"
 
 
 # Helpers -----------------------------------------------------------------------------------
@@ -184,30 +192,6 @@ def _load_weights(path):
     with np.load(path) as archive:
         return [archive[f"arr_{i}"] for i in range(len(archive.files))]
 
-
-
-def _student_channel_pruning(*args, **kwargs):
-    """A ``ChannelPruningCallback`` for ``Distiller.fit``: it analyses and masks the Distiller's student.
-
-    ``ChannelPruningCallback`` builds its ``ChannelGraph`` from ``self.model``, which under
-    ``Distiller.fit`` is the (subclassed) Distiller, so it raises ChannelPruningError. This
-    subclass builds the graph from ``self.model.student`` and otherwise keeps the callback's
-    own code: the masks are constraints on the student's variables, the clock is the
-    Distiller's optimizer and the retraced train function the Distiller's. It calls the
-    callback's private ``_attach`` (benchmark-only workaround).
-    """
-    import tfcompress as tfc
-    from tfcompress.pruning import channels
-
-    class StudentChannelPruning(tfc.ChannelPruningCallback):
-        def on_train_begin(self, logs=None):
-            student = self.model.student
-            if self.graph is None or self.graph.model is not student:
-                self.graph = channels.ChannelGraph(student, layers=self.layers, skip=self.skip)
-                self.pruned = {u.index for u in channels.zeroed_units(self.graph)}
-            self._attach()
-
-    return StudentChannelPruning(*args, **kwargs)
 
 
 # Reference CNN -------------------------------------------------------------------------------
@@ -290,14 +274,15 @@ def _cnn_seed(s, seed, data):
             control_model = model
             row.update(removed=0.0, shrink_max_rel_diff=0.0)
         else:
-            kwargs = dict(importance=criterion, scope=s["scope"], round_to=s["round_to"], verbose=0,
+            kwargs = dict(importance=criterion, scope=s["scope"], round_to=s["round_to"],
+                          max_group_ratio=s["max_group_ratio"], verbose=0,
                           data=(x[:512], y[:512]) if criterion == "taylor" else None)
             if distill:
                 if s["teacher"] == "control":
                     teacher = control_model
                 else:
                     teacher = _fresh_cnn(weights)
-                callback = _student_channel_pruning(_ramp(ramp_steps, fraction), **kwargs)
+                callback = tfc.ChannelPruningCallback(_ramp(ramp_steps, fraction), **kwargs)  # prunes the student
                 distiller = tfc.Distiller(teacher=teacher, student=model)
                 distiller.compile(optimizer=_adam(s["learning_rate"], steps), metrics=["accuracy"])
                 dataset = distiller.cache_teacher(x, y, batch_size=s["batch_size"], seed=seed + 1)
@@ -384,8 +369,8 @@ def _mnv2_seed(s, seed, data):
             if pruned:
                 callback = tfc.ChannelPruningCallback(
                     _ramp(int(steps * 2 / 3), s["mnv2_fraction"]), importance=s["criterion"], scope=s["scope"],
-                    round_to=s["round_to"], data=(x[:512], y[:512]) if s["criterion"] == "taylor" else None,
-                    verbose=0)
+                    round_to=s["round_to"], max_group_ratio=s["mnv2_max_group_ratio"],
+                    data=(x[:512], y[:512]) if s["criterion"] == "taylor" else None, verbose=0)
                 net.fit(x, y, epochs=s["mnv2_finetune_epochs"], batch_size=s["mnv2_batch_size"], verbose=0,
                         callbacks=[callback])
                 shrink_start = time.perf_counter()
@@ -492,7 +477,8 @@ def _cnn_markdown(s, agg, per_seed, n_train, n_test, pretrained_accuracies):
         f"Reference CNN, Fashion-MNIST ({n_train} training / {n_test} test images): {s['pretrain_epochs']} dense "
         f"epochs (Adam {s['learning_rate']:g}), then {s['finetune_epochs']} fine-tuning epochs for every variant "
         f"(Adam {s['learning_rate']:g} cosine-decayed to 0; pruning ramps over 2/3 of the steps; scope "
-        f"{s['scope']}, round_to {s['round_to']}), `shrink`, no further training; seeds {seeds}, mean ± std. "
+        f"{s['scope']}, round_to {s['round_to']}{_cap_text(s['max_group_ratio'])}), `shrink`, no further training; "
+        f"seeds {seeds}, mean ± std. "
         f"Δ in points vs the dense control's float32 file of the same seed (control: "
         f"{100 * _mean(control['float32_accuracy']):.2f}%; the dense pretrained model they start from: "
         f"{100 * _mean(pretrained_accuracies):.2f}% in Keras). Speed-ups: median XNNPACK 1-thread latency of the "
@@ -523,7 +509,8 @@ def _mnv2_markdown(s, agg, per_seed, n_train, n_test):
         f"MobileNetV2 (96×96, Fashion-MNIST upscaled; {n_train} training / {n_test} test images): "
         f"{s['mnv2_epochs']} epochs from scratch, then {s['mnv2_finetune_epochs']} fine-tuning epochs (control and "
         f"pruned alike: Adam {s['learning_rate']:g} cosine, pruning ramp over 2/3 of the steps, "
-        f"{s['criterion']}, scope {s['scope']}, round_to {s['round_to']}), BN statistics re-estimated; "
+        f"{s['criterion']}, scope {s['scope']}, round_to {s['round_to']}{_cap_text(s['mnv2_max_group_ratio'])}), "
+        f"BN statistics re-estimated; "
         f"seeds {list(range(s['mnv2_seeds']))}. Δ and speed-ups vs the same alpha's dense control float32 file; "
         f"all files timed together.",
         "",
