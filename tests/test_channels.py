@@ -350,3 +350,16 @@ def test_mixed_precision_model_is_pruned_shrunk_and_converted(mixed_float16, dig
     assert _relative_error(tfc.evaluate.predict(file, x[:64]), masked) < 1e-2  # Keras computes in float16
     int8 = tfc.to_tflite(small, mode="int8", representative_data=x[:100], verify=x[:200])
     assert int8.agreement > 0.9
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__(name="mixed_sub")
+            self.dense = L.Dense(3)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    sub = Subclassed()
+    sub(np.zeros((1, 4), np.float32))
+    with pytest.raises(tfc.ConversionError, match="mixed precision and is subclassed.*set_global_policy\\('float32'\\)"):
+        tfc.to_tflite(sub, mode="float32")
