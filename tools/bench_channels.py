@@ -8,7 +8,7 @@ Protocol (reference CNN, per seed):
   the same optimizer (Adam, ``--learning_rate`` cosine-decayed to 0 over the
   fine-tuning, as ``tfc.compress`` does), the same seed and data order:
   the **dense control** without pruning; each **pruned** variant with
-  ``tfc.ChannelPruningCallback`` (PolynomialDecay 0 -> fraction over the first 2/3 of
+  ``tfc.ChannelPruningCallback`` (PolynomialDecay 0 -> fraction over the first --ramp_fraction (2/3) of
   the fine-tuning steps, mask updates every max(1, min(100, ramp_steps // 10)) steps,
   like the ``PruneChannels`` recipe step), then ``tfc.shrink``. No variant gets any
   extra training after ``shrink``.
@@ -67,6 +67,8 @@ flags.DEFINE_enum("teacher", "control", ["pretrained", "control"],
                   "distillation from it loses points against plain fine-tuning.")
 flags.DEFINE_enum("scope", "global", ["global", "layer"], "ChannelPruningCallback scope.")
 flags.DEFINE_integer("round_to", 8, "Kept widths are multiples of this where possible (SIMD-friendly).")
+flags.DEFINE_float("ramp_fraction", 2 / 3, "Share of the fine-tuning steps over which the channel fraction ramps.")
+flags.DEFINE_bool("distillation", True, "Also run the distillation-recovery variant.")
 flags.DEFINE_float("max_group_ratio", None, "At most this fraction of any one group is removed (None: no cap).")
 flags.DEFINE_float("mnv2_max_group_ratio", None, "max_group_ratio of the MobileNetV2 part (None: no cap).")
 flags.DEFINE_integer("train_limit", 20000, "Training images of the reference CNN (0: all 60k).")
@@ -100,7 +102,8 @@ def _settings():
         seeds=FLAGS.seeds, pretrain_epochs=FLAGS.pretrain_epochs, finetune_epochs=FLAGS.finetune_epochs,
         fractions=[float(v) for v in FLAGS.fractions], criterion=FLAGS.criterion, criteria=list(FLAGS.criteria),
         criteria_fraction=FLAGS.criteria_fraction, teacher=FLAGS.teacher, scope=FLAGS.scope,
-        round_to=FLAGS.round_to, max_group_ratio=FLAGS.max_group_ratio,
+        round_to=FLAGS.round_to, max_group_ratio=FLAGS.max_group_ratio, ramp_fraction=FLAGS.ramp_fraction,
+        distillation=FLAGS.distillation,
         mnv2_max_group_ratio=FLAGS.mnv2_max_group_ratio, train_limit=FLAGS.train_limit or None,
         test_limit=FLAGS.test_limit or None,
         batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, calibration=FLAGS.calibration,
@@ -236,8 +239,9 @@ def _cnn_variants(s):
     specs = [("dense control", None, None, False)]
     specs += [(f"{s['criterion']} {f:.0%}", f, s["criterion"], False) for f in s["fractions"]]
     specs += [(f"{c} {s['criteria_fraction']:.0%}", s["criteria_fraction"], c, False) for c in s["criteria"]]
-    specs.append((f"{s['criterion']} {s['criteria_fraction']:.0%} + distillation", s["criteria_fraction"],
-                  s["criterion"], True))
+    if s["distillation"]:
+        specs.append((f"{s['criterion']} {s['criteria_fraction']:.0%} + distillation", s["criteria_fraction"],
+                      s["criterion"], True))
     seen, out = set(), []
     for spec in specs:
         if spec[0] not in seen:
@@ -254,7 +258,7 @@ def _cnn_seed(s, seed, data):
     (x, y), (x_test, y_test) = data
     weights = _pretrained_cnn(s, seed, x, y)
     steps = s["finetune_epochs"] * math.ceil(len(x) / s["batch_size"])
-    ramp_steps = int(steps * 2 / 3)
+    ramp_steps = int(steps * s["ramp_fraction"])
     probe = x_test[:512]
     rows, files = {}, {}
     control_model = None
@@ -368,7 +372,7 @@ def _mnv2_seed(s, seed, data):
             row = {"alpha": alpha, "pruned": pruned}
             if pruned:
                 callback = tfc.ChannelPruningCallback(
-                    _ramp(int(steps * 2 / 3), s["mnv2_fraction"]), importance=s["criterion"], scope=s["scope"],
+                    _ramp(int(steps * s["ramp_fraction"]), s["mnv2_fraction"]), importance=s["criterion"], scope=s["scope"],
                     round_to=s["round_to"], max_group_ratio=s["mnv2_max_group_ratio"],
                     data=(x[:512], y[:512]) if s["criterion"] == "taylor" else None, verbose=0)
                 net.fit(x, y, epochs=s["mnv2_finetune_epochs"], batch_size=s["mnv2_batch_size"], verbose=0,
@@ -476,7 +480,7 @@ def _cnn_markdown(s, agg, per_seed, n_train, n_test, pretrained_accuracies):
     lines = [
         f"Reference CNN, Fashion-MNIST ({n_train} training / {n_test} test images): {s['pretrain_epochs']} dense "
         f"epochs (Adam {s['learning_rate']:g}), then {s['finetune_epochs']} fine-tuning epochs for every variant "
-        f"(Adam {s['learning_rate']:g} cosine-decayed to 0; pruning ramps over 2/3 of the steps; scope "
+        f"(Adam {s['learning_rate']:g} cosine-decayed to 0; pruning ramps over {s['ramp_fraction']:.0%} of the steps; scope "
         f"{s['scope']}, round_to {s['round_to']}{_cap_text(s['max_group_ratio'])}), `shrink`, no further training; "
         f"seeds {seeds}, mean ± std. "
         f"Δ in points vs the dense control's float32 file of the same seed (control: "
@@ -508,7 +512,7 @@ def _mnv2_markdown(s, agg, per_seed, n_train, n_test):
     lines = [
         f"MobileNetV2 (96×96, Fashion-MNIST upscaled; {n_train} training / {n_test} test images): "
         f"{s['mnv2_epochs']} epochs from scratch, then {s['mnv2_finetune_epochs']} fine-tuning epochs (control and "
-        f"pruned alike: Adam {s['learning_rate']:g} cosine, pruning ramp over 2/3 of the steps, "
+        f"pruned alike: Adam {s['learning_rate']:g} cosine, pruning ramp over {s['ramp_fraction']:.0%} of the steps, "
         f"{s['criterion']}, scope {s['scope']}, round_to {s['round_to']}{_cap_text(s['mnv2_max_group_ratio'])}), "
         f"BN statistics re-estimated; "
         f"seeds {list(range(s['mnv2_seeds']))}. Δ and speed-ups vs the same alpha's dense control float32 file; "
