@@ -1,6 +1,17 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The suite runs on two pytest-xdist workers (setup.cfg). Tests check that nothing is left behind in the
+# temp folder, so each worker (and the processes it starts) gets its own, removed when the worker ends.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _worker_tmp = tempfile.mkdtemp(prefix=f"pytest_{os.environ['PYTEST_XDIST_WORKER']}_")
+    os.environ["TMPDIR"] = _worker_tmp
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    atexit.register(shutil.rmtree, _worker_tmp, ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

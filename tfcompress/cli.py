@@ -300,7 +300,7 @@ def _define_prune():
     flags.DEFINE_integer("round_to", 1, "Kept channel counts are multiples of this where possible (--channels).",
                          lower_bound=1)
     flags.DEFINE_float("max_group_ratio", None, "At most this fraction of any one channel group (a layer, or a "
-                       "residual stream) is removed, in (0, 1] (--channels; default: none - no cap).")
+                       "residual stream) is removed, in (0, 1], with --channels (default: none - no cap).")
     flags.DEFINE_integer("clusters", None, "Weight clustering after pruning: at most this many values per kernel "
                          "(per output channel of convolutions), in [2, 256], fine-tuned 1 epoch with the centroids "
                          "training; zeros stay zeros (default: none - no clustering).", lower_bound=2, upper_bound=256)

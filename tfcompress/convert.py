@@ -97,8 +97,7 @@ def float32_compute(model):
     """``model``, or a float32-compute copy of it (same weights) when any of its layers is mixed precision."""
     import keras
 
-    layers = list(model._flatten_layers(include_self=False))
-    if not any(_computes_below_float32(layer) for layer in layers):
+    if not any(_computes_below_float32(layer) for layer in graph.layers_of(model)):
         return model
     if not graph.is_functional(model):
         raise ConversionError(

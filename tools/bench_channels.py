@@ -127,26 +127,10 @@ def _cap_text(max_group_ratio):
 
 
 def _macs(model):
-    """Multiply-accumulates of one inference, from the Keras layers' shapes."""
-    import keras
-    import numpy as np
+    """Multiply-accumulates of one inference (`tfc.pruning.layer_costs`, nested models included)."""
+    from tfcompress.pruning import layer_costs
 
-    L = keras.layers
-    total = 0
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
-            positions = int(np.prod(layer.output.shape[1:-1]))
-            total += positions * int(np.prod(layer.kernel.shape))
-        elif isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
-            positions = int(np.prod(layer.output.shape[1:-1]))
-            total += positions * (int(np.prod(layer.depthwise_kernel.shape)) + int(np.prod(layer.pointwise_kernel.shape)))
-        elif isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)):  # Conv kernel: (k.., C_in / groups, C_out)
-            positions = int(np.prod(layer.output.shape[1:-1]))
-            total += positions * int(np.prod(layer.kernel.shape))
-        elif isinstance(layer, L.Dense):
-            positions = int(np.prod(layer.input.shape[1:-1])) if len(layer.input.shape) > 2 else 1
-            total += positions * int(np.prod(layer.kernel.shape))
-    return total
+    return sum(macs for _, macs in layer_costs(model).values())
 
 
 def _producer_widths(model):

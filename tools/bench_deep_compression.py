@@ -163,16 +163,10 @@ def _clustering(s):
 
 
 def _macs(model):
-    """Multiply-accumulates of one inference (Conv2D / Dense), from the Keras layers' shapes."""
-    import keras
-    import numpy as np
+    """Multiply-accumulates of one inference (`tfc.pruning.layer_costs`, nested models included)."""
+    from tfcompress.pruning import layer_costs
 
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-            positions = int(np.prod(layer.output.shape[1:-1])) if len(layer.output.shape) > 2 else 1
-            total += positions * int(np.prod(layer.kernel.shape))
-    return total
+    return sum(macs for _, macs in layer_costs(model).values())
 
 
 def _model_seed(kind, s, seed, data):

@@ -9,7 +9,8 @@ Example:
 
 from tfcompress.pruning.callback import PruningCallback
 from tfcompress.pruning.channel_callback import ChannelPruningCallback
-from tfcompress.pruning.channels import ChannelGraph, ChannelPruningError, prune_channels, shrink, shrink_report
+from tfcompress.pruning.channels import (ChannelGraph, ChannelPruningError, layer_costs, prune_channels, shrink,
+                                         shrink_report)
 from tfcompress.pruning.pruner import Pruner
 from tfcompress.pruning.report import SparsityReport, sparsity_report
 from tfcompress.pruning.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -18,6 +19,7 @@ __all__ = [
     "ChannelGraph",
     "ChannelPruningCallback",
     "ChannelPruningError",
+    "layer_costs",
     "prune_channels",
     "shrink",
     "shrink_report",

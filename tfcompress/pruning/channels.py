@@ -552,10 +552,11 @@ def prune_channels(model, ratio, importance="l2", data=None, scope="global", rou
 
 
 def layer_costs(model):
-    """``{layer name: (parameters, multiply-accumulates per sample)}`` of a Functional/Sequential model's layers."""
+    """``{layer name: (parameters, multiply-accumulates per sample)}`` of a Functional/Sequential model's layers
+    (those of nested sub-models included)."""
     costs = {}
-    for layer in model.layers:
-        if isinstance(layer, L.InputLayer):
+    for layer in graph.layers_of(model):
+        if isinstance(layer, (L.InputLayer, keras.Model)):
             continue
         params = int(sum(int(np.prod(v.shape)) for v in layer.weights))
         macs = 0
