@@ -43,6 +43,22 @@ def _relative_error(a, b):
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
 
 
+class _SubclassedDense(keras.Model):
+    def __init__(self):
+        super().__init__(name="subclassed_dense")
+        self.dense = L.Dense(3)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+def _subclassed_dense():
+    """A built subclassed model (its graph lives in Python code, not in a config)."""
+    model = _SubclassedDense()
+    model(np.zeros((1, 4), np.float32))
+    return model
+
+
 def _sequential_1d():
     return keras.Sequential([keras.Input((16, 4)), L.Conv1D(8, 3, padding="same", activation="relu", name="c1"),
                              L.BatchNormalization(name="bn"), L.Conv1D(6, 3, name="c2"),
@@ -150,18 +166,8 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="importance='taylor' needs data"):
         tfc.prune_channels(model, 0.5, importance="taylor")
 
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.d = L.Dense(2)
-
-        def call(self, x):
-            return self.d(x)
-
-    sub = Sub()
-    sub(np.zeros((1, 3), np.float32))
     with pytest.raises(tfc.ChannelPruningError, match="subclassed.*Functional or Sequential"):
-        tfc.shrink(sub)
+        tfc.shrink(_subclassed_dense())
 
 
 def _residual_stream_and_wide_layer():
@@ -350,16 +356,5 @@ def test_mixed_precision_model_is_pruned_shrunk_and_converted(mixed_float16, dig
     assert _relative_error(tfc.evaluate.predict(file, x[:64]), masked) < 1e-2  # Keras computes in float16
     int8 = tfc.to_tflite(small, mode="int8", representative_data=x[:100], verify=x[:200])
     assert int8.agreement > 0.9
-
-    class Subclassed(keras.Model):
-        def __init__(self):
-            super().__init__(name="mixed_sub")
-            self.dense = L.Dense(3)
-
-        def call(self, inputs):
-            return self.dense(inputs)
-
-    sub = Subclassed()
-    sub(np.zeros((1, 4), np.float32))
     with pytest.raises(tfc.ConversionError, match="mixed precision and is subclassed.*set_global_policy\\('float32'\\)"):
-        tfc.to_tflite(sub, mode="float32")
+        tfc.to_tflite(_subclassed_dense(), mode="float32")
