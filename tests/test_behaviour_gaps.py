@@ -75,7 +75,15 @@ def test_interpreter_factory_applies_xnnpack_only_for_the_xnnpack_backend(cnn_tf
         interpreter.set_tensor(detail["index"], evaluate_module.quantize_input(x, detail))
         interpreter.invoke()
         outs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).astype(np.float32))
-    np.testing.assert_allclose(outs[0], outs[1], atol=1e-4 if mode == "float32" else 0.1)
+    if mode == "float32":
+        np.testing.assert_allclose(outs[0], outs[1], atol=1e-4)  # float kernels differ in summation order only
+    else:
+        # The built-in kernels requantize each layer's int32 accumulator with gemmlowp's fixed-point multiplier
+        # (rounding twice), XNNPACK with a float scale (rounding once): values near a rounding tie land one int8
+        # step apart (measured on an AVX2-only EPYC: 0.2-3% of each layer's values, never more than one step).
+        # The output layer's own rounding gives at most one output step; a step flipped upstream about one more.
+        step = cnn_tflites[mode].info.output_steps[0]
+        assert step > 0 and np.abs(outs[0] - outs[1]).max() <= 2 * step + 1e-6, (np.abs(outs[0] - outs[1]).max(), step)
 
 
 def test_evaluate_tflite_times_and_scores_each_backend_on_its_own_runtime(cnn_tflites, digits_data, monkeypatch):

@@ -87,9 +87,16 @@ def test_int8_matches_int8_tflite(int8_onnx, digits_data, tmp_path):
     onnx_out = onnx_export.predict_onnx(int8_onnx, x_test)
     tflite_out = evaluate.predict(bytes(int8_onnx.tflite), x_test)
     assert np.array_equal(onnx_out.argmax(1), tflite_out.argmax(1))
-    # The same int8 arithmetic: equal up to at most one output quantization step.
-    step = int8_onnx.tflite.info.output_details[0]["scale"]
-    assert np.abs(onnx_out - tflite_out).max() <= step + 1e-6
+    # The same int8 arithmetic up to rounding. Each runtime requantizes a layer's int32 accumulator to int8 its
+    # own way (XNNPACK: float scale, round half to even; ONNX Runtime's MLAS: its own kernels per instruction set),
+    # so an int8 value near a rounding tie lands one step apart here and there (measured on an AVX2-only EPYC:
+    # 0.9% of the outputs, by exactly one step; on AVX-512 VNNI: none). The output layer's own rounding gives at
+    # most one step; a step flipped upstream can add about one more. The step is that of the int8 tensor the
+    # float output is dequantized from (the float output itself has no scale).
+    step = int8_onnx.tflite.info.output_steps[0]
+    assert step > 0
+    steps = np.abs(onnx_out - tflite_out) / step
+    assert steps.max() <= 2 + 1e-4 and np.mean(steps < 0.5) >= 0.95, (steps.max(), np.mean(steps < 0.5))
     # A .tflite path (not our ConvertedModel) is translated the same way.
     path = tmp_path / "m.tflite"
     path.write_bytes(bytes(int8_onnx.tflite))

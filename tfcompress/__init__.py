@@ -35,7 +35,7 @@ with _quiet_import:
     # Evaluation and reports
     from tfcompress.evaluate import EvaluationReport, evaluate_many, evaluate_tflite  # noqa: E402
     from tfcompress.reports import compare  # noqa: E402
-    from tfcompress import micro  # noqa: E402
+    from tfcompress import machine, micro  # noqa: E402
     from tfcompress.onnx_export import ONNXExportError, ONNXModel, evaluate_onnx, to_onnx  # noqa: E402
     from tfcompress.profiling import Delegation, OpProfile, delegation, op_profile, peak_memory  # noqa: E402
     from tfcompress.micro import MicroCompatibilityError  # noqa: E402
@@ -77,7 +77,7 @@ __all__ = [
     "quantization_sensitivity", "AccuracyBudgetError",
     "inspect_tflite", "InvalidTFLiteFileError",
     # evaluation
-    "evaluate_tflite", "evaluate_many", "compare", "EvaluationReport", "export_c_array",
+    "evaluate_tflite", "evaluate_many", "compare", "EvaluationReport", "export_c_array", "machine",
     "micro", "MicroCompatibilityError", "MissingExtraError",
     "to_onnx", "evaluate_onnx", "ONNXModel", "ONNXExportError",
     "delegation", "op_profile", "peak_memory", "Delegation", "OpProfile",

@@ -11,10 +11,17 @@ distillation from the input model when fine-tuning alone misses), and for ``obje
 unstructured pruning and clustering. Every candidate's accuracy is measured on a
 validation split carved from the end of the training data (never the test split)
 and compared with the input model's on the same split. A branch that cannot win is
-cut: a channel fraction whose untrained, one-shot version is not faster (smaller)
-than the best candidate so far is skipped, and once a fraction misses the budget
+cut: a channel fraction whose untrained, one-shot version is not faster (smaller, or
+of fewer MACs) than the best candidate so far is skipped, and once a fraction misses the budget
 larger ones are not tried. At the end all candidate files are timed together with
 the evaluator (one run, so their ratios are meaningful) and scored on the test split.
+
+The host is not always the target. ``objective="latency"`` optimises for the CPU the
+search runs on, and int8 kernels are slow on CPUs without integer dot products (an
+AVX2-only x86; see `tfcompress.machine`), where phones (ARMv8.2-A) and VNNI x86 run
+them fast. ``objective="macs"`` decides by multiply-accumulates per inference, a
+hardware-independent measure, with int8 preferred at equal MACs: the choice for a
+target that is not the host. The report names the host and what decided.
 """
 
 import dataclasses
@@ -25,13 +32,13 @@ import time
 
 import numpy as np
 
-from tfcompress import graph, tflite_file, validation
+from tfcompress import graph, machine, tflite_file, validation
 from tfcompress.recipe import (
     Cluster, CompressionResult, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining, resolve_data,
     compress,
 )
 
-OBJECTIVES = ("latency", "size")
+OBJECTIVES = ("latency", "size", "macs")
 BACKENDS = ("xnnpack", "cpu")
 
 
@@ -48,6 +55,8 @@ class Candidate:
     gzip_bytes: int = None
     latency_ms: dict = dataclasses.field(default_factory=dict)  # "backend/threads" -> median ms
     seconds: float = 0.0
+    macs: int = None  # multiply-accumulates per inference (tflite_file.TFLiteInfo.macs)
+    int8: bool = None  # its multiply-accumulate ops run int8 kernels
 
     @property
     def measured(self):
@@ -71,21 +80,40 @@ class AutoCompressionResult(CompressionResult):
     budget_met_on_test: bool = None
     test_shortfall: float = 0.0  # points by which the winner missed the budget on the test split
     out_dir: str = None
+    machine: dict = None  # the host that measured (machine.Machine.to_dict())
+    decided_by: str = None  # what chose the winner, in words
+
+    def notes(self):
+        """The report's closing lines: the host, what decided, and what this host says (and does not) of int8."""
+        host = machine.Machine.from_dict(self.machine)
+        lines = [f"Host: {host.summary()}." if host else "Host: unknown.", f"Decided by: {self.decided_by}."]
+        by_name = {c.name: c for c in self.candidates}
+        key = f"{self.backend}/1t"
+        f32, int8 = by_name.get("float32"), by_name.get("int8")
+        if f32 and int8 and key in f32.latency_ms and key in int8.latency_ms and host is not None:
+            ratio = f32.latency_ms[key] / int8.latency_ms[key]
+            if ratio < 1 and not host.int8_dot_product:
+                lines.append(machine.int8_without_dot_product_note(
+                    host, f"int8 ran at {ratio:.2f}x the speed of float32 on {key}"))
+        if self.objective == "latency" and host is not None and not host.int8_dot_product:
+            lines.append('If the model ships to a phone or a VNNI x86, search with objective="macs" (CLI: '
+                         "--objective=macs): it decides by MACs, with int8 preferred, whatever this host runs fast.")
+        return lines
 
     def to_markdown(self):
-        from tfcompress.reports import format_kb, markdown_table
+        from tfcompress.reports import format_count, format_kb, markdown_table
 
         key = f"{self.backend}/1t"
         base = next((c for c in self.candidates if c.name == "float32"), None)
         rows = []
         for c in self.candidates:
             if not c.measured:
-                rows.append((c.name, c.recipe, c.status, "—", "—", "—", "—", "—", "—", "—"))
+                rows.append((c.name, c.recipe, c.status, "—", "—", "—", "—", "—", "—", "—", "—"))
                 continue
             ms = c.latency_ms.get(key)
             speed = f"{base.latency_ms[key] / ms:.2f}x" if base and ms and key in base.latency_ms else "—"
             smaller = f"{base.gzip_bytes / c.gzip_bytes:.1f}x" if base and c.gzip_bytes else "—"
-            rows.append(("**" + c.name + "**" if c.name == self.best else c.name, c.recipe, c.status,
+            rows.append(("**" + c.name + "**" if c.name == self.best else c.name, c.recipe, c.status, format_count(c.macs),
                          f"{100 * c.val_accuracy:.2f}%", f"{100 * (c.val_accuracy - self.input_val_accuracy):+.2f}",
                          "—" if c.test_accuracy is None else f"{100 * c.test_accuracy:.2f}%",
                          "—" if c.test_accuracy is None else f"{100 * (c.test_accuracy - self.keras_accuracy):+.2f}",
@@ -94,11 +122,11 @@ class AutoCompressionResult(CompressionResult):
                    + ("within the budget on the test split too." if self.budget_met_on_test else
                       f"misses the budget on the test split by {self.test_shortfall:.2f} pt."))
         return markdown_table(
-            ("candidate", "recipe", "status", "val acc", "Δ val", "test acc", "Δ test", "gzip (× smaller)",
+            ("candidate", "recipe", "status", "MACs", "val acc", "Δ val", "test acc", "Δ test", "gzip (× smaller)",
              f"{key} ms", "speed-up"), rows,
             footer=f"\nInput model: {100 * self.input_val_accuracy:.2f}% validation, {100 * self.keras_accuracy:.2f}% "
                    f"test. Δ is against it; speed-up and × smaller against the float32 file, all timed in one run.\n"
-                   + verdict)
+                   + verdict + "\n\n" + "\n".join(self.notes()))
 
 
 def _check_arguments(max_accuracy_drop, objective, time_budget, backend, epochs, validation_split):
@@ -240,8 +268,11 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
             (``"fashion_mnist"``, ``"digits"``, an ``.npz`` path).
         max_accuracy_drop: accuracy points (e.g. 1.0) a candidate may lose against
             the input model on the validation split.
-        objective: ``"latency"`` (median time on ``backend``, 1 thread) or
-            ``"size"`` (gzip -9 bytes of the file).
+        objective: ``"latency"`` (median time on ``backend``, 1 thread, on this
+            host), ``"size"`` (gzip -9 bytes of the file) or ``"macs"``
+            (multiply-accumulates per inference, int8 preferred at equal MACs:
+            for a target that is not this host, e.g. a phone searched for on an
+            AVX2 laptop; see the module doc).
         time_budget: seconds for the whole search (None: no limit). A candidate whose
             estimated cost does not fit the time left is skipped; the best so far wins.
         backend: ``"xnnpack"`` or ``"cpu"``: the runtime whose latency counts.
@@ -332,7 +363,8 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
         candidate = Candidate(name=name, recipe=_describe(steps))
         candidates.append(candidate)
         kind, _, ratio = group.partition(":")
-        if group == "ptq-fallback" and best not in (None, "float32"):
+        # Whether int8 is faster than float32 depends on the CPU (see `machine`); the fallbacks exist for accuracy.
+        if group == "ptq-fallback" and any(c.status == "ok" and c.name in ("int8", "int8-budget") for c in candidates):
             candidate.status = "skipped: int8 already within the budget"
             continue
         if kind in ("channels", "channels-distill") and any(
@@ -401,6 +433,8 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
                     continue
                 if objective == "size":
                     wins = tflite_file.inspect(bytes(probe)).gzip_bytes < gzip_of(best)
+                elif objective == "macs":
+                    wins = tflite_file.inspect(bytes(probe)).macs < next(c for c in candidates if c.name == best).macs
                 else:
                     times = time_together({"probe": probe, best: files[best]})
                     wins = times["probe"] < 1.05 * times[best]  # within timing noise it might still win: train it
@@ -432,6 +466,7 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
             candidate.val_accuracy = _top1(tflite, x_val, y_val)
             info = tflite_file.inspect(bytes(tflite))
             candidate.file_bytes, candidate.gzip_bytes = info.file_bytes, info.gzip_bytes
+            candidate.macs, candidate.int8 = info.macs, tflite_file.computes_int8(info.op_census_by_dtype)
             candidate.status = "ok" if candidate.val_accuracy >= input_val - budget else "over budget"
             files[name] = bytes(tflite)
             if folder:
@@ -455,6 +490,8 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
                 best = name
             elif objective == "size":
                 best = name if candidate.gzip_bytes < gzip_of(best) else best
+            elif objective == "macs":
+                best = min((candidate, next(c for c in candidates if c.name == best)), key=_macs_key).name
             else:
                 # This only steers the search (which branches to cut); the final joint timing picks the winner.
                 times = time_together({name: files[name], best: files[best]})
@@ -475,19 +512,35 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
         raise ValueError("auto_compress: no candidate could be converted, not even float32: "
                          + "; ".join(f"{c.name}: {c.status}" for c in candidates if c.status.startswith("failed")))
     key = f"{backend}/1t"
-    winner = min(within, key=lambda c: (c.gzip_bytes if objective == "size" else c.latency_ms[key], -c.val_accuracy))
+    if objective == "macs":
+        winner = min(within, key=_macs_key)
+    else:
+        winner = min(within, key=lambda c: (c.gzip_bytes if objective == "size" else c.latency_ms[key], -c.val_accuracy))
+    host = machine.current()
+    decided_by = {
+        "latency": f"latency measured on this host ({backend}, 1 thread, on {host.cpu})",
+        "size": "the gzip -9 size of the file (the same on every host)",
+        "macs": "MACs per inference, int8 preferred at equal MACs (hardware-independent: for a target that is "
+                "not this host)",
+    }[objective]
     shortfall = max(0.0, 100 * ((input_test - budget) - winner.test_accuracy))
     result = AutoCompressionResult(
         model=None, artifacts={n: files[n] for n in measured}, reports=reports, keras_accuracy=input_test, log=[],
         best=winner.name, candidates=candidates, objective=objective, backend=backend,
         max_accuracy_drop=max_accuracy_drop, input_val_accuracy=input_val, budget_met_on_test=shortfall == 0.0,
-        test_shortfall=shortfall, out_dir=os.fspath(out_dir) if out_dir is not None else None)
+        test_shortfall=shortfall, out_dir=os.fspath(out_dir) if out_dir is not None else None,
+        machine=host.to_dict(), decided_by=decided_by)
     say(f"winner {winner.name}: " + ("within the budget on the test split" if result.budget_met_on_test else
                                      f"misses the budget on the test split by {shortfall:.2f} pt")
         + f" ({time.perf_counter() - started:.0f} s)")
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
+
+
+def _macs_key(c):
+    """Fewest MACs first; at equal MACs an int8 file (int8 kernels on the target), then the smaller, the more accurate."""
+    return (c.macs, not c.int8, c.gzip_bytes, -c.val_accuracy)
 
 
 def _time_one_epoch(model, x, y, batch_size):
@@ -520,15 +573,18 @@ def write_outputs(result, out_dir):
         "max_accuracy_drop": result.max_accuracy_drop, "input_val_accuracy": result.input_val_accuracy,
         "input_test_accuracy": result.keras_accuracy, "budget_met_on_test": result.budget_met_on_test,
         "test_shortfall_points": result.test_shortfall,
+        "machine": result.machine, "decided_by": result.decided_by,
         "candidates": [dataclasses.asdict(c) for c in result.candidates],
         "reports": {n: r.to_dict() for n, r in result.reports.items()},
     }
     write_atomic(os.path.join(out_dir, "report.json"), json.dumps(payload, indent=2), overwrite=True)
+    axis = {"latency": (lambda c: c.latency_ms[f"{result.backend}/1t"],
+                        f"median latency on {result.backend}, 1 thread (ms), on {machine.current().cpu}"),
+            "size": (lambda c: c.gzip_bytes / 1024, "gzip -9 size (KB)"),
+            "macs": (lambda c: c.macs / 1e6, "MACs per inference (millions)")}[result.objective]
     reports_module.plot_pareto(
-        [(c.name, c.latency_ms[f"{result.backend}/1t"] if result.objective == "latency" else c.gzip_bytes / 1024,
-          100 * c.test_accuracy) for c in result.candidates if c.measured],
+        [(c.name, axis[0](c), 100 * c.test_accuracy) for c in result.candidates if c.measured],
         os.path.join(out_dir, "report.png"),
-        xlabel=(f"median latency on {result.backend}, 1 thread (ms)" if result.objective == "latency"
-                else "gzip -9 size (KB)"),
+        xlabel=axis[1],
         ylabel="test accuracy (%)", highlight=result.best,
         title=f"tfcompress auto: {result.objective} vs accuracy (budget {result.max_accuracy_drop} pt)")

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from tfcompress import micro, profiling, reports, tflite_file, validation
+from tfcompress import machine, micro, profiling, reports, tflite_file, validation
 from tfcompress.convert import ConvertedModel
 
 BACKENDS = ("cpu", "xnnpack")  # the default: LiteRT's two CPU paths
@@ -74,6 +74,8 @@ class EvaluationReport:
     delegation: object = None  # a profiling.Delegation, with "xnnpack" in backends
     op_profiles: dict = dataclasses.field(default_factory=dict)  # backend -> profiling.OpProfile (profile=True)
     peak_memory_bytes: dict = dataclasses.field(default_factory=dict)  # backend -> bytes (profile=True)
+    macs: int = 0  # multiply-accumulates per inference (tflite_file.TFLiteInfo.macs): the same on every CPU
+    machine: dict = None  # the CPU that measured the latencies (machine.Machine.to_dict())
 
     def latency_for(self, backend, threads=1):
         for r in self.latency:
@@ -657,10 +659,16 @@ def evaluate_tflite(
         outs = {b: _predict(make_interpreter(raw, b, threads[0]), sample, batch_size, head) for b in backends}
         reference = backends[0]
         parity = {"reference": reference, "samples": int(len(sample[0])), "output": heads[head][0], "backends": {}}
+        # A quantized output's differences in its own steps: kernels that requantize with different rounding
+        # (the built-in kernels' fixed-point multiplier vs XNNPACK's float scale) differ by a step here and there.
+        step = next((st for d, st in zip(info.output_details, info.output_steps) if d["name"] == heads[head][1]["name"]),
+                    0.0)
         for b in backends[1:]:
             diff = float(np.max(np.abs(outs[b] - outs[reference]))) if outs[b].size else 0.0
             agree = float(np.mean(outs[b].reshape(len(outs[b]), -1).argmax(1) == outs[reference].reshape(len(outs[reference]), -1).argmax(1)))
             parity["backends"][b] = {"max_abs_diff": diff, "top1_agreement": agree}
+            if step > 0:
+                parity["backends"][b]["max_diff_steps"] = round(diff / step, 3)
 
     accuracy, accuracy_backend, logits = None, None, None
     if y is not None and backends:
@@ -690,7 +698,10 @@ def evaluate_tflite(
             op_profiles[b] = profiling.op_profile(raw, backend=b, threads=threads[0], num_runs=num_runs)
             peak_bytes[b] = profiling.peak_memory(raw, backend=b, threads=threads[0])
 
+    host = machine.current()
     notes = list(getattr(model, "notes", []))
+    if backends and tflite_file.computes_int8(info.op_census_by_dtype) and host.int8_dot_product is False:
+        notes.append(machine.int8_without_dot_product_note(host, brief=True))
     if len(heads) > 1:
         notes.append(f"{len(heads)} outputs {[n for n, _ in heads]}: accuracy and parity are of {heads[head][0]!r}")
     notes += [f"backend {b} failed: {reason}" for b, reason in failures.items()]
@@ -726,7 +737,10 @@ def evaluate_tflite(
         delegation=delegation,
         op_profiles=op_profiles,
         peak_memory_bytes=peak_bytes,
+        macs=info.macs,
+        machine=host.to_dict(),
     )
+
 
 
 def _evaluate_micro(raw, probe, heads, head, inputs_float, y, samples, batch_size, rng, litert_outputs=None):

@@ -27,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from tfcompress import convert, evaluate, extras, native_stderr, representative, tflite_file, validation
+from tfcompress import convert, evaluate, extras, machine, native_stderr, representative, tflite_file, validation
 from tfcompress.files import check_writable, make_temp_dir, write_atomic
 
 MODES = ("float32", "int8")
@@ -655,5 +655,8 @@ def evaluate_onnx(model, x=None, y=None, threads=(1,), num_runs=50, warmup_runs=
         accuracy_output=heads[head][0] if y is not None and len(heads) > 1 else None,
         notes=notes,
         failed_backends={},
+        # An int8 model translated from a .tflite does the same multiply-accumulates as the file.
+        macs=tflite_file.inspect(bytes(model.tflite)).macs if getattr(model, "tflite", None) is not None else 0,
+        machine=machine.current().to_dict(),
     )
 

@@ -6,7 +6,9 @@
 import dataclasses
 import io
 
+from tfcompress import machine as machine_module
 from tfcompress.files import write_atomic
+from tfcompress.tflite_file import computes_int8
 
 
 def format_kb(n):
@@ -37,9 +39,9 @@ def evaluation_markdown(report):
         head = f", output {report.accuracy_output}" if getattr(report, "accuracy_output", None) else ""
         accuracy = f"{100 * report.accuracy:.2f}% (n={report.accuracy_samples}, {report.accuracy_backend}{head})"
     lines = [f"### {report.name}", "", markdown_table(
-        ("size", "gzip -9", "weights by dtype", "weight sparsity", "accuracy"),
+        ("size", "gzip -9", "weights by dtype", "weight sparsity", "MACs", "accuracy"),
         [(format_kb(report.file_bytes), format_kb(report.gzip_bytes), by_dtype, f"{100 * report.sparsity:.1f}%",
-          accuracy)]), ""]
+          format_count(getattr(report, "macs", 0)), accuracy)]), ""]
     lines.append(markdown_table(
         ("backend", "threads", "init ms", "first run ms", "median ms", "p90 ms", "mean ms", "std ms", "runs"),
         [(r.backend, r.threads, f"{r.init_ms:.1f}", f"{r.first_run_ms:.2f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}",
@@ -47,7 +49,8 @@ def evaluation_markdown(report):
     if report.parity:
         lines += ["", markdown_table(
             (f"backend vs {report.parity.get('reference', '?')}", "max abs diff", "top-1 agreement"),
-            [(backend, f"{p['max_abs_diff']:.3g}", f"{100 * p['top1_agreement']:.2f}%")
+            [(backend, f"{p['max_abs_diff']:.3g}" + (f" ({p['max_diff_steps']:g} output steps)" if "max_diff_steps" in p
+                                                       else ""), f"{100 * p['top1_agreement']:.2f}%")
              for backend, p in report.parity.get("backends", {}).items()])]
     if getattr(report, "delegation", None) is not None and (report.op_profiles or not report.delegation.fully_delegated):
         lines += ["", report.delegation.to_markdown()]
@@ -62,7 +65,49 @@ def evaluation_markdown(report):
     lines.append("Inputs: " + "; ".join(f"{d['name']} {d['dtype']}{list(d['shape'])}" for d in report.inputs))
     for note in report.notes:
         lines.append(f"Note: {note}")
+    if getattr(report, "machine", None):
+        lines.append(f"Measured on: {report.machine['summary']}")
     return "\n".join(lines)
+
+
+def format_count(n):
+    """A count as ``"320.8 k"``, ``"12.5 M"`` (``"—"`` for 0 or None)."""
+    if not n:
+        return "—"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(int(n))
+
+
+def machine_notes(reports, base):
+    """Footer lines for a table of ``reports``: the CPU that timed them and, when int8 came out slower than the
+    float ``base`` on a CPU without integer dot products, why (`tfcompress.machine`)."""
+    machines = list(dict.fromkeys(r.machine["summary"] for r in reports if getattr(r, "machine", None)))
+    if not machines:
+        return []
+    lines = [f"Timed on: {machines[0]}." if len(machines) == 1 else
+             "Timed on several machines (their ratios mean little): " + " | ".join(machines)]
+    host = machine_module.Machine.from_dict(base.machine) if getattr(base, "machine", None) else None
+    if len(machines) > 1 or host is None or computes_int8(base.op_census_by_dtype):
+        return lines
+    base_times = {x.key: x.median_ms for x in base.latency}
+    keys = sorted(base_times, key=lambda k: (not k.startswith("xnnpack/"), k))  # XNNPACK first: what apps use
+    for key in keys:
+        slower = [r for r in reports if computes_int8(r.op_census_by_dtype) and
+                  any(x.key == key and x.median_ms > base_times[key] for x in r.latency)]
+        if slower:
+            r = slower[0]
+            ratio = base_times[key] / next(x.median_ms for x in r.latency if x.key == key)
+            if host.int8_dot_product:
+                lines.append(f"{r.name} ran at {ratio:.2f}x the speed of {base.name} on {key} although this CPU has "
+                             "integer dot products: the profile (evaluate_tflite(..., profile=True)) shows where the "
+                             "time goes.")
+            else:
+                lines.append(machine_module.int8_without_dot_product_note(
+                    host, f"{r.name} ran at {ratio:.2f}x the speed of {base.name} on {key}"))
+            break
+    return lines
 
 
 def compare(reports, baseline=None, reference_accuracy=None, control_accuracy=None):
@@ -79,9 +124,10 @@ def compare(reports, baseline=None, reference_accuracy=None, control_accuracy=No
             a "Δ vs control" column, the cost of the compression itself.
 
     Returns:
-        A markdown string: size, gzip, size ratio, weight sparsity, accuracy and Δ vs
-        baseline, and per backend × threads the median latency and speed-up vs the
-        baseline on the same backend.
+        A markdown string: size, gzip, size ratio, weight sparsity, MACs, accuracy and Δ
+        vs baseline, and per backend × threads the median latency and speed-up vs the
+        baseline on the same backend; below it, the CPU that timed them, and why int8
+        lost to float32 when the CPU has no integer dot products.
     """
     if isinstance(reports, dict):
         reports = [dataclasses.replace(r, name=k) for k, r in reports.items()]
@@ -91,7 +137,7 @@ def compare(reports, baseline=None, reference_accuracy=None, control_accuracy=No
     if base is None:
         raise ValueError(f"baseline={baseline!r} is not among the reports {[r.name for r in reports]}.")
     keys = list(dict.fromkeys(x.key for r in reports for x in r.latency))  # e.g. LiteRT's and ONNX Runtime's
-    header = ["variant", "size", "gzip", "× smaller", "sparsity", "accuracy", f"Δ vs {base.name}"]
+    header = ["variant", "size", "gzip", "× smaller", "sparsity", "MACs", "accuracy", f"Δ vs {base.name}"]
     if reference_accuracy is not None:
         header.append("Δ vs Keras")
     if control_accuracy is not None:
@@ -103,7 +149,7 @@ def compare(reports, baseline=None, reference_accuracy=None, control_accuracy=No
     rows = []
     for r in reports:
         cells = [r.name, format_kb(r.file_bytes), format_kb(r.gzip_bytes), f"{base.file_bytes / r.file_bytes:.2f}x",
-                 f"{100 * r.sparsity:.1f}%"]
+                 f"{100 * r.sparsity:.1f}%", format_count(getattr(r, "macs", 0))]
         if r.accuracy is not None:
             cells.append(f"{100 * r.accuracy:.2f}%")
             cells.append(f"{100 * (r.accuracy - base.accuracy):+.2f}" if base.accuracy is not None else "—")
@@ -129,7 +175,8 @@ def compare(reports, baseline=None, reference_accuracy=None, control_accuracy=No
             else:
                 cells += [format_kb(m.arena_bytes), f"{100 * m.agreement:.1f}%" + ("" if m.runs else " (wrong)")]
         rows.append(cells)
-    return markdown_table(header, rows)
+    footer = machine_notes(reports, base)
+    return markdown_table(header, rows, footer="\n" + "\n".join(footer) if footer else None)
 
 
 def _pyplot():

@@ -22,6 +22,8 @@ _NUMPY_TYPES = {
 _FLOAT_TYPES = {"float32", "float16", "float64", "bfloat16"}
 # Ops that only move data between int and float at the graph edges, or reshape memory.
 _BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
+# Ops that do a model's multiply-accumulates (counted by `TFLiteInfo.macs`).
+MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "FULLY_CONNECTED", "BATCH_MATMUL")
 _LAYOUT_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SHAPE", "PACK", "UNPACK", "STRIDED_SLICE", "GATHER", "DENSIFY"}
 
 
@@ -58,6 +60,7 @@ class Operator:
     input_names: list
     output_names: list
     subgraph: int = 0
+    macs: int = 0  # multiply-accumulates of one invocation (convolutions, dense, matmul; see `_macs`)
 
 
 @dataclasses.dataclass
@@ -70,6 +73,9 @@ class TFLiteInfo:
     weights: list
     input_details: list
     output_details: list
+    # Per output (file order): the quantization step of the integer tensor it comes from, the output's own
+    # scale or that of the int8 tensor its DEQUANTIZE reads; 0.0 for an output computed in float.
+    output_steps: list = dataclasses.field(default_factory=list)
 
     @property
     def op_census(self):
@@ -105,6 +111,16 @@ class TFLiteInfo:
         return [by_index[(op.subgraph, t)] for t in op.inputs if (op.subgraph, t) in by_index]
 
     @property
+    def macs(self):
+        """Multiply-accumulates of one invocation at the file's input shapes (batch 1 for a dynamic batch).
+
+        Counted for CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV, CONV_3D, FULLY_CONNECTED
+        and BATCH_MATMUL, whatever their dtype: a hardware-independent measure of the
+        compute, the same for a float32 file and its int8 twin.
+        """
+        return sum(op.macs for op in self.operators)
+
+    @property
     def kernels(self):
         """Weight tensors of rank >= 2 (kernels and embeddings; biases and shapes excluded)."""
         return [w for w in self.weights if len(w.shape) >= 2]
@@ -133,6 +149,7 @@ class TFLiteInfo:
         return {
             "file_bytes": self.file_bytes,
             "gzip_bytes": self.gzip_bytes,
+            "macs": self.macs,
             "op_census": self.op_census,
             "op_census_by_dtype": self.op_census_by_dtype,
             "weight_bytes_by_dtype": self.weight_bytes_by_dtype,
@@ -175,6 +192,42 @@ def _zero_fraction(data, dtype, shape, tensor):
     # Sparse-encoded tensors store only (blocks of) non-zeros; the rest are implicit zeros.
     implicit = dense_size - values.size if tensor.Sparsity() is not None else 0
     return (zeros_stored + max(implicit, 0)) / dense_size
+
+
+def computes_int8(op_census_by_dtype):
+    """Whether a file's multiply-accumulate ops run int8 kernels, from ``TFLiteInfo.op_census_by_dtype``."""
+    return any(key.split("/")[0] in MAC_OPS and key.endswith("/int8") for key in op_census_by_dtype)
+
+
+def _shape(graph, t):
+    tensor = graph.Tensors(t)
+    return [max(int(d), 1) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
+
+
+def _macs(op_type, graph, ins, outs):
+    """Multiply-accumulates of one op from its tensors' shapes (0 for ops that do none or shapes unknown)."""
+    if not outs or not ins:
+        return 0
+    out = _shape(graph, outs[0])
+    if not out:
+        return 0
+    elements = int(np.prod(out))
+    if op_type in ("CONV_2D", "CONV_3D") and len(ins) > 1:
+        kernel = _shape(graph, ins[1])  # CONV_2D: [out, kh, kw, in / groups]; CONV_3D: [kd, kh, kw, in, out]
+        per_output = int(np.prod(kernel[1:])) if op_type == "CONV_2D" else int(np.prod(kernel[:-1]))
+        return elements * per_output
+    if op_type == "DEPTHWISE_CONV_2D" and len(ins) > 1:
+        return elements * int(np.prod(_shape(graph, ins[1])[1:3]))  # [1, kh, kw, channels]
+    if op_type == "TRANSPOSE_CONV" and len(ins) > 2:
+        kernel = _shape(graph, ins[1])  # inputs: output shape, [out, kh, kw, in], the input
+        return int(np.prod(_shape(graph, ins[2]))) * int(np.prod(kernel[:3]))
+    if op_type == "FULLY_CONNECTED" and len(ins) > 1:
+        weights = _shape(graph, ins[1])  # [units, in]
+        return elements * weights[-1] if len(weights) == 2 else 0
+    if op_type == "BATCH_MATMUL" and len(ins) > 1:
+        lhs = _shape(graph, ins[0])
+        return elements * lhs[-1] if lhs else 0  # adj_x aside: the inner dimension is the last of lhs
+    return 0
 
 
 def inspect(tflite):
@@ -276,6 +329,7 @@ def _parse(raw):
                 input_names=[graph.Tensors(t).Name().decode("utf-8", "replace") for t in ins],
                 output_names=[graph.Tensors(t).Name().decode("utf-8", "replace") for t in outs],
                 subgraph=s,
+                macs=_macs(op_codes[op.OpcodeIndex()], graph, ins, outs),
             ))
 
     main = model.Subgraphs(0)
@@ -296,13 +350,23 @@ def _parse(raw):
             })
         return out
 
+    def step(t):
+        scale = details([t])[0]["scale"]
+        if scale == 0.0:
+            producer = next((op for op in operators if op.subgraph == 0 and t in op.outputs), None)
+            if producer is not None and producer.type == "DEQUANTIZE" and producer.inputs:
+                scale = details(producer.inputs[:1])[0]["scale"]
+        return scale
+
+    outputs = main.OutputsAsNumpy() if main.OutputsLength() else []
     return TFLiteInfo(
         file_bytes=len(raw),
         gzip_bytes=len(gzip.compress(raw, compresslevel=9)),
         operators=operators,
         weights=weights,
         input_details=details(main.InputsAsNumpy() if main.InputsLength() else []),
-        output_details=details(main.OutputsAsNumpy() if main.OutputsLength() else []),
+        output_details=details(outputs),
+        output_steps=[step(int(t)) for t in outputs],
     )
 
 
