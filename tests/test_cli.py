@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import pytest
 
+import tfcompress as tfc
+
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
@@ -189,6 +191,10 @@ def test_demo_quick(tmp_path):
     # TFLite Micro: int8 runs (with its arena), float16 and dynamic-range files are refused with the reason.
     assert variants["int8"]["micro"]["arena_bytes"] > 0 and variants["float16"]["micro"]["error"]
     assert re.search(r"\| prune75-cluster16-int8 +\|", result.stdout) and "Δ vs control" in result.stdout
+    # The report names the CPU that timed it, and the MACs that are the same on every CPU.
+    machine = tfc.machine.current()
+    assert report["machine"]["summary"] == machine.summary() and machine.cpu in (out / "report.md").read_text()
+    assert variants["int8"]["macs"] == variants["float32"]["macs"] > 2 * variants["channels50-int8"]["macs"]
     # A second run refuses to overwrite the folder.
     again = tfcompress("demo", "--quick", f"--out={out}", f"--cache_dir={tmp_path / 'cache'}")
     assert again.returncode == 1 and "--overwrite" in again.stderr

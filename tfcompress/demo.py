@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from tfcompress import datasets, zoo
+from tfcompress import datasets, machine, zoo
 from tfcompress.convert import DEFAULT_TIMEOUT_S
 from tfcompress import reports as reports_module
 from tfcompress.evaluate import evaluate_many
@@ -194,7 +194,9 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
         "and its top-1 agreement with LiteRT (float16 and dynamic-range files do not run there).", "",
         "Latency: median ms of single-image inference, interleaved runs; `cpu` = LiteRT built-in kernels "
         "without delegates, `xnnpack` = the XNNPACK delegate. Sparsity shrinks the gzip size; on x86 with "
-        "AVX it does not speed up XNNPACK.", "",
+        "AVX it does not speed up XNNPACK. MACs (multiply-accumulates per image) and sizes are the same on "
+        "every CPU; latencies are this one's:", "",
+        f"Measured on: {machine.current().summary()}.", "",
         table, "",
     ]
     if plotted:
@@ -206,6 +208,7 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
         "control_accuracy_by_epochs": {str(e): a for e, a in controls.items()},
         "control_accuracy": control_accuracy,
         "train_samples": len(x), "test_samples": len(x_test), "epochs": epochs,
+        "machine": machine.current().to_dict(),
         "variants": {m: r.to_dict() for m, r in reports.items()},
     }
     write_atomic(os.path.join(out_dir, "report.json"), json.dumps(payload, indent=2), overwrite=True)
