@@ -71,6 +71,7 @@ def main():
     print("\n### Summary\n")
     print(tfc.reports.markdown_table(("model", "objective", "chosen", "vs float32 file", "Δ test vs input",
                                       "search time", "target"), summary))
+    print(f"\nMeasured on {tfc.machine.current().summary()}.")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ Usage:
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -251,6 +250,8 @@ def _tflm_cells(m):
 
 
 def _markdown(s, reports, onnx_reports, latency, keras_accuracy, n_train, n_test, params, seconds, load):
+    import tfcompress as tfc
+
     header = ("| variant | runtime | file KB | gzip KB | accuracy | LiteRT cpu ms | XNNPACK ms | ORT ms "
               "| runs on TFLM | TFLM arena KB | TFLM flash KB | TFLM agreement |")
     lines = [header, "|" + "---|" * 12]
@@ -286,7 +287,7 @@ def _markdown(s, reports, onnx_reports, latency, keras_accuracy, n_train, n_test
         f"{ort_own}. TFLite Micro (the `tflite-micro` interpreter, reference kernels): arena = what its allocator "
         f"used; flash = the model's bytes (without the TFLM library); agreement = top-1 agreement with LiteRT on "
         f"{micro_n} test images. int8 ONNX files are QDQ translations of the int8 `.tflite` (tf2onnx). "
-        f"{platform.machine()}, {os.cpu_count()} cores, 1-minute load average {load[0]:.1f} → {load[1]:.1f} during "
+        f"Measured on {tfc.machine.current().summary()}; 1-minute load average {load[0]:.1f} → {load[1]:.1f} during "
         f"the timing passes; {seconds / 60:.1f} min in all.",
     ]
     # int8 vs float32 of the same model, per runtime.

@@ -116,6 +116,7 @@ def main(argv):
     ])
     print()
     print(text)
+    print(f"\nMeasured on {tfc.machine.current().summary()}.")
     print(f"\n[bench_evaluator] done in {time.perf_counter() - start:.0f} s")
     if FLAGS.out:
         tfc.write_atomic(FLAGS.out, text + "\n", overwrite=True)

@@ -468,6 +468,7 @@ def main(argv):
     text = "\n".join(out)
     print()
     print(text)
+    print(f"\nMeasured on {tfc.machine.current().summary()}.")
     print(f"[bench_sensitivity] done in {total:.0f} s; timings (s): {json.dumps(timings)}", flush=True)
     if FLAGS.out:
         blob = {"settings": s, "seconds": total, "timings": timings,
