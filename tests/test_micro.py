@@ -45,7 +45,12 @@ def test_int8_agrees_with_litert_and_reports_accuracy(files, digits_data):
     (_, _), (x, y) = digits_data
     r = tfc.evaluate_tflite(files["int8"], x=x, y=y, backends=("xnnpack", "micro"), num_runs=3, micro_samples=200)
     m = r.micro
-    assert m.runs and m.samples == 200 and m.agreement >= 0.99
+    # TFLite Micro's reference kernels requantize like LiteRT's built-in ones (fixed-point multiplier, rounding
+    # twice), XNNPACK with a float scale (rounding once): an int8 output sits a step apart now and then (at most
+    # one from the output layer, about one more from a step flipped upstream), which flips top-1 only where two
+    # logits are within a step of each other.
+    step = tfc.inspect_tflite(files["int8"]).output_steps[0]
+    assert m.runs and m.samples == 200 and m.agreement >= 0.99 and m.max_abs_diff <= 2 * step + 1e-6
     assert m.accuracy == pytest.approx(r.accuracy, abs=0.03)  # r.accuracy is over all of x
     assert m.host_ms > 0 and "not MCU" in m.to_markdown()
     assert "TFLite Micro" in r.to_markdown() and "micro" not in [lat.backend for lat in r.latency]
