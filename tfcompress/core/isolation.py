@@ -41,7 +41,7 @@ def run(args, timeout, env=None):
     """Runs ``python args...`` (this interpreter) in a child process.
 
     Args:
-        args: arguments after the interpreter, e.g. ``["-m", "tfcompress._convert_worker", dir, job]``.
+        args: arguments after the interpreter, e.g. ``["-m", "tfcompress.export.convert_worker", dir, job]``.
         timeout: seconds before the child is killed and `Timeout` raised.
         env: extra environment variables.
 

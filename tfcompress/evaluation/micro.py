@@ -17,11 +17,17 @@ TFLM's own reason for refusing a file.
 """
 
 import dataclasses
+import os
 import re
+import statistics
+import time
 
 import numpy as np
 
-from tfcompress import extras, isolation, tflite_file
+from tfcompress.core import extras, isolation
+from tfcompress.core.files import make_temp_file
+from tfcompress.core.tables import format_kb, markdown_table
+from tfcompress.evaluation import tflite_file
 
 # Builtin ops registered by the TFLM Python interpreter's resolver (python_ops_resolver.cc of tflite-micro,
 # snapshot 2026-10). Custom ops (signal processing, Ethos-U, detection post-processing) need their own
@@ -90,8 +96,6 @@ class MicroReport:
         return dataclasses.asdict(self)
 
     def to_markdown(self):
-        from tfcompress.reports import format_kb, markdown_table
-
         def pct(v):
             return "—" if v is None else f"{100 * v:.2f}%"
 
@@ -184,10 +188,6 @@ it.print_allocations()
 
 def first_load(raw, num_inputs, timeout=120):
     """Loads and runs the file once on TFLM in a child; returns the allocator's arena bytes, or raises."""
-    import os
-
-    from tfcompress.files import make_temp_file
-
     fd, path = make_temp_file("tfcompress_micro_", ".tflite")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -258,9 +258,6 @@ def run(raw, arena_bytes, samples, output_index):
     Returns:
         ``(outputs, host_ms)``: the raw outputs ``(n, ...)`` and the median time per inference.
     """
-    import statistics
-    import time
-
     interpreter = runtime().Interpreter.from_bytes(raw, arena_size=arena_bytes + 1024)
     outputs, times = [], []
     for i in range(len(samples[0])):

@@ -19,11 +19,17 @@ import time
 
 import numpy as np
 
-from tfcompress import datasets, graph, validation
-from tfcompress.backup import BackupAndRestore
-from tfcompress.convert import DEFAULT_TIMEOUT_S, MODES, to_tflite
-from tfcompress.evaluate import evaluate_many
-from tfcompress.reports import compare
+from tfcompress import quantization
+from tfcompress.clustering import ClusteringCallback, check_arguments, cluster_weights
+from tfcompress.core import datasets, graph, validation
+from tfcompress.core.backup import BackupAndRestore
+from tfcompress.distillation import Distiller
+from tfcompress.evaluation.litert import evaluate_many
+from tfcompress.evaluation.reports import compare
+from tfcompress.export.tflite import DEFAULT_TIMEOUT_S, MODES, to_tflite
+from tfcompress.lowrank import factorize
+from tfcompress.pruning import ChannelPruningCallback, PolynomialDecay, PruningCallback, shrink
+from tfcompress.pruning.importance import check_selection
 
 
 def fit_verbosity(verbose=1):
@@ -96,8 +102,6 @@ class PruneChannels:
     max_group_ratio: float = None
 
     def __post_init__(self):
-        from tfcompress.pruning.importance import check_selection
-
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"PruneChannels(ratio={self.ratio!r}): ratio must be in [0, 1).")
         try:
@@ -124,8 +128,6 @@ class Cluster:
     learning_rate: float = 1e-4
 
     def __post_init__(self):
-        from tfcompress.clustering import check_arguments
-
         check_arguments(self.num_clusters, "kmeans++")
         if self.epochs:
             _check_epochs(self, self.epochs)
@@ -397,10 +399,6 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
     """
     import keras
 
-    from tfcompress import quantization
-    from tfcompress.distill import Distiller
-    from tfcompress.pruning import PolynomialDecay, PruningCallback
-
     graph.check_model(model, action="compress")
     steps = _resolve_recipe(recipe, convert_default)
     (x, y), (x_test, y_test) = resolve_data(data)
@@ -451,8 +449,6 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             chain.append(f"prune{round(100 * step.sparsity)}")
             say(f"pruned to {100 * step.sparsity:.0f}% over {step.epochs} epoch(s)", start)
         elif isinstance(step, PruneChannels):
-            from tfcompress.pruning import ChannelPruningCallback, shrink
-
             callback = ChannelPruningCallback(ramp(step.ratio, step.epochs, step.ramp_fraction),
                                               importance=step.importance, round_to=step.round_to,
                                               max_group_ratio=step.max_group_ratio,
@@ -467,8 +463,6 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             say(f"removed {100 * callback.sparsity:.0f}% of the removable channels over {step.epochs} epoch(s): "
                 f"{before:,} -> {current.count_params():,} parameters", start)
         elif isinstance(step, Cluster):
-            from tfcompress.clustering import ClusteringCallback, cluster_weights
-
             current = cluster_weights(current, step.num_clusters, per_channel=step.per_channel)
             if step.epochs:
                 current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
@@ -478,8 +472,6 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             chain.append(f"cluster{step.num_clusters}")
             say(f"clustered to {step.num_clusters} values per kernel, fine-tuned {step.epochs} epoch(s)", start)
         elif isinstance(step, Factorize):
-            from tfcompress.factorize import factorize
-
             before = current.count_params()
             current = factorize(current, energy=step.energy, verbose=0)
             if step.epochs:
@@ -538,9 +530,3 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         say("evaluated " + ", ".join(f"{n}: {100 * r.accuracy:.2f}%" for n, r in reports.items()), start)
     return CompressionResult(model=current, artifacts=artifacts, reports=reports, keras_accuracy=keras_accuracy,
                              log=log)
-
-
-def __getattr__(name):
-    from tfcompress import deprecated
-
-    return deprecated.lookup(__name__, name)
