@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.recipe import Convert, Distill, Prune, QuantizationAwareTraining, compress, fit_verbosity
+from tfcompress.pipeline.recipe import Convert, Distill, Prune, QuantizationAwareTraining, compress, fit_verbosity
 
 
 def test_prune_qat_int8_chain_keeps_zeros_and_accuracy(trained_digits_model, digits_data):
