@@ -72,5 +72,6 @@ def test_documented_namespaces_and_new_paths_do_not_warn():
         from tfcompress import evaluate, files
 
         assert evaluate is tfc.evaluate and files is tfc.files
-        for new_path in ("tfcompress.export.sensitivity", "tfcompress.pipeline.cli", "tfcompress.evaluation.onnxruntime"):
+        for new_path in ("tfcompress.export.sensitivity", "tfcompress.pipeline.cli",
+                         "tfcompress.evaluation.onnxruntime"):
             importlib.import_module(new_path)

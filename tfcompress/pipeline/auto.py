@@ -199,26 +199,11 @@ def _fraction(name):
 def _describe(steps):
     if steps == "budget":
         return "int8 PTQ, fewest layers float within the budget"
-    parts = []
-    for s in steps:
-        kind = type(s).__name__
-        if kind == "Convert":
-            parts.append(f"→ {s.mode}")
-        elif kind == "PruneChannels":
-            parts.append(f"channels {round(100 * s.ratio)}% ({s.epochs} ep)")
-        elif kind == "Prune":
-            parts.append(f"prune {round(100 * s.sparsity)}% ({s.epochs} ep)")
-        elif kind == "Cluster":
-            parts.append(f"cluster {s.num_clusters} ({s.epochs} ep)")
-        elif kind == "Distill":
-            parts.append(f"distil from input ({s.epochs} ep)")
-        elif kind == "QuantizationAwareTraining":
-            parts.append(f"QAT ({s.epochs} ep)")
-    return " ".join(parts)
+    return " ".join(step.describe(teacher_name="input") for step in steps)  # every teacher here is the input model
 
 
 def _training_epochs(steps):
-    return 0 if steps == "budget" else sum(getattr(s, "epochs", 0) for s in steps if not isinstance(s, Convert))
+    return 0 if steps == "budget" else sum(step.epochs for step in steps)
 
 
 def _top1(tflite, x, y):
