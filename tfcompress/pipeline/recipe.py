@@ -180,7 +180,8 @@ class PruneChannels(Step):
         ratio: fraction of the removable channels to remove, in [0, 1).
         epochs: fine-tuning epochs; the fraction ramps (polynomial decay) over the first
             ``ramp_fraction`` of the steps and holds for the rest.
-        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (taylor ranks on 512 training samples).
+        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (taylor ranks on 512 training samples), or a
+            function ``layer -> scores`` (see `tfcompress.pruning.importance`).
         round_to: kept widths are multiples of this where possible.
         learning_rate: initial Adam learning rate, cosine-decayed to zero over the step.
         ramp_fraction: share of the steps spent ramping up.

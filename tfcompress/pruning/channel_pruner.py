@@ -28,7 +28,8 @@ def prune_channels(model, ratio, importance="l2", data=None, scope="global", rou
     Args:
         model: a trained Functional or Sequential Keras model (not modified).
         ratio: fraction of the removable channels to remove, in [0, 1).
-        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (see `importance`).
+        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"``, or a function ``layer -> scores``, one
+            non-negative score per output channel (see `importance`).
         data: ``(x, y)`` for ``"taylor"``.
         scope: ``"global"`` (one ranking across layers, normalised per layer) or ``"layer"`` (every group at
             ``ratio``).
