@@ -17,7 +17,6 @@ TFLM's own reason for refusing a file.
 """
 
 import dataclasses
-import os
 import re
 import statistics
 import time
@@ -25,7 +24,6 @@ import time
 import numpy as np
 
 from tfcompress.core import extras, isolation
-from tfcompress.core.files import make_temp_file
 from tfcompress.core.tables import format_kb, markdown_table
 from tfcompress.evaluation import tflite_file
 
@@ -188,18 +186,13 @@ it.print_allocations()
 
 def first_load(raw, num_inputs, timeout=120):
     """Loads and runs the file once on TFLM in a child; returns the allocator's arena bytes, or raises."""
-    fd, path = make_temp_file("tfcompress_micro_", ".tflite")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        # A generous arena: the allocator then reports what it really used.
-        arena = max(1 << 20, 16 * len(raw))
+    # A generous arena: the allocator then reports what it really used.
+    arena = max(1 << 20, 16 * len(raw))
+    with isolation.child_file(raw, "tfcompress_micro_", ".tflite") as path:
         try:
             outcome = isolation.run(["-c", _CHILD, path, str(arena), str(num_inputs)], timeout)
         except isolation.Timeout:
             raise MicroCompatibilityError(f"TFLite Micro did not load and run the model within {timeout} s.") from None
-    finally:
-        os.unlink(path)
     if not outcome.ok:
         lines = [ln.strip() for ln in outcome.stderr.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000"))]
         # TFLM prints its reason (e.g. "Didn't find op for builtin opcode 'TOPK_V2'") before the Python error.

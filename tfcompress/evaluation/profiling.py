@@ -379,14 +379,9 @@ module._child_main(sys.argv[2:])
 
 def _run_child(job, raw, timeout, args, what):
     from tfcompress.core import isolation
-    from tfcompress.core.files import make_temp_file
 
-    fd, model_path = make_temp_file("tfcompress_profile_", ".tflite")
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    out_fd, out_path = make_temp_file("tfcompress_profile_", ".json")
-    os.close(out_fd)
-    try:
+    with isolation.child_file(raw, "tfcompress_profile_", ".tflite") as model_path, \
+            isolation.child_file(b"", "tfcompress_profile_", ".json") as out_path:
         try:
             outcome = isolation.run(["-c", _CHILD, os.path.abspath(__file__), job, model_path, out_path, *args],
                                     timeout)
@@ -398,12 +393,6 @@ def _run_child(job, raw, timeout, args, what):
                 result = json.load(f)
         except (OSError, ValueError):
             result = None
-    finally:
-        for path in (model_path, out_path):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
     if result and "error" in result:
         raise RuntimeError(f"{what}: {result['error']}")
     if not outcome.ok or not result:

@@ -17,7 +17,6 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as _schema
 
 from tfcompress.core import isolation
-from tfcompress.core.files import make_temp_file
 
 _OP_NAMES = {v: k for k, v in vars(_schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k.lower() for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
@@ -440,19 +439,13 @@ def check_loads(tflite, timeout=120):
         InvalidTFLiteFileError: the child crashed, failed or timed out; the message
             says which.
     """
-    raw = read_bytes(tflite)
-    fd, path = make_temp_file("tfcompress_check_", ".tflite")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
+    with isolation.child_file(read_bytes(tflite), "tfcompress_check_", ".tflite") as path:
         try:
             outcome = isolation.run(["-c", _LOAD_CHECK, path], timeout)
         except isolation.Timeout:
             raise InvalidTFLiteFileError(
                 f"LiteRT did not finish loading and running the model within {timeout} s; the file is "
                 "corrupted or far larger than expected.") from None
-    finally:
-        os.unlink(path)
     if outcome.ok:
         return
     if outcome.returncode < 0:
