@@ -330,7 +330,7 @@ def evaluate_onnx(model, x=None, y=None, threads=(1,), num_runs=50, warmup_runs=
         sessions[t] = session
     times = litert.time_round_robin(sessions, num_runs, warmup_runs)
     latency = [litert.LatencyResult(backend=BACKEND, threads=t, init_ms=init_ms[t], first_run_ms=first_ms[t],
-                                      **litert.summarize_times(times[t])) for t in threads]
+                                    **litert.summarize_times(times[t])) for t in threads]
 
     accuracy = None
     if y is not None:
