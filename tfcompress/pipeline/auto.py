@@ -41,8 +41,8 @@ from tfcompress.evaluation.litert import evaluate_many, predict
 from tfcompress.export.sensitivity import AccuracyBudgetError
 from tfcompress.export.tflite import to_tflite
 from tfcompress.pipeline.recipe import (
-    Cluster, CompressionResult, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining, resolve_data,
-    compress,
+    Cluster, CompressionResult, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining, compress,
+    resolve_data, top1_accuracy,
 )
 from tfcompress.pruning import prune_channels
 
@@ -211,11 +211,6 @@ def _top1(tflite, x, y):
     return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
 
 
-def _accuracy(model, x, y):
-    logits = np.asarray(model.predict(x, batch_size=512, verbose=0))
-    return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
-
-
 def _save_candidate(folder, candidate, tflite, model=None):
     os.makedirs(folder, exist_ok=True)
     if model is not None:  # later candidates continue from it
@@ -313,8 +308,8 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
         x_train, y_train, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
     n_val = len(x_val)
     budget = max_accuracy_drop / 100.0
-    input_val = _accuracy(model, x_val, y_val)
-    input_test = _accuracy(model, x_test, y_test)
+    input_val = top1_accuracy(model, x_val, y_val)
+    input_test = top1_accuracy(model, x_test, y_test)
     folder = os.path.join(backup_dir, "candidates") if backup_dir else None
 
     def say(message):

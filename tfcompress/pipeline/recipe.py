@@ -550,7 +550,8 @@ def _check_labels(model, y, argument):
     validation.check_labels(y, classes, argument=f"data: {argument}")
 
 
-def _accuracy(model, x, y, batch_size=512):
+def top1_accuracy(model, x, y, batch_size=512):
+    """Top-1 accuracy of a Keras classifier on ``(x, y)``; shared with `auto`."""
     logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
     return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == np.asarray(y).reshape(-1)))
 
@@ -601,7 +602,7 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
     (x, y), (x_test, y_test) = resolve_data(data)
     _check_labels(model, y, "y_train")
     _check_labels(model, y_test, "y_test")
-    keras_accuracy = _accuracy(model, x_test, y_test)
+    input_accuracy = top1_accuracy(model, x_test, y_test)
     loss = _loss_of(model)
     current = _copy(model) if copy else model
     run = RecipeRun(x, y, loss, batch_size, verbose, seed, backup_dir, calibration_samples, isolate, timeout)
@@ -631,5 +632,5 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         # All artifacts are timed in the same rounds, so their latency ratios are comparable.
         reports = evaluate_many(artifacts, x=x_test, y=y_test, threads=threads, num_runs=num_runs)
         say("evaluated " + ", ".join(f"{n}: {100 * r.accuracy:.2f}%" for n, r in reports.items()), start)
-    return CompressionResult(model=current, artifacts=artifacts, reports=reports, keras_accuracy=keras_accuracy,
+    return CompressionResult(model=current, artifacts=artifacts, reports=reports, keras_accuracy=input_accuracy,
                              log=log)
