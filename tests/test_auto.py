@@ -103,7 +103,7 @@ def test_plot_labels_do_not_overlap():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tfcompress import reports
+    from tfcompress.evaluation import reports
 
     names = ["float32", "float16", "dynamic", "int8", "prune75-int8", "prune75-qat-int8", "qat-int8", "distill-int8"]
     xs = [399, 200, 110, 105, 30, 30.4, 104, 100]

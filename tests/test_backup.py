@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.backup import MANIFEST
+from tfcompress.core.backup import MANIFEST
 
 
 def _model(seed=0):

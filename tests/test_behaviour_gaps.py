@@ -17,7 +17,7 @@ import pytest
 from conftest import small_cnn
 
 import tfcompress as tfc
-from tfcompress import evaluate as evaluate_module
+from tfcompress.evaluation import litert as evaluate_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
@@ -320,7 +320,7 @@ CHAIN = """
 import hashlib, json, os, sys, time
 import keras, numpy as np
 import tfcompress as tfc
-from tfcompress.backup import BackupAndRestore
+from tfcompress.core.backup import BackupAndRestore
 
 model_path, backup_dir, log_path, result_path = sys.argv[1:5]
 

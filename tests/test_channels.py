@@ -115,12 +115,23 @@ def test_every_criterion_prunes_a_dead_filter_first(digits_data):
     gamma[5] = 1e-4
     model.get_layer("bn").set_weights([gamma, beta, mean, variance])
     graph = channels.ChannelGraph(model)
+
+    def max_abs(layer):  # a criterion of one's own: the largest magnitude of each filter
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        return np.abs(kernel).max(axis=tuple(range(kernel.ndim - 1)))
+
     rankings = {}
-    for criterion in ("l1", "l2", "bn", "taylor"):
+    for criterion in ("l1", "l2", "bn", "taylor", max_abs):
         scores = tfc.pruning.importance.unit_scores(graph, criterion, data=(x[:128], y[:128]))
         rankings[criterion] = list(np.argsort(scores))
         assert graph.units[rankings[criterion][0]].members == [("conv", 5)], criterion
-    assert len({tuple(r) for r in rankings.values()}) > 1  # the criteria are not one ranking under four names
+    assert len({tuple(r) for r in rankings.values()}) > 1  # the criteria are not one ranking under five names
+    small = tfc.prune_channels(model, 0.25, importance=max_abs, verbose=0)
+    assert small.get_layer("conv").filters == 6  # 2 of the 8 filters (the dead one first) went
+    with pytest.raises(ValueError, match=r"importance=<lambda> returned an array of shape \(3,\) for layer 'conv'"):
+        tfc.prune_channels(model, 0.25, importance=lambda layer: np.ones(3), verbose=0)
+    with pytest.raises(ValueError, match="returned negative or non-finite scores for layer 'conv'"):
+        tfc.prune_channels(model, 0.25, importance=lambda layer: -max_abs(layer), verbose=0)
 
 
 def test_prune_channels_halves_the_reference_cnn_and_converts_in_every_mode(trained_digits_model, digits_data):

@@ -69,7 +69,7 @@ def test_convert_and_evaluate_defaults(saved_model, tmp_path):
 
 def test_prune_defaults(saved_model, tmp_path):
     """What happens without --output, --tflite, --backup_dir, --learning_rate, --epochs, --batch_size, --sparsity."""
-    from tfcompress.recipe import Prune
+    from tfcompress.pipeline.recipe import Prune
 
     model = tmp_path / "digits.keras"
     model.write_bytes(saved_model.read_bytes())
@@ -238,7 +238,7 @@ def test_flag_errors_are_one_line_usage_errors(args, culprit, saved_model):
 
 
 def test_corrupt_model_files_are_named_as_such(saved_model, tmp_path):
-    from tfcompress.cli import UsageError, load_keras_model
+    from tfcompress.pipeline.cli import UsageError, load_keras_model
 
     truncated = tmp_path / "truncated.keras"
     truncated.write_bytes(saved_model.read_bytes()[:2000])
@@ -282,7 +282,7 @@ def test_mnist_offline_names_the_cache_route(saved_model, tmp_path):
 
 
 def _conversion_child(parent_pid):
-    """The pid of ``python -m tfcompress._convert_worker`` started by ``parent_pid``, or None."""
+    """The pid of ``python -m tfcompress.export.convert_worker`` started by ``parent_pid``, or None."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -293,7 +293,7 @@ def _conversion_child(parent_pid):
                 cmdline = f.read()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == parent_pid and b"tfcompress._convert_worker" in cmdline:
+        if ppid == parent_pid and b"tfcompress.export.convert_worker" in cmdline:
             return int(entry)
     return None
 

@@ -6,6 +6,7 @@ import pytest
 
 import tfcompress as tfc
 from tfcompress import clustering
+from tfcompress.export.sensitivity import tflite_accuracy
 
 
 def _kernels(model):
@@ -70,7 +71,7 @@ def test_cluster_preserving_qat_keeps_k_int8_values_per_channel(trained_digits_m
     qat.fit(x, y, epochs=1, batch_size=64, verbose=0,
             callbacks=[tfc.ClusteringCallback(num_clusters=8, per_channel=True, verbose=0)])
     flatbuffer = tfc.to_tflite(qat, mode="int8")
-    from tfcompress.evaluate import make_interpreter
+    from tfcompress.evaluation.litert import make_interpreter
 
     interpreter = make_interpreter(bytes(flatbuffer), "cpu", 1)
     constants = {w.name for w in flatbuffer.info.weights if w.dtype == "int8" and len(w.shape) >= 2}
@@ -86,7 +87,7 @@ def test_cluster_preserving_qat_keeps_k_int8_values_per_channel(trained_digits_m
             assert per_channel <= 8, (detail["name"], per_channel)
             checked += 1
     assert checked >= 3
-    accuracy = tfc.quantization.sensitivity.tflite_accuracy(flatbuffer, x_test, y_test)
+    accuracy = tflite_accuracy(flatbuffer, x_test, y_test)
     assert accuracy > 0.9
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress import datasets, extras, graph, isolation
+from tfcompress.core import datasets, extras, graph, isolation
 
 
 def _residual_model():
@@ -69,7 +69,7 @@ def test_two_headed_model_converts_and_is_scored_on_the_named_head():
     x = np.random.default_rng(0).random((40, 8), dtype=np.float32)
     narrow, wide = (np.asarray(o) for o in model(x))
     flatbuffer = tfc.to_tflite(model)
-    from tfcompress.evaluate import make_interpreter, _predict
+    from tfcompress.evaluation.litert import make_interpreter, _predict
 
     interpreter = make_interpreter(bytes(flatbuffer), "cpu", 1)
     np.testing.assert_allclose(_predict(interpreter, [x], 16, head=0), narrow, atol=1e-5)
@@ -101,7 +101,7 @@ def test_old_names_warn_and_still_work():
         old = tfc.QuantizationConfig
     assert old is tfc.QATConfig
     with pytest.warns(DeprecationWarning, match="use tfc.QuantizationAwareTraining"):
-        from tfcompress.recipe import QuantizeAware  # noqa: F401
+        from tfcompress.pipeline.recipe import QuantizeAware  # noqa: F401
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert tfc.callbacks.PruningCallback is tfc.PruningCallback

@@ -10,8 +10,8 @@ import pytest
 from conftest import keras_accuracy, small_cnn
 
 import tfcompress as tfc
-from tfcompress import native_stderr
-from tfcompress import convert
+from tfcompress.core import native_stderr
+from tfcompress.export import tflite as convert
 
 MODES = ["float32", "float16", "dynamic", "int8", "int16x8"]
 

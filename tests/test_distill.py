@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tfcompress as tfc
-from tfcompress.distill import LABELS_KEY, TEACHER_LOGITS_KEY
+from tfcompress.distillation import LABELS_KEY, TEACHER_LOGITS_KEY
 
 INPUT_SHAPE = (8, 8, 1)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress import datasets
+from tfcompress.core import datasets
 
 
 def test_fashion_mnist_from_debian_files():

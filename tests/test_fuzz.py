@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import tfcompress as tfc
-from tfcompress import tflite_file
+from tfcompress.evaluation import tflite_file
 
 # The mutation generator is test tooling, shared with tools/fuzz_evaluator.py.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.evaluate import make_interpreter, _predict
+from tfcompress.evaluation.litert import make_interpreter, _predict
 
 
 def _agreement(flatbuffer, model, x):

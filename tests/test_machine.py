@@ -7,7 +7,7 @@ import platform
 import pytest
 
 import tfcompress as tfc
-from tfcompress import machine
+from tfcompress.core import machine
 
 # Excerpts of real /proc/cpuinfo texts: this project's AVX2-only EPYC, an AVX-512 VNNI Xeon, an arm64 board.
 EPYC_AVX2 = """processor\t: 0

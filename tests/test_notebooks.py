@@ -154,7 +154,7 @@ error = result.error_in_exec
 print("RESULT", json.dumps({"pip": calls["pip"], "mount": calls["mount"],
                             "error": type(error).__name__ if error else None, "message": str(error or "")}))
 if not FAKE_PIP:  # a real install: this session imports the package right away, as the next cell will
-    import tfcompress, tfcompress.cli, tfcompress.pruning, tfcompress.quantization
+    import tfcompress, tfcompress.pipeline.cli, tfcompress.pruning, tfcompress.quantization
     tfcompress.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=10)
     print("INSTALLED_AT", tfcompress.__file__)
 """

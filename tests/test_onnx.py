@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress import evaluate, onnx_export
-from tfcompress.extras import MissingExtraError
+from tfcompress.core.extras import MissingExtraError
+from tfcompress.evaluation import litert as evaluate, onnxruntime
+from tfcompress.export import onnx as onnx_export
 
 pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")
@@ -63,7 +64,7 @@ def test_float_sequential_matches_keras():
     x = np.random.default_rng(0).random((32, 8, 8, 1), dtype=np.float32)
     result = onnx_export.to_onnx(model)
     assert isinstance(result, bytes) and result.mode == "float32" and result.model_name == "seq"
-    diff = np.abs(onnx_export.predict_onnx(result, x) - model.predict(x, verbose=0))
+    diff = np.abs(onnxruntime.predict_onnx(result, x) - model.predict(x, verbose=0))
     assert diff.max() < 1e-4, diff.max()
 
 
@@ -74,17 +75,17 @@ def test_float_two_input_functional_matches_keras():
     result = onnx_export.to_onnx(model)
     expected = model.predict(x, verbose=0)
     for head in (0, 1):
-        got = onnx_export.predict_onnx(result, x, output=head)
+        got = onnxruntime.predict_onnx(result, x, output=head)
         assert np.abs(got - expected[head]).max() < 1e-4
     # A dict keyed by the Keras input names works too, in any order.
-    by_name = onnx_export.predict_onnx(result, {"meta": x[1], "image": x[0]})
+    by_name = onnxruntime.predict_onnx(result, {"meta": x[1], "image": x[0]})
     assert np.abs(by_name - expected[0]).max() < 1e-4
 
 
 def test_int8_matches_int8_tflite(int8_onnx, digits_data, tmp_path):
     _, (x_test, _) = digits_data
     assert int8_onnx.mode == "int8" and int8_onnx.tflite.mode == "int8"
-    onnx_out = onnx_export.predict_onnx(int8_onnx, x_test)
+    onnx_out = onnxruntime.predict_onnx(int8_onnx, x_test)
     tflite_out = evaluate.predict(bytes(int8_onnx.tflite), x_test)
     assert np.array_equal(onnx_out.argmax(1), tflite_out.argmax(1))
     # The same int8 arithmetic up to rounding. Each runtime requantizes a layer's int32 accumulator to int8 its
@@ -101,7 +102,7 @@ def test_int8_matches_int8_tflite(int8_onnx, digits_data, tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(bytes(int8_onnx.tflite))
     again = onnx_export.to_onnx(str(path), mode="int8")
-    assert np.array_equal(onnx_export.predict_onnx(again, x_test[:50]), onnx_out[:50])
+    assert np.array_equal(onnxruntime.predict_onnx(again, x_test[:50]), onnx_out[:50])
 
 
 def test_int8_io_and_output_order_match_tflite():
@@ -115,18 +116,18 @@ def test_int8_io_and_output_order_match_tflite():
     model = keras.Model(image, [keras.layers.Dense(10, name="wide")(h), keras.layers.Dense(2, name="narrow")(h)])
     x = np.random.default_rng(0).random((64, 8, 8, 1), dtype=np.float32)
     result = onnx_export.to_onnx(model, mode="int8", representative_data=x, io_type="int8")
-    assert [d["dtype"] for d in onnx_export.evaluate_onnx(result, num_runs=1).inputs] == ["int8"]
+    assert [d["dtype"] for d in onnxruntime.evaluate_onnx(result, num_runs=1).inputs] == ["int8"]
     for head, width in ((0, 10), (1, 2)):
-        got = onnx_export.predict_onnx(result, x, output=head)
+        got = onnxruntime.predict_onnx(result, x, output=head)
         expected = evaluate.predict(bytes(result.tflite), x, output=head)
         assert got.shape == expected.shape == (64, width) and np.array_equal(got, expected)
 
 
 def test_evaluate_onnx_report(int8_onnx, trained_cnn, digits_data):
     _, (x_test, y_test) = digits_data
-    report = onnx_export.evaluate_onnx(int8_onnx, x=x_test, y=y_test, threads=(1, 2), num_runs=5)
+    report = onnxruntime.evaluate_onnx(int8_onnx, x=x_test, y=y_test, threads=(1, 2), num_runs=5)
     assert isinstance(report, tfc.EvaluationReport)
-    predicted = onnx_export.predict_onnx(int8_onnx, x_test).argmax(1)
+    predicted = onnxruntime.predict_onnx(int8_onnx, x_test).argmax(1)
     assert report.accuracy == pytest.approx(float(np.mean(predicted == y_test)))
     assert report.accuracy_samples == len(y_test) and report.accuracy_backend == "onnxruntime"
     assert [r.key for r in report.latency] == ["onnxruntime/1t", "onnxruntime/2t"]
@@ -141,7 +142,7 @@ def test_evaluate_onnx_report(int8_onnx, trained_cnn, digits_data):
     litert = tfc.evaluate_tflite(int8_onnx.tflite, x=x_test, y=y_test, num_runs=5, name="int8 tflite")
     assert "int8 tflite" in tfc.compare([litert, report])
     # The float file is close to the Keras model's accuracy.
-    float_report = onnx_export.evaluate_onnx(onnx_export.to_onnx(trained_cnn), x=x_test, y=y_test, num_runs=2)
+    float_report = onnxruntime.evaluate_onnx(onnx_export.to_onnx(trained_cnn), x=x_test, y=y_test, num_runs=2)
     keras_accuracy = float(np.mean(trained_cnn.predict(x_test, verbose=0).argmax(1) == y_test))
     assert float_report.accuracy == pytest.approx(keras_accuracy)
 
@@ -149,15 +150,15 @@ def test_evaluate_onnx_report(int8_onnx, trained_cnn, digits_data):
 def test_bad_x_is_named(int8_onnx):
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"x has shape \(4, 1, 8, 8\).*takes samples of shape \(8, 8, 1\)"):
-        onnx_export.evaluate_onnx(int8_onnx, x=rng.random((4, 1, 8, 8), dtype=np.float32))
+        onnxruntime.evaluate_onnx(int8_onnx, x=rng.random((4, 1, 8, 8), dtype=np.float32))
     x = rng.random((6, 8, 8, 1), dtype=np.float32)
     x[3, 2, 2, 0] = np.nan
     with pytest.raises(ValueError, match=r"sample 3 of model input .* contains NaN"):
-        onnx_export.evaluate_onnx(int8_onnx, x=x)
+        onnxruntime.evaluate_onnx(int8_onnx, x=x)
     with pytest.raises(ValueError, match=r"y has 2 labels but x has 6 samples"):
-        onnx_export.evaluate_onnx(int8_onnx, x=np.nan_to_num(x), y=[1, 2])
-    with pytest.raises(onnx_export.InvalidONNXFileError, match="Could not parse the ONNX model"):
-        onnx_export.evaluate_onnx(b"not an onnx model at all")
+        onnxruntime.evaluate_onnx(int8_onnx, x=np.nan_to_num(x), y=[1, 2])
+    with pytest.raises(onnxruntime.InvalidONNXFileError, match="Could not parse the ONNX model"):
+        onnxruntime.evaluate_onnx(b"not an onnx model at all")
 
 
 def test_int8_needs_representative_data(trained_cnn):
@@ -173,8 +174,8 @@ def test_tflite_input_checks(int8_onnx, digits_data):
         onnx_export.to_onnx(int8_onnx.tflite, mode="float32")
     with pytest.raises(ValueError, match="representative_data: not used for a .tflite input"):
         onnx_export.to_onnx(int8_onnx.tflite, mode="int8", representative_data=x[:10])
-    with pytest.raises(onnx_export.InvalidONNXFileError, match="This is a .tflite model, not ONNX"):
-        onnx_export.evaluate_onnx(bytes(int8_onnx.tflite))
+    with pytest.raises(onnxruntime.InvalidONNXFileError, match="This is a .tflite model, not ONNX"):
+        onnxruntime.evaluate_onnx(bytes(int8_onnx.tflite))
 
 
 def test_output_path_is_not_overwritten(trained_cnn, tmp_path):
@@ -189,7 +190,7 @@ def test_output_path_is_not_overwritten(trained_cnn, tmp_path):
     # tf2onnx numbers the nodes it inserts from a process-wide counter, so a second export is the same model
     # under other node names: compare what it computes, not its bytes.
     x = np.random.default_rng(0).random((4, *trained_cnn.input_shape[1:]), dtype=np.float32)
-    np.testing.assert_allclose(onnx_export.predict_onnx(str(path), x), onnx_export.predict_onnx(first, x), atol=1e-6)
+    np.testing.assert_allclose(onnxruntime.predict_onnx(str(path), x), onnxruntime.predict_onnx(first, x), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp file left behind
 
 
@@ -210,7 +211,7 @@ def test_export_failure_is_one_line():
 def test_missing_extra_is_named(monkeypatch, int8_onnx, trained_cnn):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     with pytest.raises(MissingExtraError, match=r"tfcompress\[onnx\]"):
-        onnx_export.evaluate_onnx(int8_onnx)
+        onnxruntime.evaluate_onnx(int8_onnx)
     monkeypatch.setitem(sys.modules, "tf2onnx", None)
     with pytest.raises(MissingExtraError, match=r"tfc.to_onnx needs the optional package 'tf2onnx'"):
         onnx_export.to_onnx(trained_cnn)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress import profiling
+from tfcompress.evaluation import profiling
 
 
 def _cnn(channels, size):

@@ -1,5 +1,6 @@
 """compress(): recipes chain pruning, distillation, QAT and conversion on real models."""
 
+import dataclasses
 import io
 import os
 import sys
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.recipe import Convert, Distill, Prune, QuantizationAwareTraining, compress, fit_verbosity
+from tfcompress.pipeline.recipe import (Convert, Distill, Prune, QuantizationAwareTraining, Step, compress,
+                                        fit_verbosity)
 
 
 def test_prune_qat_int8_chain_keeps_zeros_and_accuracy(trained_digits_model, digits_data):
@@ -46,6 +48,33 @@ def test_distill_with_pruning_into_a_small_student(trained_digits_model, digits_
     assert report.accuracy > 0.8
     assert len(result.artifacts["distill-prune50-int8"]) < 0.5 * len(tfc.to_tflite(trained_digits_model, mode="int8",
                                                                                  representative_data=digits_data[0][0][:32]))
+
+
+@dataclasses.dataclass(frozen=True)
+class OneShotChannels(Step):
+    """A step of one's own (the extension point): channel pruning without fine-tuning."""
+
+    ratio: float = 0.5
+
+    def apply(self, model, run):
+        return tfc.prune_channels(model, self.ratio, verbose=0), f"removed {self.ratio:.0%} of the channels at once"
+
+    def tag(self):
+        return f"oneshot{round(100 * self.ratio)}"
+
+    def describe(self, teacher_name="the teacher"):
+        return f"one-shot channels {self.ratio:.0%}"
+
+
+def test_a_step_of_ones_own_runs_in_the_chain(trained_digits_model, digits_data):
+    result = compress(trained_digits_model, digits_data, [OneShotChannels(0.5), Convert("float32")], evaluate=False,
+                      verbose=0)
+    assert list(result.artifacts) == ["oneshot50-float32"]  # its tag names the artifact
+    assert [message for message, _ in result.log] == ["removed 50% of the channels at once",
+                                                      "converted oneshot50-float32: "
+                                                      f"{len(result.artifacts['oneshot50-float32']) / 1024:.1f} KB"]
+    assert result.model.count_params() < trained_digits_model.count_params()
+    assert OneShotChannels(0.5).epochs == 0 and Convert("int8").describe() == "→ int8"
 
 
 class TestBadRecipes:

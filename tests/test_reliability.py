@@ -275,7 +275,7 @@ def test_unwritable_folder_fails_before_any_work():
         os.chmod(folder, 0o555)
         code = """
         import os, sys
-        from tfcompress import files  # imported before dropping privileges: root owns the interpreter's files
+        from tfcompress.core import files  # imported before dropping privileges: root owns the interpreter's files
         if os.getuid() == 0:
             os.setgid(65534); os.setuid(65534)  # root writes anywhere; act as an ordinary user
         try:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tfcompress.evaluate import make_interpreter, _predict
-from tfcompress.quantization import sensitivity
+from tfcompress.evaluation.litert import make_interpreter, _predict
+from tfcompress.export import sensitivity
 
 
 def _with_outlier_unit(model, scale):

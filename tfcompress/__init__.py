@@ -17,59 +17,66 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-from tfcompress import native_stderr  # noqa: E402
+from tfcompress.core import native_stderr as _native_stderr  # noqa: E402
 
 # A few of TensorFlow's import notices print whatever TF_CPP_MIN_LOG_LEVEL says; drop them too,
 # unless the user asked for INFO lines (level 0) or TensorFlow was imported before us.
 _quiet_import = (
-    native_stderr.streaming_filter(native_stderr.IMPORT_CHATTER)
+    _native_stderr.streaming_filter(_native_stderr.IMPORT_CHATTER)
     if "tensorflow" not in _sys.modules and _os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2").strip() not in ("", "0")
     else _contextlib.nullcontext()
 )
 with _quiet_import:
-    from tfcompress import datasets, zoo  # noqa: E402
+    # The documented namespaces: tfc.datasets, tfc.zoo, tfc.machine, tfc.files, tfc.graph (core), tfc.evaluate,
+    # tfc.micro, tfc.reports, tfc.tflite_file (evaluation), tfc.representative (export), and the packages
+    # tfc.pruning, tfc.quantization, tfc.clustering, tfc.callbacks.
+    from tfcompress.core import datasets, files, graph, machine, zoo  # noqa: E402
+    from tfcompress.evaluation import litert as evaluate, micro, reports, tflite_file  # noqa: E402
+    from tfcompress.export import representative  # noqa: E402
     # Conversion (post-training quantization is a conversion mode) and the .tflite audit
-    from tfcompress.convert import ConversionError, ConvertedModel, QuantizationAuditError, to_tflite  # noqa: E402
-    from tfcompress.representative import RepresentativeDataError  # noqa: E402
-    from tfcompress.tflite_file import InvalidTFLiteFileError, inspect as inspect_tflite  # noqa: E402
+    from tfcompress.export.tflite import ConversionError, ConvertedModel, QuantizationAuditError, to_tflite  # noqa: E402
+    from tfcompress.export.representative import RepresentativeDataError  # noqa: E402
+    from tfcompress.evaluation.tflite_file import InvalidTFLiteFileError, inspect as inspect_tflite  # noqa: E402
     # Evaluation and reports
-    from tfcompress.evaluate import EvaluationReport, evaluate_many, evaluate_tflite  # noqa: E402
-    from tfcompress.reports import compare  # noqa: E402
-    from tfcompress import machine, micro  # noqa: E402
-    from tfcompress.onnx_export import ONNXExportError, ONNXModel, evaluate_onnx, to_onnx  # noqa: E402
-    from tfcompress.profiling import Delegation, OpProfile, delegation, op_profile, peak_memory  # noqa: E402
-    from tfcompress.micro import MicroCompatibilityError  # noqa: E402
-    from tfcompress.extras import MissingExtraError  # noqa: E402
+    from tfcompress.evaluation.litert import EvaluationReport, evaluate_many, evaluate_tflite  # noqa: E402
+    from tfcompress.evaluation.reports import compare  # noqa: E402
+    from tfcompress.export.onnx import ONNXExportError, ONNXModel, to_onnx  # noqa: E402
+    from tfcompress.evaluation.onnxruntime import evaluate_onnx  # noqa: E402
+    from tfcompress.evaluation.profiling import Delegation, OpProfile, delegation, op_profile, peak_memory  # noqa: E402
+    from tfcompress.evaluation.micro import MicroCompatibilityError  # noqa: E402
+    from tfcompress.core.extras import MissingExtraError  # noqa: E402
     # Pruning
+    from tfcompress import pruning  # noqa: E402
     from tfcompress.pruning import (  # noqa: E402
         ChannelPruningCallback, ChannelPruningError, ConstantSparsity, PolynomialDecay, Pruner, PruningCallback,
         PruningSchedule, SparsityReport, prune_channels, shrink, sparsity_report,
     )
-    # Clustering
+    # Clustering, low-rank factorization
     from tfcompress import clustering  # noqa: E402
     from tfcompress.clustering import ClusteringCallback, cluster_weights  # noqa: E402
-    from tfcompress.factorize import factorize  # noqa: E402
+    from tfcompress.lowrank import factorize  # noqa: E402
     # Distillation
-    from tfcompress.distill import Distiller  # noqa: E402
-    # Quantization-aware training (QAT)
+    from tfcompress.distillation import Distiller  # noqa: E402
+    # Quantization-aware training (QAT); per-layer int8 sensitivity and the accuracy budget
     from tfcompress import quantization  # noqa: E402
-    from tfcompress.quantization import QATConfig, TFLiteParityCallback, quantize_model  # noqa: E402
-    from tfcompress.quantization import AccuracyBudgetError, quantization_sensitivity  # noqa: E402
-    from tfcompress.firmware import export_c_array  # noqa: E402
+    from tfcompress.quantization import QATConfig, quantize_model  # noqa: E402
+    from tfcompress.export.parity_callback import TFLiteParityCallback  # noqa: E402
+    from tfcompress.export.sensitivity import AccuracyBudgetError, quantization_sensitivity  # noqa: E402
+    from tfcompress.export.firmware import export_c_array  # noqa: E402
     # Training utilities, files
-    from tfcompress.backup import BackupAndRestore  # noqa: E402
-    from tfcompress.files import OutputExistsError, write_atomic  # noqa: E402
+    from tfcompress.core.backup import BackupAndRestore  # noqa: E402
+    from tfcompress.core.files import OutputExistsError, write_atomic  # noqa: E402
     from tfcompress import callbacks  # noqa: E402
     import tensorflow as _tf  # noqa: E402
 
     # TensorFlow's CUDA probe prints its verdict on the first device query; make that happen here.
     _tf.config.list_physical_devices("GPU")
 # Recipes: one verb for a whole chain
-from tfcompress.recipe import (  # noqa: E402
+from tfcompress.pipeline.recipe import (  # noqa: E402
     Cluster, CompressionResult, Convert, Distill, Factorize, FineTune, Prune, PruneChannels, QuantizationAwareTraining,
     compress,
 )
-from tfcompress.auto import AutoCompressionResult, auto_compress  # noqa: E402
+from tfcompress.pipeline.auto import AutoCompressionResult, auto_compress  # noqa: E402
 
 __all__ = [
     # conversion (PTQ = to_tflite's int8 / int16x8 / dynamic / float16 modes), its guardrails
@@ -94,11 +101,12 @@ __all__ = [
     "compress", "CompressionResult", "auto_compress", "AutoCompressionResult", "Prune", "PruneChannels", "Cluster", "Factorize", "Distill", "QuantizationAwareTraining", "FineTune", "Convert",
     # callbacks, files, data, models
     "callbacks", "BackupAndRestore", "write_atomic", "OutputExistsError", "datasets", "zoo",
+    # the other documented namespaces
+    "evaluate", "reports", "tflite_file", "representative", "files", "graph", "pruning",
 ]
 
+# Old names (QuantizationConfig, QuantizeAware, tfc.quantization.quantization_sensitivity, ...) and old module
+# paths (tfcompress.convert, tfcompress.evaluate, ...) still work for one release, with a DeprecationWarning.
+from tfcompress import deprecated as _deprecated  # noqa: E402
 
-def __getattr__(name):
-    # Old names (QuantizationConfig, QuantizeAware) still work for one release, with a DeprecationWarning.
-    from tfcompress import deprecated
-
-    return deprecated.lookup(__name__, name)
+_deprecated.install()

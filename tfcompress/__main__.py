@@ -1,3 +1,3 @@
-from tfcompress.cli import run
+from tfcompress.pipeline.cli import run
 
 run()

@@ -5,11 +5,11 @@
     ...     tfc.callbacks.BackupAndRestore("/tmp/run1")])
 """
 
-from tfcompress.backup import BackupAndRestore
 from tfcompress.clustering import ClusteringCallback
+from tfcompress.core.backup import BackupAndRestore
+from tfcompress.export.parity_callback import TFLiteParityCallback
 from tfcompress.pruning.callback import PruningCallback
 from tfcompress.pruning.channel_callback import ChannelPruningCallback
-from tfcompress.quantization.parity_callback import TFLiteParityCallback
 from tfcompress.quantization.quantize import FreezeQuantization
 
 __all__ = ["BackupAndRestore", "ChannelPruningCallback", "ClusteringCallback", "FreezeQuantization", "PruningCallback", "TFLiteParityCallback"]

@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import tfcompress as tfc  # noqa: E402
-from tfcompress import demo  # noqa: E402
+from tfcompress.pipeline import demo  # noqa: E402
 
 
 def main():

@@ -2,7 +2,7 @@
 
 Protocol:
 
-* The reference CNN is the demo's: ``tfcompress.demo.trained_reference_cnn`` on
+* The reference CNN is the demo's: ``tfcompress.pipeline.demo.trained_reference_cnn`` on
   Fashion-MNIST (all 60,000 training images, ``--epochs`` epochs, batch 128, BN
   momentum 0.99, seed 0), loaded from the demo's cache when a demo run left it there.
 * Variants, made as the demo makes its own (fine-tuning: ``--finetune_epochs``, Adam
@@ -148,7 +148,7 @@ def _interleaved_latency(tflite_files, onnx_files, x_one, num_runs, burst=None, 
     """Warm and cold median ms of every LiteRT (cpu, xnnpack) and ONNX Runtime configuration, timed together."""
     import numpy as np
 
-    from tfcompress import evaluate, tflite_file
+    from tfcompress.evaluation import litert as evaluate, tflite_file
 
     burst = burst or BURST
     rng = np.random.default_rng(0)
@@ -328,7 +328,7 @@ def main(argv):
     import numpy as np
 
     import tfcompress as tfc
-    from tfcompress import demo
+    from tfcompress.pipeline import demo
 
     for path in (FLAGS.out, FLAGS.output):
         if path:

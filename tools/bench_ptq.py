@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import tfcompress as tfc  # noqa: E402
-from tfcompress import demo  # noqa: E402
+from tfcompress.pipeline import demo  # noqa: E402
 
 flags.DEFINE_boolean("quick", False, "Small data and few runs (smoke test).")
 flags.DEFINE_integer("epochs", 3, "Training epochs of the float models.")

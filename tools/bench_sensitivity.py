@@ -59,7 +59,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import tfcompress as tfc  # noqa: E402
-from tfcompress.quantization import sensitivity  # noqa: E402
+from tfcompress.export import sensitivity  # noqa: E402
 
 import bench_common  # noqa: E402  (tools/ is on sys.path: the script's folder)
 

@@ -9,8 +9,8 @@ Example:
 
 from tfcompress.pruning.callback import PruningCallback
 from tfcompress.pruning.channel_callback import ChannelPruningCallback
-from tfcompress.pruning.channels import (ChannelGraph, ChannelPruningError, layer_costs, prune_channels, shrink,
-                                         shrink_report)
+from tfcompress.pruning.channel_pruner import prune_channels
+from tfcompress.pruning.channels import ChannelGraph, ChannelPruningError, layer_costs, shrink, shrink_report
 from tfcompress.pruning.pruner import Pruner
 from tfcompress.pruning.report import SparsityReport, sparsity_report
 from tfcompress.pruning.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule

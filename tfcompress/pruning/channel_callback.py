@@ -23,7 +23,8 @@ class ChannelPruningCallback(keras.callbacks.Callback):
     Args:
         schedule: ``PolynomialDecay``, ``ConstantSparsity``, a tfmot schedule, or a
             callable ``step -> (should_prune, sparsity)``; sparsity = fraction of channels.
-        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (``"taylor"`` needs ``data``).
+        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (``"taylor"`` needs ``data``), or a function
+            ``layer -> scores`` (see `importance`).
         scope: ``"global"`` or ``"layer"`` (see `prune_channels`).
         round_to: kept widths are multiples of this where possible.
         max_group_ratio: at most this fraction of any one group's channels is removed (None: no cap); e.g.

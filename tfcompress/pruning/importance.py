@@ -10,6 +10,15 @@ a unit's score is the mean over its tied channels, and units are ranked globally
   Liu et al., 2017); channels without one fall back to ``"l2"``.
 * ``"taylor"``: first-order Taylor, ``|activation x gradient|`` of the loss summed
   over positions and accumulated over batches of ``data`` (Molchanov et al., 2019).
+* a function of one's own, ``importance(layer) -> scores`` (Torch-Pruning's ``Importance``):
+  given a producer layer (a Conv/Dense-like layer of `channels.PRODUCERS`), one finite,
+  non-negative score per output channel, e.g. the largest magnitude of each filter::
+
+      def max_abs(layer):
+          kernel = keras.ops.convert_to_numpy(layer.kernel)
+          return np.abs(kernel).max(axis=tuple(range(kernel.ndim - 1)))
+
+      tfc.prune_channels(model, 0.5, importance=max_abs)
 """
 
 import math
@@ -24,8 +33,11 @@ SCOPES = ("global", "layer")
 
 
 def check_criterion(importance, data):
+    if callable(importance):
+        return
     if importance not in CRITERIA:
-        raise ValueError(f"importance={importance!r}: choose one of {list(CRITERIA)}.")
+        raise ValueError(f"importance={importance!r}: choose one of {list(CRITERIA)}, or pass a function "
+                         "layer -> one score per output channel.")
     if importance == "taylor" and data is None:
         raise ValueError("importance='taylor' needs data=(x, y) (a few hundred labelled training samples): it "
                          "accumulates |activation x gradient| of the loss over them.")
@@ -78,8 +90,26 @@ def _taylor(channel_graph, names, data, batch_size=64, max_samples=512):
     return dict(zip(names, totals))
 
 
+def _own_scores(importance, layer, channels):
+    """The scores of a criterion of one's own for ``layer``, checked: one finite, non-negative value per channel."""
+    scores = np.asarray(importance(layer), dtype=np.float64)
+    if scores.shape != (channels,):
+        problem = f"an array of shape {scores.shape}"
+    elif not np.all(np.isfinite(scores)) or np.any(scores < 0):
+        problem = "negative or non-finite scores"
+    else:
+        return scores
+    name = getattr(importance, "__name__", type(importance).__name__)
+    raise ValueError(f"importance={name} returned {problem} for layer {layer.name!r}; it must return {channels} "
+                     "finite, non-negative scores, one per output channel.")
+
+
 def unit_scores(channel_graph, importance="l2", data=None):
-    """One score per unit of ``channel_graph`` (higher = more important)."""
+    """One score per unit of ``channel_graph`` (higher = more important).
+
+    ``importance`` is one of `CRITERIA` or a function ``layer -> scores`` (see the module doc). A producer's
+    scores are divided by their mean, and a unit scores the mean over the channels tied into it.
+    """
     check_criterion(importance, data)
     names = sorted({name for unit in channel_graph.units for name, _ in unit.members})
     model = channel_graph.model
@@ -88,7 +118,9 @@ def unit_scores(channel_graph, importance="l2", data=None):
         per_layer = _taylor(channel_graph, names, data)
     for name in names:
         layer = model.get_layer(name)
-        if importance == "l1":
+        if callable(importance):
+            scores = _own_scores(importance, layer, len(channel_graph.elements[name]))
+        elif importance == "l1":
             scores = _magnitudes(layer, 1)
         elif importance == "bn":
             scores = _bn_scales(channel_graph, name)

@@ -5,7 +5,7 @@ import re
 import keras
 import numpy as np
 
-from tfcompress import graph
+from tfcompress.core import graph
 from tfcompress.pruning import registry, report
 from tfcompress.pruning import schedules as schedules_module
 

@@ -14,7 +14,7 @@ import dataclasses
 import keras
 from keras import layers as klayers
 
-from tfcompress import graph
+from tfcompress.core import graph
 
 # (layer classes, weight name). Checked in order; first match wins.
 DEFAULT_RULES = (

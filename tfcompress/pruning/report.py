@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from tfcompress import graph
-from tfcompress.reports import markdown_table
+from tfcompress.core import graph
+from tfcompress.core.tables import markdown_table
 from tfcompress.pruning import registry
 
 

@@ -41,11 +41,15 @@ What works:
   converter has no range to quantize that op's input with).
 * Pruned models: exact zeros in kernels are masked, so they survive QAT, BN
   folding and int8 conversion.
+
+This package is QAT only (model → model). What converts and measures lives in `tfcompress.export`:
+`tfc.TFLiteParityCallback` (`export.parity_callback`), `tfc.quantization_sensitivity` and the
+accuracy budget (`export.sensitivity`); their old names here still work for one release
+(`tfcompress.deprecated`).
 """
 
 from tfcompress.quantization.config import QATConfig
 from tfcompress.quantization.fake_quant import ActivationQuantizer, fake_quant_weights
-from tfcompress.quantization.parity_callback import TFLiteParityCallback
 from tfcompress.quantization.quantize import (
     FreezeQuantization,
     QuantizationReport,
@@ -55,21 +59,8 @@ from tfcompress.quantization.quantize import (
     quantize_model,
 )
 from tfcompress.quantization.registry import REGISTRY, QuantizeSpec
-from tfcompress.quantization.sensitivity import (
-    AccuracyBudgetError,
-    SensitivityReport,
-    convert_within_budget,
-    quantization_sensitivity,
-)
 
 __all__ = [
-    "QATConfig", "quantize_model", "calibrate", "freeze", "FreezeQuantization", "TFLiteParityCallback",
-    "QuantizationReport", "quantization_report", "ActivationQuantizer", "fake_quant_weights", "REGISTRY",
-    "QuantizeSpec", "quantization_sensitivity", "SensitivityReport", "AccuracyBudgetError", "convert_within_budget",
+    "QATConfig", "quantize_model", "calibrate", "freeze", "FreezeQuantization", "QuantizationReport",
+    "quantization_report", "ActivationQuantizer", "fake_quant_weights", "REGISTRY", "QuantizeSpec",
 ]
-
-
-def __getattr__(name):
-    from tfcompress import deprecated
-
-    return deprecated.lookup(__name__, name)

@@ -7,8 +7,8 @@ import warnings
 import keras
 import numpy as np
 
-from tfcompress import graph
-from tfcompress.reports import markdown_table
+from tfcompress.core import graph
+from tfcompress.core.tables import markdown_table
 from tfcompress.quantization import registry
 from tfcompress.quantization.config import QATConfig
 from tfcompress.quantization import fake_quant

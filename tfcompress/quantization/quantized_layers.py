@@ -3,7 +3,8 @@
 Each class subclasses the Keras layer it replaces (same constructor arguments,
 same ``kernel``/``bias`` weights, same name), adding one ``qat_options`` argument.
 They are registered under the ``tfcompress`` package, so a saved QAT model loads
-with plain ``keras.models.load_model`` once ``tfcompress`` is imported.
+with plain ``keras.models.load_model`` once ``tfcompress`` is imported, and each registers
+itself in `registry` as the replacement of its Keras layer.
 """
 
 import weakref
@@ -11,7 +12,7 @@ import weakref
 import keras
 from keras import layers, ops
 
-from tfcompress.quantization import folding
+from tfcompress.quantization import folding, registry
 from tfcompress.quantization.fake_quant import (
     FIXED_OUTPUT_RANGES,
     ActivationQuantizer,
@@ -71,8 +72,6 @@ def input_quantizer(tensor):
         The quantizer, or None when the tensor's producer is anything else (a
         model input, a nested model's input, a layer with its own output scale).
     """
-    from tfcompress.quantization import registry  # registry imports this module
-
     for _ in range(_MAX_PASSTHROUGH_DEPTH):
         if not isinstance(tensor, keras.KerasTensor):
             return None
@@ -268,6 +267,7 @@ class _ConvMixin(QuantizedLayerMixin):
         return self.convolution_op(inputs, kernels["kernel"])
 
 
+@registry.quantizes(layers.Conv1D)
 @_register
 class QuantizedConv1D(_ConvMixin, layers.Conv1D):
     """`keras.layers.Conv1D` with a per-tensor int8 fake-quantized kernel (see `QuantizedLayerMixin`).
@@ -279,6 +279,7 @@ class QuantizedConv1D(_ConvMixin, layers.Conv1D):
     supports_per_channel = False
 
 
+@registry.quantizes(layers.Conv2D)
 @_register
 class QuantizedConv2D(_ConvMixin, layers.Conv2D):
     """`keras.layers.Conv2D` with a per-channel int8 fake-quantized kernel (see `QuantizedLayerMixin`)."""
@@ -304,6 +305,7 @@ class _DepthwiseMixin(QuantizedLayerMixin):
         )
 
 
+@registry.quantizes(layers.DepthwiseConv1D)
 @_register
 class QuantizedDepthwiseConv1D(_DepthwiseMixin, layers.DepthwiseConv1D):
     """`keras.layers.DepthwiseConv1D` with a per-tensor int8 fake-quantized kernel (expanded to 2D, as Conv1D)."""
@@ -311,6 +313,7 @@ class QuantizedDepthwiseConv1D(_DepthwiseMixin, layers.DepthwiseConv1D):
     supports_per_channel = False
 
 
+@registry.quantizes(layers.DepthwiseConv2D)
 @_register
 class QuantizedDepthwiseConv2D(_DepthwiseMixin, layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` with a per-channel int8 fake-quantized kernel."""
@@ -354,6 +357,7 @@ class _SeparableMixin(QuantizedLayerMixin):
         return ops.conv(depthwise, kernels["pointwise_kernel"], strides=1, padding="valid", data_format=self.data_format)
 
 
+@registry.quantizes(layers.SeparableConv1D, ("depthwise_kernel", "pointwise_kernel"))
 @_register
 class QuantizedSeparableConv1D(_SeparableMixin, layers.SeparableConv1D):
     """`keras.layers.SeparableConv1D` with per-tensor int8 fake-quantized kernels (expanded to 2D, as Conv1D)."""
@@ -361,6 +365,7 @@ class QuantizedSeparableConv1D(_SeparableMixin, layers.SeparableConv1D):
     supports_per_channel = False
 
 
+@registry.quantizes(layers.SeparableConv2D, ("depthwise_kernel", "pointwise_kernel"))
 @_register
 class QuantizedSeparableConv2D(_SeparableMixin, layers.SeparableConv2D):
     """`keras.layers.SeparableConv2D` with per-channel int8 fake-quantized kernels and a quantized intermediate."""
@@ -386,6 +391,7 @@ class _ConvTransposeMixin(QuantizedLayerMixin):
         )
 
 
+@registry.quantizes(layers.Conv2DTranspose)
 @_register
 class QuantizedConv2DTranspose(_ConvTransposeMixin, layers.Conv2DTranspose):
     """`keras.layers.Conv2DTranspose` with a per-tensor int8 fake-quantized kernel.
@@ -397,6 +403,7 @@ class QuantizedConv2DTranspose(_ConvTransposeMixin, layers.Conv2DTranspose):
     supports_per_channel = False
 
 
+@registry.quantizes(layers.Dense)
 @_register
 class QuantizedDense(QuantizedLayerMixin, layers.Dense):
     """`keras.layers.Dense` with a per-tensor int8 fake-quantized kernel.

@@ -11,14 +11,17 @@ is not assumed to compute what its parent does):
 * ``passthrough``: kept as is with no quantizer; TFLite gives the output the
   input's scale (pooling, reshapes, padding, nearest-neighbour upsampling, and
   layers that vanish at inference like Dropout).
+
+The ``output`` and ``passthrough`` kinds are listed here. Each ``Quantized*`` class registers
+itself as the ``weighted`` replacement of its Keras layer where it is defined
+(``@registry.quantizes(layers.Conv2D)`` in `quantized_layers`), so this module imports none of
+its users; `register` adds or replaces any entry.
 """
 
 import dataclasses
 
 import numpy as np
 from keras import layers
-
-from tfcompress.quantization import quantized_layers as ql
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,23 +39,11 @@ class QuantizeSpec:
     quantized_class: type = None
 
 
-def _weighted(cls, weights=("kernel",)):
-    # Per-channel or per-tensor kernel ranges are the Quantized* class's own choice (supports_per_channel).
-    return QuantizeSpec("weighted", weights, cls)
-
-
 _OUTPUT = QuantizeSpec("output")
 _PASSTHROUGH = QuantizeSpec("passthrough")
 
+# Keras layer class -> QuantizeSpec; the weighted entries are added by `quantizes` (see the module doc).
 REGISTRY = {
-    layers.Conv1D: _weighted(ql.QuantizedConv1D),
-    layers.Conv2D: _weighted(ql.QuantizedConv2D),
-    layers.DepthwiseConv1D: _weighted(ql.QuantizedDepthwiseConv1D),
-    layers.DepthwiseConv2D: _weighted(ql.QuantizedDepthwiseConv2D),
-    layers.SeparableConv1D: _weighted(ql.QuantizedSeparableConv1D, ("depthwise_kernel", "pointwise_kernel")),
-    layers.SeparableConv2D: _weighted(ql.QuantizedSeparableConv2D, ("depthwise_kernel", "pointwise_kernel")),
-    layers.Conv2DTranspose: _weighted(ql.QuantizedConv2DTranspose),
-    layers.Dense: _weighted(ql.QuantizedDense),
     # BatchNormalization that cannot be folded runs as int8 MUL + ADD.
     layers.BatchNormalization: _OUTPUT,
     layers.ReLU: _OUTPUT,
@@ -119,6 +110,26 @@ def is_identity_normalization(layer):
             return False
         mean, variance = weights[0], weights[1]
     return bool(np.all(np.asarray(mean) == 0.0) and np.all(np.asarray(variance) == 1.0))
+
+
+def register(layer_class, spec):
+    """Declares how layers of exactly ``layer_class`` are quantized (a `QuantizeSpec`); replaces an earlier entry."""
+    REGISTRY[layer_class] = spec
+
+
+def quantizes(layer_class, weights=("kernel",)):
+    """Class decorator of a ``Quantized*`` layer: registers it as the ``weighted`` replacement of ``layer_class``.
+
+    Args:
+        layer_class: the Keras layer class it replaces (exact class).
+        weights: the names of the kernels it fake-quantizes.
+    """
+    def decorate(quantized_class):
+        # Per-channel or per-tensor kernel ranges are the Quantized* class's own choice (supports_per_channel).
+        register(layer_class, QuantizeSpec("weighted", tuple(weights), quantized_class))
+        return quantized_class
+
+    return decorate
 
 
 def lookup(layer):

@@ -4,6 +4,9 @@ import keras
 import numpy as np
 from absl import logging
 
+from tfcompress.evaluation.litert import evaluate_tflite
+from tfcompress.export.tflite import to_tflite
+
 
 class TFLiteParityCallback(keras.callbacks.Callback):
     """Every few epochs, converts the training model to int8 and compares accuracies.
@@ -56,10 +59,6 @@ class TFLiteParityCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
             return
-        # Imported here: tfcompress.convert imports this package's parent at load time.
-        from tfcompress.convert import to_tflite
-        from tfcompress.evaluate import evaluate_tflite
-
         keras_predictions = self.model.predict(self.x, verbose=0, batch_size=256)
         keras_accuracy = 100.0 * float(np.mean(keras_predictions.argmax(axis=-1) == self.labels))
         tflite = to_tflite(self.model, mode="int8", representative_data=self.representative_data, io_type=self.io_type)

@@ -9,8 +9,8 @@ it 16-byte aligned, and keeping it ``const`` puts it in flash instead of RAM.
 import os
 import re
 
-from tfcompress import tflite_file
-from tfcompress.files import check_writable, write_atomic
+from tfcompress.core.files import check_writable, write_atomic
+from tfcompress.evaluation import tflite_file
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

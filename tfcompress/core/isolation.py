@@ -2,14 +2,18 @@
 
 The TFLite converter and the LiteRT interpreter are C++: an abort or a segfault on a
 bad model or a corrupted file ends the whole Python process. Work that can crash
-runs through `run` instead, and its failure comes back as text for a clear error.
+runs through `run` instead, and its failure comes back as text for a clear error;
+`child_file` hands the child its model (or a file to write its result to).
 """
 
+import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
+
+from tfcompress.core.files import make_temp_file
 
 
 class Timeout(Exception):
@@ -37,11 +41,28 @@ class Outcome:
         return lines[-1] if lines else "no output"
 
 
+@contextlib.contextmanager
+def child_file(data, prefix, suffix):
+    """The path of a new temp file holding ``data`` (``b""``: for the child to write), removed afterwards.
+
+    The name carries this process's id (`files.make_temp_file`), so a file left by a killed run is cleaned
+    up by the next one.
+    """
+    fd, path = make_temp_file(prefix, suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def run(args, timeout, env=None):
     """Runs ``python args...`` (this interpreter) in a child process.
 
     Args:
-        args: arguments after the interpreter, e.g. ``["-m", "tfcompress._convert_worker", dir, job]``.
+        args: arguments after the interpreter, e.g. ``["-m", "tfcompress.export.convert_worker", dir, job]``.
         timeout: seconds before the child is killed and `Timeout` raised.
         env: extra environment variables.
 

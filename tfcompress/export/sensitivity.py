@@ -14,6 +14,9 @@ layers by '/'-path), with
     >>> report = tfc.quantization_sensitivity(model, x_train[:200], x_val, y_val)
     >>> print(report.to_markdown())
     >>> report.plot("sensitivity.png")
+
+`convert_within_budget` (``to_tflite(..., max_accuracy_drop=...)``) uses the ranking to keep the fewest
+layers float within an accuracy budget.
 """
 
 import dataclasses
@@ -23,8 +26,14 @@ import warnings
 import keras
 import numpy as np
 
-from tfcompress import graph, validation
-from tfcompress.reports import markdown_table
+from tfcompress.core import graph, validation
+from tfcompress.core.tables import markdown_table
+from tfcompress.evaluation import litert
+from tfcompress.evaluation.reports import plot_sensitivity
+from tfcompress.export import converter, representative
+from tfcompress.quantization import quantize, registry
+from tfcompress.quantization.fake_quant import ActivationQuantizer
+from tfcompress.quantization.quantized_layers import QuantizedLayerMixin
 
 
 @dataclasses.dataclass
@@ -89,8 +98,6 @@ class SensitivityReport:
 
     def plot(self, path, count=20):
         """Writes a bar chart of the ``count`` most sensitive layers' SQNR to ``path`` (PNG); False without matplotlib."""
-        from tfcompress.reports import plot_sensitivity
-
         return plot_sensitivity(self, path, count)
 
 
@@ -195,10 +202,6 @@ def _quantizable(qat_model, report):
     layer's own output (an activation fused after it carries the range); a folded BatchNormalization's
     output is what the conv it was folded into now computes.
     """
-    from tfcompress.quantization import registry
-    from tfcompress.quantization.fake_quant import ActivationQuantizer
-    from tfcompress.quantization.quantized_layers import QuantizedLayerMixin
-
     folded_into = {conv: bn for bn, conv in report.folded}
     layers = list(graph.iter_layers(qat_model))
     quantizers = {path for path, layer in layers if isinstance(layer, ActivationQuantizer)}
@@ -237,12 +240,9 @@ def quantization_sensitivity(model, representative_data, x=None, y=None, accurac
     Raises:
         TypeError / ValueError: a subclassed model, bad data or labels (messages say which).
     """
-    from tfcompress import convert, representative
-    from tfcompress.quantization import quantize
-
     graph.check_model(model, action="analyse")
     graph.check_functional(model, "quantization_sensitivity")
-    specs = convert.input_specs(model, representative_data)
+    specs = converter.input_specs(model, representative_data)
     samples = representative.prepare(representative_data, specs, max_samples=max_samples)
     calibration = [np.concatenate([s[i] for s in samples]) for i in range(len(specs))]
     calibration = calibration[0] if len(calibration) == 1 else calibration
@@ -283,10 +283,8 @@ def quantization_sensitivity(model, representative_data, x=None, y=None, accurac
 
 
 def tflite_accuracy(flatbuffer, x, y, output=None):
-    """Top-1 accuracy of a ``.tflite`` on ``(x, y)``, without timing (see `evaluate.predict`)."""
-    from tfcompress import evaluate
-
-    logits = evaluate.predict(flatbuffer, x, output=output)
+    """Top-1 accuracy of a ``.tflite`` on ``(x, y)``, without timing (see `litert.predict`)."""
+    logits = litert.predict(flatbuffer, x, output=output)
     labels = validation.check_labels(y, int(np.prod(logits.shape[1:])), num_samples=len(logits))
     return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == labels))
 
@@ -299,14 +297,11 @@ def keras_accuracy(model, x, y):
 
 
 def _measure_accuracies(model, representative_data, x, y, report, accuracy_layers):
-    from tfcompress.convert import to_tflite
-
     report.float_accuracy = keras_accuracy(model, x, y)
-    report.int8_accuracy = tflite_accuracy(to_tflite(model, mode="int8", representative_data=representative_data), x, y)
+    report.int8_accuracy = tflite_accuracy(converter.convert(model, mode="int8", representative_data=representative_data),
+                                           x, y)
     names = [row.layer for row in report.rows]
     measured = report.rows if accuracy_layers is None else report.rows[:accuracy_layers]
-    from tfcompress.convert import ConversionError
-
     for row in measured:
         others = [name for name in names if name != row.layer]
         for attribute, kept in (("accuracy_kept_float", [row.layer]), ("accuracy_only_int8", others)):
@@ -314,8 +309,9 @@ def _measure_accuracies(model, representative_data, x, y, report, accuracy_layer
                 setattr(row, attribute, report.int8_accuracy)
                 continue
             try:
-                flatbuffer = to_tflite(model, mode="int8", representative_data=representative_data, keep_float=kept)
-            except (ConversionError, ValueError) as exc:  # e.g. nothing left to quantize: reported, not fatal
+                flatbuffer = converter.convert(model, mode="int8", representative_data=representative_data,
+                                               keep_float=kept)
+            except (converter.ConversionError, ValueError) as exc:  # e.g. nothing left to quantize: reported, not fatal
                 report.notes.append(f"{row.layer}: {attribute} not measured ({str(exc)[:160]})")
                 continue
             setattr(row, attribute, tflite_accuracy(flatbuffer, x, y))
@@ -341,8 +337,6 @@ def convert_within_budget(model, representative_data, validation_data, max_accur
     Raises:
         AccuracyBudgetError: no try met the budget (each try's accuracy is listed).
     """
-    from tfcompress.convert import to_tflite
-
     x, y = _check_validation_data(validation_data)
     if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) or max_accuracy_drop < 0:
         raise ValueError(f"max_accuracy_drop={max_accuracy_drop!r} must be a number of accuracy points >= 0, e.g. 0.5.")
@@ -350,8 +344,8 @@ def convert_within_budget(model, representative_data, validation_data, max_accur
     tries = []
 
     def attempt(mode, kept):
-        flatbuffer = to_tflite(model, mode=mode, representative_data=representative_data, keep_float=kept or None,
-                               **convert_kwargs)
+        flatbuffer = converter.convert(model, mode=mode, representative_data=representative_data,
+                                       keep_float=kept or None, **convert_kwargs)
         accuracy = tflite_accuracy(flatbuffer, x, y)
         tries.append({"mode": mode, "kept_float": list(kept), "accuracy": accuracy})
         if 100 * (float_accuracy - accuracy) <= max_accuracy_drop:

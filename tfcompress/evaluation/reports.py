@@ -1,4 +1,5 @@
-"""Rendering of what was measured: markdown tables and plots. Measuring lives in `evaluate`; this module only renders.
+"""Rendering of what was measured: markdown tables and plots. Measuring lives in `litert` (and `onnxruntime`,
+`micro`, `profiling`); this module only renders. The table and number helpers are `tfcompress.core.tables`.
 
     >>> print(tfc.compare(tfc.evaluate_many({"float32": f32, "int8": int8}, x=x_test, y=y_test)))
 """
@@ -6,29 +7,10 @@
 import dataclasses
 import io
 
-from tfcompress import machine as machine_module
-from tfcompress.files import write_atomic
-from tfcompress.tflite_file import computes_int8
-
-
-def format_kb(n):
-    """Bytes as ``"12.3 KB"``."""
-    return f"{n / 1024:.1f} KB"
-
-
-def markdown_table(header, rows, title=None, footer=None):
-    """A markdown table with padded columns; ``title`` above and ``footer`` below if given."""
-    widths = [max(len(str(r[i])) for r in [header] + list(rows)) for i in range(len(header))]
-
-    def line(cells):
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    out = [title] if title else []
-    out += [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line(r) for r in rows]
-    if footer:
-        out.append(footer)
-    return "\n".join(out)
+from tfcompress.core import machine as machine_module
+from tfcompress.core.files import write_atomic
+from tfcompress.core.tables import format_count, format_kb, markdown_table
+from tfcompress.evaluation.tflite_file import computes_int8
 
 
 def evaluation_markdown(report):
@@ -70,19 +52,9 @@ def evaluation_markdown(report):
     return "\n".join(lines)
 
 
-def format_count(n):
-    """A count as ``"320.8 k"``, ``"12.5 M"`` (``"—"`` for 0 or None)."""
-    if not n:
-        return "—"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return str(int(n))
-
-
 def machine_notes(reports, base):
     """Footer lines for a table of ``reports``: the CPU that timed them and, when int8 came out slower than the
-    float ``base`` on a CPU without integer dot products, why (`tfcompress.machine`)."""
+    float ``base`` on a CPU without integer dot products, why (`tfcompress.core.machine`)."""
     machines = list(dict.fromkeys(r.machine["summary"] for r in reports if getattr(r, "machine", None)))
     if not machines:
         return []

@@ -26,7 +26,8 @@ import dataclasses
 import keras
 import numpy as np
 
-from tfcompress import graph
+from tfcompress.core import graph
+from tfcompress.core.tables import markdown_table
 
 L = keras.layers
 
@@ -42,8 +43,6 @@ class FactorizationReport:
     rows: list
 
     def to_markdown(self):
-        from tfcompress.reports import markdown_table
-
         return markdown_table(("layer", "form", "rank", "full rank", "MACs before", "MACs after", "decision"),
                               [(n, form, r, f, f"{a:,}", f"{b:,}", d) for n, form, r, f, a, b, d in self.rows])
 

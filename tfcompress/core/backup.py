@@ -6,7 +6,7 @@ import re
 
 import keras
 
-from tfcompress.files import write_atomic
+from tfcompress.core.files import write_atomic
 
 MANIFEST = "tfcompress_backup.json"
 _WEIGHTS_NAME = re.compile(r"^backup-\d+-\d+\.weights\.h5$")

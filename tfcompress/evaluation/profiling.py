@@ -80,7 +80,7 @@ class Delegation:
         return d
 
     def to_markdown(self):
-        from tfcompress.reports import markdown_table
+        from tfcompress.core.tables import markdown_table
 
         summary = markdown_table(
             ("nodes", "taken by XNNPACK", "XNNPACK partitions", "on default kernels"),
@@ -125,7 +125,7 @@ class OpProfile:
         return dataclasses.asdict(self)
 
     def to_markdown(self):
-        from tfcompress.reports import markdown_table
+        from tfcompress.core.tables import markdown_table
 
         return markdown_table(
             ("op type", "kernel", "count", "total ms", "avg ms/run", "% of op time"),
@@ -165,7 +165,7 @@ def _check_timeout(timeout):
 
 def _model_bytes(tflite):
     """The model's bytes, parsed once so that a non-TFLite input fails with a clear error."""
-    from tfcompress import tflite_file
+    from tfcompress.evaluation import tflite_file
 
     if not isinstance(tflite, (bytes, bytearray, memoryview, str, os.PathLike)):
         raise TypeError(f"tflite must be the model's bytes or a path to a .tflite file, got {type(tflite).__name__}.")
@@ -212,7 +212,7 @@ def delegation(tflite, threads=1):
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from tfcompress.tflite_file import InvalidTFLiteFileError
+    from tfcompress.evaluation.tflite_file import InvalidTFLiteFileError
 
     threads = _check_positive_int(threads, "threads", "1 or 4")
     raw, info = _model_bytes(tflite)
@@ -378,15 +378,10 @@ module._child_main(sys.argv[2:])
 
 
 def _run_child(job, raw, timeout, args, what):
-    from tfcompress import isolation
-    from tfcompress.files import make_temp_file
+    from tfcompress.core import isolation
 
-    fd, model_path = make_temp_file("tfcompress_profile_", ".tflite")
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    out_fd, out_path = make_temp_file("tfcompress_profile_", ".json")
-    os.close(out_fd)
-    try:
+    with isolation.child_file(raw, "tfcompress_profile_", ".tflite") as model_path, \
+            isolation.child_file(b"", "tfcompress_profile_", ".json") as out_path:
         try:
             outcome = isolation.run(["-c", _CHILD, os.path.abspath(__file__), job, model_path, out_path, *args],
                                     timeout)
@@ -398,12 +393,6 @@ def _run_child(job, raw, timeout, args, what):
                 result = json.load(f)
         except (OSError, ValueError):
             result = None
-    finally:
-        for path in (model_path, out_path):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
     if result and "error" in result:
         raise RuntimeError(f"{what}: {result['error']}")
     if not outcome.ok or not result:

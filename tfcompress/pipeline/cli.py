@@ -14,8 +14,23 @@ import zipfile
 from absl import app, flags
 from absl import logging as absl_logging
 
-from tfcompress import datasets
-from tfcompress.convert import DEFAULT_TIMEOUT_S
+from tfcompress.core import datasets
+from tfcompress.core.extras import MissingExtraError
+from tfcompress.core.files import check_writable, save_keras_atomic, write_atomic
+from tfcompress.distillation import Distiller
+from tfcompress.evaluation.litert import evaluate_many
+from tfcompress.evaluation.onnxruntime import evaluate_onnx
+from tfcompress.evaluation.reports import compare
+from tfcompress.evaluation.tflite_file import InvalidTFLiteFileError
+from tfcompress.export.firmware import export_c_array
+from tfcompress.export.onnx import to_onnx
+from tfcompress.export.representative import RepresentativeDataError
+from tfcompress.export.tflite import DEFAULT_TIMEOUT_S, MODES, ConversionError, to_tflite
+from tfcompress.pipeline import demo
+from tfcompress.pipeline.auto import auto_compress
+from tfcompress.pipeline.recipe import (
+    Cluster, Convert, Distill, Factorize, Prune, PruneChannels, QuantizationAwareTraining, compress,
+)
 
 FLAGS = flags.FLAGS
 
@@ -138,8 +153,6 @@ def _int_list(text, name):
 # --- convert -----------------------------------------------------------------------------------
 
 def _define_convert():
-    from tfcompress.convert import MODES
-
     _define_common()
     _define_data()
     _define_model_loading()
@@ -168,13 +181,11 @@ def _define_convert():
 
 
 def _convert(argv):
-    import tfcompress as tfc
-
     if len(argv) != 2:
         raise UsageError("usage: tfcompress convert MODEL.keras [--mode int8] [--output out.tflite]")
     model_path = argv[1]
     output = FLAGS.output or os.path.splitext(model_path)[0] + f"_{FLAGS.mode}.{FLAGS.format}"
-    tfc.files.check_writable(output, FLAGS.overwrite, argument="--output")
+    check_writable(output, FLAGS.overwrite, argument="--output")
     if FLAGS.format == "onnx" and FLAGS.mode not in ("float32", "int8"):
         raise UsageError(f"--format=onnx takes --mode=float32 or --mode=int8, not {FLAGS.mode!r}.")
     start = time.perf_counter()
@@ -190,11 +201,11 @@ def _convert(argv):
             budget = {"max_accuracy_drop": FLAGS.max_accuracy_drop, "validation_data": (x[held_out], y[held_out])}
         calibration = x[: FLAGS.calibration_samples]
     if FLAGS.format == "onnx":
-        b = tfc.to_onnx(model, mode=FLAGS.mode, representative_data=calibration, output_path=output,
-                        overwrite=FLAGS.overwrite, **({"io_type": FLAGS.io_type} if FLAGS.mode == "int8" else {}))
+        b = to_onnx(model, mode=FLAGS.mode, representative_data=calibration, output_path=output,
+                    overwrite=FLAGS.overwrite, **({"io_type": FLAGS.io_type} if FLAGS.mode == "int8" else {}))
         _progress(f"wrote {output}: {len(b):,} bytes (ONNX, {FLAGS.mode})", start)
         return
-    b = tfc.to_tflite(
+    b = to_tflite(
         model, mode=FLAGS.mode, representative_data=calibration, output_path=output, overwrite=FLAGS.overwrite,
         io_type=FLAGS.io_type, sparse=FLAGS.sparse, keep_float=FLAGS.keep_float or None, strict=FLAGS.strict,
         isolate=FLAGS.isolate, timeout=FLAGS.timeout, calibration=FLAGS.calibration, **budget,
@@ -226,36 +237,34 @@ def _define_evaluate():
 
 
 def _evaluate(argv):
-    import tfcompress as tfc
-
     if len(argv) < 2:
         raise UsageError("usage: tfcompress evaluate MODEL.tflite [MODEL2.tflite | MODEL.onnx ...] [--data fashion_mnist]")
     threads = _int_list(FLAGS.threads, "threads")
     if FLAGS.json:
-        tfc.files.check_writable(FLAGS.json, FLAGS.overwrite, argument="--json")
+        check_writable(FLAGS.json, FLAGS.overwrite, argument="--json")
     x = y = None
     if not FLAGS.no_data:
         _, (x, y) = load_data(FLAGS.data, FLAGS.limit_test)
     start = time.perf_counter()
     tflite = [p for p in argv[1:] if not p.endswith(".onnx")]
     # Several files are timed together (interleaved), so their latency ratios are meaningful.
-    reports = list(tfc.evaluate_many({os.path.basename(p): p for p in tflite}, x=x, y=y, backends=FLAGS.backends,
-                                     threads=threads, num_runs=FLAGS.runs, micro_samples=FLAGS.micro_samples,
-                                     profile=FLAGS.profile).values()) if tflite else []
+    reports = list(evaluate_many({os.path.basename(p): p for p in tflite}, x=x, y=y, backends=FLAGS.backends,
+                                 threads=threads, num_runs=FLAGS.runs, micro_samples=FLAGS.micro_samples,
+                                 profile=FLAGS.profile).values()) if tflite else []
     # .onnx files run on ONNX Runtime; their rows join the same table.
-    reports += [tfc.evaluate_onnx(p, x=x, y=y, threads=threads, num_runs=FLAGS.runs, name=os.path.basename(p))
+    reports += [evaluate_onnx(p, x=x, y=y, threads=threads, num_runs=FLAGS.runs, name=os.path.basename(p))
                 for p in argv[1:] if p.endswith(".onnx")]
     _progress(f"evaluated {len(reports)} file(s)", start)
     for report in reports:
         print(report.to_markdown())
         print()
     if len(reports) > 1:
-        print(tfc.compare(reports))
+        print(compare(reports))
     if FLAGS.json:
         import json
 
         payload = [r.to_dict() for r in reports]
-        tfc.write_atomic(FLAGS.json, json.dumps(payload if len(payload) > 1 else payload[0], indent=2),
+        write_atomic(FLAGS.json, json.dumps(payload if len(payload) > 1 else payload[0], indent=2),
                          overwrite=FLAGS.overwrite)
 
 
@@ -289,8 +298,6 @@ def _define_training(default_epochs, step, kind, suffix):
 
 
 def _define_prune():
-    from tfcompress.recipe import Prune
-
     _define_training(2, Prune, "pruned", "pruned")
     flags.DEFINE_float("sparsity", 0.75, "Final fraction of zero weights, in [0, 1) (with --channels: only if given).")
     flags.DEFINE_enum("structure", "unstructured", ["unstructured", "block", "2:4"], "Sparsity pattern.")
@@ -310,8 +317,6 @@ def _define_prune():
 
 
 def _define_distill():
-    from tfcompress.recipe import Distill
-
     _define_training(3, Distill, "distilled student", "distilled")
     flags.DEFINE_string("teacher", None, "The trained teacher model (.keras) (default: none - required).")
     flags.DEFINE_float("temperature", None, "Softmax temperature (default: none - the Distiller's, "
@@ -325,33 +330,25 @@ def _define_distill():
 def _distiller_default(name):
     import inspect
 
-    from tfcompress.distill import Distiller
-
     return inspect.signature(Distiller.__init__).parameters[name].default
 
 
 def _define_quantize():
-    from tfcompress.recipe import QuantizationAwareTraining
-
     _define_training(1, QuantizationAwareTraining, "quantization-aware", "qat")
 
 
 def _finish_training(command, model_path, steps):
-    import tfcompress as tfc
-    from tfcompress.convert import ConversionError
-    from tfcompress.recipe import Convert, compress
-
     output = FLAGS.output or os.path.splitext(model_path)[0] + f"_{command}.keras"
-    tfc.files.check_writable(output, FLAGS.overwrite, argument="--output")
+    check_writable(output, FLAGS.overwrite, argument="--output")
     if FLAGS.tflite:
-        tfc.files.check_writable(FLAGS.tflite, FLAGS.overwrite, argument="--tflite")
+        check_writable(FLAGS.tflite, FLAGS.overwrite, argument="--tflite")
     threads = _int_list(FLAGS.threads, "threads")
     model = load_keras_model(model_path, FLAGS.unsafe)
     data = load_data(FLAGS.data, FLAGS.limit_test)
     trained = compress(model, data, steps, batch_size=FLAGS.batch_size, evaluate=False, convert_default=False,
                        backup_dir=FLAGS.backup_dir)
     # Saved before converting: a converter failure must not cost the training.
-    tfc.files.save_keras_atomic(trained.model, output, overwrite=FLAGS.overwrite, argument="--output")
+    save_keras_atomic(trained.model, output, overwrite=FLAGS.overwrite, argument="--output")
     _progress(f"wrote {output}")
     if not FLAGS.tflite:
         return
@@ -361,11 +358,11 @@ def _finish_training(command, model_path, steps):
     except ConversionError as exc:
         raise ConversionError(f"{exc} The {command} model is saved in {output!r}; retry only the conversion with "
                               f"`tfcompress convert {output} --mode={FLAGS.mode} --data={FLAGS.data}`.") from None
-    tfc.write_atomic(FLAGS.tflite, bytes(converted.artifacts["result"]), overwrite=FLAGS.overwrite,
+    write_atomic(FLAGS.tflite, bytes(converted.artifacts["result"]), overwrite=FLAGS.overwrite,
                      argument="--tflite")
     _progress(f"wrote {FLAGS.tflite}")
     # Accuracy changes are shown against the model as given, before training.
-    print(tfc.compare(converted.reports, reference_accuracy=trained.keras_accuracy))
+    print(compare(converted.reports, reference_accuracy=trained.keras_accuracy))
 
 
 def _one_model(argv, command):
@@ -380,8 +377,6 @@ def _learning_rate():
 
 
 def _prune(argv):
-    from tfcompress.recipe import Cluster, Factorize, Prune, PruneChannels
-
     path = _one_model(argv, "prune")
     steps = []
     if FLAGS.low_rank is not None:
@@ -399,8 +394,6 @@ def _prune(argv):
 
 
 def _distill(argv):
-    from tfcompress.recipe import Distill
-
     path = _one_model(argv, "distill")
     if not FLAGS.teacher:
         raise UsageError("--teacher=TEACHER.keras is required: the trained model to distil from.")
@@ -411,8 +404,6 @@ def _distill(argv):
 
 
 def _quantize(argv):
-    from tfcompress.recipe import QuantizationAwareTraining
-
     path = _one_model(argv, "quantize")
     _finish_training("qat", path, [QuantizationAwareTraining(epochs=FLAGS.epochs, **_learning_rate())])
 
@@ -427,8 +418,6 @@ def _define_export():
 
 
 def _export(argv):
-    from tfcompress.firmware import export_c_array
-
     if len(argv) != 2:
         raise UsageError("usage: tfcompress export MODEL.tflite --c_array=model_data.cc [--name=g_model]")
     if not FLAGS.c_array:
@@ -468,8 +457,6 @@ def _define_auto():
 
 
 def _auto(argv):
-    import tfcompress as tfc
-
     if len(argv) != 2:
         raise UsageError("usage: tfcompress auto MODEL.keras [--data=fashion_mnist] [--max_drop=1.0] "
                          "[--objective=latency] [--time_budget=SECONDS] [--out=DIR]")
@@ -484,10 +471,10 @@ def _auto(argv):
     (x, y), test = load_data(FLAGS.data, FLAGS.limit_test)
     if FLAGS.limit_train:
         x, y = x[:FLAGS.limit_train], y[:FLAGS.limit_train]
-    result = tfc.auto_compress(model, ((x, y), test), max_accuracy_drop=FLAGS.max_drop, objective=FLAGS.objective,
-                               time_budget=FLAGS.time_budget, backend=FLAGS.backend, backup_dir=FLAGS.backup_dir,
-                               out_dir=FLAGS.out, overwrite=FLAGS.overwrite, epochs=FLAGS.epochs,
-                               validation_split=FLAGS.validation_split, num_runs=FLAGS.runs)
+    result = auto_compress(model, ((x, y), test), max_accuracy_drop=FLAGS.max_drop, objective=FLAGS.objective,
+                           time_budget=FLAGS.time_budget, backend=FLAGS.backend, backup_dir=FLAGS.backup_dir,
+                           out_dir=FLAGS.out, overwrite=FLAGS.overwrite, epochs=FLAGS.epochs,
+                           validation_split=FLAGS.validation_split, num_runs=FLAGS.runs)
     print(result.to_markdown())
     _progress(f"wrote {os.path.join(FLAGS.out, 'best.tflite')} ({result.best}) and report.md/.json/.png", start)
     if not result.budget_met_on_test:
@@ -509,8 +496,6 @@ def _define_demo():
 
 
 def _demo(argv):
-    from tfcompress import demo
-
     if len(argv) != 1:
         raise UsageError(f"demo takes no positional arguments, got {argv[1:]}.")
     demo.run(out_dir=FLAGS.out, quick=FLAGS.quick, epochs=FLAGS.epochs,
@@ -541,11 +526,6 @@ def _usage():
 
 
 def _known_errors():
-    from tfcompress.convert import ConversionError
-    from tfcompress.extras import MissingExtraError
-    from tfcompress.representative import RepresentativeDataError
-    from tfcompress.tflite_file import InvalidTFLiteFileError
-
     return (UsageError, ConversionError, RepresentativeDataError, InvalidTFLiteFileError, MissingExtraError,
             ValueError, TypeError, OSError, RuntimeError)
 

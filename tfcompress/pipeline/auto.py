@@ -18,7 +18,7 @@ the evaluator (one run, so their ratios are meaningful) and scored on the test s
 
 The host is not always the target. ``objective="latency"`` optimises for the CPU the
 search runs on, and int8 kernels are slow on CPUs without integer dot products (an
-AVX2-only x86; see `tfcompress.machine`), where phones (ARMv8.2-A) and VNNI x86 run
+AVX2-only x86; see `tfcompress.core.machine`), where phones (ARMv8.2-A) and VNNI x86 run
 them fast. ``objective="macs"`` decides by multiply-accumulates per inference, a
 hardware-independent measure, with int8 preferred at equal MACs: the choice for a
 target that is not the host. The report names the host and what decided.
@@ -32,11 +32,19 @@ import time
 
 import numpy as np
 
-from tfcompress import graph, machine, tflite_file, validation
-from tfcompress.recipe import (
-    Cluster, CompressionResult, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining, resolve_data,
-    compress,
+from tfcompress.core import graph, machine, validation
+from tfcompress.core.files import OutputExistsError, save_keras_atomic, write_atomic
+from tfcompress.core.tables import format_count, format_kb, markdown_table
+from tfcompress.evaluation import reports as reports_module
+from tfcompress.evaluation import tflite_file
+from tfcompress.evaluation.litert import evaluate_many, predict
+from tfcompress.export.sensitivity import AccuracyBudgetError
+from tfcompress.export.tflite import to_tflite
+from tfcompress.pipeline.recipe import (
+    Cluster, CompressionResult, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining, compress,
+    resolve_data, top1_accuracy,
 )
+from tfcompress.pruning import prune_channels
 
 OBJECTIVES = ("latency", "size", "macs")
 BACKENDS = ("xnnpack", "cpu")
@@ -101,8 +109,6 @@ class AutoCompressionResult(CompressionResult):
         return lines
 
     def to_markdown(self):
-        from tfcompress.reports import format_count, format_kb, markdown_table
-
         key = f"{self.backend}/1t"
         base = next((c for c in self.candidates if c.name == "float32"), None)
         rows = []
@@ -193,43 +199,19 @@ def _fraction(name):
 def _describe(steps):
     if steps == "budget":
         return "int8 PTQ, fewest layers float within the budget"
-    parts = []
-    for s in steps:
-        kind = type(s).__name__
-        if kind == "Convert":
-            parts.append(f"→ {s.mode}")
-        elif kind == "PruneChannels":
-            parts.append(f"channels {round(100 * s.ratio)}% ({s.epochs} ep)")
-        elif kind == "Prune":
-            parts.append(f"prune {round(100 * s.sparsity)}% ({s.epochs} ep)")
-        elif kind == "Cluster":
-            parts.append(f"cluster {s.num_clusters} ({s.epochs} ep)")
-        elif kind == "Distill":
-            parts.append(f"distil from input ({s.epochs} ep)")
-        elif kind == "QuantizationAwareTraining":
-            parts.append(f"QAT ({s.epochs} ep)")
-    return " ".join(parts)
+    return " ".join(step.describe(teacher_name="input") for step in steps)  # every teacher here is the input model
 
 
 def _training_epochs(steps):
-    return 0 if steps == "budget" else sum(getattr(s, "epochs", 0) for s in steps if not isinstance(s, Convert))
+    return 0 if steps == "budget" else sum(step.epochs for step in steps)
 
 
 def _top1(tflite, x, y):
-    from tfcompress.evaluate import predict
-
     logits = predict(tflite, x)
     return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
 
 
-def _accuracy(model, x, y):
-    logits = np.asarray(model.predict(x, batch_size=512, verbose=0))
-    return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
-
-
 def _save_candidate(folder, candidate, tflite, model=None):
-    from tfcompress.files import save_keras_atomic, write_atomic
-
     os.makedirs(folder, exist_ok=True)
     if model is not None:  # later candidates continue from it
         save_keras_atomic(model, os.path.join(folder, f"{candidate.name}.keras"))
@@ -304,11 +286,6 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
         >>> r = tfc.auto_compress(model, "fashion_mnist", max_accuracy_drop=1.0, time_budget=900, out_dir="auto")
         >>> r.best, r.reports[r.best].latency_for("xnnpack").median_ms
     """
-    from tfcompress.convert import to_tflite
-    from tfcompress.evaluate import evaluate_many
-    from tfcompress.files import OutputExistsError
-    from tfcompress.quantization.sensitivity import AccuracyBudgetError
-
     started = time.perf_counter()
     _check_arguments(max_accuracy_drop, objective, time_budget, backend, epochs, validation_split)
     graph.check_model(model, action="auto_compress")
@@ -331,8 +308,8 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
         x_train, y_train, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
     n_val = len(x_val)
     budget = max_accuracy_drop / 100.0
-    input_val = _accuracy(model, x_val, y_val)
-    input_test = _accuracy(model, x_test, y_test)
+    input_val = top1_accuracy(model, x_val, y_val)
+    input_test = top1_accuracy(model, x_test, y_test)
     folder = os.path.join(backup_dir, "candidates") if backup_dir else None
 
     def say(message):
@@ -422,8 +399,6 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
                 continue
             if kind == "channels" and best is not None:
                 # Cut a branch that cannot win: the untrained one-shot version has the final width already.
-                from tfcompress.pruning import prune_channels
-
                 try:
                     probe = to_tflite(prune_channels(model, float(ratio), verbose=0), mode="int8",
                                       representative_data=x_train[:32])
@@ -559,9 +534,6 @@ def _time_one_epoch(model, x, y, batch_size):
 
 def write_outputs(result, out_dir):
     """``best.tflite``, ``candidates/*.tflite``, ``report.md``, ``report.json`` and ``report.png`` in ``out_dir``."""
-    from tfcompress import reports as reports_module
-    from tfcompress.files import write_atomic
-
     os.makedirs(os.path.join(out_dir, "candidates"), exist_ok=True)
     for name, blob in result.artifacts.items():
         write_atomic(os.path.join(out_dir, "candidates", f"{name}.tflite"), bytes(blob), overwrite=True)

@@ -1,5 +1,8 @@
 """Reads a .tflite flatbuffer: op census by type and dtype, weight tensors, sparsity, bytes by dtype.
 
+`ConvertedModel` (what `to_tflite` returns) is defined here, beside the reader its ``info`` comes
+from, so that the evaluator recognises a file this process converted without importing the converter.
+
 The flatbuffer schema module shipped inside ``ai_edge_litert`` (``schema_py_generated``)
 is the only reader of the format available without building TensorFlow; this
 is the one place in tfcompress that uses it.
@@ -8,9 +11,12 @@ is the one place in tfcompress that uses it.
 import dataclasses
 import functools
 import gzip
+import os
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as _schema
+
+from tfcompress.core import isolation
 
 _OP_NAMES = {v: k for k, v in vars(_schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k.lower() for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
@@ -257,6 +263,13 @@ def inspect(tflite):
         ) from None
 
 
+def is_tflite(model):
+    """True for ``.tflite`` bytes (the ``TFL3`` identifier) or a path ending in ``.tflite``."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model[4:8]) == b"TFL3"
+    return isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".tflite")
+
+
 def read_bytes(tflite):
     """The model's bytes, from ``bytes`` or a ``.tflite`` path (a clear error when the file is missing)."""
     if isinstance(tflite, (bytes, bytearray, memoryview)):
@@ -269,6 +282,38 @@ def read_bytes(tflite):
         raise FileNotFoundError(
             f"TFLite model file {path!r} does not exist; check the path, or pass the model's bytes "
             "(e.g. the result of tfc.to_tflite) instead of a file name.") from None
+
+
+class ConvertedModel(bytes):
+    """The ``.tflite`` flatbuffer as ``bytes``, plus what was converted and how.
+
+    It is a plain ``bytes`` object for every use (write it, pass it to an
+    interpreter); the extra attributes describe it.
+
+    Attributes:
+        mode: the conversion mode.
+        model_name: the Keras model's name.
+        info: a `TFLiteInfo` (op census by type and dtype, weight
+            sparsity, bytes by dtype), computed on first access.
+        notes: list of strings describing choices made (e.g. calibration size).
+        input_names: the Keras model's input names in its order (the file's own
+            input order may differ); the evaluator maps a list ``x`` with them.
+    """
+
+    def __new__(cls, data, mode, model_name, notes=(), input_names=None):
+        obj = super().__new__(cls, data)
+        obj.mode = mode
+        obj.model_name = model_name
+        obj.notes = list(notes)
+        obj.input_names = list(input_names) if input_names is not None else None
+        obj._info = None
+        return obj
+
+    @property
+    def info(self):
+        if self._info is None:
+            self._info = inspect(bytes(self))
+        return self._info
 
 
 def _parse(raw):
@@ -394,24 +439,13 @@ def check_loads(tflite, timeout=120):
         InvalidTFLiteFileError: the child crashed, failed or timed out; the message
             says which.
     """
-    import os
-
-    from tfcompress import isolation
-    from tfcompress.files import make_temp_file
-
-    raw = read_bytes(tflite)
-    fd, path = make_temp_file("tfcompress_check_", ".tflite")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
+    with isolation.child_file(read_bytes(tflite), "tfcompress_check_", ".tflite") as path:
         try:
             outcome = isolation.run(["-c", _LOAD_CHECK, path], timeout)
         except isolation.Timeout:
             raise InvalidTFLiteFileError(
                 f"LiteRT did not finish loading and running the model within {timeout} s; the file is "
                 "corrupted or far larger than expected.") from None
-    finally:
-        os.unlink(path)
     if outcome.ok:
         return
     if outcome.returncode < 0:

@@ -18,7 +18,8 @@ fixed at zero, so prune → cluster works.
 import keras
 import numpy as np
 
-from tfcompress import graph
+from tfcompress.core import graph
+from tfcompress.core.tables import markdown_table
 from tfcompress.pruning import registry
 
 INITS = ("kmeans++", "linear", "density")
@@ -240,8 +241,6 @@ def cluster_weights(model, num_clusters, init="kmeans++", per_channel=False, pre
 
 def clustering_report(model, layers=None, skip=None, skipped=None):
     """A markdown table: distinct values per kernel (per output channel at most), and what int8 + gzip buys."""
-    from tfcompress.reports import markdown_table
-
     rows = []
     for entry in _targets(model, layers, skip):
         values = keras.ops.convert_to_numpy(entry.variable)

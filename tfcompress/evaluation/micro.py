@@ -18,10 +18,14 @@ TFLM's own reason for refusing a file.
 
 import dataclasses
 import re
+import statistics
+import time
 
 import numpy as np
 
-from tfcompress import extras, isolation, tflite_file
+from tfcompress.core import extras, isolation
+from tfcompress.core.tables import format_kb, markdown_table
+from tfcompress.evaluation import tflite_file
 
 # Builtin ops registered by the TFLM Python interpreter's resolver (python_ops_resolver.cc of tflite-micro,
 # snapshot 2026-10). Custom ops (signal processing, Ethos-U, detection post-processing) need their own
@@ -90,8 +94,6 @@ class MicroReport:
         return dataclasses.asdict(self)
 
     def to_markdown(self):
-        from tfcompress.reports import format_kb, markdown_table
-
         def pct(v):
             return "—" if v is None else f"{100 * v:.2f}%"
 
@@ -184,22 +186,13 @@ it.print_allocations()
 
 def first_load(raw, num_inputs, timeout=120):
     """Loads and runs the file once on TFLM in a child; returns the allocator's arena bytes, or raises."""
-    import os
-
-    from tfcompress.files import make_temp_file
-
-    fd, path = make_temp_file("tfcompress_micro_", ".tflite")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        # A generous arena: the allocator then reports what it really used.
-        arena = max(1 << 20, 16 * len(raw))
+    # A generous arena: the allocator then reports what it really used.
+    arena = max(1 << 20, 16 * len(raw))
+    with isolation.child_file(raw, "tfcompress_micro_", ".tflite") as path:
         try:
             outcome = isolation.run(["-c", _CHILD, path, str(arena), str(num_inputs)], timeout)
         except isolation.Timeout:
             raise MicroCompatibilityError(f"TFLite Micro did not load and run the model within {timeout} s.") from None
-    finally:
-        os.unlink(path)
     if not outcome.ok:
         lines = [ln.strip() for ln in outcome.stderr.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000"))]
         # TFLM prints its reason (e.g. "Didn't find op for builtin opcode 'TOPK_V2'") before the Python error.
@@ -258,9 +251,6 @@ def run(raw, arena_bytes, samples, output_index):
     Returns:
         ``(outputs, host_ms)``: the raw outputs ``(n, ...)`` and the median time per inference.
     """
-    import statistics
-    import time
-
     interpreter = runtime().Interpreter.from_bytes(raw, arena_size=arena_bytes + 1024)
     outputs, times = [], []
     for i in range(len(samples[0])):

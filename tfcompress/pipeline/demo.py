@@ -9,13 +9,15 @@ import json
 import os
 import time
 
-from tfcompress import datasets, machine, zoo
-from tfcompress.convert import DEFAULT_TIMEOUT_S
-from tfcompress import reports as reports_module
-from tfcompress.evaluate import evaluate_many
-from tfcompress.reports import compare
-from tfcompress.files import OutputExistsError, save_keras_atomic, write_atomic
-from tfcompress.recipe import fit_verbosity
+from tfcompress.core import datasets, machine, zoo
+from tfcompress.core.files import OutputExistsError, save_keras_atomic, write_atomic
+from tfcompress.evaluation import reports as reports_module
+from tfcompress.evaluation.litert import evaluate_many
+from tfcompress.evaluation.reports import compare
+from tfcompress.export.tflite import DEFAULT_TIMEOUT_S
+from tfcompress.pipeline.recipe import (
+    Cluster, Convert, Distill, FineTune, Prune, PruneChannels, QuantizationAwareTraining, compress, fit_verbosity,
+)
 
 
 def _say(message, start=None):
@@ -68,8 +70,6 @@ def _plans(model, quick):
     """Every technique: ``[(title, start, recipe, epochs)]``; ``start`` is a model or the title of an earlier
     stage whose resulting model it continues from; ``epochs`` is the training the variant had after the float
     model (its dense control is fine-tuned for as many)."""
-    from tfcompress.recipe import Cluster, Convert, Distill, Prune, PruneChannels, QuantizationAwareTraining
-
     epochs = 1 if quick else 2
     # See run(): a student trained from scratch for a few hundred steps needs faster
     # BatchNormalization statistics than momentum 0.99 gives.
@@ -123,8 +123,6 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
             limit (see `tfcompress.compress`); off by default: the demo converts
             only its own models, and each isolated conversion costs about 10 s.
     """
-    from tfcompress.recipe import FineTune, compress
-
     total = time.perf_counter()
     _prepare_out_dir(out_dir, overwrite)
     epochs = epochs or 3

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from tfcompress import validation
+from tfcompress.core import validation
 
 
 class RepresentativeDataError(ValueError):

@@ -17,13 +17,20 @@ import os
 import sys
 import time
 
+import keras
 import numpy as np
 
-from tfcompress import datasets, graph, validation
-from tfcompress.backup import BackupAndRestore
-from tfcompress.convert import DEFAULT_TIMEOUT_S, MODES, to_tflite
-from tfcompress.evaluate import evaluate_many
-from tfcompress.reports import compare
+from tfcompress import quantization
+from tfcompress.clustering import ClusteringCallback, check_arguments, cluster_weights
+from tfcompress.core import datasets, graph, validation
+from tfcompress.core.backup import BackupAndRestore
+from tfcompress.distillation import Distiller
+from tfcompress.evaluation.litert import evaluate_many
+from tfcompress.evaluation.reports import compare
+from tfcompress.export.tflite import DEFAULT_TIMEOUT_S, MODES, to_tflite
+from tfcompress.lowrank import factorize
+from tfcompress.pruning import ChannelPruningCallback, PolynomialDecay, PruningCallback, shrink
+from tfcompress.pruning.importance import check_selection
 
 
 def fit_verbosity(verbose=1):
@@ -44,8 +51,87 @@ def _check_epochs(step, epochs):
         raise ValueError(f"{type(step).__name__}(epochs={epochs!r}): epochs must be a positive integer.")
 
 
+class Step:
+    """What a recipe step is: a small frozen dataclass that carries its settings and its own behaviour.
+
+    `compress` calls `apply` for each step in order (after seeding Keras's random generators), appends
+    `tag` to the chain (the default name of a later `Convert`'s artifact) and logs the returned message;
+    `tfcompress.auto_compress` reports `describe` and budgets `epochs`. A new kind of step subclasses
+    this and implements these four; the ones below are the toolkit's.
+
+    Attributes:
+        kind: the name of its backup folder, ``step<index>-<kind>`` under ``backup_dir``.
+        epochs: the epochs it trains (0 for none).
+    """
+
+    kind = None
+    epochs = 0
+
+    def apply(self, model, run):
+        """Runs the step on ``model`` with the data and settings of ``run`` (a `RecipeRun`).
+
+        Returns:
+            ``(the model after the step, a one-line message for the log)``.
+        """
+        raise NotImplementedError
+
+    def tag(self):
+        """Its part of the default artifact name (``"prune75"``), or None when it adds none."""
+        return None
+
+    def describe(self, teacher_name="the teacher"):
+        """A few words for reports (``"prune 75% (2 ep)"``); ``teacher_name`` is what a `Distill` step's teacher is
+        called there."""
+        raise NotImplementedError
+
+
+class RecipeRun:
+    """What `Step.apply` gets besides the model: the data, the training settings and the chain so far.
+
+    Every training step fine-tunes with Adam at its own ``learning_rate``, cosine-decayed to zero over
+    its epochs, on the model's own loss (logits and sparse labels when it has none).
+    """
+
+    def __init__(self, x, y, loss, batch_size, verbose, seed, backup_dir, calibration_samples, isolate, timeout):
+        self.x, self.y, self.loss, self.batch_size, self.seed = x, y, loss, batch_size, seed
+        self.fit_verbose = fit_verbosity(verbose)
+        self.steps_per_epoch = math.ceil(len(x) / batch_size)
+        self.backup_dir, self.calibration_samples, self.isolate, self.timeout = (
+            backup_dir, calibration_samples, isolate, timeout)
+        self.step_index = 0
+        self.chain = []  # the tags of the steps done: the default name of a Convert's artifact
+        self.artifacts = {}
+        self.backups = []
+
+    def ramp(self, sparsity, epochs, fraction):
+        """Polynomial ramp to ``sparsity`` over ``fraction`` of a step's training steps."""
+        end = max(1, int(epochs * self.steps_per_epoch * fraction))
+        return PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end, frequency=max(1, min(100, end // 10)))
+
+    def optimizer(self, step):
+        """Adam at ``step.learning_rate``, cosine-decayed to zero over the step's epochs."""
+        decay_steps = step.epochs * self.steps_per_epoch
+        return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(step.learning_rate, decay_steps))
+
+    def backup(self, kind):
+        """[a BackupAndRestore for the current step], or [] without ``backup_dir``."""
+        if self.backup_dir is None:
+            return []
+        # Kept after each fit: a rerun restores a finished step instead of training it again.
+        callback = BackupAndRestore(os.path.join(self.backup_dir, f"step{self.step_index}-{kind}"),
+                                    delete_checkpoint=False)
+        self.backups.append(callback)
+        return [callback]
+
+    def fit(self, model, step, callbacks=()):
+        """Compiles ``model`` for ``step`` and fits it on the training data, ``callbacks`` then the backup."""
+        model.compile(optimizer=self.optimizer(step), loss=self.loss, metrics=["accuracy"])
+        model.fit(self.x, self.y, epochs=step.epochs, batch_size=self.batch_size, verbose=self.fit_verbose,
+                  callbacks=list(callbacks) + self.backup(step.kind))
+
+
 @dataclasses.dataclass(frozen=True)
-class Prune:
+class Prune(Step):
     """Magnitude-prune while fine-tuning.
 
     Args:
@@ -66,21 +152,36 @@ class Prune:
     learning_rate: float = 1e-3
     ramp_fraction: float = 2 / 3
 
+    kind = "prune"
+
     def __post_init__(self):
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"Prune(sparsity={self.sparsity!r}): sparsity must be in [0, 1).")
         _check_epochs(self, self.epochs)
 
+    def apply(self, model, run):
+        schedule = run.ramp(self.sparsity, self.epochs, self.ramp_fraction)
+        run.fit(model, self, [PruningCallback(schedule, structure=self.structure, block_shape=self.block_shape,
+                                              verbose=0)])
+        return model, f"pruned to {100 * self.sparsity:.0f}% over {self.epochs} epoch(s)"
+
+    def tag(self):
+        return f"prune{round(100 * self.sparsity)}"
+
+    def describe(self, teacher_name="the teacher"):
+        return f"prune {round(100 * self.sparsity)}% ({self.epochs} ep)"
+
 
 @dataclasses.dataclass(frozen=True)
-class PruneChannels:
+class PruneChannels(Step):
     """Structural pruning while fine-tuning: whole channels zeroed (`ChannelPruningCallback`), then removed (`shrink`).
 
     Args:
         ratio: fraction of the removable channels to remove, in [0, 1).
         epochs: fine-tuning epochs; the fraction ramps (polynomial decay) over the first
             ``ramp_fraction`` of the steps and holds for the rest.
-        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (taylor ranks on 512 training samples).
+        importance: ``"l1"``, ``"l2"``, ``"bn"`` or ``"taylor"`` (taylor ranks on 512 training samples), or a
+            function ``layer -> scores`` (see `tfcompress.pruning.importance`).
         round_to: kept widths are multiples of this where possible.
         learning_rate: initial Adam learning rate, cosine-decayed to zero over the step.
         ramp_fraction: share of the steps spent ramping up.
@@ -96,8 +197,6 @@ class PruneChannels:
     max_group_ratio: float = None
 
     def __post_init__(self):
-        from tfcompress.pruning.importance import check_selection
-
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"PruneChannels(ratio={self.ratio!r}): ratio must be in [0, 1).")
         try:
@@ -106,9 +205,29 @@ class PruneChannels:
             raise ValueError(f"PruneChannels: {exc}") from None
         _check_epochs(self, self.epochs)
 
+    kind = "channels"
+
+    def apply(self, model, run):
+        callback = ChannelPruningCallback(run.ramp(self.ratio, self.epochs, self.ramp_fraction),
+                                          importance=self.importance, round_to=self.round_to,
+                                          max_group_ratio=self.max_group_ratio,
+                                          data=(run.x[:512], run.y[:512]) if self.importance == "taylor" else None,
+                                          verbose=0)
+        run.fit(model, self, [callback])
+        before = model.count_params()
+        model = shrink(model, verbose=0)
+        return model, (f"removed {100 * callback.sparsity:.0f}% of the removable channels over {self.epochs} "
+                       f"epoch(s): {before:,} -> {model.count_params():,} parameters")
+
+    def tag(self):
+        return f"channels{round(100 * self.ratio)}"
+
+    def describe(self, teacher_name="the teacher"):
+        return f"channels {round(100 * self.ratio)}% ({self.epochs} ep)"
+
 
 @dataclasses.dataclass(frozen=True)
-class Cluster:
+class Cluster(Step):
     """Weight clustering (`cluster_weights`), then fine-tuning with the centroids training (`ClusteringCallback`).
 
     Args:
@@ -124,15 +243,27 @@ class Cluster:
     learning_rate: float = 1e-4
 
     def __post_init__(self):
-        from tfcompress.clustering import check_arguments
-
         check_arguments(self.num_clusters, "kmeans++")
         if self.epochs:
             _check_epochs(self, self.epochs)
 
+    kind = "cluster"
+
+    def apply(self, model, run):
+        model = cluster_weights(model, self.num_clusters, per_channel=self.per_channel)
+        if self.epochs:
+            run.fit(model, self, [ClusteringCallback(self.num_clusters, per_channel=self.per_channel, verbose=0)])
+        return model, f"clustered to {self.num_clusters} values per kernel, fine-tuned {self.epochs} epoch(s)"
+
+    def tag(self):
+        return f"cluster{self.num_clusters}"
+
+    def describe(self, teacher_name="the teacher"):
+        return f"cluster {self.num_clusters} ({self.epochs} ep)"
+
 
 @dataclasses.dataclass(frozen=True)
-class Factorize:
+class Factorize(Step):
     """Low-rank factorization (`factorize`), then fine-tuning.
 
     Args:
@@ -151,9 +282,24 @@ class Factorize:
         if self.epochs:
             _check_epochs(self, self.epochs)
 
+    kind = "factorize"
+
+    def apply(self, model, run):
+        before = model.count_params()
+        model = factorize(model, energy=self.energy, verbose=0)
+        if self.epochs:
+            run.fit(model, self)
+        return model, f"factorized at energy {self.energy}: {before:,} -> {model.count_params():,} parameters"
+
+    def tag(self):
+        return f"lowrank{round(100 * self.energy)}"
+
+    def describe(self, teacher_name="the teacher"):
+        return f"low-rank at energy {self.energy} ({self.epochs} ep)"
+
 
 @dataclasses.dataclass(frozen=True)
-class Distill:
+class Distill(Step):
     """Train the current model as a student of ``teacher`` (knowledge distillation).
 
     Args:
@@ -177,9 +323,34 @@ class Distill:
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"Distill(sparsity={self.sparsity!r}): sparsity must be in [0, 1).")
 
+    kind = "distill"
+
+    def apply(self, model, run):
+        kwargs = {k: v for k, v in (("temperature", self.temperature), ("alpha", self.alpha)) if v is not None}
+        teacher_was_trainable = self.teacher.trainable
+        distiller = Distiller(teacher=self.teacher, student=model, **kwargs)
+        distiller.compile(optimizer=run.optimizer(self), metrics=["accuracy"])
+        callbacks = run.backup(self.kind)
+        if self.sparsity:
+            callbacks.append(PruningCallback(run.ramp(self.sparsity, self.epochs, 2 / 3), verbose=0))
+        try:
+            # shuffle=False: cache_teacher's dataset reshuffles itself; Keras would only warn.
+            distiller.fit(distiller.cache_teacher(run.x, run.y, batch_size=run.batch_size, seed=run.seed),
+                          epochs=self.epochs, verbose=run.fit_verbose, callbacks=callbacks, shuffle=False)
+        finally:
+            # The Distiller freezes its teacher; the caller's model must come back as it was given.
+            self.teacher.trainable = teacher_was_trainable
+        return distiller.student, f"distilled for {self.epochs} epoch(s)"
+
+    def tag(self):
+        return "distill" + (f"-prune{round(100 * self.sparsity)}" if self.sparsity else "")
+
+    def describe(self, teacher_name="the teacher"):
+        return f"distil from {teacher_name} ({self.epochs} ep)"
+
 
 @dataclasses.dataclass(frozen=True)
-class QuantizationAwareTraining:
+class QuantizationAwareTraining(Step):
     """Quantization-aware training (QAT): `quantize_model`, then ``fit``; a later ``Convert("int8")`` uses the
     trained ranges. (Post-training quantization is ``Convert(mode)`` alone.)
 
@@ -194,12 +365,25 @@ class QuantizationAwareTraining:
     learning_rate: float = 1e-4
     config: object = None
 
+    kind = "qat"
+
     def __post_init__(self):
         _check_epochs(self, self.epochs)
 
+    def apply(self, model, run):
+        model = quantization.quantize_model(model, config=self.config)
+        run.fit(model, self)
+        return model, f"quantization-aware training for {self.epochs} epoch(s)"
+
+    def tag(self):
+        return "qat"
+
+    def describe(self, teacher_name="the teacher"):
+        return f"QAT ({self.epochs} ep)"
+
 
 @dataclasses.dataclass(frozen=True)
-class FineTune:
+class FineTune(Step):
     """Plain fine-tuning, nothing compressed: the dense control that a compressed variant is compared with.
 
     A variant fine-tuned for N epochs has had N more epochs of training than its
@@ -214,12 +398,24 @@ class FineTune:
     epochs: int = 2
     learning_rate: float = 1e-3
 
+    kind = "finetune"
+
     def __post_init__(self):
         _check_epochs(self, self.epochs)
 
+    def apply(self, model, run):
+        run.fit(model, self)
+        return model, f"fine-tuned (dense) for {self.epochs} epoch(s)"
+
+    def tag(self):
+        return f"finetune{self.epochs}"
+
+    def describe(self, teacher_name="the teacher"):
+        return f"fine-tune ({self.epochs} ep)"
+
 
 @dataclasses.dataclass(frozen=True)
-class Convert:
+class Convert(Step):
     """Convert the current model to a .tflite artifact (see `to_tflite`).
 
     Args:
@@ -238,8 +434,17 @@ class Convert:
         if self.mode not in MODES:
             raise ValueError(f"Convert(mode={self.mode!r}): choose one of {list(MODES)}.")
 
+    def apply(self, model, run):
+        name = self.name or "-".join(run.chain + [self.mode])
+        calibration = run.x[:run.calibration_samples] if self.mode in ("int8", "int16x8") else None
+        run.artifacts[name] = to_tflite(model, mode=self.mode, representative_data=calibration, io_type=self.io_type,
+                                        sparse=self.sparse, keep_float=list(self.keep_float) if self.keep_float else None,
+                                        isolate=run.isolate, timeout=run.timeout)
+        return model, f"converted {name}: {len(run.artifacts[name]) / 1024:.1f} KB"
 
-STEPS = (Prune, PruneChannels, Cluster, Factorize, Distill, QuantizationAwareTraining, FineTune, Convert)
+    def describe(self, teacher_name="the teacher"):
+        return f"→ {self.mode}"
+
 
 NAMED_RECIPES = {
     "float32": [Convert("float32")],
@@ -285,11 +490,11 @@ def _resolve_recipe(recipe, convert_default=True):
                              "or pass a list of steps (Prune, PruneChannels, Cluster, Factorize, Distill, "
                              "QuantizationAwareTraining, Convert).")
         return list(NAMED_RECIPES[recipe])
-    if isinstance(recipe, STEPS):
+    if isinstance(recipe, Step):
         recipe = [recipe]
     steps = list(recipe)
     for i, step in enumerate(steps):
-        if not isinstance(step, STEPS):
+        if not isinstance(step, Step):
             raise TypeError(f"recipe step {i} is {step!r}; steps are Prune, PruneChannels, Cluster, Factorize, "
                             "Distill, QuantizationAwareTraining, FineTune or Convert.")
     if not steps:
@@ -322,8 +527,6 @@ def resolve_data(data):
 
 
 def _copy(model):
-    import keras
-
     try:
         clone = keras.models.clone_model(model)
     except Exception as exc:
@@ -335,8 +538,6 @@ def _copy(model):
 
 
 def _loss_of(model):
-    import keras
-
     loss = getattr(model, "loss", None)
     if loss is None:
         # Models from tfcompress.zoo and most classifiers end in logits.
@@ -349,7 +550,8 @@ def _check_labels(model, y, argument):
     validation.check_labels(y, classes, argument=f"data: {argument}")
 
 
-def _accuracy(model, x, y, batch_size=512):
+def top1_accuracy(model, x, y, batch_size=512):
+    """Top-1 accuracy of a Keras classifier on ``(x, y)``; shared with `auto`."""
     logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
     return float(np.mean(logits.reshape(len(logits), -1).argmax(1) == np.asarray(y).reshape(-1)))
 
@@ -364,8 +566,8 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
             with its own loss, which fine-tuning steps reuse).
         data: ``((x_train, y_train), (x_test, y_test))`` or a dataset name
             (``"fashion_mnist"``, ``"digits"``).
-        recipe: a list of steps (`Prune`, `Distill`, `QuantizationAwareTraining`, `Convert`)
-            or a named recipe (see ``NAMED_RECIPES``). Without a `Convert` step, an
+        recipe: a list of steps (`Prune`, `Distill`, `QuantizationAwareTraining`, `Convert`, ...: any
+            `Step`) or a named recipe (see ``NAMED_RECIPES``). Without a `Convert` step, an
             int8 conversion ends the chain.
         batch_size: training batch size of fine-tuning steps.
         copy: work on a copy and leave ``model`` untouched.
@@ -395,23 +597,16 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         >>> r = tfc.compress(model, "fashion_mnist", [tfc.Prune(0.75, epochs=2), tfc.Convert("int8")])
         >>> print(r.to_markdown())
     """
-    import keras
-
-    from tfcompress import quantization
-    from tfcompress.distill import Distiller
-    from tfcompress.pruning import PolynomialDecay, PruningCallback
-
     graph.check_model(model, action="compress")
     steps = _resolve_recipe(recipe, convert_default)
     (x, y), (x_test, y_test) = resolve_data(data)
     _check_labels(model, y, "y_train")
     _check_labels(model, y_test, "y_test")
-    keras_accuracy = _accuracy(model, x_test, y_test)
+    input_accuracy = top1_accuracy(model, x_test, y_test)
     loss = _loss_of(model)
     current = _copy(model) if copy else model
-    steps_per_epoch = math.ceil(len(x) / batch_size)
-    fit_verbose = fit_verbosity(verbose)
-    chain, log, artifacts, reports = [], [], {}, {}
+    run = RecipeRun(x, y, loss, batch_size, verbose, seed, backup_dir, calibration_samples, isolate, timeout)
+    log, reports = [], {}
 
     def say(message, start):
         seconds = time.perf_counter() - start
@@ -419,115 +614,16 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         if verbose:
             print(f"[tfcompress] {message} ({seconds:.1f} s)", flush=True)
 
-    def ramp(sparsity, epochs, fraction):
-        """Polynomial ramp to ``sparsity`` over ``fraction`` of the step's training steps."""
-        end = max(1, int(epochs * steps_per_epoch * fraction))
-        return PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end, frequency=max(1, min(100, end // 10)))
-
-    def adam(step):
-        decay_steps = step.epochs * steps_per_epoch
-        return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(step.learning_rate, decay_steps))
-
-    backups = []
-
-    def backup(step_index, kind):
-        """[a BackupAndRestore for training step ``step_index``], or [] without ``backup_dir``."""
-        if backup_dir is None:
-            return []
-        # Kept after each fit: a rerun restores a finished step instead of training it again.
-        callback = BackupAndRestore(os.path.join(backup_dir, f"step{step_index}-{kind}"), delete_checkpoint=False)
-        backups.append(callback)
-        return [callback]
-
     for step_index, step in enumerate(steps):
         start = time.perf_counter()
         keras.utils.set_random_seed(seed)
-        if isinstance(step, Prune):
-            schedule = ramp(step.sparsity, step.epochs, step.ramp_fraction)
-            current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
-            current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
-                        callbacks=[PruningCallback(schedule, structure=step.structure, block_shape=step.block_shape,
-                                                   verbose=0)] + backup(step_index, "prune"))
-            chain.append(f"prune{round(100 * step.sparsity)}")
-            say(f"pruned to {100 * step.sparsity:.0f}% over {step.epochs} epoch(s)", start)
-        elif isinstance(step, PruneChannels):
-            from tfcompress.pruning import ChannelPruningCallback, shrink
-
-            callback = ChannelPruningCallback(ramp(step.ratio, step.epochs, step.ramp_fraction),
-                                              importance=step.importance, round_to=step.round_to,
-                                              max_group_ratio=step.max_group_ratio,
-                                              data=(x[:512], y[:512]) if step.importance == "taylor" else None,
-                                              verbose=0)
-            current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
-            current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
-                        callbacks=[callback] + backup(step_index, "channels"))
-            before = current.count_params()
-            current = shrink(current, verbose=0)
-            chain.append(f"channels{round(100 * step.ratio)}")
-            say(f"removed {100 * callback.sparsity:.0f}% of the removable channels over {step.epochs} epoch(s): "
-                f"{before:,} -> {current.count_params():,} parameters", start)
-        elif isinstance(step, Cluster):
-            from tfcompress.clustering import ClusteringCallback, cluster_weights
-
-            current = cluster_weights(current, step.num_clusters, per_channel=step.per_channel)
-            if step.epochs:
-                current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
-                current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
-                            callbacks=[ClusteringCallback(step.num_clusters, per_channel=step.per_channel, verbose=0)]
-                            + backup(step_index, "cluster"))
-            chain.append(f"cluster{step.num_clusters}")
-            say(f"clustered to {step.num_clusters} values per kernel, fine-tuned {step.epochs} epoch(s)", start)
-        elif isinstance(step, Factorize):
-            from tfcompress.factorize import factorize
-
-            before = current.count_params()
-            current = factorize(current, energy=step.energy, verbose=0)
-            if step.epochs:
-                current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
-                current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
-                            callbacks=backup(step_index, "factorize"))
-            chain.append(f"lowrank{round(100 * step.energy)}")
-            say(f"factorized at energy {step.energy}: {before:,} -> {current.count_params():,} parameters", start)
-        elif isinstance(step, Distill):
-            kwargs = {k: v for k, v in (("temperature", step.temperature), ("alpha", step.alpha)) if v is not None}
-            teacher_was_trainable = step.teacher.trainable
-            distiller = Distiller(teacher=step.teacher, student=current, **kwargs)
-            distiller.compile(optimizer=adam(step), metrics=["accuracy"])
-            callbacks = backup(step_index, "distill")
-            if step.sparsity:
-                callbacks.append(PruningCallback(ramp(step.sparsity, step.epochs, 2 / 3), verbose=0))
-            try:
-                # shuffle=False: cache_teacher's dataset reshuffles itself; Keras would only warn.
-                distiller.fit(distiller.cache_teacher(x, y, batch_size=batch_size, seed=seed), epochs=step.epochs,
-                              verbose=fit_verbose, callbacks=callbacks, shuffle=False)
-            finally:
-                # The Distiller freezes its teacher; the caller's model must come back as it was given.
-                step.teacher.trainable = teacher_was_trainable
-            current = distiller.student
-            chain.append("distill" + (f"-prune{round(100 * step.sparsity)}" if step.sparsity else ""))
-            say(f"distilled for {step.epochs} epoch(s)", start)
-        elif isinstance(step, FineTune):
-            current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
-            current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
-                        callbacks=backup(step_index, "finetune"))
-            chain.append(f"finetune{step.epochs}")
-            say(f"fine-tuned (dense) for {step.epochs} epoch(s)", start)
-        elif isinstance(step, QuantizationAwareTraining):
-            current = quantization.quantize_model(current, config=step.config)
-            current.compile(optimizer=adam(step), loss=loss, metrics=["accuracy"])
-            current.fit(x, y, epochs=step.epochs, batch_size=batch_size, verbose=fit_verbose,
-                        callbacks=backup(step_index, "qat"))
-            chain.append("qat")
-            say(f"quantization-aware training for {step.epochs} epoch(s)", start)
-        else:
-            name = step.name or "-".join(chain + [step.mode])
-            calibration = x[:calibration_samples] if step.mode in ("int8", "int16x8") else None
-            artifacts[name] = to_tflite(current, mode=step.mode, representative_data=calibration,
-                                        io_type=step.io_type, sparse=step.sparse,
-                                        keep_float=list(step.keep_float) if step.keep_float else None,
-                                        isolate=isolate, timeout=timeout)
-            say(f"converted {name}: {len(artifacts[name]) / 1024:.1f} KB", start)
-    for callback in backups:  # the chain is done: nothing is left to resume
+        run.step_index = step_index
+        current, message = step.apply(current, run)
+        if step.tag() is not None:
+            run.chain.append(step.tag())
+        say(message, start)
+    artifacts = run.artifacts
+    for callback in run.backups:  # the chain is done: nothing is left to resume
         callback.delete_backup()
     if backup_dir is not None and os.path.isdir(backup_dir) and not os.listdir(backup_dir):
         os.rmdir(backup_dir)
@@ -536,11 +632,5 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         # All artifacts are timed in the same rounds, so their latency ratios are comparable.
         reports = evaluate_many(artifacts, x=x_test, y=y_test, threads=threads, num_runs=num_runs)
         say("evaluated " + ", ".join(f"{n}: {100 * r.accuracy:.2f}%" for n, r in reports.items()), start)
-    return CompressionResult(model=current, artifacts=artifacts, reports=reports, keras_accuracy=keras_accuracy,
+    return CompressionResult(model=current, artifacts=artifacts, reports=reports, keras_accuracy=input_accuracy,
                              log=log)
-
-
-def __getattr__(name):
-    from tfcompress import deprecated
-
-    return deprecated.lookup(__name__, name)

@@ -1,5 +1,9 @@
 """Keras 3 → TFLite conversion for every post-training mode, through one tested export path.
 
+This is the machinery of `tfcompress.to_tflite` (`tfcompress.export.tflite`): argument checks, the
+SavedModel export, the converter's configuration, calibration choices, the child-process converter,
+the strict int8 audit and the agreement check. `convert` is one conversion without an accuracy budget.
+
 Every model kind (Sequential, Functional, subclassed) is exported the same way: a
 ``keras.export.ExportArchive`` endpoint that calls the model with ``training=False``
 (so BatchNormalization and Dropout run in inference mode), written as a SavedModel
@@ -16,8 +20,12 @@ import warnings
 
 import numpy as np
 
-from tfcompress import graph, isolation, native_stderr, representative, tflite_file
-from tfcompress.files import check_writable, make_temp_dir, write_atomic
+from tfcompress.core import graph, isolation, native_stderr
+from tfcompress.core.files import check_writable, make_temp_dir, write_atomic
+from tfcompress.evaluation import litert, tflite_file
+from tfcompress.evaluation.tflite_file import ConvertedModel
+from tfcompress.export import representative
+from tfcompress.quantization import fake_quant, quantize, registry
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 _IO_TYPES = {
@@ -37,38 +45,6 @@ class ConversionError(RuntimeError):
 
 class QuantizationAuditError(ConversionError):
     """``strict=True`` and the converted model still computes in float where int8 was asked for."""
-
-
-class ConvertedModel(bytes):
-    """The ``.tflite`` flatbuffer as ``bytes``, plus what was converted and how.
-
-    It is a plain ``bytes`` object for every use (write it, pass it to an
-    interpreter); the extra attributes describe it.
-
-    Attributes:
-        mode: the conversion mode.
-        model_name: the Keras model's name.
-        info: a `tflite_file.TFLiteInfo` (op census by type and dtype, weight
-            sparsity, bytes by dtype), computed on first access.
-        notes: list of strings describing choices made (e.g. calibration size).
-        input_names: the Keras model's input names in its order (the file's own
-            input order may differ); the evaluator maps a list ``x`` with them.
-    """
-
-    def __new__(cls, data, mode, model_name, notes=(), input_names=None):
-        obj = super().__new__(cls, data)
-        obj.mode = mode
-        obj.model_name = model_name
-        obj.notes = list(notes)
-        obj.input_names = list(input_names) if input_names is not None else None
-        obj._info = None
-        return obj
-
-    @property
-    def info(self):
-        if self._info is None:
-            self._info = tflite_file.inspect(bytes(self))
-        return self._info
 
 
 def exported_model(model):
@@ -228,8 +204,6 @@ def _recorded_input_specs(model, required=True):
 
 
 def _has_float_weighted_layers(model):
-    from tfcompress.quantization import registry
-
     return any(registry.is_float_weighted_layer(layer) for layer in graph.layers_of(model))
 
 
@@ -348,7 +322,24 @@ def _check_arguments(mode, io_type, keep_float):
         raise ValueError(f"keep_float is only meaningful with mode='int8' (got mode={mode!r}).")
 
 
-def to_tflite(
+def check_request(model, mode, io_type, keep_float, output_path, overwrite):
+    """The checks every conversion starts with: ``(the Keras model to export, keep_float as a list or None)``."""
+    _check_arguments(mode, io_type, keep_float)
+    model = exported_model(model)
+    if output_path is not None:
+        check_writable(output_path, overwrite)
+    if keep_float:
+        keep_float = [keep_float] if isinstance(keep_float, str) else list(keep_float)
+        known = graph.layer_names(model)
+        unknown = sorted(set(keep_float) - known)
+        if unknown:
+            raise ValueError(
+                f"keep_float names unknown layers {unknown}; model {model.name!r} has layers {sorted(known)[:40]}."
+            )
+    return model, keep_float
+
+
+def convert(
     model,
     mode="float32",
     representative_data=None,
@@ -364,105 +355,14 @@ def to_tflite(
     isolate=False,
     timeout=DEFAULT_TIMEOUT_S,
     calibration=None,
-    max_accuracy_drop=None,
-    validation_data=None,
     verify=None,
 ):
-    """Converts a Keras 3 model to a TFLite flatbuffer.
+    """One conversion: `tfcompress.to_tflite` without an accuracy budget. Arguments, result and errors as there.
 
-    Args:
-        model: a built ``keras.Model`` (Sequential, Functional or subclassed). A
-            ``tfcompress.Distiller`` exports its student.
-        mode: ``"float32"``; ``"float16"`` (float16 weights); ``"dynamic"`` (int8
-            weights, float activations); ``"int8"`` (full integer: int8 weights and
-            activations, int8 ops only); ``"int16x8"`` (int16 activations, int8 weights).
-        representative_data: calibration inputs, required for ``"int8"`` and
-            ``"int16x8"``; optional for a QAT model from `quantize_model` in
-            ``"int8"``, whose ranges were trained (given, it only ranges the
-            insides of composite layers, and is not used at all when the QAT
-            model keeps weighted layers float): a numpy array, a ``tf.data.Dataset`` (``(x, y)``
-            elements are fine), a generator (function), or a dict keyed by input
-            name for multi-input models. A missing batch dimension is added.
-            About 100-500 typical samples are enough.
-        output_path: if given, the file is written there atomically.
-        overwrite: allow replacing an existing ``output_path``.
-        io_type: input/output tensor type: ``"float32"`` (default; the model
-            quantizes internally), ``"int8"``/``"uint8"`` for ``"int8"``, ``"int16"``
-            for ``"int16x8"``.
-        sparse: store weights with the converter's sparse encoding
-            (``Optimize.EXPERIMENTAL_SPARSITY``); pays off for pruned models.
-        keep_float: Keras layer names whose ops stay in float in an ``"int8"``
-            model (selective quantization, e.g. a sensitive first or last layer).
-        strict: for ``"int8"``, raise if any compute op is still float.
-        input_shape: input shape without the batch dimension, for subclassed
-            models whose shape cannot be inferred.
-        max_calibration_samples: calibrate on at most this many samples.
-        check_float_outputs: before calibrating, run the float model on the
-            samples and fail if any produces NaN/Inf.
-        isolate: run the TFLite converter in a subprocess, so that a converter
-            abort or segfault becomes a `ConversionError` instead of killing the
-            caller (the CLI does this by default).
-        timeout: with ``isolate``, seconds before the converter is stopped.
-        calibration: for ``"int8"``, how activation ranges are chosen from
-            ``representative_data``: None (the converter's own min-max),
-            ``"minmax"``, ``"percentile"`` (0.1th and 99.9th percentiles: outliers
-            clipped) or ``"mse"`` (the clipping with the least int8 error). The
-            latter three set the ranges on the model's fake-quant twin
-            (`quantize_model` + `quantization.calibrate`) and convert that.
-        max_accuracy_drop: for ``"int8"``, the accuracy points the file may lose
-            against the Keras model on ``validation_data``: the fewest layers are
-            kept float (most sensitive first), then ``int16x8`` is tried; the
-            result's ``.budget`` says what was chosen (see
-            `quantization.sensitivity.convert_within_budget`).
-        validation_data: ``(x, y)`` held-out data for ``max_accuracy_drop``.
-        verify: inputs (an array, or ``(x,)``) on which the file's top-1
-            predictions are compared with the Keras model's; below
-            ``MIN_AGREEMENT`` a warning names the agreement and points to
-            `tfc.quantization_sensitivity`. The agreement is in ``.agreement``.
-
-    Returns:
-        A `ConvertedModel`: the ``.tflite`` bytes, with ``.info`` (op census and
-        weight sparsity) and ``.mode``.
-
-    Raises:
-        TypeError / ValueError: a bad model or argument; the message says which.
-        representative.RepresentativeDataError: unusable calibration data.
-        ConversionError: the converter failed; names the mode, the model and the
-            converter's own reason.
-        QuantizationAuditError: ``strict=True`` and float compute ops remain.
-        tfcompress.OutputExistsError: ``output_path`` exists and ``overwrite`` is False.
-
-    Example:
-        >>> b = to_tflite(model, mode="int8", representative_data=x_train[:200],
-        ...               output_path="model_int8.tflite")
-        >>> b.info.op_census_by_dtype
+    The accuracy budget (`sensitivity.convert_within_budget`) searches over these conversions; it calls
+    this function, not the public verb, which calls the budget.
     """
-    _check_arguments(mode, io_type, keep_float)
-    model = exported_model(model)
-    if output_path is not None:
-        check_writable(output_path, overwrite)
-    if keep_float:
-        keep_float = [keep_float] if isinstance(keep_float, str) else list(keep_float)
-        known = graph.layer_names(model)
-        unknown = sorted(set(keep_float) - known)
-        if unknown:
-            raise ValueError(
-                f"keep_float names unknown layers {unknown}; model {model.name!r} has layers {sorted(known)[:40]}."
-            )
-
-    if max_accuracy_drop is not None or validation_data is not None:
-        if mode != "int8" or max_accuracy_drop is None or validation_data is None or keep_float:
-            raise ValueError(
-                "max_accuracy_drop and validation_data go together, with mode='int8' and without keep_float (the "
-                "budget chooses the float layers): e.g. to_tflite(model, mode='int8', representative_data=x_train[:200], "
-                "max_accuracy_drop=0.5, validation_data=(x_val, y_val)).")
-        from tfcompress.quantization import sensitivity
-
-        result = sensitivity.convert_within_budget(
-            model, representative_data, validation_data, max_accuracy_drop, io_type=io_type, sparse=sparse,
-            strict=False, input_shape=input_shape, max_calibration_samples=max_calibration_samples,
-            check_float_outputs=check_float_outputs, isolate=isolate, timeout=timeout, calibration=calibration)
-        return _finish(result, model, strict, verify, output_path, overwrite)
+    model, keep_float = check_request(model, mode, io_type, keep_float, output_path, overwrite)
     if calibration is not None:
         return _convert_with_calibration(
             model, calibration, representative_data, keep_float, io_type=io_type, sparse=sparse, strict=strict,
@@ -534,7 +434,7 @@ def to_tflite(
             restore_ranges()
 
     result = ConvertedModel(data, mode=mode, model_name=model.name, notes=notes, input_names=[s.name for s in specs])
-    return _finish(result, model, strict, verify, output_path, overwrite)
+    return finish(result, model, strict, verify, output_path, overwrite)
 
 
 MIN_AGREEMENT = 0.97
@@ -543,8 +443,6 @@ CALIBRATIONS = ("minmax", "percentile", "mse")
 
 def _convert_with_calibration(model, calibration, representative_data, keep_float, **kwargs):
     """int8 with activation ranges chosen by ``calibration`` on the model's fake-quant twin."""
-    from tfcompress.quantization import quantize
-
     if calibration not in CALIBRATIONS:
         raise ValueError(f"calibration={calibration!r}: choose one of {list(CALIBRATIONS)} (or None for the "
                          "converter's own min-max).")
@@ -564,13 +462,13 @@ def _convert_with_calibration(model, calibration, representative_data, keep_floa
     quantize.calibrate(twin, arrays if len(arrays) > 1 else arrays[0], method=calibration)
     verify, output_path, overwrite = kwargs.pop("verify"), kwargs.pop("output_path"), kwargs.pop("overwrite")
     strict = kwargs.pop("strict")
-    result = to_tflite(twin, mode="int8", representative_data=representative_data, **kwargs)
+    result = convert(twin, mode="int8", representative_data=representative_data, **kwargs)
     result.notes.insert(0, f"calibration={calibration!r}: activation ranges set on the fake-quant twin from "
                            f"{len(samples)} samples")
-    return _finish(result, model, strict, verify, output_path, overwrite)
+    return finish(result, model, strict, verify, output_path, overwrite)
 
 
-def _finish(result, model, strict, verify, output_path, overwrite):
+def finish(result, model, strict, verify, output_path, overwrite):
     """The checks every conversion ends with: the strict int8 audit, the agreement check, the atomic write."""
     mode = result.mode
     if strict and mode == "int8":
@@ -590,13 +488,11 @@ def _finish(result, model, strict, verify, output_path, overwrite):
 
 def _verify_agreement(result, model, verify, max_samples=1000):
     """Top-1 agreement of the file with the Keras model on ``verify``; a warning below `MIN_AGREEMENT`."""
-    from tfcompress import evaluate
-
     x = verify[0] if isinstance(verify, tuple) and len(verify) == 1 else verify
     x = [a[:max_samples] for a in x] if isinstance(x, list) else np.asarray(x)[:max_samples]
     import keras
 
-    tflite = evaluate.predict(bytes(result), x)
+    tflite = litert.predict(bytes(result), x)
     keras_out = np.asarray(keras.tree.flatten(model.predict(x, verbose=0, batch_size=256))[0])
     keras_top1 = keras_out.reshape(len(keras_out), -1).argmax(1)
     result.agreement = float(np.mean(tflite.reshape(len(tflite), -1).argmax(1) == keras_top1))
@@ -616,8 +512,6 @@ def _calibrate_untrained_ranges(model, samples, notes):
     be far from the float model (7.5% top-1 agreement on MobileNetV2). Trained ranges are never touched,
     and the model is restored afterwards: converting has no side effect.
     """
-    from tfcompress.quantization import fake_quant, quantize
-
     untrained = quantize.untrained_ranges(model)
     if not untrained:
         return None
@@ -728,7 +622,7 @@ def _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep
         with open(os.path.join(job, "input_names.json"), "w") as f:
             json.dump(names, f)
     try:
-        outcome = isolation.run(["-m", "tfcompress._convert_worker", saved_model_dir, job], timeout)
+        outcome = isolation.run(["-m", "tfcompress.export.convert_worker", saved_model_dir, job], timeout)
     except isolation.Timeout:
         raise ConversionError(
             f"Converting model {model_name!r} to mode={mode!r} took longer than {timeout} s and was stopped. "

@@ -1,6 +1,6 @@
 """Child process of ``to_tflite(isolate=True)``: converts one exported SavedModel.
 
-Usage: ``python -m tfcompress._convert_worker SAVED_MODEL_DIR JOB_DIR``. Reads
+Usage: ``python -m tfcompress.export.convert_worker SAVED_MODEL_DIR JOB_DIR``. Reads
 ``job.json`` (and ``samples.npz`` with ``input_names.json``) from JOB_DIR, writes ``model.tflite`` there, or
 ``error.txt`` and exit code 3 when the converter raises. A native crash shows as a
 signal in the parent.
@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 
+from tfcompress.export.converter import convert_saved_model, converter_message
+
 
 def main(saved_model_dir, job_dir):
-    from tfcompress.convert import converter_message, convert_saved_model
-
     with open(os.path.join(job_dir, "job.json")) as f:
         job = json.load(f)
     samples = None

@@ -4,7 +4,7 @@ Backends:
     ``"cpu"``: LiteRT's built-in optimized kernels with default delegates disabled
         (``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
     ``"xnnpack"``: the default resolver, which applies the XNNPACK delegate.
-    ``"micro"``: the TFLite Micro interpreter (extra ``[micro]``, see `tfcompress.micro`):
+    ``"micro"``: the TFLite Micro interpreter (extra ``[micro]``, see `tfcompress.evaluation.micro`):
         tensor arena, flash, accuracy and agreement with LiteRT. Not timed with the
         others: its speed on this host says nothing about a microcontroller's.
 
@@ -21,8 +21,9 @@ import time
 
 import numpy as np
 
-from tfcompress import machine, micro, profiling, reports, tflite_file, validation
-from tfcompress.convert import ConvertedModel
+from tfcompress.core import machine, validation
+from tfcompress.evaluation import micro, profiling, reports, tflite_file
+from tfcompress.evaluation.tflite_file import ConvertedModel
 
 BACKENDS = ("cpu", "xnnpack")  # the default: LiteRT's two CPU paths
 ALL_BACKENDS = BACKENDS + ("micro",)
@@ -568,7 +569,7 @@ def evaluate_tflite(
         micro_samples: samples of x run on TFLite Micro (one at a time, as on a
             board; its reference kernels are slow).
         profile: also time each op type with LiteRT's profiler and measure each
-            backend's peak memory (in child processes; see `tfcompress.profiling`).
+            backend's peak memory (in child processes; see `tfcompress.evaluation.profiling`).
             How many nodes XNNPACK took, and which ops stayed on the default
             kernels, is always reported (``delegation``, and a note when not all).
 
@@ -577,7 +578,7 @@ def evaluate_tflite(
 
     Raises:
         tfcompress.InvalidTFLiteFileError: the bytes are not a usable .tflite.
-        tfcompress.micro.MicroCompatibilityError: only ``"micro"`` was asked for
+        tfcompress.MicroCompatibilityError: only ``"micro"`` was asked for
             and TFLite Micro cannot run the file (the message says why).
         tfcompress.MissingExtraError: ``"micro"`` without ``tflite-micro`` installed.
         ValueError: bad backends/threads; x that does not fit the model's inputs

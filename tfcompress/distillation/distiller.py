@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfcompress import graph, validation
+from tfcompress.core import graph, validation
 
 LABELS_KEY = "labels"
 TEACHER_LOGITS_KEY = "teacher_logits"

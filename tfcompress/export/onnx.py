@@ -1,0 +1,295 @@
+"""Keras 3 → ONNX: `to_onnx`. ONNX Runtime runs the result in `tfcompress.evaluation.onnxruntime`.
+
+Two paths, one per mode:
+
+* ``"float32"``: Keras 3's own ``model.export(format="onnx")`` (tf2onnx on the
+  model's inference function), with the input signature taken from the model so
+  a model built by ``keras.Input`` but never called exports too.
+* ``"int8"``: the int8 ``.tflite`` of `to_tflite` translated by tf2onnx into a QDQ
+  ONNX model (``QuantizeLinear``/``DequantizeLinear`` around float ops, which
+  ONNX Runtime fuses into int8 kernels). Its outputs equal the ``.tflite``'s:
+  deploying to ONNX Runtime or LiteRT gives the same predictions.
+
+`tfc.evaluate_onnx` measures the result next to the LiteRT backends. Needs the
+optional extra: ``pip install 'tfcompress[onnx]'``.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import warnings
+
+from tfcompress.core import native_stderr
+from tfcompress.core.files import check_writable, make_temp_dir, write_atomic
+from tfcompress.evaluation import litert, onnxruntime, tflite_file
+from tfcompress.evaluation.tflite_file import ConvertedModel
+from tfcompress.export import converter, representative
+from tfcompress.export.tflite import to_tflite
+
+MODES = ("float32", "int8")
+
+# Printed on fd 2 by the TFLite interpreter tf2onnx uses to read a .tflite.
+_TFLITE_READER_CHATTER = (
+    re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"),
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
+)
+_STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+class ONNXExportError(converter.ConversionError):
+    """The model could not be exported to ONNX; the message gives the exporter's reason in one line."""
+
+
+class ONNXModel(bytes):
+    """The serialized ONNX model as ``bytes``, plus what was exported and how.
+
+    Attributes:
+        mode: ``"float32"`` or ``"int8"``.
+        model_name: the Keras model's name (or ``"tflite"`` for a ``.tflite`` input).
+        notes: list of strings describing choices made.
+        tflite: for ``"int8"``, the `ConvertedModel` (or bytes) the ONNX model was translated from.
+    """
+
+    def __new__(cls, data, mode, model_name, notes=(), tflite=None):
+        obj = super().__new__(cls, data)
+        obj.mode = mode
+        obj.model_name = model_name
+        obj.notes = list(notes)
+        obj.tflite = tflite
+        return obj
+
+
+class _LogCapture(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        with contextlib.suppress(Exception):
+            self.records.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _quiet_tf2onnx():
+    """Collects tf2onnx's log lines (its only report of unsupported ops) instead of printing them."""
+    logger = logging.getLogger("tf2onnx")
+    capture = _LogCapture()
+    old_propagate, old_level = logger.propagate, logger.level
+    logger.addHandler(capture)
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), converter.quiet_tensorflow_logs():
+            # Keras' numpy-2 patch of tf2onnx and tf2onnx's use of tf.lite.Interpreter warn on every call.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield capture.records
+    finally:
+        logger.removeHandler(capture)
+        logger.propagate, logger.level = old_propagate, old_level
+
+
+def _unsupported(model_proto, log_lines):
+    """``(op types, node names)`` tf2onnx left untranslated: non-ONNX ops in the graph or named in its log."""
+    import onnx
+
+    ops, names = [], []
+    for node in model_proto.graph.node:
+        standard = node.domain in _STANDARD_DOMAINS
+        if (standard and node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)) or not standard:
+            ops.append(node.op_type)
+            names.append(node.name)
+    for line in log_lines:
+        match = re.match(r"Unsupported ops: Counter\((\{.*\})\)", line)
+        if match:
+            ops += re.findall(r"'([^']+)'", match.group(1))
+        match = re.match(r"Tensorflow op \[(.+?): (\w+)\] is not supported", line)
+        if match:
+            names.append(match.group(1))
+            ops.append(match.group(2))
+    return list(dict.fromkeys(ops)), list(dict.fromkeys(names))
+
+
+def _raise_unsupported(model_proto, log_lines, what):
+    ops, names = _unsupported(model_proto, log_lines)
+    if ops:
+        where = f" (at {', '.join(names[:3])})" if names else ""
+        raise ONNXExportError(
+            f"{what}: tf2onnx has no ONNX translation for op(s) {', '.join(ops)}{where}. Replace the layers that "
+            "use them, or deploy the model as .tflite (tfc.to_tflite).")
+
+
+def _input_signature(model, input_shape):
+    """The ``input_signature`` for ``model.export``: named TensorSpecs in the structure ``model`` is called with."""
+    import keras
+    import tensorflow as tf
+
+    specs = converter.input_specs(model, None, input_shape)
+    tensors = [tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in specs]
+    if isinstance(model, keras.Sequential) or len(tensors) == 1:
+        return [tensors[0]] if len(tensors) == 1 else [tensors]
+    structure = None
+    with contextlib.suppress(AttributeError, ValueError):
+        structure = model.input  # a Functional model's inputs as built: a list or a dict
+    if structure is not None and len(keras.tree.flatten(structure)) == len(tensors):
+        return [keras.tree.pack_sequence_as(structure, tensors)]
+    return [tensors]
+
+
+def _export_float(model, input_shape, opset):
+    """``model.export(format="onnx")`` into a temp folder; the ONNX bytes, or an `ONNXExportError`."""
+    import onnx
+
+    what = f"Keras could not export model {model.name!r} to ONNX"
+    signature = _input_signature(model, input_shape)  # a ValueError naming input_shape= for an unknown shape
+    workdir = make_temp_dir("tfcompress_onnx_")
+    path = os.path.join(workdir, "model.onnx")
+    try:
+        with _quiet_tf2onnx() as log_lines:
+            try:
+                model.export(path, format="onnx", verbose=False, input_signature=signature, opset_version=opset)
+            except ImportError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Keras and tf2onnx raise anything; the reason is what counts
+                converter.raise_if_out_of_space(exc, model.name)
+                raise ONNXExportError(f"{what}: {type(exc).__name__}: {onnxruntime.one_line(exc)}") from None
+        if not os.path.exists(path):
+            raise ONNXExportError(f"{what}: the exporter wrote no file ({onnxruntime.one_line(' '.join(log_lines[-2:]))}).")
+        proto = onnx.load(path)
+        _raise_unsupported(proto, log_lines, what)
+        return proto.SerializeToString()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _keras_output_order(raw_tflite):
+    """The ``.tflite``'s output tensor names in the Keras model's output order (see `litert.output_heads`)."""
+    interpreter = litert.make_interpreter(raw_tflite, "cpu", 1)
+    return [detail["name"] for _, detail in litert.output_heads(interpreter)]
+
+
+def _tflite_to_onnx(raw, model_name, opset):
+    """tf2onnx's QDQ translation of a ``.tflite``; outputs in the Keras model's order."""
+    import tf2onnx
+
+    what = f"tf2onnx could not translate the .tflite of model {model_name!r} to ONNX"
+    workdir = make_temp_dir("tfcompress_onnx_")
+    path = os.path.join(workdir, "model.tflite")
+    try:
+        with open(path, "wb") as f:
+            f.write(raw)
+        with _quiet_tf2onnx() as log_lines, native_stderr.buffered_filter(_TFLITE_READER_CHATTER):
+            try:
+                proto, _ = tf2onnx.convert.from_tflite(path, opset=opset)
+            except Exception as exc:  # noqa: BLE001
+                raise ONNXExportError(f"{what}: {type(exc).__name__}: {onnxruntime.one_line(exc)}") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _raise_unsupported(proto, log_lines, what)
+    order = _keras_output_order(raw)
+    outputs = list(proto.graph.output)
+    by_name = {o.name: o for o in outputs}
+    if len(outputs) > 1 and sorted(order) == sorted(by_name):
+        # Reordering the graph's output list is all it takes: ONNX outputs are named, not positional.
+        del proto.graph.output[:]
+        proto.graph.output.extend([by_name[n] for n in order])
+    return proto.SerializeToString()
+
+
+def _is_quantized(info):
+    return any(op.dtype in ("int8", "uint8", "int16") for op in info.operators)
+
+
+def to_onnx(model, mode="float32", representative_data=None, output_path=None, overwrite=False, input_shape=None,
+            opset=None, **convert_kwargs):
+    """Exports a Keras 3 model (or an int8 ``.tflite``) to ONNX.
+
+    Args:
+        model: a built ``keras.Model`` (Sequential, Functional or subclassed; a
+            ``tfcompress.Distiller`` exports its student), or for ``"int8"`` a
+            ``.tflite``: the result of ``to_tflite``, its bytes or a file path. A
+            ``.tflite`` is translated as it is.
+        mode: ``"float32"``: Keras' own ``model.export(format="onnx")``.
+            ``"int8"``: the model is converted with ``to_tflite(mode="int8")`` and
+            that file translated by tf2onnx into a QDQ ONNX model whose outputs
+            equal the ``.tflite``'s.
+        representative_data: calibration inputs, required for ``"int8"`` from a
+            Keras model (as for `to_tflite`; not needed for a trained QAT model).
+        output_path: if given, the ``.onnx`` file is written there atomically.
+        overwrite: allow replacing an existing ``output_path``.
+        input_shape: input shape without the batch dimension, for subclassed
+            models whose shape cannot be inferred.
+        opset: ONNX opset version (default: tf2onnx's).
+        **convert_kwargs: for ``"int8"`` from a Keras model, passed on to
+            `to_tflite` (e.g. ``calibration="percentile"``, ``keep_float=[...]``,
+            ``io_type="int8"``).
+
+    Returns:
+        An `ONNXModel`: the serialized ONNX model as ``bytes``, with ``.mode``,
+        ``.notes`` and, for ``"int8"``, ``.tflite`` (the file it was translated from).
+
+    Raises:
+        tfcompress.MissingExtraError: tf2onnx is not installed.
+        ValueError: a bad mode or argument.
+        RepresentativeDataError: ``"int8"`` without ``representative_data``.
+        ONNXExportError: the exporter could not export the model (its reason,
+            e.g. an op without ONNX translation, in one line).
+        ConversionError: the int8 TFLite conversion failed.
+        tfcompress.OutputExistsError: ``output_path`` exists and ``overwrite`` is False.
+
+    Example:
+        >>> onnx_f32 = tfc.to_onnx(model, output_path="model.onnx")
+        >>> onnx_int8 = tfc.to_onnx(model, mode="int8", representative_data=x_train[:200])
+        >>> print(tfc.evaluate_onnx(onnx_int8, x=x_test, y=y_test).to_markdown())
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not an ONNX export mode; choose one of {list(MODES)}.")
+    onnxruntime.require_onnx("tf2onnx", "tfc.to_onnx")
+    if output_path is not None:
+        check_writable(output_path, overwrite)
+    notes = []
+    if tflite_file.is_tflite(model) or isinstance(model, ConvertedModel):
+        if representative_data is not None or convert_kwargs:
+            extra = ["representative_data"] * (representative_data is not None) + sorted(convert_kwargs)
+            raise ValueError(f"{', '.join(extra)}: not used for a .tflite input, which is translated as it is "
+                             "(already converted). Pass the Keras model to convert it with these settings.")
+        raw = tflite_file.read_bytes(model)
+        info = tflite_file.inspect(raw)
+        if not isinstance(model, ConvertedModel):
+            tflite_file.check_loads(raw)  # a corrupted file must not crash the caller inside tf2onnx's reader
+        quantized = _is_quantized(info)
+        if mode == "int8" and not quantized:
+            raise ValueError(
+                "mode='int8': this .tflite computes in float (it is not an int8 file). Pass the Keras model with "
+                "representative_data to quantize it, or mode='float32' to translate it as it is.")
+        if mode == "float32" and quantized:
+            raise ValueError("mode='float32': this .tflite is quantized (int8 ops); pass mode='int8' to translate it.")
+        name = getattr(model, "model_name", None) or "tflite"
+        data = _tflite_to_onnx(raw, name, opset)
+        notes.append("translated from the .tflite by tf2onnx" + (" (QDQ)" if quantized else ""))
+        result = ONNXModel(data, mode=mode, model_name=name, notes=notes, tflite=model if quantized else None)
+    else:
+        model = converter.exported_model(model)
+        if mode == "float32":
+            if convert_kwargs:
+                raise ValueError(f"{sorted(convert_kwargs)}: only used with mode='int8' (passed to to_tflite).")
+            data = _export_float(model, input_shape, opset)
+            notes.append("exported by Keras (model.export(format='onnx'))")
+            result = ONNXModel(data, mode=mode, model_name=model.name, notes=notes)
+        else:
+            if representative_data is None and not converter.is_qat_model(model):
+                raise representative.RepresentativeDataError(
+                    "representative_data is required for to_onnx(mode='int8'): the int8 ONNX model is translated "
+                    "from the int8 .tflite, calibrated on ~100-500 typical inputs (e.g. "
+                    "representative_data=x_train[:200]). For no calibration use mode='float32'.")
+            tflite = to_tflite(model, mode="int8", representative_data=representative_data, input_shape=input_shape,
+                               **convert_kwargs)
+            data = _tflite_to_onnx(bytes(tflite), model.name, opset)
+            notes += list(tflite.notes) + ["translated from the int8 .tflite by tf2onnx (QDQ)"]
+            result = ONNXModel(data, mode=mode, model_name=model.name, notes=notes, tflite=tflite)
+    if output_path is not None:
+        write_atomic(output_path, bytes(result), overwrite=overwrite)
+    return result
