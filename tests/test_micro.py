@@ -3,7 +3,6 @@
 import sys
 
 import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 

@@ -15,7 +15,6 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import numpy as np  # noqa: E402
 
 import tfcompress as tfc  # noqa: E402
 

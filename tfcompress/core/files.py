@@ -159,3 +159,23 @@ def save_keras_atomic(model, path, overwrite=True, argument="output_path"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return path
+
+
+def read_model_bytes(model, format_name, producer):
+    """A model's bytes, from ``bytes`` or a file path, with a clear error when the file is missing.
+
+    Args:
+        model: ``bytes`` (or bytearray / memoryview) or a path.
+        format_name: what the file is, for the message (``"TFLite"``, ``"ONNX"``).
+        producer: the call that gives such bytes, for the message (``"tfc.to_tflite"``).
+    """
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model)
+    path = os.fspath(model)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{format_name} model file {path!r} does not exist; check the path, or pass the model's bytes "
+            f"(e.g. the result of {producer}) instead of a file name.") from None

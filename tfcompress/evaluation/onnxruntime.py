@@ -9,13 +9,12 @@ optional extra: ``pip install 'tfcompress[onnx]'``.
 import collections
 import contextlib
 import gzip
-import os
 import re
 import time
 
 import numpy as np
 
-from tfcompress.core import extras, machine, validation
+from tfcompress.core import extras, files, machine, validation
 from tfcompress.evaluation import litert, tflite_file
 
 BACKEND = "onnxruntime"
@@ -48,16 +47,7 @@ def one_line(text, limit=400):
 
 def read_onnx_bytes(model):
     """The model's bytes, from ``bytes`` or a ``.onnx`` path (a clear error when the file is missing)."""
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        return bytes(model)
-    path = os.fspath(model)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"ONNX model file {path!r} does not exist; check the path, or pass the model's bytes "
-            "(e.g. the result of tfc.to_onnx) instead of a file name.") from None
+    return files.read_model_bytes(model, "ONNX", "tfc.to_onnx")
 
 
 def _parse(raw):

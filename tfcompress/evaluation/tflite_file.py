@@ -16,7 +16,7 @@ import os
 import numpy as np
 from ai_edge_litert import schema_py_generated as _schema
 
-from tfcompress.core import isolation
+from tfcompress.core import files, isolation
 
 _OP_NAMES = {v: k for k, v in vars(_schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k.lower() for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
@@ -272,16 +272,7 @@ def is_tflite(model):
 
 def read_bytes(tflite):
     """The model's bytes, from ``bytes`` or a ``.tflite`` path (a clear error when the file is missing)."""
-    if isinstance(tflite, (bytes, bytearray, memoryview)):
-        return bytes(tflite)
-    path = str(tflite)
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"TFLite model file {path!r} does not exist; check the path, or pass the model's bytes "
-            "(e.g. the result of tfc.to_tflite) instead of a file name.") from None
+    return files.read_model_bytes(tflite, "TFLite", "tfc.to_tflite")
 
 
 class ConvertedModel(bytes):
