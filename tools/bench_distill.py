@@ -98,7 +98,6 @@ def _teacher(x_test, y_test):
 
 
 def _distill(teacher, student, x, y, seed, callbacks=None, **kwargs):
-
     import tfcompress as tfc
 
     distiller = tfc.Distiller(teacher, student, **{**_distiller_kwargs(), **kwargs})

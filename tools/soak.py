@@ -15,7 +15,6 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-
 import tfcompress as tfc  # noqa: E402
 
 flags.DEFINE_integer("cycles", 200, "Convert + evaluate cycles.")
