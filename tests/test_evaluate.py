@@ -267,3 +267,20 @@ def test_multi_input_lists_follow_the_keras_order_though_the_file_reorders_input
     assert [d["name"] for d in f32.info.input_details] == ["serve_other:0", "serve_image:0"]
     with pytest.raises(ValueError, match="same shape.*Pass a dict keyed by input name"):
         tfc.evaluate.predict(str(path), pair)  # the file alone cannot say which array is which
+
+
+def test_macs_are_counted_from_the_file_on_a_keras_application_and_a_transformer_block():
+    """The hardware-independent figure beside every timing: the same as Keras's own count, float32 or int8."""
+    mobile = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None)
+    assert tfc.to_tflite(mobile, mode="float32").info.macs == sum(
+        macs for _, macs in tfc.pruning.layer_costs(mobile).values())
+    tokens = keras.Input((16, 32))
+    h = keras.layers.LayerNormalization()(keras.layers.MultiHeadAttention(4, 8)(tokens, tokens) + tokens)
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(64, activation="gelu")(h))
+    block = keras.Model(tokens, keras.layers.Dense(10)(h))
+    # q, k, v and output projections; scores and weighted values per head; the MLP on every token; the head.
+    # The MLP's Dense runs on a reshaped input whose row count the file leaves dynamic.
+    expected = 4 * 16 * 32 * 32 + 2 * 4 * 16 * 16 * 8 + 16 * 32 * 64 + 64 * 10
+    x = np.random.default_rng(0).random((32, 16, 32), dtype=np.float32)
+    assert tfc.to_tflite(block, mode="float32").info.macs == expected
+    assert tfc.to_tflite(block, mode="int8", representative_data=x).info.macs == expected

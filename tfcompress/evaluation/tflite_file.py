@@ -210,8 +210,21 @@ def _shape(graph, t):
     return [max(int(d), 1) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
 
 
-def _macs(op_type, graph, ins, outs):
-    """Multiply-accumulates of one op from its tensors' shapes (0 for ops that do none or shapes unknown)."""
+def _elements(graph, t, reshaped_from):
+    """Elements of tensor ``t`` per invocation. A RESHAPE to a shape the file leaves dynamic (Dense on a
+    sequence: ``[-1, features]``) records no row count; the tensor it reshaped has the same elements."""
+    tensor = graph.Tensors(t)
+    signature = tensor.ShapeSignatureAsNumpy()[1:] if tensor.ShapeSignatureLength() > 1 else []
+    if any(d < 0 for d in signature) and t in reshaped_from:
+        return _elements(graph, reshaped_from[t], reshaped_from)
+    return int(np.prod(_shape(graph, t)))
+
+
+def _macs(op_type, graph, ins, outs, reshaped_from):
+    """Multiply-accumulates of one op from its tensors' shapes (0 for ops that do none or shapes unknown).
+
+    ``reshaped_from``: ``{output tensor of a RESHAPE: its input tensor}`` for the ops before this one.
+    """
     if not outs or not ins:
         return 0
     out = _shape(graph, outs[0])
@@ -229,7 +242,9 @@ def _macs(op_type, graph, ins, outs):
         return int(np.prod(_shape(graph, ins[2]))) * int(np.prod(kernel[:3]))
     if op_type == "FULLY_CONNECTED" and len(ins) > 1:
         weights = _shape(graph, ins[1])  # [units, in]
-        return elements * weights[-1] if len(weights) == 2 else 0
+        # Counted from the input (its rows x units x features): a Dense on a sequence runs on a reshaped input
+        # whose row count the file leaves dynamic.
+        return _elements(graph, ins[0], reshaped_from) * weights[0] if len(weights) == 2 else 0
     if op_type == "BATCH_MATMUL" and len(ins) > 1:
         lhs = _shape(graph, ins[0])
         return elements * lhs[-1] if lhs else 0  # adj_x aside: the inner dimension is the last of lhs
@@ -349,6 +364,7 @@ def _parse(raw):
                 tensor=t,
                 num_scales=int(quant.ScaleLength()) if quant is not None else 0,
             ))
+        reshaped_from = {}
         for i in range(graph.OperatorsLength()):
             op = graph.Operators(i)
             ins = [int(t) for t in (op.InputsAsNumpy() if op.InputsLength() else []) if t >= 0]
@@ -365,8 +381,10 @@ def _parse(raw):
                 input_names=[graph.Tensors(t).Name().decode("utf-8", "replace") for t in ins],
                 output_names=[graph.Tensors(t).Name().decode("utf-8", "replace") for t in outs],
                 subgraph=s,
-                macs=_macs(op_codes[op.OpcodeIndex()], graph, ins, outs),
+                macs=_macs(op_codes[op.OpcodeIndex()], graph, ins, outs, reshaped_from),
             ))
+            if op_codes[op.OpcodeIndex()] == "RESHAPE" and ins and outs:
+                reshaped_from[outs[0]] = ins[0]
 
     main = model.Subgraphs(0)
 
