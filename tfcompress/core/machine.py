@@ -135,7 +135,6 @@ def _read_macos(arch):
     flags = set(" ".join([values.get("machdep.cpu.features", ""), values.get("machdep.cpu.leaf7_features", "")])
                 .lower().replace(".", "_").split())
     flags |= {k.rsplit(".", 1)[1].lower() for k, v in values.items() if k.startswith("hw.optional.arm.") and v == "1"}
-    flags = {"avx2" if f == "avx2_0" else f for f in flags}
     return values.get("machdep.cpu.brand_string", "unknown CPU"), _features(flags, arch)
 
 

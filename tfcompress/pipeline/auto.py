@@ -327,8 +327,8 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
     best = None  # the name of the best candidate within the budget so far
     failed_groups = set()
 
-    def gzip_of(name):
-        return next(c for c in candidates if c.name == name).gzip_bytes
+    def named(name):
+        return next(c for c in candidates if c.name == name)
 
     def time_together(pairs):
         """Median latency of ``{name: bytes}``, timed in one run (so the ratio is meaningful): ``{name: ms}``."""
@@ -407,9 +407,9 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
                     say(f"[{index + 1}/{len(plan)}] {name}: {candidate.status}")
                     continue
                 if objective == "size":
-                    wins = tflite_file.inspect(bytes(probe)).gzip_bytes < gzip_of(best)
+                    wins = tflite_file.inspect(bytes(probe)).gzip_bytes < named(best).gzip_bytes
                 elif objective == "macs":
-                    wins = tflite_file.inspect(bytes(probe)).macs < next(c for c in candidates if c.name == best).macs
+                    wins = tflite_file.inspect(bytes(probe)).macs < named(best).macs
                 else:
                     times = time_together({"probe": probe, best: files[best]})
                     wins = times["probe"] < 1.05 * times[best]  # within timing noise it might still win: train it
@@ -464,9 +464,9 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
             if best is None:
                 best = name
             elif objective == "size":
-                best = name if candidate.gzip_bytes < gzip_of(best) else best
+                best = name if candidate.gzip_bytes < named(best).gzip_bytes else best
             elif objective == "macs":
-                best = min((candidate, next(c for c in candidates if c.name == best)), key=_macs_key).name
+                best = min((candidate, named(best)), key=_macs_key).name
             else:
                 # This only steers the search (which branches to cut); the final joint timing picks the winner.
                 times = time_together({name: files[name], best: files[best]})
