@@ -17,7 +17,7 @@ setup() {
       || echo "[setup] warning: apt-get failed; Fashion-MNIST will need Keras's download instead" >&2
   fi
   # -I: ignore the current folder, so this checks what is installed, not the source tree.
-  if ! "$PYTHON" -I -c "import os, sys, tfcompress, pytest, sklearn, nbclient, pytest_timeout, xdist, tflite_micro, tf2onnx, onnxruntime, litert_quantizer
+  if ! "$PYTHON" -I -c "import os, sys, tfcompress, pytest, sklearn, nbclient, pytest_timeout, xdist, tflite_micro, tf2onnx, onnxruntime, litert_quantizer, mkdocs, material, mkdocstrings_handlers.python
 sys.exit(os.path.dirname(os.path.dirname(tfcompress.__file__)) != os.getcwd())" 2>/dev/null; then
     echo "[setup] pip install -e .[test]"
     "$PYTHON" -m pip install -q -e ".[test]"

@@ -146,8 +146,9 @@ class ClusteringCallback(keras.callbacks.Callback):
         init: ``"kmeans++"``, ``"linear"`` (evenly spaced) or ``"density"`` (quantiles).
         per_channel: cluster each output channel of a kernel separately (convolutions).
         preserve_sparsity: exact zeros stay exactly zero (their own cluster, fixed).
-        layers / skip: names of the only layers to cluster / of layers never to cluster (the pruning
-            registry's kernels: Dense, Conv, SeparableConv pointwise, Embedding).
+        layers: names of the only layers to cluster (the pruning registry's kernels: Dense, Conv,
+            SeparableConv pointwise, Embedding).
+        skip: names of layers never to cluster.
         verbose: 1 prints what was clustered and what was skipped, and why.
 
     Example:

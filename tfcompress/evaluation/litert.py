@@ -491,7 +491,13 @@ def evaluate_many(models, x=None, y=None, backends=BACKENDS, threads=(1,), num_r
 
     Args:
         models: ``{name: .tflite bytes or path}``.
-        x, y, backends, threads, num_runs, warmup_runs, seed: as in `evaluate_tflite`.
+        x: inputs, as in `evaluate_tflite`.
+        y: labels, as in `evaluate_tflite`.
+        backends: as in `evaluate_tflite`.
+        threads: as in `evaluate_tflite`.
+        num_runs: as in `evaluate_tflite`.
+        warmup_runs: as in `evaluate_tflite`.
+        seed: as in `evaluate_tflite`.
         **kwargs: passed on to `evaluate_tflite` (e.g. ``batch_size``, ``verify``).
 
     Returns:

@@ -31,10 +31,10 @@ class TFLiteParityCallback(keras.callbacks.Callback):
 
     Example:
 
-    >>> cb = tfc.TFLiteParityCallback(every_n_epochs=1, x=x_val[:1000], y=y_val[:1000])
-    >>> qat.fit(x, y, epochs=3, callbacks=[cb])
-    >>> cb.history[-1]["gap"]
-    0.1
+        >>> cb = tfc.TFLiteParityCallback(every_n_epochs=1, x=x_val[:1000], y=y_val[:1000])
+        >>> qat.fit(x, y, epochs=3, callbacks=[cb])
+        >>> cb.history[-1]["gap"]
+        0.1
     """
 
     def __init__(self, every_n_epochs, x, y, representative_data=None, io_type="float32"):

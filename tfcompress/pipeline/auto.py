@@ -268,8 +268,10 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
         validation_split: share of the training data held out (from its end) to choose by.
         validation_data: ``(x_val, y_val)`` to choose by instead (e.g. data the input
             model never saw; a split of its own training data flatters it).
-        batch_size, num_runs, verbose, seed: training batch, timed runs per file,
-            0 for silence, random seed.
+        batch_size: training batch size.
+        num_runs: timed runs per file.
+        verbose: 0 for silence.
+        seed: random seed.
 
     Returns:
         An `AutoCompressionResult` (a `CompressionResult`): ``best`` names the winner,

@@ -306,7 +306,8 @@ class Distill(Step):
         teacher: a trained Keras model with the same output shape (logits).
         epochs: distillation epochs (teacher logits are computed once and cached).
         sparsity: if set, prune the student to this sparsity while distilling.
-        temperature, alpha: passed to `Distiller` (None keeps its defaults).
+        temperature: passed to `Distiller` (None keeps its default).
+        alpha: passed to `Distiller` (None keeps its default).
         learning_rate: initial Adam learning rate, cosine-decayed to zero over the step
             (at a constant rate the last weights of a short run swing by points).
     """
@@ -421,7 +422,9 @@ class Convert(Step):
     Args:
         mode: conversion mode; ``"int8"`` calibrates on 200 training samples.
         name: artifact name (default: the chain so far, e.g. ``"prune75-qat-int8"``).
-        io_type, sparse, keep_float: passed to `to_tflite`.
+        io_type: passed to `to_tflite`.
+        sparse: passed to `to_tflite`.
+        keep_float: passed to `to_tflite`.
     """
 
     mode: str = "int8"
@@ -572,7 +575,8 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         batch_size: training batch size of fine-tuning steps.
         copy: work on a copy and leave ``model`` untouched.
         evaluate: evaluate every artifact on the test data with `evaluate_tflite`.
-        threads, num_runs: evaluator settings.
+        threads: evaluator thread counts.
+        num_runs: evaluator timed runs per file.
         calibration_samples: training samples used to calibrate int8 conversions.
         verbose: 0 silent, 1 one line per step, plus Keras progress: bars on a
             terminal, one line per epoch otherwise (`fit_verbosity`).

@@ -29,7 +29,8 @@ class ChannelPruningCallback(keras.callbacks.Callback):
         round_to: kept widths are multiples of this where possible.
         max_group_ratio: at most this fraction of any one group's channels is removed (None: no cap); e.g.
             0.6 keeps residual streams from being cut to the ``round_to`` floor.
-        layers / skip: names of the only producers to prune / of producers never to prune.
+        layers: names of the only producers to prune.
+        skip: names of producers never to prune.
         data: ``(x, y)`` for ``importance="taylor"``.
         verbose: 1 prints the plan table when training starts.
 

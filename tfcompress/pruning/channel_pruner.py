@@ -37,7 +37,8 @@ def prune_channels(model, ratio, importance="l2", data=None, scope="global", rou
         max_group_ratio: at most this fraction of any one group's channels is removed (None: no cap). With the
             global ranking a residual stream can otherwise be cut to the ``round_to`` floor; the channels a
             capped group cannot give come from the next-ranked groups.
-        layers / skip: names of the only producers to prune / of producers never to prune.
+        layers: names of the only producers to prune.
+        skip: names of producers never to prune.
         verbose: 1 prints the plan table and what was removed.
 
     Returns:
