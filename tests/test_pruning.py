@@ -14,11 +14,6 @@ import tfcompress as tfc
 STEPS_PER_EPOCH = 43  # 1,347 digits training images at batch size 32
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return tfc.datasets.digits()
-
-
 def cnn(name="cnn"):
     inputs = keras.Input((8, 8, 1), name="image")
     x = layers.Conv2D(16, 3, padding="same", name="conv1")(inputs)
@@ -65,8 +60,8 @@ class ZeroChecker(keras.callbacks.Callback):
         self.trace.append((pruner.step, round(tfc.sparsity_report(self.model).overall, 4)))
 
 
-def test_fit_leaves_exact_zeros_at_every_batch_and_a_plain_model(digits, capsys):
-    (x, y), (x_test, y_test) = digits
+def test_fit_leaves_exact_zeros_at_every_batch_and_a_plain_model(digits_data, capsys):
+    (x, y), (x_test, y_test) = digits_data
     keras.utils.set_random_seed(0)
     model = compiled(cnn())
     layer_types = [type(layer) for layer in model.layers]
@@ -90,8 +85,8 @@ def test_fit_leaves_exact_zeros_at_every_batch_and_a_plain_model(digits, capsys)
     assert steps_with_change[:3] == [9, 19, 29]  # recorded at the end of the step before the update
 
 
-def test_checkpoints_and_saved_files_are_sparse_and_load_without_custom_objects(digits, tmp_path):
-    (x, y), (x_test, _) = digits
+def test_checkpoints_and_saved_files_are_sparse_and_load_without_custom_objects(digits_data, tmp_path):
+    (x, y), (x_test, _) = digits_data
     keras.utils.set_random_seed(1)
     model = compiled(cnn())
     checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "epoch{epoch}.keras"))
@@ -113,8 +108,8 @@ def test_checkpoints_and_saved_files_are_sparse_and_load_without_custom_objects(
     assert tfc.sparsity_report(loaded).overall < 0.2
 
 
-def test_layer_scope_gives_every_weight_the_scheduled_sparsity(digits):
-    (x, y), _ = digits
+def test_layer_scope_gives_every_weight_the_scheduled_sparsity(digits_data):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.6, end_step=40), scope="layer", verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -122,8 +117,8 @@ def test_layer_scope_gives_every_weight_the_scheduled_sparsity(digits):
         assert value == pytest.approx(0.6, abs=0.01), path
 
 
-def test_global_scope_hits_overall_target_and_keeps_the_floor(digits):
-    (x, y), _ = digits
+def test_global_scope_hits_overall_target_and_keeps_the_floor(digits_data):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.8, end_step=40), scope="global", min_density=0.15, verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -133,8 +128,8 @@ def test_global_scope_hits_overall_target_and_keeps_the_floor(digits):
     assert len({round(v, 2) for v in report.values()}) > 1  # layers got different sparsities
 
 
-def test_erk_scope_allocates_by_size(digits):
-    (x, y), _ = digits
+def test_erk_scope_allocates_by_size(digits_data):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.9, end_step=40), scope="erk", verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -150,7 +145,7 @@ def test_erk_scope_allocates_by_size(digits):
     assert densities[2] / densities[1] == pytest.approx((512 + 32) / 16384 / ((3 + 3 + 16 + 32) / 4608))
 
 
-def test_pruning_plan_table_names_every_weight_and_why(digits):
+def test_pruning_plan_table_names_every_weight_and_why(digits_data):
     model = cnn()
     pruner = tfc.Pruner(model, schedule(), skip=["logits"])
     table = pruner.table()
@@ -206,8 +201,8 @@ def nested_model():
      {"block/inner_conv/kernel", "block/inner_dense0/kernel", "block/inner_dense1/kernel", "head/kernel"}),
     (nested_model, {"outer/inner/c/kernel", "outer/d/kernel", "outer/out/kernel"}),
 ])
-def test_subclassed_and_nested_models_are_pruned(digits, make, expected):
-    (x, y), _ = digits
+def test_subclassed_and_nested_models_are_pruned(digits_data, make, expected):
+    (x, y), _ = digits_data
     model = make()
     model(x[:1])
     compiled(model)
@@ -255,8 +250,8 @@ def test_default_targets_depthwise_on_request_and_custom_layers():
     assert {e.path for e in opted_in.targets} == {"dw/kernel", "gate/w"}
 
 
-def test_resume_with_backup_and_restore_continues_the_schedule(digits, tmp_path):
-    (x, y), _ = digits
+def test_resume_with_backup_and_restore_continues_the_schedule(digits_data, tmp_path):
+    (x, y), _ = digits_data
     backup = str(tmp_path / "backup")
 
     def run(epochs, interrupt_after=None, pre_trained_steps=0):
@@ -289,10 +284,10 @@ def test_resume_with_backup_and_restore_continues_the_schedule(digits, tmp_path)
     assert resumed[0][1] >= first_part[-1][1] > 0.5
 
 
-def test_resume_mid_first_epoch_replays_it_on_the_same_schedule(digits, tmp_path):
+def test_resume_mid_first_epoch_replays_it_on_the_same_schedule(digits_data, tmp_path):
     # A backup taken inside epoch 0 holds zeros of later steps than the replayed epoch starts at;
     # the restored clock (step 0) must be trusted, not mistaken for a new callback on a sparse model.
-    (x, y), _ = digits
+    (x, y), _ = digits_data
     backup = str(tmp_path / "backup")
 
     def run(interrupt_at_batch=None):
@@ -321,8 +316,8 @@ def test_resume_mid_first_epoch_replays_it_on_the_same_schedule(digits, tmp_path
     assert resumed_sparsity == pytest.approx(reference_sparsity, abs=0.005)
 
 
-def test_loaded_pruned_model_continues_the_schedule_with_a_new_callback(digits, tmp_path, capsys):
-    (x, y), (x_test, y_test) = digits
+def test_loaded_pruned_model_continues_the_schedule_with_a_new_callback(digits_data, tmp_path, capsys):
+    (x, y), (x_test, y_test) = digits_data
     keras.utils.set_random_seed(7)
     model = compiled(cnn())
     ramp = schedule(0.75, end_step=70, frequency=10)
@@ -362,8 +357,8 @@ def test_loaded_pruned_model_continues_the_schedule_with_a_new_callback(digits, 
     assert cb.pruner.start_sparsity == pytest.approx(final) and cb.pruner.skipped_steps == 0
 
 
-def test_fresh_dense_model_starts_at_step_zero_even_with_a_zero_initialised_head(digits, capsys):
-    (x, y), _ = digits
+def test_fresh_dense_model_starts_at_step_zero_even_with_a_zero_initialised_head(digits_data, capsys):
+    (x, y), _ = digits_data
     keras.utils.set_random_seed(8)
     inputs = keras.Input((8, 8, 1))
     h = layers.Dense(32, activation="relu", name="fc")(layers.Flatten()(inputs))
@@ -416,8 +411,8 @@ def test_structured_starting_masks_keep_only_the_zeros_the_structure_prunes():
 
 
 @pytest.mark.parametrize("structure", ["block", "2:4"])
-def test_loaded_structured_model_keeps_its_pattern_with_a_new_callback(digits, tmp_path, structure):
-    (x, y), _ = digits
+def test_loaded_structured_model_keeps_its_pattern_with_a_new_callback(digits_data, tmp_path, structure):
+    (x, y), _ = digits_data
     keras.utils.set_random_seed(9)
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.5, end_step=20), structure=structure, verbose=0)
@@ -447,8 +442,8 @@ def test_loaded_structured_model_keeps_its_pattern_with_a_new_callback(digits, t
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision(digits, policy):
-    (x, y), (x_test, y_test) = digits
+def test_mixed_precision(digits_data, policy):
+    (x, y), (x_test, y_test) = digits_data
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(4)
@@ -466,8 +461,8 @@ def test_mixed_precision(digits, policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_block_structure_prunes_whole_blocks(digits):
-    (x, y), _ = digits
+def test_block_structure_prunes_whole_blocks(digits_data):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.5, end_step=20), structure="block", block_shape=(4, 1), verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -479,8 +474,8 @@ def test_block_structure_prunes_whole_blocks(digits):
     assert tfc.sparsity_report(model).overall == pytest.approx(0.5, abs=0.02)
 
 
-def test_2_by_4_structure_along_input_channels(digits):
-    (x, y), _ = digits
+def test_2_by_4_structure_along_input_channels(digits_data):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.3, end_step=20), structure="2:4", verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -494,8 +489,8 @@ def test_2_by_4_structure_along_input_channels(digits):
     assert tfc.sparsity_report(model)["conv1/kernel"] == 0.0
 
 
-def test_custom_training_loop_api(digits):
-    (x, y), _ = digits
+def test_custom_training_loop_api(digits_data):
+    (x, y), _ = digits_data
     keras.utils.set_random_seed(5)
     model = cnn()
     optimizer = keras.optimizers.Adam(3e-3)
@@ -547,8 +542,8 @@ def test_custom_training_loop_api(digits):
     assert min(trace) >= pruner.start_sparsity and trace[-1] > 0.8
 
 
-def test_log_dir_writes_per_layer_sparsity_for_tensorboard(digits, tmp_path):
-    (x, y), _ = digits
+def test_log_dir_writes_per_layer_sparsity_for_tensorboard(digits_data, tmp_path):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.5, end_step=30), log_dir=str(tmp_path), verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -591,8 +586,8 @@ def test_bad_arguments_raise_clear_errors():
         tfc.Pruner(model, schedule(), layers=[model.layers[1]])
 
 
-def test_sparse_tflite_export_keeps_per_tensor_sparsity(digits):
-    (x, y), _ = digits
+def test_sparse_tflite_export_keeps_per_tensor_sparsity(digits_data):
+    (x, y), _ = digits_data
     keras.utils.set_random_seed(6)
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.75, end_step=40), scope="layer", verbose=0)

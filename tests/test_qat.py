@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import keras
+from conftest import trained_on_digits
 from keras import layers
 
 import tfcompress as tfc
@@ -28,17 +29,8 @@ def _digits_cnn(bn=True):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return tfc.datasets.digits()
-
-
-@pytest.fixture(scope="module")
-def trained_float(digits):
-    (x, y), _ = digits
-    keras.utils.set_random_seed(1)
-    model = tfc.zoo.compile_classifier(_digits_cnn(), learning_rate=3e-3)
-    model.fit(x, y, epochs=25, batch_size=32, verbose=0)
-    return model
+def trained_float(digits_data):
+    return trained_on_digits(_digits_cnn, digits_data, epochs=25, seed=1)
 
 
 def _run_tflite(tflite_bytes, x):
@@ -128,8 +120,8 @@ def test_fold_math_matches_batch_norm():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_folded_model_matches_float_model_before_training(trained_float, digits):
-    (x, _), (x_test, _) = digits
+def test_folded_model_matches_float_model_before_training(trained_float, digits_data):
+    (x, _), (x_test, _) = digits_data
     qat = tq.quantize_model(trained_float)
     report = qat.quantization_report
     assert ("bn1", "conv1") in report.folded and ("dw_bn", "dw") in report.folded
@@ -270,8 +262,8 @@ def test_unsupported_layer_is_reported_and_left_float(make_layer):
         np.testing.assert_allclose(after, before * before, rtol=1e-6)
 
 
-def test_keep_float_forces_float_by_name_in_keras_and_in_the_file(trained_float, digits):
-    (x, _), (x_test, _) = digits
+def test_keep_float_forces_float_by_name_in_keras_and_in_the_file(trained_float, digits_data):
+    (x, _), (x_test, _) = digits_data
     with pytest.warns(UserWarning, match="keep_float"):
         qat = tq.quantize_model(trained_float, keep_float=["pw"])
     assert type(qat.get_layer("pw")) is layers.Conv2D
@@ -313,8 +305,8 @@ def test_layers_without_int8_kernels_are_reported_float_and_run_float(layer):
 # --- end to end ---------------------------------------------------------------------------
 
 
-def test_qat_trains_and_int8_file_matches_keras(trained_float, digits):
-    (x, y), (x_test, y_test) = digits
+def test_qat_trains_and_int8_file_matches_keras(trained_float, digits_data):
+    (x, y), (x_test, y_test) = digits_data
     float_accuracy = np.mean(trained_float.predict(x_test, verbose=0).argmax(1) == y_test)
     qat = tfc.zoo.compile_classifier(tq.quantize_model(trained_float), learning_rate=5e-4)
     parity = tfc.TFLiteParityCallback(every_n_epochs=2, x=x_test, y=y_test)
@@ -357,8 +349,8 @@ def test_sequential_and_nested_models():
         assert tflite.info.float_compute_ops() == []
 
 
-def test_pruned_model_keeps_its_zeros_through_qat_and_in_int8(trained_float, digits):
-    (x, y), _ = digits
+def test_pruned_model_keeps_its_zeros_through_qat_and_in_int8(trained_float, digits_data):
+    (x, y), _ = digits_data
     pruned = keras.models.clone_model(trained_float)
     pruned.set_weights(trained_float.get_weights())
     for name in ("conv1", "pw", "logits"):
@@ -378,8 +370,8 @@ def test_pruned_model_keeps_its_zeros_through_qat_and_in_int8(trained_float, dig
     assert sparsity[(10, 32)] >= 0.74
 
 
-def test_keras_file_round_trip_with_plain_load_model(trained_float, digits, tmp_path):
-    (x, y), (x_test, _) = digits
+def test_keras_file_round_trip_with_plain_load_model(trained_float, digits_data, tmp_path):
+    (x, y), (x_test, _) = digits_data
     qat = tfc.zoo.compile_classifier(tq.quantize_model(trained_float), learning_rate=1e-4)
     qat.fit(x[:256], y[:256], epochs=1, batch_size=32, verbose=0)
     path = str(tmp_path / "qat.keras")
@@ -391,8 +383,8 @@ def test_keras_file_round_trip_with_plain_load_model(trained_float, digits, tmp_
     loaded.fit(x[:64], y[:64], epochs=1, verbose=0)  # compiled state and QAT behaviour survive
 
 
-def test_freeze_stops_range_and_statistics_updates(trained_float, digits):
-    (x, y), _ = digits
+def test_freeze_stops_range_and_statistics_updates(trained_float, digits_data):
+    (x, y), _ = digits_data
     qat = tfc.zoo.compile_classifier(tq.quantize_model(trained_float), learning_rate=1e-3)
     qat.fit(x[:64], y[:64], epochs=1, verbose=0)
     quantizer, conv = qat.get_layer("relu1_quant"), qat.get_layer("conv1")
@@ -493,12 +485,12 @@ def test_identity_normalization_gets_no_second_quantizer():
     assert "norm_quant" in [layer.name for layer in qat.layers]
 
 
-def test_tflite_converter_used_directly_gives_an_int8_model(trained_float, digits):
+def test_tflite_converter_used_directly_gives_an_int8_model(trained_float, digits_data):
     # Users who skip to_tflite and call the converter themselves must get the same int8 graph: the QAT
     # model's inference graph is FakeQuant ops around plain Keras ops, nothing the converter cannot read.
     import tensorflow as tf
 
-    (x, _), _ = digits
+    (x, _), _ = digits_data
     qat = tq.quantize_model(trained_float)
     tq.calibrate(qat, x[:64])
     converter = tf.lite.TFLiteConverter.from_keras_model(qat)
