@@ -1,4 +1,4 @@
-"""PruningCallback / Pruner on real Keras 3 models and real (small) data."""
+"""PruningCallback / Pruner on real Keras 3 models and real (small) data, also under steps_per_execution and XLA."""
 
 import glob
 import json
@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import small_cnn
 from keras import layers
 
 import tfcompress as tfc
@@ -600,3 +601,102 @@ def test_sparse_tflite_export_keeps_per_tensor_sparsity(digits_data):
         np.testing.assert_allclose(sorted(k.zero_fraction for k in kernels), keras_sparsity, atol=1e-6)
         dense = tfc.to_tflite(model, mode=mode, representative_data=x[:100])
         assert len(data) < len(dense)
+
+
+# --- PruningCallback with steps_per_execution > 1 and with XLA -----------------------------------
+
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+class _ClockAndZeros(keras.callbacks.Callback):
+    """After PruningCallback in the callback list: records its clock and checks its zeros at every batch boundary."""
+
+    def __init__(self, pruning):
+        super().__init__()
+        self.pruning = pruning
+        self.begins = []  # (epoch, batch, optimizer.iterations, schedule step, overall sparsity)
+        self.regrown = 0
+        self._epoch = 0
+
+    def _sparsity(self):
+        weights = [e.variable.numpy() for e in self.pruning.pruner.targets]
+        return sum(int(np.sum(w == 0)) for w in weights) / sum(w.size for w in weights)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begins.append((self._epoch, batch, int(self.model.optimizer.iterations.numpy()),
+                            self.pruning.pruner.step, self._sparsity()))
+
+    def on_train_batch_end(self, batch, logs=None):
+        for entry, mask in zip(self.pruning.pruner.targets, self.pruning.pruner.masks):
+            self.regrown += int(np.sum(entry.variable.numpy()[mask.numpy() == 0] != 0))
+
+
+def _prune_from_scratch(digits_data, steps_per_execution=1, jit_compile=False, epochs=3):
+    (x, y), _ = digits_data
+    keras.utils.set_random_seed(0)
+    model = small_cnn()
+    model.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"], steps_per_execution=steps_per_execution,
+                  jit_compile=jit_compile)
+    # Mask updates due at steps 10, 20, ..., 50: with 4 steps per execution every one falls inside an
+    # execution (steps 9-12, 17-20, ...), never on the boundary where the callback runs.
+    schedule = tfc.PolynomialDecay(0.0, 0.7, begin_step=0, end_step=50, frequency=10)
+    pruning = tfc.PruningCallback(schedule, verbose=0)
+    check = _ClockAndZeros(pruning)
+    history = model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[pruning, check])
+    return model, schedule, pruning, check, history, len(x)
+
+
+def _assert_pruned_on_the_optimizer_clock(model, schedule, pruning, check, history, steps_per_epoch, epochs,
+                                          steps_per_execution):
+    assert int(model.optimizer.iterations.numpy()) == epochs * steps_per_epoch
+    begins = check.begins
+    assert len(begins) == epochs * -(-steps_per_epoch // steps_per_execution)
+    assert [b for e, b, *_ in begins if e == 0] == list(range(0, steps_per_epoch, steps_per_execution))
+    previous = 0
+    expected = 0.0
+    for epoch, batch, iterations, step, sparsity in begins:
+        # The schedule's clock is the optimizer's: step n is about to run after n - 1 updates.
+        assert step == iterations + 1 == epoch * steps_per_epoch + batch + 1, (epoch, batch, iterations, step)
+        if any(schedule.should_prune(s) for s in range(previous + 1, step + 1)):
+            expected = schedule.sparsity(step)  # a due step skipped inside an execution still updates
+        assert sparsity == pytest.approx(expected, abs=2e-3), (step, sparsity, expected)
+        previous = step
+    assert expected == pytest.approx(0.7)
+    assert check.regrown == 0, "pruned weights must stay exactly zero at every batch boundary"
+    final = [e.variable.numpy() for e in pruning.pruner.targets]
+    assert sum(int(np.sum(w == 0)) for w in final) / sum(w.size for w in final) == pytest.approx(0.7, abs=2e-3)
+    for entry, mask in zip(pruning.pruner.targets, pruning.pruner.masks):
+        assert np.all(entry.variable.numpy()[mask.numpy() == 0] == 0), entry.path
+    assert history.history["accuracy"][-1] > 0.8
+
+
+def test_pruning_with_steps_per_execution_follows_the_optimizer_clock(digits_data):
+    model, schedule, pruning, check, history, n = _prune_from_scratch(digits_data, steps_per_execution=4)
+    steps_per_epoch = -(-n // 32)
+    assert steps_per_epoch % 4 != 0  # every epoch ends on a short execution, which must not shift the clock
+    _assert_pruned_on_the_optimizer_clock(model, schedule, pruning, check, history, steps_per_epoch, 3, 4)
+
+
+def test_pruning_and_qat_under_jit_compile_give_a_sparse_int8_model(digits_data):
+    (x, y), (x_test, y_test) = digits_data
+    model, schedule, pruning, check, history, n = _prune_from_scratch(digits_data, jit_compile=True)
+    assert model.jit_compile is True  # Keras did not fall back to a plain tf.function
+    _assert_pruned_on_the_optimizer_clock(model, schedule, pruning, check, history, -(-n // 32), 3, 1)
+    pruned_sparsity = tfc.to_tflite(model, mode="int8", representative_data=x[:64]).info.sparsity
+
+    qat = tfc.quantize_model(model)
+    qat.compile(keras.optimizers.Adam(1e-4), LOSS, metrics=["accuracy"], jit_compile=True)
+    assert qat.jit_compile is True
+    qat.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    flatbuffer = tfc.to_tflite(qat, mode="int8", strict=True)
+    assert flatbuffer.info.float_compute_ops() == []
+    assert flatbuffer.info.op_census_by_dtype.get("FULLY_CONNECTED/int8") == 2
+    assert flatbuffer.info.sparsity == pytest.approx(pruned_sparsity, abs=0.01), "QAT under XLA kept the zeros"
+    keras_top1 = float(np.mean(np.asarray(qat.predict(x_test, verbose=0)).argmax(1) == y_test))
+    report = tfc.evaluate_tflite(flatbuffer, x=x_test, y=y_test, num_runs=1, backends=("cpu",))
+    assert report.accuracy > 0.85
+    assert report.accuracy == pytest.approx(keras_top1, abs=0.02)
