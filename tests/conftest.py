@@ -71,8 +71,10 @@ def keras_accuracy(model, x, y):
     return float(np.mean(logits.argmax(1) == y))
 
 
-TWO_LOGICAL_CPUS = """
+TWO_LOGICAL_CPUS = f"""
 import json
+import sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})  # the helper modules of tests/
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -87,8 +89,8 @@ import tfcompress as tfc
 def run_on_two_logical_cpus(body, timeout=600):
     """Runs ``body`` in a fresh interpreter with two logical CPUs (they must be set before TF starts).
 
-    ``body`` sees ``tf``, ``keras``, ``np``, ``tfc`` and the digits data, and reports by printing
-    ``"RESULT" + json.dumps(...)``; that JSON is returned.
+    ``body`` sees ``tf``, ``keras``, ``np``, ``tfc`` and the digits data, can import the helper modules of tests/
+    (``replica_checks``), and reports by printing ``"RESULT" + json.dumps(...)``; that JSON is returned.
     """
     import json
     import subprocess
