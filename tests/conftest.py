@@ -40,16 +40,30 @@ def small_cnn(input_shape=(8, 8, 1), name="small_cnn"):
     return keras.Model(inputs, outputs, name=name)
 
 
+def trained_on_digits(build, digits_data, epochs, seed=0):
+    """``build()`` after seeding Keras with ``seed``, compiled as a classifier (Adam, 3e-3) and fitted on the
+    digits training split in batches of 32: the same seed, builder and epochs give the same weights."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    (x, y), _ = digits_data
+    model = tfc.zoo.compile_classifier(build(), learning_rate=3e-3)
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    return model
+
+
 @pytest.fixture(scope="session")
 def trained_digits_model(digits_data):
     """A small Functional CNN trained on sklearn digits (~97% test accuracy), shared by tests."""
-    import keras
+    return trained_on_digits(small_cnn, digits_data, epochs=25)
 
-    keras.utils.set_random_seed(0)
-    (x, y), _ = digits_data
-    model = tfc.zoo.compile_classifier(small_cnn(), learning_rate=3e-3)
-    model.fit(x, y, epochs=25, batch_size=32, verbose=0)
-    return model
+
+@pytest.fixture(scope="session")
+def digits_tflites(trained_digits_model, digits_data):
+    """``trained_digits_model`` as a float32 and an int8 .tflite (calibrated on 64 training images)."""
+    (x, _), _ = digits_data
+    return {"float32": tfc.to_tflite(trained_digits_model, mode="float32"),
+            "int8": tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:64])}
 
 
 def keras_accuracy(model, x, y):
@@ -57,8 +71,10 @@ def keras_accuracy(model, x, y):
     return float(np.mean(logits.argmax(1) == y))
 
 
-TWO_LOGICAL_CPUS = """
+TWO_LOGICAL_CPUS = f"""
 import json
+import sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})  # the helper modules of tests/
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -73,8 +89,8 @@ import tfcompress as tfc
 def run_on_two_logical_cpus(body, timeout=600):
     """Runs ``body`` in a fresh interpreter with two logical CPUs (they must be set before TF starts).
 
-    ``body`` sees ``tf``, ``keras``, ``np``, ``tfc`` and the digits data, and reports by printing
-    ``"RESULT" + json.dumps(...)``; that JSON is returned.
+    ``body`` sees ``tf``, ``keras``, ``np``, ``tfc`` and the digits data, can import the helper modules of tests/
+    (``replica_checks``), and reports by printing ``"RESULT" + json.dumps(...)``; that JSON is returned.
     """
     import json
     import subprocess

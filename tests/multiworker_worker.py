@@ -22,6 +22,8 @@ import sys
 import time
 import types
 
+from replica_checks import mask_held_callback  # this script's folder is first on sys.path
+
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -243,22 +245,8 @@ def prune(ctx):
     initial = variables(model, "initial/")
     callback = tfc.PruningCallback(
         tfc.PolynomialDecay(0.0, 0.75, begin_step=0, end_step=PRUNE_END_STEP, frequency=10), verbose=0)
-
-    class MaskHeld(keras.callbacks.Callback):
-        """After every step: every local replica of every pruned kernel is zero where its mask is."""
-
-        def __init__(self):
-            super().__init__()
-            self.held = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            ok = True
-            for entry, mask in zip(callback.pruner.targets, callback.pruner.masks):
-                for replica in strategy.experimental_local_results(entry.variable.value):
-                    ok &= bool(np.all(replica.numpy()[mask.numpy() == 0] == 0))
-            self.held.append(ok)
-
-    mask_held = MaskHeld()
+    # After every step: every local replica of every pruned kernel is zero where its mask is.
+    mask_held = mask_held_callback(strategy, callback)
     history = model.fit(x, y, epochs=PRUNE_EPOCHS, batch_size=BATCH, shuffle=False, verbose=0,
                         callbacks=[callback, mask_held, timing(keras, "prune")])
     result = {**initial, **variables(model, "final/")}

@@ -177,6 +177,28 @@ def test_python_api_bad_input(case):
         assert not isinstance(info.value, tfc.InvalidTFLiteFileError), str(info.value)
 
 
+VERBS = {
+    "convert": lambda m: tfc.to_tflite(m),
+    "prune": lambda m: tfc.Pruner(m, tfc.ConstantSparsity(0.5, 0)),
+    "quantize": lambda m: tfc.quantize_model(m),
+    "distill": lambda m: tfc.Distiller(teacher=m, student=m),
+    "compress": lambda m: tfc.compress(m, "digits"),
+}
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_verb_rejects_a_path_with_the_same_fix(verb):
+    with pytest.raises(TypeError, match=rf"must be a keras\.Model, got str 'm\.keras'\. To {verb}\w* .*saved model, "
+                                        r"load it first: keras\.models\.load_model\(path\)"):
+        VERBS[verb]("m.keras")
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_verb_rejects_a_keras_tensor_the_same_way(verb):
+    with pytest.raises(TypeError, match=r"got a KerasTensor .*keras\.Model\(inputs, outputs\)"):
+        VERBS[verb](keras.layers.Dense(2)(keras.Input((3,))))
+
+
 def test_float64_calibration_data_is_accepted_not_rejected():
     b = tfc.to_tflite(_image_model(), mode="int8", representative_data=_x().astype(np.float64))
     assert b.info.float_compute_ops() == []

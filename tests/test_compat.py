@@ -75,3 +75,21 @@ def test_documented_namespaces_and_new_paths_do_not_warn():
         for new_path in ("tfcompress.export.sensitivity", "tfcompress.pipeline.cli",
                          "tfcompress.evaluation.onnxruntime"):
             importlib.import_module(new_path)
+
+
+def test_old_names_warn_and_still_work():
+    with pytest.warns(DeprecationWarning, match="use tfc.QATConfig"):
+        old = tfc.QuantizationConfig
+    assert old is tfc.QATConfig
+    with pytest.warns(DeprecationWarning, match="use tfc.QuantizationAwareTraining"):
+        from tfcompress.pipeline.recipe import QuantizeAware  # noqa: F401
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tfc.callbacks.PruningCallback is tfc.PruningCallback
+    with pytest.raises(AttributeError, match="no attribute 'Nonexistent'"):
+        tfc.Nonexistent  # noqa: B018
+
+
+def test_public_api_lists_only_real_names():
+    assert all(hasattr(tfc, name) for name in tfc.__all__)
+    assert {"PruningCallback", "BackupAndRestore", "TFLiteParityCallback"} <= set(tfc.callbacks.__all__)

@@ -275,3 +275,25 @@ def test_keep_float_keeps_only_the_named_layer_float(trained_digits_model, digit
     b = tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:64], keep_float=["conv2"])
     floats = b.info.float_compute_ops()
     assert [op.type for op in floats] == ["CONV_2D"] and "conv2" in floats[0].output_names[0]
+
+
+def test_loaded_subclassed_model_converts_from_its_recorded_shape(tmp_path):
+    @keras.saving.register_keras_serializable(package="tfcompress_tests")
+    class Net(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = keras.layers.Conv2D(2, 3)
+            self.flat = keras.layers.Flatten()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(self.flat(self.conv(x)))
+
+    net = Net(name="net")
+    net(np.zeros((2, 9, 9, 1), np.float32))
+    path = os.path.join(tmp_path, "net.keras")
+    net.save(path)
+    loaded = keras.models.load_model(path)
+    x = np.random.default_rng(0).random((20, 9, 9, 1), dtype=np.float32)
+    flatbuffer = tfc.to_tflite(loaded, mode="int8", representative_data=x)
+    assert flatbuffer.info.input_details[0]["shape"][1:] == [9, 9, 1]

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import trained_on_digits
 
 import tfcompress as tfc
 from tfcompress.distillation import LABELS_KEY, TEACHER_LOGITS_KEY
@@ -44,16 +45,9 @@ def _student(num_classes=10):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return tfc.datasets.digits()
-
-
-@pytest.fixture(scope="module")
-def teacher(digits):
-    (x, y), (x_test, y_test) = digits
-    keras.utils.set_random_seed(0)
-    model = tfc.zoo.compile_classifier(_teacher(), learning_rate=3e-3)
-    model.fit(x, y, epochs=8, batch_size=32, verbose=0)
+def teacher(digits_data):
+    _, (x_test, y_test) = digits_data
+    model = trained_on_digits(_teacher, digits_data, epochs=8)
     accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
     assert accuracy > 0.8, f"test teacher too weak to distil from: accuracy {accuracy:.3f}"
     return model
@@ -83,8 +77,8 @@ def test_is_a_keras_distiller_and_trains_only_the_student(teacher):
     assert trainable == {id(w) for w in distiller.student.trainable_weights}
 
 
-def test_gradients_reach_only_the_student(teacher, digits):
-    (x, y), _ = digits
+def test_gradients_reach_only_the_student(teacher, digits_data):
+    (x, y), _ = digits_data
     distiller = _distiller(teacher, alpha=0.3, feature_layers={"gap": "gap"})
     every_variable = teacher.weights + distiller.student.trainable_weights
     with tf.GradientTape() as tape:
@@ -98,8 +92,8 @@ def test_gradients_reach_only_the_student(teacher, digits):
     assert all(g is not None and np.any(g.numpy() != 0) for g in student_grads)
 
 
-def test_fit_leaves_teacher_and_its_batchnorm_statistics_unchanged(teacher, digits):
-    (x, y), _ = digits
+def test_fit_leaves_teacher_and_its_batchnorm_statistics_unchanged(teacher, digits_data):
+    (x, y), _ = digits_data
     before_teacher = _weights(teacher)
     distiller = _distiller(teacher, feature_layers={"gap": "gap"})
     before_student = _weights(distiller.student)
@@ -110,8 +104,8 @@ def test_fit_leaves_teacher_and_its_batchnorm_statistics_unchanged(teacher, digi
 
 
 @pytest.mark.parametrize("temperature, alpha", [(1.0, 0.5), (4.0, 0.1), (8.0, 0.0), (2.0, 1.0)])
-def test_loss_is_alpha_hard_plus_one_minus_alpha_t_squared_kl(teacher, digits, temperature, alpha):
-    (x, y), _ = digits
+def test_loss_is_alpha_hard_plus_one_minus_alpha_t_squared_kl(teacher, digits_data, temperature, alpha):
+    (x, y), _ = digits_data
     x, y = x[:50], y[:50]
     distiller = _distiller(teacher, temperature=temperature, alpha=alpha)
     student_logits = distiller.student(x, training=False).numpy().astype(np.float64)
@@ -131,8 +125,8 @@ def test_loss_is_alpha_hard_plus_one_minus_alpha_t_squared_kl(teacher, digits, t
     )
 
 
-def test_feature_loss_is_weighted_mse_inside_the_distillation_term(teacher, digits):
-    (x, y), _ = digits
+def test_feature_loss_is_weighted_mse_inside_the_distillation_term(teacher, digits_data):
+    (x, y), _ = digits_data
     x, y = x[:40], y[:40]
     temperature, alpha, feature_weight = 3.0, 0.25, 0.5
     distiller = _distiller(
@@ -154,10 +148,10 @@ def test_feature_loss_is_weighted_mse_inside_the_distillation_term(teacher, digi
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
 
 
-def test_evaluate_with_feature_layers_leaves_student_batchnorm_alone(teacher, digits):
+def test_evaluate_with_feature_layers_leaves_student_batchnorm_alone(teacher, digits_data):
     # keras.distillation.Distiller 3.15 runs the student's feature pass with training=True
     # even in evaluate, which moves its BatchNormalization statistics.
-    (x, y), (x_test, y_test) = digits
+    (x, y), (x_test, y_test) = digits_data
     distiller = _distiller(teacher, feature_layers={"gap": "gap"})
     distiller.fit(x, y, epochs=1, batch_size=64, verbose=0)
     before = _weights(distiller.student)
@@ -166,8 +160,8 @@ def test_evaluate_with_feature_layers_leaves_student_batchnorm_alone(teacher, di
         np.testing.assert_array_equal(b, a.numpy(), err_msg=a.path)
 
 
-def test_cached_and_uncached_give_the_same_loss_on_the_same_batch(teacher, digits):
-    (x, y), _ = digits
+def test_cached_and_uncached_give_the_same_loss_on_the_same_batch(teacher, digits_data):
+    (x, y), _ = digits_data
     distiller = _distiller(teacher, temperature=4.0, alpha=0.2)
     dataset = distiller.cache_teacher(x, y, batch_size=64, shuffle=False)
     images, targets = next(iter(dataset))
@@ -185,8 +179,8 @@ def test_cached_and_uncached_give_the_same_loss_on_the_same_batch(teacher, digit
         np.testing.assert_allclose(from_cache[name], plain[name], rtol=1e-5, err_msg=name)
 
 
-def test_fit_on_cached_teacher_learns(teacher, digits):
-    (x, y), (x_test, y_test) = digits
+def test_fit_on_cached_teacher_learns(teacher, digits_data):
+    (x, y), (x_test, y_test) = digits_data
     keras.utils.set_random_seed(1)
     distiller = _distiller(teacher)
     distiller.fit(distiller.cache_teacher(x, y, batch_size=32, seed=1), epochs=4, shuffle=False, verbose=0)
@@ -194,8 +188,8 @@ def test_fit_on_cached_teacher_learns(teacher, digits):
     assert accuracy > 0.5
 
 
-def test_alpha_zero_trains_from_the_teacher_without_labels(teacher, digits):
-    (x, _), _ = digits
+def test_alpha_zero_trains_from_the_teacher_without_labels(teacher, digits_data):
+    (x, _), _ = digits_data
     distiller = tfc.Distiller(teacher, _student(), alpha=0.0)
     distiller.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = distiller.fit(distiller.cache_teacher(x, batch_size=64), epochs=2, shuffle=False, verbose=0)
@@ -203,8 +197,8 @@ def test_alpha_zero_trains_from_the_teacher_without_labels(teacher, digits):
     assert losses[1] < losses[0]
 
 
-def test_saving_the_distiller_round_trips(teacher, digits, tmp_path):
-    (x, y), (x_test, y_test) = digits
+def test_saving_the_distiller_round_trips(teacher, digits_data, tmp_path):
+    (x, y), (x_test, y_test) = digits_data
     distiller = _distiller(
         teacher, temperature=3.0, alpha=0.3, feature_layers={"t_relu1": "relu1"}, feature_weight=0.2,
         feature_loss="attention",
@@ -229,8 +223,8 @@ def test_saving_the_distiller_round_trips(teacher, digits, tmp_path):
     loaded.fit(x[:128], y[:128], epochs=1, verbose=0)  # Still compiled and trainable.
 
 
-def test_exported_student_holds_no_teacher_weights(teacher, digits, tmp_path):
-    (x, y), _ = digits
+def test_exported_student_holds_no_teacher_weights(teacher, digits_data, tmp_path):
+    (x, y), _ = digits_data
     distiller = _distiller(teacher)
     distiller.fit(x[:256], y[:256], epochs=1, verbose=0)
     teacher_names = {layer.name for layer in teacher.layers} - {"image", "gap"}
@@ -294,15 +288,15 @@ def test_bad_arguments_are_named(teacher, kwargs, message):
         tfc.Distiller(teacher, _student(), **kwargs)
 
 
-def test_one_hot_labels_with_sparse_loss_are_explained(teacher, digits):
-    (x, y), _ = digits
+def test_one_hot_labels_with_sparse_loss_are_explained(teacher, digits_data):
+    (x, y), _ = digits_data
     distiller = _distiller(teacher)
     with pytest.raises(ValueError, match=r"look one-hot.*CategoricalCrossentropy\(from_logits=True\)"):
         distiller.fit(x[:64], keras.utils.to_categorical(y[:64], 10), epochs=1, verbose=0)
 
 
-def test_out_of_range_labels_are_explained(teacher, digits):
-    (x, y), _ = digits
+def test_out_of_range_labels_are_explained(teacher, digits_data):
+    (x, y), _ = digits_data
     distiller = _distiller(teacher)
     bad = y[:64].copy()
     bad[3] = 12
@@ -318,23 +312,23 @@ def test_probability_losses_are_refused(teacher):
         distiller.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy())
 
 
-def test_missing_labels_with_positive_alpha_are_explained(teacher, digits):
-    (x, _), _ = digits
+def test_missing_labels_with_positive_alpha_are_explained(teacher, digits_data):
+    (x, _), _ = digits_data
     distiller = _distiller(teacher, alpha=0.5)
     with pytest.raises(ValueError, match=r"y is None but alpha=0.5"):
         distiller.cache_teacher(x)
 
 
-def test_cache_refuses_feature_distillation(teacher, digits):
-    (x, y), _ = digits
+def test_cache_refuses_feature_distillation(teacher, digits_data):
+    (x, y), _ = digits_data
     distiller = _distiller(teacher, feature_layers={"gap": "gap"})
     with pytest.raises(ValueError, match="caches only the teacher's logits"):
         distiller.cache_teacher(x, y)
 
 
 @pytest.mark.parametrize("feature_layers", [None, {"gap": "gap"}])
-def test_prune_while_distilling_leaves_a_sparse_student_and_an_intact_teacher(teacher, digits, feature_layers):
-    (x, y), (x_test, y_test) = digits
+def test_prune_while_distilling_leaves_a_sparse_student_and_an_intact_teacher(teacher, digits_data, feature_layers):
+    (x, y), (x_test, y_test) = digits_data
     before_teacher = _weights(teacher)
     distiller = _distiller(teacher, feature_layers=feature_layers)
     pruning = tfc.PruningCallback(tfc.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=60, frequency=10), verbose=0)
@@ -348,10 +342,10 @@ def test_prune_while_distilling_leaves_a_sparse_student_and_an_intact_teacher(te
     assert distiller.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"] > 0.5
 
 
-def test_distils_into_a_qat_student_that_exports_to_int8(teacher, digits):
+def test_distils_into_a_qat_student_that_exports_to_int8(teacher, digits_data):
     from tfcompress.quantization import quantize_model
 
-    (x, y), (x_test, y_test) = digits
+    (x, y), (x_test, y_test) = digits_data
     keras.utils.set_random_seed(2)
     qat_student = quantize_model(_student())
     distiller = tfc.Distiller(teacher, qat_student)
@@ -365,8 +359,8 @@ def test_distils_into_a_qat_student_that_exports_to_int8(teacher, digits):
     assert abs(report.accuracy - keras_accuracy) < 0.05
 
 
-def test_attention_feature_loss_matches_hand_computation_across_widths(teacher, digits):
-    (x, y), _ = digits
+def test_attention_feature_loss_matches_hand_computation_across_widths(teacher, digits_data):
+    (x, y), _ = digits_data
     x, y = x[:30], y[:30]
     alpha, feature_weight, temperature = 0.5, 2.0, 2.0
     # Teacher relu1 is 8x8x32, student relu1 is 8x8x16: only attention transfer can pair them.
@@ -396,9 +390,9 @@ def test_attention_feature_loss_matches_hand_computation_across_widths(teacher, 
     assert transfer > 0
 
 
-def test_feature_weight_above_one_scales_the_feature_loss(teacher, digits):
+def test_feature_weight_above_one_scales_the_feature_loss(teacher, digits_data):
     # Not a share like alpha: a scale between losses in different units (see the docstring).
-    (x, y), _ = digits
+    (x, y), _ = digits_data
     x, y = x[:40], y[:40]
     student, losses = _student(), {}
     for feature_weight in (0.0, 1.0, 5.0):
@@ -434,8 +428,8 @@ def _strategy_scope(distributed):
 
 
 @pytest.mark.parametrize("mode", ["graph", "eager", "mirrored"])
-def test_subclassed_student_with_other_classes_fails_clearly_on_the_first_step(teacher, digits, mode):
-    (x, y), _ = digits
+def test_subclassed_student_with_other_classes_fails_clearly_on_the_first_step(teacher, digits_data, mode):
+    (x, y), _ = digits_data
     with _strategy_scope(mode == "mirrored"):
         # Under a strategy the models must be created in its scope; an untrained teacher
         # is enough for a shape check.
@@ -450,16 +444,16 @@ def test_subclassed_student_with_other_classes_fails_clearly_on_the_first_step(t
         distiller.fit(x[:128], y[:128], epochs=1, batch_size=64, verbose=0)
 
 
-def test_subclassed_student_that_matches_the_teacher_trains(teacher, digits):
-    (x, y), _ = digits
+def test_subclassed_student_that_matches_the_teacher_trains(teacher, digits_data):
+    (x, y), _ = digits_data
     distiller = tfc.Distiller(teacher, _SubclassedStudent(name="flat"))
     distiller.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = distiller.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
 
 
-def test_subclassed_student_with_several_outputs_is_explained(teacher, digits):
-    (x, y), _ = digits
+def test_subclassed_student_with_several_outputs_is_explained(teacher, digits_data):
+    (x, y), _ = digits_data
     distiller = tfc.Distiller(teacher, _SubclassedStudent(num_outputs=2, name="two_heads"))
     distiller.compile(optimizer="adam")
     with pytest.raises(ValueError, match=r"student 'two_heads' returned list .*single-output.*one logits tensor"):
@@ -467,10 +461,10 @@ def test_subclassed_student_with_several_outputs_is_explained(teacher, digits):
 
 
 @pytest.mark.parametrize("feature_loss", ["mse", "attention"])
-def test_feature_shapes_known_only_at_run_time_are_checked_on_the_first_step(digits, feature_loss):
+def test_feature_shapes_known_only_at_run_time_are_checked_on_the_first_step(digits_data, feature_loss):
     # With free spatial dimensions both layers are (None, None, None, 8) when the Distiller
     # is built; only the data shows that the teacher's has half the resolution.
-    (x, y), _ = digits
+    (x, y), _ = digits_data
 
     def model(name, pool):
         inputs = keras.Input((None, None, 1))
@@ -517,8 +511,8 @@ def _counted_student():
 
 
 @pytest.mark.parametrize("distributed", [False, True])
-def test_feature_distillation_runs_one_student_pass_per_step(teacher, digits, distributed):
-    (x, y), _ = digits
+def test_feature_distillation_runs_one_student_pass_per_step(teacher, digits_data, distributed):
+    (x, y), _ = digits_data
     with _strategy_scope(distributed):
         student = _counted_student()
         distiller = tfc.Distiller(teacher if not distributed else _teacher(), student, feature_layers={"gap": "gap"})
@@ -532,20 +526,20 @@ def test_feature_distillation_runs_one_student_pass_per_step(teacher, digits, di
     assert calls.numpy() == 9
 
 
-def test_one_pass_and_two_pass_feature_losses_agree(teacher, digits):
+def test_one_pass_and_two_pass_feature_losses_agree(teacher, digits_data):
     # evaluate (one pass via call) and a direct compute_loss (a separate feature pass) must
     # give the same loss on the same batch in inference mode.
-    (x, y), _ = digits
+    (x, y), _ = digits_data
     distiller = _distiller(teacher, alpha=0.3, feature_layers={"gap": "gap"}, feature_weight=2.0)
     evaluated = distiller.evaluate(x[:64], y[:64], batch_size=64, verbose=0, return_dict=True)
     direct = float(distiller.compute_loss(x[:64], y[:64], training=False))
     np.testing.assert_allclose(evaluated["loss"], direct, rtol=1e-5)
 
 
-def test_the_teacher_freeze_lasts_through_pruned_distillation_until_trainable_is_set(teacher, digits):
+def test_the_teacher_freeze_lasts_through_pruned_distillation_until_trainable_is_set(teacher, digits_data):
     # Kept on purpose, as keras.distillation.Distiller does: PruningCallback skips only
     # non-trainable weights, so an unfrozen teacher would be pruned with the student.
-    (x, y), _ = digits
+    (x, y), _ = digits_data
     own = _teacher()  # the caller's trained model, trainable (the shared fixture stays as it is)
     own.set_weights(teacher.get_weights())
     assert own.trainable and own.trainable_weights
@@ -569,8 +563,8 @@ def test_the_teacher_freeze_lasts_through_pruned_distillation_until_trainable_is
     assert any(not np.array_equal(b, a.numpy()) for b, a in zip(before, own.weights))
 
 
-def test_a_list_of_teachers_teaches_their_averaged_soft_targets(teacher, digits):
-    (x, y), (x_test, y_test) = digits
+def test_a_list_of_teachers_teaches_their_averaged_soft_targets(teacher, digits_data):
+    (x, y), (x_test, y_test) = digits_data
     keras.utils.set_random_seed(3)
     second = tfc.zoo.compile_classifier(_teacher(name="teacher2"), learning_rate=3e-3)
     second.fit(x, y, epochs=4, batch_size=32, verbose=0)

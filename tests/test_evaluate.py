@@ -269,6 +269,30 @@ def test_multi_input_lists_follow_the_keras_order_though_the_file_reorders_input
         tfc.evaluate.predict(str(path), pair)  # the file alone cannot say which array is which
 
 
+def test_two_headed_model_converts_and_is_scored_on_the_named_head():
+    inputs = keras.Input((8,), name="x")
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    # The converter orders this file's output tensors as [wide, narrow]: the Keras order is restored by name.
+    model = keras.Model(inputs, [keras.layers.Dense(3, name="zz_narrow")(hidden),
+                                 keras.layers.Dense(5, name="aa_wide")(hidden)])
+    x = np.random.default_rng(0).random((40, 8), dtype=np.float32)
+    narrow, wide = (np.asarray(o) for o in model(x))
+    flatbuffer = tfc.to_tflite(model)
+    from tfcompress.evaluation.litert import make_interpreter, _predict
+
+    interpreter = make_interpreter(bytes(flatbuffer), "cpu", 1)
+    np.testing.assert_allclose(_predict(interpreter, [x], 16, head=0), narrow, atol=1e-5)
+    np.testing.assert_allclose(_predict(interpreter, [x], 16, head=1), wide, atol=1e-5)
+    by_index = tfc.evaluate_tflite(flatbuffer, x=x, y=wide.argmax(1), output=1, num_runs=1)
+    assert by_index.accuracy == 1.0 and by_index.accuracy_output == "output_1"
+    by_name = tfc.evaluate_tflite(flatbuffer, x=x, y=narrow.argmax(1), output="output_0", num_runs=1)
+    assert by_name.accuracy == 1.0 and "output_0" in by_name.to_markdown()
+    with pytest.raises(ValueError, match=r"2 outputs \['output_0', 'output_1'\].*pass output="):
+        tfc.evaluate_tflite(flatbuffer, x=x, y=narrow.argmax(1), num_runs=1)
+    with pytest.raises(ValueError, match=r"output=2: pass an index in 0\.\.1"):
+        tfc.evaluate_tflite(flatbuffer, x=x, y=narrow.argmax(1), output=2, num_runs=1)
+
+
 def test_macs_are_counted_from_the_file_on_a_keras_application_and_a_transformer_block():
     """The hardware-independent figure beside every timing: the same as Keras's own count, float32 or int8."""
     mobile = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None)

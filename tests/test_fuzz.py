@@ -14,9 +14,8 @@ import tflite_mutations as fuzz  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def int8_bytes(trained_digits_model, digits_data):
-    (x, _), _ = digits_data
-    return bytes(tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:64]))
+def int8_bytes(digits_tflites):
+    return bytes(digits_tflites["int8"])
 
 
 def test_parser_survives_hundreds_of_mutations(int8_bytes):

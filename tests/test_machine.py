@@ -64,11 +64,9 @@ def test_this_machine_matches_proc_cpuinfo():
 
 
 @pytest.fixture(scope="module")
-def float_and_int8_reports(trained_digits_model, digits_data):
-    (x, _), (x_test, y_test) = digits_data
-    files = {"float32": tfc.to_tflite(trained_digits_model, mode="float32"),
-             "int8": tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:64])}
-    return tfc.evaluate_many(files, x=x_test, y=y_test, num_runs=5)
+def float_and_int8_reports(digits_tflites, digits_data):
+    _, (x_test, y_test) = digits_data
+    return tfc.evaluate_many(digits_tflites, x=x_test, y=y_test, num_runs=5)
 
 
 def test_reports_name_the_machine_and_count_macs(float_and_int8_reports):

@@ -17,19 +17,13 @@ from tfcompress.export import onnx as onnx_export
 pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")
 
-from conftest import small_cnn  # noqa: E402
+from conftest import small_cnn, trained_on_digits  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained_cnn(digits_data):
     """The shared small CNN, trained briefly (a few seconds) so accuracy and int8 ranges mean something."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    (x, y), _ = digits_data
-    model = tfc.zoo.compile_classifier(small_cnn(name="onnx_cnn"), learning_rate=3e-3)
-    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
-    return model
+    return trained_on_digits(lambda: small_cnn(name="onnx_cnn"), digits_data, epochs=3)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""PruningCallback / Pruner on real Keras 3 models and real (small) data."""
+"""PruningCallback / Pruner on real Keras 3 models and real (small) data, also under steps_per_execution and XLA."""
 
 import glob
 import json
@@ -7,16 +7,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import small_cnn
 from keras import layers
 
 import tfcompress as tfc
 
 STEPS_PER_EPOCH = 43  # 1,347 digits training images at batch size 32
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return tfc.datasets.digits()
 
 
 def cnn(name="cnn"):
@@ -65,8 +61,8 @@ class ZeroChecker(keras.callbacks.Callback):
         self.trace.append((pruner.step, round(tfc.sparsity_report(self.model).overall, 4)))
 
 
-def test_fit_leaves_exact_zeros_at_every_batch_and_a_plain_model(digits, capsys):
-    (x, y), (x_test, y_test) = digits
+def test_fit_leaves_exact_zeros_at_every_batch_and_a_plain_model(digits_data, capsys):
+    (x, y), (x_test, y_test) = digits_data
     keras.utils.set_random_seed(0)
     model = compiled(cnn())
     layer_types = [type(layer) for layer in model.layers]
@@ -90,8 +86,8 @@ def test_fit_leaves_exact_zeros_at_every_batch_and_a_plain_model(digits, capsys)
     assert steps_with_change[:3] == [9, 19, 29]  # recorded at the end of the step before the update
 
 
-def test_checkpoints_and_saved_files_are_sparse_and_load_without_custom_objects(digits, tmp_path):
-    (x, y), (x_test, _) = digits
+def test_checkpoints_and_saved_files_are_sparse_and_load_without_custom_objects(digits_data, tmp_path):
+    (x, y), (x_test, _) = digits_data
     keras.utils.set_random_seed(1)
     model = compiled(cnn())
     checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "epoch{epoch}.keras"))
@@ -113,8 +109,8 @@ def test_checkpoints_and_saved_files_are_sparse_and_load_without_custom_objects(
     assert tfc.sparsity_report(loaded).overall < 0.2
 
 
-def test_layer_scope_gives_every_weight_the_scheduled_sparsity(digits):
-    (x, y), _ = digits
+def test_layer_scope_gives_every_weight_the_scheduled_sparsity(digits_data):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.6, end_step=40), scope="layer", verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -122,8 +118,8 @@ def test_layer_scope_gives_every_weight_the_scheduled_sparsity(digits):
         assert value == pytest.approx(0.6, abs=0.01), path
 
 
-def test_global_scope_hits_overall_target_and_keeps_the_floor(digits):
-    (x, y), _ = digits
+def test_global_scope_hits_overall_target_and_keeps_the_floor(digits_data):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.8, end_step=40), scope="global", min_density=0.15, verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -133,8 +129,8 @@ def test_global_scope_hits_overall_target_and_keeps_the_floor(digits):
     assert len({round(v, 2) for v in report.values()}) > 1  # layers got different sparsities
 
 
-def test_erk_scope_allocates_by_size(digits):
-    (x, y), _ = digits
+def test_erk_scope_allocates_by_size(digits_data):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.9, end_step=40), scope="erk", verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -150,7 +146,7 @@ def test_erk_scope_allocates_by_size(digits):
     assert densities[2] / densities[1] == pytest.approx((512 + 32) / 16384 / ((3 + 3 + 16 + 32) / 4608))
 
 
-def test_pruning_plan_table_names_every_weight_and_why(digits):
+def test_pruning_plan_table_names_every_weight_and_why(digits_data):
     model = cnn()
     pruner = tfc.Pruner(model, schedule(), skip=["logits"])
     table = pruner.table()
@@ -206,8 +202,8 @@ def nested_model():
      {"block/inner_conv/kernel", "block/inner_dense0/kernel", "block/inner_dense1/kernel", "head/kernel"}),
     (nested_model, {"outer/inner/c/kernel", "outer/d/kernel", "outer/out/kernel"}),
 ])
-def test_subclassed_and_nested_models_are_pruned(digits, make, expected):
-    (x, y), _ = digits
+def test_subclassed_and_nested_models_are_pruned(digits_data, make, expected):
+    (x, y), _ = digits_data
     model = make()
     model(x[:1])
     compiled(model)
@@ -255,8 +251,8 @@ def test_default_targets_depthwise_on_request_and_custom_layers():
     assert {e.path for e in opted_in.targets} == {"dw/kernel", "gate/w"}
 
 
-def test_resume_with_backup_and_restore_continues_the_schedule(digits, tmp_path):
-    (x, y), _ = digits
+def test_resume_with_backup_and_restore_continues_the_schedule(digits_data, tmp_path):
+    (x, y), _ = digits_data
     backup = str(tmp_path / "backup")
 
     def run(epochs, interrupt_after=None, pre_trained_steps=0):
@@ -289,10 +285,10 @@ def test_resume_with_backup_and_restore_continues_the_schedule(digits, tmp_path)
     assert resumed[0][1] >= first_part[-1][1] > 0.5
 
 
-def test_resume_mid_first_epoch_replays_it_on_the_same_schedule(digits, tmp_path):
+def test_resume_mid_first_epoch_replays_it_on_the_same_schedule(digits_data, tmp_path):
     # A backup taken inside epoch 0 holds zeros of later steps than the replayed epoch starts at;
     # the restored clock (step 0) must be trusted, not mistaken for a new callback on a sparse model.
-    (x, y), _ = digits
+    (x, y), _ = digits_data
     backup = str(tmp_path / "backup")
 
     def run(interrupt_at_batch=None):
@@ -321,8 +317,8 @@ def test_resume_mid_first_epoch_replays_it_on_the_same_schedule(digits, tmp_path
     assert resumed_sparsity == pytest.approx(reference_sparsity, abs=0.005)
 
 
-def test_loaded_pruned_model_continues_the_schedule_with_a_new_callback(digits, tmp_path, capsys):
-    (x, y), (x_test, y_test) = digits
+def test_loaded_pruned_model_continues_the_schedule_with_a_new_callback(digits_data, tmp_path, capsys):
+    (x, y), (x_test, y_test) = digits_data
     keras.utils.set_random_seed(7)
     model = compiled(cnn())
     ramp = schedule(0.75, end_step=70, frequency=10)
@@ -362,8 +358,8 @@ def test_loaded_pruned_model_continues_the_schedule_with_a_new_callback(digits, 
     assert cb.pruner.start_sparsity == pytest.approx(final) and cb.pruner.skipped_steps == 0
 
 
-def test_fresh_dense_model_starts_at_step_zero_even_with_a_zero_initialised_head(digits, capsys):
-    (x, y), _ = digits
+def test_fresh_dense_model_starts_at_step_zero_even_with_a_zero_initialised_head(digits_data, capsys):
+    (x, y), _ = digits_data
     keras.utils.set_random_seed(8)
     inputs = keras.Input((8, 8, 1))
     h = layers.Dense(32, activation="relu", name="fc")(layers.Flatten()(inputs))
@@ -416,8 +412,8 @@ def test_structured_starting_masks_keep_only_the_zeros_the_structure_prunes():
 
 
 @pytest.mark.parametrize("structure", ["block", "2:4"])
-def test_loaded_structured_model_keeps_its_pattern_with_a_new_callback(digits, tmp_path, structure):
-    (x, y), _ = digits
+def test_loaded_structured_model_keeps_its_pattern_with_a_new_callback(digits_data, tmp_path, structure):
+    (x, y), _ = digits_data
     keras.utils.set_random_seed(9)
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.5, end_step=20), structure=structure, verbose=0)
@@ -447,8 +443,8 @@ def test_loaded_structured_model_keeps_its_pattern_with_a_new_callback(digits, t
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision(digits, policy):
-    (x, y), (x_test, y_test) = digits
+def test_mixed_precision(digits_data, policy):
+    (x, y), (x_test, y_test) = digits_data
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(4)
@@ -466,8 +462,8 @@ def test_mixed_precision(digits, policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_block_structure_prunes_whole_blocks(digits):
-    (x, y), _ = digits
+def test_block_structure_prunes_whole_blocks(digits_data):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.5, end_step=20), structure="block", block_shape=(4, 1), verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -479,8 +475,8 @@ def test_block_structure_prunes_whole_blocks(digits):
     assert tfc.sparsity_report(model).overall == pytest.approx(0.5, abs=0.02)
 
 
-def test_2_by_4_structure_along_input_channels(digits):
-    (x, y), _ = digits
+def test_2_by_4_structure_along_input_channels(digits_data):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.3, end_step=20), structure="2:4", verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -494,8 +490,8 @@ def test_2_by_4_structure_along_input_channels(digits):
     assert tfc.sparsity_report(model)["conv1/kernel"] == 0.0
 
 
-def test_custom_training_loop_api(digits):
-    (x, y), _ = digits
+def test_custom_training_loop_api(digits_data):
+    (x, y), _ = digits_data
     keras.utils.set_random_seed(5)
     model = cnn()
     optimizer = keras.optimizers.Adam(3e-3)
@@ -547,8 +543,8 @@ def test_custom_training_loop_api(digits):
     assert min(trace) >= pruner.start_sparsity and trace[-1] > 0.8
 
 
-def test_log_dir_writes_per_layer_sparsity_for_tensorboard(digits, tmp_path):
-    (x, y), _ = digits
+def test_log_dir_writes_per_layer_sparsity_for_tensorboard(digits_data, tmp_path):
+    (x, y), _ = digits_data
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.5, end_step=30), log_dir=str(tmp_path), verbose=0)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
@@ -591,8 +587,8 @@ def test_bad_arguments_raise_clear_errors():
         tfc.Pruner(model, schedule(), layers=[model.layers[1]])
 
 
-def test_sparse_tflite_export_keeps_per_tensor_sparsity(digits):
-    (x, y), _ = digits
+def test_sparse_tflite_export_keeps_per_tensor_sparsity(digits_data):
+    (x, y), _ = digits_data
     keras.utils.set_random_seed(6)
     model = compiled(cnn())
     cb = tfc.PruningCallback(schedule(0.75, end_step=40), scope="layer", verbose=0)
@@ -605,3 +601,102 @@ def test_sparse_tflite_export_keeps_per_tensor_sparsity(digits):
         np.testing.assert_allclose(sorted(k.zero_fraction for k in kernels), keras_sparsity, atol=1e-6)
         dense = tfc.to_tflite(model, mode=mode, representative_data=x[:100])
         assert len(data) < len(dense)
+
+
+# --- PruningCallback with steps_per_execution > 1 and with XLA -----------------------------------
+
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+class _ClockAndZeros(keras.callbacks.Callback):
+    """After PruningCallback in the callback list: records its clock and checks its zeros at every batch boundary."""
+
+    def __init__(self, pruning):
+        super().__init__()
+        self.pruning = pruning
+        self.begins = []  # (epoch, batch, optimizer.iterations, schedule step, overall sparsity)
+        self.regrown = 0
+        self._epoch = 0
+
+    def _sparsity(self):
+        weights = [e.variable.numpy() for e in self.pruning.pruner.targets]
+        return sum(int(np.sum(w == 0)) for w in weights) / sum(w.size for w in weights)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begins.append((self._epoch, batch, int(self.model.optimizer.iterations.numpy()),
+                            self.pruning.pruner.step, self._sparsity()))
+
+    def on_train_batch_end(self, batch, logs=None):
+        for entry, mask in zip(self.pruning.pruner.targets, self.pruning.pruner.masks):
+            self.regrown += int(np.sum(entry.variable.numpy()[mask.numpy() == 0] != 0))
+
+
+def _prune_from_scratch(digits_data, steps_per_execution=1, jit_compile=False, epochs=3):
+    (x, y), _ = digits_data
+    keras.utils.set_random_seed(0)
+    model = small_cnn()
+    model.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"], steps_per_execution=steps_per_execution,
+                  jit_compile=jit_compile)
+    # Mask updates due at steps 10, 20, ..., 50: with 4 steps per execution every one falls inside an
+    # execution (steps 9-12, 17-20, ...), never on the boundary where the callback runs.
+    schedule = tfc.PolynomialDecay(0.0, 0.7, begin_step=0, end_step=50, frequency=10)
+    pruning = tfc.PruningCallback(schedule, verbose=0)
+    check = _ClockAndZeros(pruning)
+    history = model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[pruning, check])
+    return model, schedule, pruning, check, history, len(x)
+
+
+def _assert_pruned_on_the_optimizer_clock(model, schedule, pruning, check, history, steps_per_epoch, epochs,
+                                          steps_per_execution):
+    assert int(model.optimizer.iterations.numpy()) == epochs * steps_per_epoch
+    begins = check.begins
+    assert len(begins) == epochs * -(-steps_per_epoch // steps_per_execution)
+    assert [b for e, b, *_ in begins if e == 0] == list(range(0, steps_per_epoch, steps_per_execution))
+    previous = 0
+    expected = 0.0
+    for epoch, batch, iterations, step, sparsity in begins:
+        # The schedule's clock is the optimizer's: step n is about to run after n - 1 updates.
+        assert step == iterations + 1 == epoch * steps_per_epoch + batch + 1, (epoch, batch, iterations, step)
+        if any(schedule.should_prune(s) for s in range(previous + 1, step + 1)):
+            expected = schedule.sparsity(step)  # a due step skipped inside an execution still updates
+        assert sparsity == pytest.approx(expected, abs=2e-3), (step, sparsity, expected)
+        previous = step
+    assert expected == pytest.approx(0.7)
+    assert check.regrown == 0, "pruned weights must stay exactly zero at every batch boundary"
+    final = [e.variable.numpy() for e in pruning.pruner.targets]
+    assert sum(int(np.sum(w == 0)) for w in final) / sum(w.size for w in final) == pytest.approx(0.7, abs=2e-3)
+    for entry, mask in zip(pruning.pruner.targets, pruning.pruner.masks):
+        assert np.all(entry.variable.numpy()[mask.numpy() == 0] == 0), entry.path
+    assert history.history["accuracy"][-1] > 0.8
+
+
+def test_pruning_with_steps_per_execution_follows_the_optimizer_clock(digits_data):
+    model, schedule, pruning, check, history, n = _prune_from_scratch(digits_data, steps_per_execution=4)
+    steps_per_epoch = -(-n // 32)
+    assert steps_per_epoch % 4 != 0  # every epoch ends on a short execution, which must not shift the clock
+    _assert_pruned_on_the_optimizer_clock(model, schedule, pruning, check, history, steps_per_epoch, 3, 4)
+
+
+def test_pruning_and_qat_under_jit_compile_give_a_sparse_int8_model(digits_data):
+    (x, y), (x_test, y_test) = digits_data
+    model, schedule, pruning, check, history, n = _prune_from_scratch(digits_data, jit_compile=True)
+    assert model.jit_compile is True  # Keras did not fall back to a plain tf.function
+    _assert_pruned_on_the_optimizer_clock(model, schedule, pruning, check, history, -(-n // 32), 3, 1)
+    pruned_sparsity = tfc.to_tflite(model, mode="int8", representative_data=x[:64]).info.sparsity
+
+    qat = tfc.quantize_model(model)
+    qat.compile(keras.optimizers.Adam(1e-4), LOSS, metrics=["accuracy"], jit_compile=True)
+    assert qat.jit_compile is True
+    qat.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    flatbuffer = tfc.to_tflite(qat, mode="int8", strict=True)
+    assert flatbuffer.info.float_compute_ops() == []
+    assert flatbuffer.info.op_census_by_dtype.get("FULLY_CONNECTED/int8") == 2
+    assert flatbuffer.info.sparsity == pytest.approx(pruned_sparsity, abs=0.01), "QAT under XLA kept the zeros"
+    keras_top1 = float(np.mean(np.asarray(qat.predict(x_test, verbose=0)).argmax(1) == y_test))
+    report = tfc.evaluate_tflite(flatbuffer, x=x_test, y=y_test, num_runs=1, backends=("cpu",))
+    assert report.accuracy > 0.85
+    assert report.accuracy == pytest.approx(keras_top1, abs=0.02)

@@ -4,21 +4,13 @@ The logical devices must be configured before TensorFlow initialises its
 devices, so the body runs in a fresh interpreter.
 """
 
-import json
-import subprocess
-import sys
 import textwrap
 
-SCRIPT = textwrap.dedent("""
-    import json
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
-    import numpy as np
-    import tfcompress as tfc
+from conftest import run_on_two_logical_cpus
 
-    (x, y), (x_test, y_test) = tfc.datasets.digits()
+SCRIPT = textwrap.dedent("""
+    from replica_checks import mask_held_callback
+
     keras.utils.set_random_seed(0)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
@@ -34,22 +26,14 @@ SCRIPT = textwrap.dedent("""
     cb = tfc.PruningCallback(
         tfc.PolynomialDecay(0.0, 0.75, begin_step=0, end_step=40, frequency=10), verbose=0)
 
-    class PerReplicaCheck(keras.callbacks.Callback):
-        exact = []
-        def on_train_batch_end(self, batch, logs=None):
-            ok = True
-            for entry, mask in zip(cb.pruner.targets, cb.pruner.masks):
-                for replica_value in strategy.experimental_local_results(entry.variable.value):
-                    ok &= bool(np.all(replica_value.numpy()[mask.numpy() == 0] == 0))
-            self.exact.append(ok)
-
-    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[cb, PerReplicaCheck()])
+    per_replica_check = mask_held_callback(strategy, cb)
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[cb, per_replica_check])
     replicas = {
         e.path: len(strategy.experimental_local_results(e.variable.value)) for e in cb.pruner.targets
     }
     mask_replicas = [len(strategy.experimental_local_results(m.value)) for m in cb.pruner.masks]
     print("RESULT" + json.dumps({
-        "exact": PerReplicaCheck.exact,
+        "exact": per_replica_check.held,
         "overall": tfc.sparsity_report(model).overall,
         "replicas": replicas,
         "mask_replicas": mask_replicas,
@@ -60,10 +44,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_mirrored_strategy_two_logical_cpus():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
-    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT"):])
+    result = run_on_two_logical_cpus(SCRIPT)
     assert result["replicas"] == {"conv/kernel": 2, "fc/kernel": 2, "logits/kernel": 2}
     assert result["mask_replicas"] == [2, 2, 2]
     assert len(result["exact"]) == 2 * 22 and all(result["exact"])

@@ -1,10 +1,12 @@
-"""Pruning schedules: tfmot's formula and update steps, serialization, argument errors."""
+"""Pruning schedules: tfmot's formula and update steps, serialization, argument errors, a schedule longer than
+training."""
 
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -119,3 +121,27 @@ def test_bad_schedule_arguments_raise_clear_errors(make, message):
     with pytest.raises((ValueError, TypeError)) as info:
         make()
     assert message in str(info.value)
+
+
+def _pruned_fit(end_step, epochs=1):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, name="d"), keras.layers.Dense(3, name="o")],
+                             name="tiny")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).random((64, 8), dtype=np.float32)
+    y = np.arange(64) % 3
+    callback = tfc.PruningCallback(tfc.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=end_step, frequency=2),
+                                   verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[callback])
+    return [str(w.message) for w in caught if "PruningCallback" in str(w.message)]
+
+
+def test_a_schedule_longer_than_training_warns_with_the_numbers():
+    messages = _pruned_fit(end_step=2000)  # 8 steps of training
+    assert len(messages) == 1
+    assert "asks for 80.0%" in messages[0] and "end_step=2000 lies beyond the 8 steps" in messages[0]
+
+
+def test_a_schedule_that_fits_does_not_warn():
+    assert _pruned_fit(end_step=6) == []

@@ -1,12 +1,15 @@
-"""Quantization-aware training: numerics, BN folding, layer coverage, int8 conversion, PQAT, saving, errors."""
+"""Quantization-aware training: numerics, BN folding, layer coverage, int8 conversion, calibration, PQAT, saving,
+errors."""
 
 import numpy as np
 import pytest
 import keras
+from conftest import trained_on_digits
 from keras import layers
 
 import tfcompress as tfc
 from tfcompress import quantization as tq
+from tfcompress.evaluation.litert import make_interpreter, _predict
 from tfcompress.quantization import folding
 
 
@@ -28,17 +31,8 @@ def _digits_cnn(bn=True):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return tfc.datasets.digits()
-
-
-@pytest.fixture(scope="module")
-def trained_float(digits):
-    (x, y), _ = digits
-    keras.utils.set_random_seed(1)
-    model = tfc.zoo.compile_classifier(_digits_cnn(), learning_rate=3e-3)
-    model.fit(x, y, epochs=25, batch_size=32, verbose=0)
-    return model
+def trained_float(digits_data):
+    return trained_on_digits(_digits_cnn, digits_data, epochs=25, seed=1)
 
 
 def _run_tflite(tflite_bytes, x):
@@ -128,8 +122,8 @@ def test_fold_math_matches_batch_norm():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_folded_model_matches_float_model_before_training(trained_float, digits):
-    (x, _), (x_test, _) = digits
+def test_folded_model_matches_float_model_before_training(trained_float, digits_data):
+    (x, _), (x_test, _) = digits_data
     qat = tq.quantize_model(trained_float)
     report = qat.quantization_report
     assert ("bn1", "conv1") in report.folded and ("dw_bn", "dw") in report.folded
@@ -270,8 +264,8 @@ def test_unsupported_layer_is_reported_and_left_float(make_layer):
         np.testing.assert_allclose(after, before * before, rtol=1e-6)
 
 
-def test_keep_float_forces_float_by_name_in_keras_and_in_the_file(trained_float, digits):
-    (x, _), (x_test, _) = digits
+def test_keep_float_forces_float_by_name_in_keras_and_in_the_file(trained_float, digits_data):
+    (x, _), (x_test, _) = digits_data
     with pytest.warns(UserWarning, match="keep_float"):
         qat = tq.quantize_model(trained_float, keep_float=["pw"])
     assert type(qat.get_layer("pw")) is layers.Conv2D
@@ -313,8 +307,8 @@ def test_layers_without_int8_kernels_are_reported_float_and_run_float(layer):
 # --- end to end ---------------------------------------------------------------------------
 
 
-def test_qat_trains_and_int8_file_matches_keras(trained_float, digits):
-    (x, y), (x_test, y_test) = digits
+def test_qat_trains_and_int8_file_matches_keras(trained_float, digits_data):
+    (x, y), (x_test, y_test) = digits_data
     float_accuracy = np.mean(trained_float.predict(x_test, verbose=0).argmax(1) == y_test)
     qat = tfc.zoo.compile_classifier(tq.quantize_model(trained_float), learning_rate=5e-4)
     parity = tfc.TFLiteParityCallback(every_n_epochs=2, x=x_test, y=y_test)
@@ -357,8 +351,8 @@ def test_sequential_and_nested_models():
         assert tflite.info.float_compute_ops() == []
 
 
-def test_pruned_model_keeps_its_zeros_through_qat_and_in_int8(trained_float, digits):
-    (x, y), _ = digits
+def test_pruned_model_keeps_its_zeros_through_qat_and_in_int8(trained_float, digits_data):
+    (x, y), _ = digits_data
     pruned = keras.models.clone_model(trained_float)
     pruned.set_weights(trained_float.get_weights())
     for name in ("conv1", "pw", "logits"):
@@ -378,8 +372,8 @@ def test_pruned_model_keeps_its_zeros_through_qat_and_in_int8(trained_float, dig
     assert sparsity[(10, 32)] >= 0.74
 
 
-def test_keras_file_round_trip_with_plain_load_model(trained_float, digits, tmp_path):
-    (x, y), (x_test, _) = digits
+def test_keras_file_round_trip_with_plain_load_model(trained_float, digits_data, tmp_path):
+    (x, y), (x_test, _) = digits_data
     qat = tfc.zoo.compile_classifier(tq.quantize_model(trained_float), learning_rate=1e-4)
     qat.fit(x[:256], y[:256], epochs=1, batch_size=32, verbose=0)
     path = str(tmp_path / "qat.keras")
@@ -391,8 +385,20 @@ def test_keras_file_round_trip_with_plain_load_model(trained_float, digits, tmp_
     loaded.fit(x[:64], y[:64], epochs=1, verbose=0)  # compiled state and QAT behaviour survive
 
 
-def test_freeze_stops_range_and_statistics_updates(trained_float, digits):
-    (x, y), _ = digits
+def test_quantization_report_survives_load_model(trained_digits_model, tmp_path):
+    qat = tfc.quantize_model(trained_digits_model, keep_float=["fc1"])
+    before = tfc.quantization.quantization_report(qat)
+    path = str(tmp_path / "qat.keras")
+    qat.save(path)
+    after = tfc.quantization.quantization_report(keras.models.load_model(path))
+    assert after.quantized == before.quantized and after.folded == before.folded == [("bn1", "conv1")]
+    assert ("fc1", "listed in keep_float") in after.float_layers
+    with pytest.raises(ValueError, match="no quantized layer"):
+        tfc.quantization.quantization_report(trained_digits_model)
+
+
+def test_freeze_stops_range_and_statistics_updates(trained_float, digits_data):
+    (x, y), _ = digits_data
     qat = tfc.zoo.compile_classifier(tq.quantize_model(trained_float), learning_rate=1e-3)
     qat.fit(x[:64], y[:64], epochs=1, verbose=0)
     quantizer, conv = qat.get_layer("relu1_quant"), qat.get_layer("conv1")
@@ -402,6 +408,75 @@ def test_freeze_stops_range_and_statistics_updates(trained_float, digits):
     assert quantizer.range_max.numpy() == before[0]
     np.testing.assert_array_equal(conv.bn_moving_mean.numpy(), before[1])
     assert not np.array_equal(conv.kernel.numpy(), before[2])  # weights still train
+
+
+# --- calibration at conversion ------------------------------------------------------------
+
+
+def _agreement(flatbuffer, model, x):
+    tflite = _predict(make_interpreter(bytes(flatbuffer), "xnnpack", 1), [x], 256)
+    return float(np.mean(tflite.argmax(1) == np.asarray(model(x, training=False)).argmax(1)))
+
+
+def _ranges(model):
+    return {layer.name: (float(layer.range_min.numpy()), float(layer.range_max.numpy()))
+            for layer in tfc.quantization.quantize.graph.layers_of(model)
+            if isinstance(layer, tfc.quantization.ActivationQuantizer)}
+
+
+def test_untrained_qat_model_is_calibrated_from_the_given_data(trained_digits_model, digits_data):
+    (x, _), (x_test, _) = digits_data
+    qat = tfc.quantize_model(trained_digits_model)
+    before = _ranges(qat)
+    assert all(r == (-6.0, 6.0) for r in before.values())
+    calibrated = tfc.to_tflite(qat, mode="int8", representative_data=x[:200])
+    assert any("calibrated from representative_data" in note for note in calibrated.notes)
+    assert _ranges(qat) == before  # converting has no side effect on the model
+    ptq = tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:200])
+    qat_agreement = _agreement(calibrated, trained_digits_model, x_test)
+    assert qat_agreement >= 0.95 and qat_agreement >= _agreement(ptq, trained_digits_model, x_test) - 0.03
+
+
+def test_untrained_qat_model_without_data_is_refused(trained_digits_model):
+    qat = tfc.quantize_model(trained_digits_model)
+    with pytest.raises(tfc.RepresentativeDataError,
+                       match=r"never trained: \d+ activation range\(s\) never saw data.*\[-6, 6\].*"
+                             r"representative_data=.*fit.*tfc\.quantization\.calibrate"):
+        tfc.to_tflite(qat, mode="int8")
+
+
+def test_trained_ranges_are_kept_whatever_the_calibration_data(trained_digits_model, digits_data):
+    (x, y), _ = digits_data
+    qat = tfc.quantize_model(trained_digits_model)
+    tfc.zoo.compile_classifier(qat, learning_rate=1e-4)
+    qat.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    trained = _ranges(qat)
+    without = tfc.to_tflite(qat, mode="int8")
+    with_odd_data = tfc.to_tflite(qat, mode="int8", representative_data=3.0 * x[:100])
+    assert _ranges(qat) == trained
+    scales = [sorted((d["name"], tuple(np.atleast_1d(d["quantization_parameters"]["scales"]).tolist()))
+                     for d in make_interpreter(bytes(b), "cpu", 1).get_tensor_details()) for b in (without, with_odd_data)]
+    assert any(s for _, s in scales[0]) and scales[0] == scales[1]
+
+
+def test_calibrate_keeps_batch_norm_statistics_and_dropout_off():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(8, activation="relu", name="d1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn_after_relu")(x)  # not after a Conv/Dense: not folded
+    x = keras.layers.Dropout(0.5, name="drop")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
+    qat = tfc.quantize_model(model)
+    bn = qat.get_layer("bn_after_relu")
+    mean, variance = bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()
+    data = np.random.default_rng(0).normal(3.0, 2.0, (256, 6)).astype("float32")
+    updated = tfc.quantization.calibrate(qat, data, batch_size=64)
+    assert updated > 0
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), mean)
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), variance)
+    # With Dropout off, the output range equals the range of the inference-mode outputs.
+    quantizer = qat.get_layer("out_quant")
+    outputs = np.asarray(qat.predict(data, verbose=0))
+    assert float(quantizer.range_max.numpy()) <= float(outputs.max()) * 1.05 + 1e-3
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -493,12 +568,12 @@ def test_identity_normalization_gets_no_second_quantizer():
     assert "norm_quant" in [layer.name for layer in qat.layers]
 
 
-def test_tflite_converter_used_directly_gives_an_int8_model(trained_float, digits):
+def test_tflite_converter_used_directly_gives_an_int8_model(trained_float, digits_data):
     # Users who skip to_tflite and call the converter themselves must get the same int8 graph: the QAT
     # model's inference graph is FakeQuant ops around plain Keras ops, nothing the converter cannot read.
     import tensorflow as tf
 
-    (x, _), _ = digits
+    (x, _), _ = digits_data
     qat = tq.quantize_model(trained_float)
     tq.calibrate(qat, x[:64])
     converter = tf.lite.TFLiteConverter.from_keras_model(qat)

@@ -182,6 +182,161 @@ def test_sigkill_during_qat_then_resume_finishes_an_int8_model(tmp_path):
     assert accuracy > 0.9
 
 
+# The QAT recipe step, under its current name (QuantizeAware is its deprecated alias).
+QAT_STEP = getattr(tfc, "QuantizationAwareTraining", None) or tfc.QuantizeAware
+
+
+CHAIN = """
+import hashlib, json, os, sys, time
+import keras, numpy as np
+import tfcompress as tfc
+from tfcompress.core.backup import BackupAndRestore
+
+model_path, backup_dir, log_path, result_path = sys.argv[1:5]
+
+
+def log(**entry):
+    with open(log_path, "a") as f:
+        f.write(json.dumps(dict(entry, pid=os.getpid())) + "\\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def step(callback):
+    return os.path.basename(callback.backup_dir)  # compress names them step<i>-<kind>
+
+
+def weights_digest(model):
+    return hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights())).hexdigest()
+
+
+# Observation only: every backup callback compress creates reports what its fit does.
+original = {name: getattr(BackupAndRestore, name)
+            for name in ("on_train_begin", "on_epoch_begin", "on_train_batch_end", "on_train_end")}
+
+
+def on_train_begin(self, logs=None):
+    original["on_train_begin"](self, logs)
+    log(step=step(self), event="train_begin", iterations=int(self.model.optimizer.iterations.numpy()))
+
+
+def on_epoch_begin(self, epoch, logs=None):
+    original["on_epoch_begin"](self, epoch, logs)
+    log(step=step(self), event="epoch", epoch=epoch)
+
+
+def on_train_batch_end(self, batch, logs=None):
+    original["on_train_batch_end"](self, batch, logs)
+    if step(self).endswith("qat"):
+        time.sleep(0.03)  # QAT epochs of over a second: the kill lands inside one
+
+
+def on_train_end(self, logs=None):
+    log(step=step(self), event="train_end", weights=weights_digest(self.model),
+        iterations=int(self.model.optimizer.iterations.numpy()))
+    original["on_train_end"](self, logs)
+
+
+BackupAndRestore.on_train_begin, BackupAndRestore.on_epoch_begin = on_train_begin, on_epoch_begin
+BackupAndRestore.on_train_batch_end, BackupAndRestore.on_train_end = on_train_batch_end, on_train_end
+
+model = keras.models.load_model(model_path)
+QAT_STEP = getattr(tfc, "QuantizationAwareTraining", None) or tfc.QuantizeAware
+recipe = [tfc.Prune(0.5, epochs=2), QAT_STEP(epochs=2), tfc.Convert("int8")]  # as in the test
+result = tfc.compress(model, tfc.datasets.digits(), recipe, batch_size=32, backup_dir=backup_dir, verbose=0,
+                      num_runs=2)
+report = result.reports["prune50-qat-int8"]
+with open(result_path, "w") as f:
+    json.dump({"sparsity": report.sparsity, "accuracy": report.accuracy}, f)
+"""
+
+
+def _events(log_path, pid=None):
+    entries = [json.loads(line) for line in log_path.read_text().splitlines()]
+    return [e for e in entries if pid is None or e["pid"] == pid]
+
+
+def test_killed_compress_chain_resumes_the_interrupted_step_and_skips_finished_ones(tmp_path, trained_digits_model,
+                                                                                    digits_data):
+    """A real SIGKILL of a real chain in a subprocess, then the same call again.
+
+    QAT runs two epochs (not one) so that the interrupted step has a backed-up epoch to resume from:
+    compress backs up at epoch ends, and a step killed in its only epoch simply starts that epoch again.
+    """
+    model_path, backup, log, result_path = (tmp_path / "model.keras", tmp_path / "backup", tmp_path / "log.jsonl",
+                                            tmp_path / "result.json")
+    trained_digits_model.save(model_path)
+    command = [sys.executable, "-c", textwrap.dedent(CHAIN), str(model_path), str(backup), str(log), str(result_path)]
+
+    # Run 1: SIGKILL once QAT (step 2 of 3) has backed up its first epoch and is inside its second.
+    stderr_path = tmp_path / "killed.stderr"
+    with open(stderr_path, "wb") as stderr:
+        child = subprocess.Popen(command, env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 300
+    qat_in_epoch_1 = lambda: log.exists() and any(  # noqa: E731
+        e["step"] == "step1-qat" and e["event"] == "epoch" and e["epoch"] == 1 for e in _events(log))
+    while child.poll() is None and time.monotonic() < deadline and not qat_in_epoch_1():
+        time.sleep(0.02)
+    time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, f"the chain ended before the kill: {stderr_path.read_text()[-2000:]}"
+    killed = _events(log, child.pid)
+    assert not result_path.exists()
+    assert [(e["step"], e["event"]) for e in killed] == [
+        ("step0-prune", "train_begin"), ("step0-prune", "epoch"), ("step0-prune", "epoch"),
+        ("step0-prune", "train_end"), ("step1-qat", "train_begin"), ("step1-qat", "epoch"), ("step1-qat", "epoch")]
+    pruned_digest = killed[3]["weights"]
+    steps_per_epoch = -(-len(digits_data[0][0]) // 32)
+    assert killed[3]["iterations"] == 2 * steps_per_epoch
+    manifests = {p.parent.name: json.loads(p.read_text()) for p in backup.glob("*/tfcompress_backup.json")}
+    assert {k: m["epoch"] for k, m in manifests.items()} == {"step0-prune": 2, "step1-qat": 1}
+
+    # Run 2: the same call.
+    rerun = subprocess.run(command, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = [e for e in _events(log) if e["pid"] != child.pid]
+    assert [(e["step"], e["event"], e.get("epoch")) for e in resumed] == [
+        ("step0-prune", "train_begin", None), ("step0-prune", "train_end", None),  # restored, not one epoch trained
+        ("step1-qat", "train_begin", None), ("step1-qat", "epoch", 1), ("step1-qat", "train_end", None)]
+    assert resumed[0]["iterations"] == 2 * steps_per_epoch
+    assert resumed[1]["weights"] == pruned_digest, "the finished step's weights come back bit for bit"
+    assert resumed[2]["iterations"] == steps_per_epoch, "QAT resumes after its backed-up first epoch"
+    assert resumed[4]["iterations"] == 2 * steps_per_epoch
+    assert not backup.exists(), "a finished chain removes its backups"
+
+    # The same call never interrupted.
+    recipe = [tfc.Prune(0.5, epochs=2), QAT_STEP(epochs=2), tfc.Convert("int8")]  # as in CHAIN
+    reference = tfc.compress(trained_digits_model, digits_data, recipe, batch_size=32, verbose=0, num_runs=2)
+    expected = reference.reports["prune50-qat-int8"]
+    got = json.loads(result_path.read_text())
+    assert got["sparsity"] == pytest.approx(expected.sparsity, abs=0.002)
+    assert got["sparsity"] == pytest.approx(0.5, abs=0.03)
+    assert got["accuracy"] == pytest.approx(expected.accuracy, abs=0.02)
+    assert got["accuracy"] > reference.keras_accuracy - 0.03
+
+
+def test_write_atomic(tmp_path):
+    path = tmp_path / "out.bin"
+    tfc.write_atomic(path, b"one")
+    with pytest.raises(tfc.OutputExistsError, match="overwrite=True"):
+        tfc.write_atomic(path, b"two")
+    assert path.read_bytes() == b"one"
+    tfc.write_atomic(path, "three", overwrite=True)
+    assert path.read_text() == "three"
+    with pytest.raises(IsADirectoryError, match="directory"):
+        tfc.write_atomic(tmp_path, b"x")
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_write_atomic_gives_normal_permissions(tmp_path):
+    path = tmp_path / "perm.bin"
+    tfc.write_atomic(path, b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (os.stat(path).st_mode & 0o777) == (0o666 & ~mask)
+
+
 EXPORT_LOOP = """
 import sys
 import numpy as np, tfcompress as tfc
