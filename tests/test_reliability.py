@@ -182,10 +182,6 @@ def test_sigkill_during_qat_then_resume_finishes_an_int8_model(tmp_path):
     assert accuracy > 0.9
 
 
-# The QAT recipe step, under its current name (QuantizeAware is its deprecated alias).
-QAT_STEP = getattr(tfc, "QuantizationAwareTraining", None) or tfc.QuantizeAware
-
-
 CHAIN = """
 import hashlib, json, os, sys, time
 import keras, numpy as np
@@ -241,8 +237,7 @@ BackupAndRestore.on_train_begin, BackupAndRestore.on_epoch_begin = on_train_begi
 BackupAndRestore.on_train_batch_end, BackupAndRestore.on_train_end = on_train_batch_end, on_train_end
 
 model = keras.models.load_model(model_path)
-QAT_STEP = getattr(tfc, "QuantizationAwareTraining", None) or tfc.QuantizeAware
-recipe = [tfc.Prune(0.5, epochs=2), QAT_STEP(epochs=2), tfc.Convert("int8")]  # as in the test
+recipe = [tfc.Prune(0.5, epochs=2), tfc.QuantizationAwareTraining(epochs=2), tfc.Convert("int8")]  # as in the test
 result = tfc.compress(model, tfc.datasets.digits(), recipe, batch_size=32, backup_dir=backup_dir, verbose=0,
                       num_runs=2)
 report = result.reports["prune50-qat-int8"]
@@ -306,7 +301,7 @@ def test_killed_compress_chain_resumes_the_interrupted_step_and_skips_finished_o
     assert not backup.exists(), "a finished chain removes its backups"
 
     # The same call never interrupted.
-    recipe = [tfc.Prune(0.5, epochs=2), QAT_STEP(epochs=2), tfc.Convert("int8")]  # as in CHAIN
+    recipe = [tfc.Prune(0.5, epochs=2), tfc.QuantizationAwareTraining(epochs=2), tfc.Convert("int8")]  # as in CHAIN
     reference = tfc.compress(trained_digits_model, digits_data, recipe, batch_size=32, verbose=0, num_runs=2)
     expected = reference.reports["prune50-qat-int8"]
     got = json.loads(result_path.read_text())
