@@ -221,6 +221,26 @@ def test_isolated_conversion_matches_inline_and_reports_failures(trained_digits_
         tfc.to_tflite(trained_digits_model, mode="float32", isolate=True, timeout=0.01)
 
 
+def test_conversion_config_checks_its_options_once_and_round_trips_through_json(tmp_path):
+    import json
+
+    from tfcompress.export.converter import ConversionConfig
+
+    config = ConversionConfig(mode="int8", io_type="int8", keep_float="fc1", output_path=tmp_path / "m.tflite",
+                              sparse=np.bool_(True))
+    assert config.keep_float == ("fc1",) and config.sparse is True and config.output_path == str(tmp_path / "m.tflite")
+    assert ConversionConfig.from_config(json.loads(json.dumps(config.get_config()))) == config
+    assert ConversionConfig(mode="int8", keep_float=[]).keep_float is None
+    for options, message in [({"mode": "int4"}, r"mode='int4'.*float32"),
+                             ({"mode": "float16", "io_type": "int8"}, r"io_type='int8'.*mode='float16'"),
+                             ({"keep_float": ["fc1"]}, r"keep_float.*mode='float32'"),
+                             ({"mode": "int8", "calibration": "kl"}, r"calibration='kl'.*minmax")]:
+        with pytest.raises(ValueError, match=message):
+            ConversionConfig(**options)
+    with pytest.raises(TypeError, match="keep_float must be a layer name or a list of names, got 3"):
+        ConversionConfig(mode="int8", keep_float=3)
+
+
 def test_qat_model_converts_to_int8_without_calibration_data(trained_digits_model, digits_data):
     (x, y), (x_test, y_test) = digits_data
     qat = tfc.quantize_model(trained_digits_model)

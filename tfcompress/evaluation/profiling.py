@@ -68,11 +68,9 @@ class Delegation:
     @property
     def default_kernel_census(self):
         """``{"CUMSUM/float32": count, ...}`` of the ops left on the default kernels."""
-        census = {}
-        for op in self.default_kernel_ops:
-            key = f"{op.type}/{op.dtype}"
-            census[key] = census.get(key, 0) + 1
-        return dict(sorted(census.items()))
+        from tfcompress.evaluation.tflite_file import census_by_dtype
+
+        return census_by_dtype(self.default_kernel_ops)
 
     def to_dict(self):
         d = dataclasses.asdict(self)

@@ -94,11 +94,7 @@ class TFLiteInfo:
     @property
     def op_census_by_dtype(self):
         """``{"CONV_2D/int8": count, ...}``: which ops compute in which dtype."""
-        census = {}
-        for op in self.operators:
-            key = f"{op.type}/{op.dtype}"
-            census[key] = census.get(key, 0) + 1
-        return dict(sorted(census.items()))
+        return census_by_dtype(self.operators)
 
     @property
     def weight_bytes_by_dtype(self):
@@ -198,6 +194,20 @@ def _zero_fraction(data, dtype, shape, tensor):
     # Sparse-encoded tensors store only (blocks of) non-zeros; the rest are implicit zeros.
     implicit = dense_size - values.size if tensor.Sparsity() is not None else 0
     return (zeros_stored + max(implicit, 0)) / dense_size
+
+
+def census_by_dtype(ops):
+    """``{"CONV_2D/int8": count, ...}``, sorted, of ``ops`` (anything with ``.type`` and ``.dtype``).
+
+    One spelling of the key (which `computes_int8` reads) for every census of a file's ops:
+    `TFLiteInfo.op_census_by_dtype` and the ops XNNPACK left on the default kernels
+    (`profiling.Delegation.default_kernel_census`).
+    """
+    census = {}
+    for op in ops:
+        key = f"{op.type}/{op.dtype}"
+        census[key] = census.get(key, 0) + 1
+    return dict(sorted(census.items()))
 
 
 def computes_int8(op_census_by_dtype):

@@ -1,9 +1,9 @@
 """Child process of ``to_tflite(isolate=True)``: converts one exported SavedModel.
 
-Usage: ``python -m tfcompress.export.convert_worker SAVED_MODEL_DIR JOB_DIR``. Reads
-``job.json`` (and ``samples.npz`` with ``input_names.json``) from JOB_DIR, writes ``model.tflite`` there, or
-``error.txt`` and exit code 3 when the converter raises. A native crash shows as a
-signal in the parent.
+Usage: ``python -m tfcompress.export.convert_worker SAVED_MODEL_DIR JOB_DIR``. Reads ``job.json``
+(the converter's fields of a `ConversionConfig.get_config`) and ``samples.npz`` with ``input_names.json``
+from JOB_DIR, writes ``model.tflite`` there, or ``error.txt`` and exit code 3 when the converter raises. A
+native crash shows as a signal in the parent.
 """
 
 import json
@@ -12,12 +12,16 @@ import sys
 
 import numpy as np
 
-from tfcompress.export.converter import convert_saved_model, converter_message
+from tfcompress.export.converter import (
+    ConversionConfig,
+    convert_saved_model,
+    converter_message,
+)
 
 
 def main(saved_model_dir, job_dir):
     with open(os.path.join(job_dir, "job.json")) as f:
-        job = json.load(f)
+        config = ConversionConfig.from_config(json.load(f))
     samples = None
     samples_path = os.path.join(job_dir, "samples.npz")
     if os.path.exists(samples_path):
@@ -27,8 +31,8 @@ def main(saved_model_dir, job_dir):
             inputs = [npz[f"input_{j}"] for j in range(len(names))]
         samples = [{name: a[i: i + 1] for name, a in zip(names, inputs)} for i in range(len(inputs[0]))]
     try:
-        data = convert_saved_model(saved_model_dir, job["mode"], samples, job["io_type"], job["sparse"],
-                                   job["keep_float"])
+        data = convert_saved_model(saved_model_dir, config.mode, samples, config.io_type, config.sparse,
+                                   config.keep_float)
     except Exception as exc:
         with open(os.path.join(job_dir, "error.txt"), "w") as f:
             f.write(converter_message(exc))

@@ -11,6 +11,7 @@ and converted with ``tf.lite.TFLiteConverter.from_saved_model``.
 """
 
 import contextlib
+import dataclasses
 import errno
 import os
 import re
@@ -37,6 +38,8 @@ _IO_TYPES = {
 }
 DEFAULT_MAX_CALIBRATION_SAMPLES = 500
 DEFAULT_TIMEOUT_S = 600
+MIN_AGREEMENT = 0.97
+CALIBRATIONS = ("minmax", "percentile", "mse")
 
 
 class ConversionError(RuntimeError):
@@ -311,68 +314,141 @@ def _configure(converter, mode, samples, io_type, sparse):
             converter.inference_output_type = _tf_dtype(io_type)
 
 
-def _check_arguments(mode, io_type, keep_float):
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not a conversion mode; choose one of {list(MODES)}.")
-    if io_type not in _IO_TYPES[mode]:
-        raise ValueError(
-            f"io_type={io_type!r} is not available for mode={mode!r}; choose one of {list(_IO_TYPES[mode])}."
-        )
-    if keep_float and mode != "int8":
-        raise ValueError(f"keep_float is only meaningful with mode='int8' (got mode={mode!r}).")
+@dataclasses.dataclass(frozen=True)
+class ConversionConfig:
+    """How one Keras model becomes one ``.tflite``: the options of `tfcompress.to_tflite`, checked once.
+
+    `to_tflite` builds one from its keyword arguments and `convert` takes it; the accuracy budget
+    derives its tries from it with ``dataclasses.replace``. The fields mean what the arguments of
+    `to_tflite` of the same names mean, with the same defaults. The data (``representative_data``,
+    ``verify``, ``validation_data``) is not part of it: a config describes a conversion, not its inputs.
+
+    Args:
+        mode: one of `MODES`.
+        output_path: where the file is written atomically (a path, held as a str), or None.
+        overwrite: allow replacing an existing ``output_path``.
+        io_type: the input/output tensor type, one of those ``mode`` allows.
+        sparse: store weights with the converter's sparse encoding.
+        keep_float: Keras layer names kept float in an ``"int8"`` model: a name, or a sequence of names
+            (held as a tuple; an empty one is None).
+        strict: for ``"int8"``, raise if any compute op is still float.
+        input_shape: input shape without the batch dimension, for subclassed models.
+        max_calibration_samples: calibrate on at most this many samples.
+        check_float_outputs: fail on NaN/Inf outputs of the float model before calibrating.
+        isolate: run the TFLite converter in a child process.
+        timeout: with ``isolate``, seconds before the converter is stopped.
+        calibration: None, or one of `CALIBRATIONS`.
+
+    Raises:
+        ValueError: a mode, io_type, calibration or keep_float that does not fit; the message quotes it.
+
+    Example:
+        >>> config = ConversionConfig(mode="int8", io_type="int8", keep_float=["logits"])
+        >>> convert(model, x_train[:200], config)
+    """
+
+    mode: str = "float32"
+    output_path: object = None
+    overwrite: bool = False
+    io_type: str = "float32"
+    sparse: bool = False
+    keep_float: object = None
+    strict: bool = False
+    input_shape: object = None
+    max_calibration_samples: int = DEFAULT_MAX_CALIBRATION_SAMPLES
+    check_float_outputs: bool = True
+    isolate: bool = False
+    timeout: float = DEFAULT_TIMEOUT_S
+    calibration: object = None
+
+    def __post_init__(self):
+        mode, io_type, keep_float = self.mode, self.io_type, self.keep_float
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not a conversion mode; choose one of {list(MODES)}.")
+        if io_type not in _IO_TYPES[mode]:
+            raise ValueError(
+                f"io_type={io_type!r} is not available for mode={mode!r}; choose one of {list(_IO_TYPES[mode])}."
+            )
+        if keep_float and mode != "int8":
+            raise ValueError(f"keep_float is only meaningful with mode='int8' (got mode={mode!r}).")
+        if self.calibration is not None and self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration={self.calibration!r}: choose one of {list(CALIBRATIONS)} (or None for "
+                             "the converter's own min-max).")
+        # A tuple: the config is frozen, and one spelling (None for "no layer") serves every `if keep_float`.
+        try:
+            names = (keep_float,) if isinstance(keep_float, str) else tuple(keep_float or ())
+        except TypeError:
+            raise TypeError(f"keep_float must be a layer name or a list of names, got {keep_float!r}.") from None
+        object.__setattr__(self, "keep_float", names or None)
+        if self.output_path is not None:
+            object.__setattr__(self, "output_path", os.fspath(self.output_path))
+        # The switches are only ever tested for truth; plain bools (and a str path) keep `get_config`
+        # JSON-serialisable.
+        for name in ("overwrite", "sparse", "strict", "check_float_outputs", "isolate"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    def get_config(self):
+        """The options as a dict of plain values, JSON-serialisable (the child-process converter reads its job from
+        one); `from_config` makes the same config again."""
+        config = dataclasses.asdict(self)
+        config["keep_float"] = list(self.keep_float) if self.keep_float else None
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
-def check_request(model, mode, io_type, keep_float, output_path, overwrite):
-    """The checks every conversion starts with: ``(the Keras model to export, keep_float as a list or None)``."""
-    _check_arguments(mode, io_type, keep_float)
+def check_request(model, config):
+    """The checks every conversion starts with; returns the Keras model to export.
+
+    ``config``'s own options were checked when it was made; these need the model or the file system.
+    """
     model = exported_model(model)
-    if output_path is not None:
-        check_writable(output_path, overwrite)
-    if keep_float:
-        keep_float = [keep_float] if isinstance(keep_float, str) else list(keep_float)
+    if config.output_path is not None:
+        check_writable(config.output_path, config.overwrite)
+    if config.keep_float:
         known = graph.layer_names(model)
-        unknown = sorted(set(keep_float) - known)
+        unknown = sorted(set(config.keep_float) - known)
         if unknown:
             raise ValueError(
                 f"keep_float names unknown layers {unknown}; model {model.name!r} has layers {sorted(known)[:40]}."
             )
-    return model, keep_float
+    return model
 
 
-def convert(
-    model,
-    mode="float32",
-    representative_data=None,
-    output_path=None,
-    overwrite=False,
-    io_type="float32",
-    sparse=False,
-    keep_float=None,
-    strict=False,
-    input_shape=None,
-    max_calibration_samples=DEFAULT_MAX_CALIBRATION_SAMPLES,
-    check_float_outputs=True,
-    isolate=False,
-    timeout=DEFAULT_TIMEOUT_S,
-    calibration=None,
-    verify=None,
-):
+def convert(model, representative_data=None, config=None, verify=None, **options):
     """One conversion: `tfcompress.to_tflite` without an accuracy budget. Arguments, result and errors as there.
 
     The accuracy budget (`sensitivity.convert_within_budget`) searches over these conversions; it calls
     this function, not the public verb, which calls the budget.
+
+    Args:
+        model: the Keras model.
+        representative_data: calibration inputs, as for `to_tflite`.
+        config: a `ConversionConfig`; None for the defaults.
+        verify: inputs on which the file's top-1 agreement with the Keras model is measured, or None.
+        **options: `ConversionConfig` fields that replace ``config``'s, e.g. ``mode="int8"``.
+
+    Returns:
+        A `ConvertedModel`.
+
+    Example:
+        >>> convert(model, x_train[:200], mode="int8", keep_float=["logits"])
     """
-    model, keep_float = check_request(model, mode, io_type, keep_float, output_path, overwrite)
-    if calibration is not None:
-        return _convert_with_calibration(
-            model, calibration, representative_data, keep_float, io_type=io_type, sparse=sparse, strict=strict,
-            input_shape=input_shape, max_calibration_samples=max_calibration_samples, isolate=isolate,
-            timeout=timeout, verify=verify, output_path=output_path, overwrite=overwrite)
+    if config is None:
+        config = ConversionConfig(**options)
+    elif options:
+        config = dataclasses.replace(config, **options)
+    model = check_request(model, config)
+    if config.calibration is not None:
+        return _convert_with_calibration(model, representative_data, config, verify)
+    mode, keep_float = config.mode, config.keep_float
     needs_calibration = mode in ("int8", "int16x8")
     qat = is_qat_model(model)
     if qat and keep_float:
         raise ValueError(
-            f"keep_float={keep_float} cannot apply to QAT model {model.name!r}: its int8 ranges are trained into "
+            f"keep_float={list(keep_float)} cannot apply to QAT model {model.name!r}: its int8 ranges are trained into "
             "it. Pass keep_float to quantize_model instead; the layers it keeps float stay float in the file.")
     # A QAT model's ranges are trained into its FakeQuant ops; calibration only fills the tensors inside
     # composite layers (Average's sum, an unfolded BN's product). It is skipped when the QAT model keeps
@@ -385,18 +461,18 @@ def convert(
             "(e.g. representative_data=x_train[:200]). For no calibration use mode='dynamic'."
         )
     checked_data = needs_calibration and representative_data is not None
-    specs = input_specs(model, representative_data if checked_data else None, input_shape)
+    specs = input_specs(model, representative_data if checked_data else None, config.input_shape)
     samples, notes = None, []
     if trained_ranges:
         notes.append("QAT model: int8 ranges from training, no calibration")
     if checked_data:
-        checked = representative.prepare(representative_data, specs, max_samples=max_calibration_samples)
+        checked = representative.prepare(representative_data, specs, max_samples=config.max_calibration_samples)
         if trained_ranges:
             notes.append("layers kept float: representative_data checked, not used for calibration")
         else:
             samples = checked
             notes.append(f"calibrated on {len(samples)} samples")
-        if check_float_outputs:
+        if config.check_float_outputs:
             representative.check_model_outputs(model, checked, specs)
     restore_ranges = None
     if qat and mode == "int8":
@@ -418,60 +494,55 @@ def convert(
             # Keyed by the signature's input names: the converter feeds a list in the .tflite's input order,
             # which is not the Keras order for inputs of different shapes (an image and a vector).
             samples = [dict(zip([spec.name for spec in specs], sample)) for sample in samples]
-        if isolate:
-            data = _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep_float, timeout,
-                                          model.name)
+        if config.isolate:
+            data = _convert_in_subprocess(saved_model_dir, samples, config, model.name)
         else:
             try:
-                data = convert_saved_model(saved_model_dir, mode, samples, io_type, sparse, keep_float)
+                data = convert_saved_model(saved_model_dir, mode, samples, config.io_type, config.sparse, keep_float)
             except Exception as exc:
                 raise ConversionError(_failure_message(model.name, mode, converter_message(exc))) from None
         if keep_float:
-            notes.append(f"kept float: {keep_float}")
+            notes.append(f"kept float: {list(keep_float)}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if restore_ranges is not None:
             restore_ranges()
 
     result = ConvertedModel(data, mode=mode, model_name=model.name, notes=notes, input_names=[s.name for s in specs])
-    return finish(result, model, strict, verify, output_path, overwrite)
+    return finish(result, model, config, verify)
 
 
-MIN_AGREEMENT = 0.97
-CALIBRATIONS = ("minmax", "percentile", "mse")
-
-
-def _convert_with_calibration(model, calibration, representative_data, keep_float, **kwargs):
-    """int8 with activation ranges chosen by ``calibration`` on the model's fake-quant twin."""
-    if calibration not in CALIBRATIONS:
-        raise ValueError(f"calibration={calibration!r}: choose one of {list(CALIBRATIONS)} (or None for the "
-                         "converter's own min-max).")
+def _convert_with_calibration(model, representative_data, config, verify):
+    """int8 with activation ranges chosen by ``config.calibration`` on the model's fake-quant twin."""
+    calibration = config.calibration
     if is_qat_model(model):
         raise ValueError(f"calibration={calibration!r} does not apply to QAT model {model.name!r}: its ranges were "
                          "trained. Convert it without calibration=, or calibrate it with tfc.quantization.calibrate.")
     if representative_data is None:
         raise representative.RepresentativeDataError(
             f"representative_data is required for calibration={calibration!r}: pass ~100-500 typical inputs.")
-    specs = input_specs(model, representative_data, kwargs.get("input_shape"))
-    samples = representative.prepare(representative_data, specs, max_samples=kwargs.get("max_calibration_samples"))
+    specs = input_specs(model, representative_data, config.input_shape)
+    samples = representative.prepare(representative_data, specs, max_samples=config.max_calibration_samples)
     representative.check_model_outputs(model, samples, specs)
     arrays = [np.concatenate([sample[i] for sample in samples]) for i in range(len(specs))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # layers it leaves float stay float in the file too
-        twin = quantize.quantize_model(model, keep_float=keep_float)
+        twin = quantize.quantize_model(model, keep_float=config.keep_float)
     quantize.calibrate(twin, arrays if len(arrays) > 1 else arrays[0], method=calibration)
-    verify, output_path, overwrite = kwargs.pop("verify"), kwargs.pop("output_path"), kwargs.pop("overwrite")
-    strict = kwargs.pop("strict")
-    result = convert(twin, mode="int8", representative_data=representative_data, **kwargs)
+    # The twin keeps its float layers itself, and its outputs are checked as before; the audit, the
+    # agreement check and the write are of the user's model, below.
+    twin_config = dataclasses.replace(config, mode="int8", calibration=None, keep_float=None, strict=False,
+                                      output_path=None, overwrite=False, check_float_outputs=True)
+    result = convert(twin, representative_data, twin_config)
     result.notes.insert(0, f"calibration={calibration!r}: activation ranges set on the fake-quant twin from "
                            f"{len(samples)} samples")
-    return finish(result, model, strict, verify, output_path, overwrite)
+    return finish(result, model, config, verify)
 
 
-def finish(result, model, strict, verify, output_path, overwrite):
+def finish(result, model, config, verify):
     """The checks every conversion ends with: the strict int8 audit, the agreement check, the atomic write."""
     mode = result.mode
-    if strict and mode == "int8":
+    if config.strict and mode == "int8":
         floats = result.info.float_compute_ops()
         if floats:
             listed = ", ".join(f"{op.type} ({op.output_names[0] if op.output_names else op.index})" for op in floats[:10])
@@ -481,8 +552,8 @@ def finish(result, model, strict, verify, output_path, overwrite):
             )
     if verify is not None:
         _verify_agreement(result, model, verify)
-    if output_path is not None:
-        write_atomic(output_path, bytes(result), overwrite=overwrite)
+    if config.output_path is not None:
+        write_atomic(config.output_path, bytes(result), overwrite=config.overwrite)
     return result
 
 
@@ -607,14 +678,17 @@ def convert_saved_model(saved_model_dir, mode, samples, io_type="float32", spars
         return converter.convert()
 
 
-def _convert_in_subprocess(saved_model_dir, mode, samples, io_type, sparse, keep_float, timeout, model_name):
+def _convert_in_subprocess(saved_model_dir, samples, config, model_name):
     """The converter in a child process: a native crash or a hang becomes a ConversionError."""
     import json
 
+    mode, timeout = config.mode, config.timeout
     job = os.path.join(os.path.dirname(saved_model_dir), "job")
     os.makedirs(job)
     with open(os.path.join(job, "job.json"), "w") as f:
-        json.dump({"mode": mode, "io_type": io_type, "sparse": bool(sparse), "keep_float": keep_float}, f)
+        # The child runs only the converter: the options `convert_saved_model` takes are all it reads.
+        options = config.get_config()
+        json.dump({name: options[name] for name in ("mode", "io_type", "sparse", "keep_float")}, f)
     if samples:
         names = list(samples[0])
         arrays = {f"input_{j}": np.concatenate([s[name] for s in samples]) for j, name in enumerate(names)}

@@ -298,8 +298,7 @@ def keras_accuracy(model, x, y):
 
 def _measure_accuracies(model, representative_data, x, y, report, accuracy_layers):
     report.float_accuracy = keras_accuracy(model, x, y)
-    report.int8_accuracy = tflite_accuracy(converter.convert(model, mode="int8", representative_data=representative_data),
-                                           x, y)
+    report.int8_accuracy = tflite_accuracy(converter.convert(model, representative_data, mode="int8"), x, y)
     names = [row.layer for row in report.rows]
     measured = report.rows if accuracy_layers is None else report.rows[:accuracy_layers]
     for row in measured:
@@ -309,8 +308,7 @@ def _measure_accuracies(model, representative_data, x, y, report, accuracy_layer
                 setattr(row, attribute, report.int8_accuracy)
                 continue
             try:
-                flatbuffer = converter.convert(model, mode="int8", representative_data=representative_data,
-                                               keep_float=kept)
+                flatbuffer = converter.convert(model, representative_data, mode="int8", keep_float=kept)
             except (converter.ConversionError, ValueError) as exc:  # e.g. nothing left to quantize: reported, not fatal
                 report.notes.append(f"{row.layer}: {attribute} not measured ({str(exc)[:160]})")
                 continue
@@ -322,13 +320,23 @@ class AccuracyBudgetError(ValueError):
 
 
 def convert_within_budget(model, representative_data, validation_data, max_accuracy_drop, max_float_layers=8,
-                          **convert_kwargs):
+                          config=None, **convert_kwargs):
     """The int8 file with the fewest layers kept float that loses at most ``max_accuracy_drop`` points.
 
     Tries, in order, and returns the first within budget on ``validation_data``:
     all-int8; then the most sensitive layers (`quantization_sensitivity`'s local
     SQNR order) kept float one more at a time, up to ``max_float_layers``; then
     ``int16x8`` (16-bit activations) for the whole model.
+
+    Args:
+        model: the float Keras model.
+        representative_data: calibration inputs, as for `to_tflite`.
+        validation_data: ``(x, y)`` on which each try's accuracy is measured.
+        max_accuracy_drop: the accuracy points the file may lose against the Keras model.
+        max_float_layers: keep at most this many layers float before trying ``int16x8``.
+        config: a `converter.ConversionConfig` the tries start from (their mode and
+            ``keep_float`` are the search's); None for the defaults.
+        **convert_kwargs: `converter.ConversionConfig` fields that replace ``config``'s.
 
     Returns:
         A `ConvertedModel` whose ``budget`` attribute says what was chosen:
@@ -344,8 +352,8 @@ def convert_within_budget(model, representative_data, validation_data, max_accur
     tries = []
 
     def attempt(mode, kept):
-        flatbuffer = converter.convert(model, mode=mode, representative_data=representative_data,
-                                       keep_float=kept or None, **convert_kwargs)
+        flatbuffer = converter.convert(model, representative_data, config, mode=mode, keep_float=kept or None,
+                                       **convert_kwargs)
         accuracy = tflite_accuracy(flatbuffer, x, y)
         tries.append({"mode": mode, "kept_float": list(kept), "accuracy": accuracy})
         if 100 * (float_accuracy - accuracy) <= max_accuracy_drop:

@@ -7,6 +7,8 @@ float (`sensitivity.convert_within_budget`), whose conversions go through `conve
 of the verb need (its errors, modes and result type) are importable from here.
 """
 
+import dataclasses
+
 from tfcompress.evaluation.tflite_file import ConvertedModel
 from tfcompress.export import converter, sensitivity
 from tfcompress.export.converter import (
@@ -15,34 +17,19 @@ from tfcompress.export.converter import (
     DEFAULT_TIMEOUT_S,
     MIN_AGREEMENT,
     MODES,
+    ConversionConfig,
     ConversionError,
     QuantizationAuditError,
 )
 
-__all__ = ["to_tflite", "ConvertedModel", "ConversionError", "QuantizationAuditError", "MODES", "CALIBRATIONS",
+__all__ = ["to_tflite", "ConvertedModel", "ConversionConfig", "ConversionError", "QuantizationAuditError", "MODES", "CALIBRATIONS",
            "DEFAULT_MAX_CALIBRATION_SAMPLES", "DEFAULT_TIMEOUT_S", "MIN_AGREEMENT"]
 
 
-def to_tflite(
-    model,
-    mode="float32",
-    representative_data=None,
-    output_path=None,
-    overwrite=False,
-    io_type="float32",
-    sparse=False,
-    keep_float=None,
-    strict=False,
-    input_shape=None,
-    max_calibration_samples=DEFAULT_MAX_CALIBRATION_SAMPLES,
-    check_float_outputs=True,
-    isolate=False,
-    timeout=DEFAULT_TIMEOUT_S,
-    calibration=None,
-    max_accuracy_drop=None,
-    validation_data=None,
-    verify=None,
-):
+def to_tflite(model, mode="float32", representative_data=None, output_path=None, overwrite=False, io_type="float32",
+              sparse=False, keep_float=None, strict=False, input_shape=None,
+              max_calibration_samples=DEFAULT_MAX_CALIBRATION_SAMPLES, check_float_outputs=True, isolate=False,
+              timeout=DEFAULT_TIMEOUT_S, calibration=None, max_accuracy_drop=None, validation_data=None, verify=None):
     """Converts a Keras 3 model to a TFLite flatbuffer.
 
     Args:
@@ -112,20 +99,20 @@ def to_tflite(
         ...               output_path="model_int8.tflite")
         >>> b.info.op_census_by_dtype
     """
+    config = converter.ConversionConfig(
+        mode=mode, output_path=output_path, overwrite=overwrite, io_type=io_type, sparse=sparse, keep_float=keep_float,
+        strict=strict, input_shape=input_shape, max_calibration_samples=max_calibration_samples,
+        check_float_outputs=check_float_outputs, isolate=isolate, timeout=timeout, calibration=calibration)
     if max_accuracy_drop is None and validation_data is None:
-        return converter.convert(
-            model, mode=mode, representative_data=representative_data, output_path=output_path, overwrite=overwrite,
-            io_type=io_type, sparse=sparse, keep_float=keep_float, strict=strict, input_shape=input_shape,
-            max_calibration_samples=max_calibration_samples, check_float_outputs=check_float_outputs, isolate=isolate,
-            timeout=timeout, calibration=calibration, verify=verify)
-    model, keep_float = converter.check_request(model, mode, io_type, keep_float, output_path, overwrite)
-    if mode != "int8" or max_accuracy_drop is None or validation_data is None or keep_float:
+        return converter.convert(model, representative_data, config, verify=verify)
+    model = converter.check_request(model, config)
+    if mode != "int8" or max_accuracy_drop is None or validation_data is None or config.keep_float:
         raise ValueError(
             "max_accuracy_drop and validation_data go together, with mode='int8' and without keep_float (the "
             "budget chooses the float layers): e.g. to_tflite(model, mode='int8', representative_data=x_train[:200], "
             "max_accuracy_drop=0.5, validation_data=(x_val, y_val)).")
-    result = sensitivity.convert_within_budget(
-        model, representative_data, validation_data, max_accuracy_drop, io_type=io_type, sparse=sparse,
-        strict=False, input_shape=input_shape, max_calibration_samples=max_calibration_samples,
-        check_float_outputs=check_float_outputs, isolate=isolate, timeout=timeout, calibration=calibration)
-    return converter.finish(result, model, strict, verify, output_path, overwrite)
+    # The budget's tries neither audit nor write: the file it chooses is, below.
+    tries = dataclasses.replace(config, strict=False, output_path=None, overwrite=False)
+    result = sensitivity.convert_within_budget(model, representative_data, validation_data, max_accuracy_drop,
+                                               config=tries)
+    return converter.finish(result, model, config, verify)

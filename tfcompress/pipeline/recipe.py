@@ -46,11 +46,6 @@ def fit_verbosity(verbose=1):
         return 2
 
 
-def _check_epochs(step, epochs):
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"{type(step).__name__}(epochs={epochs!r}): epochs must be a positive integer.")
-
-
 class Step:
     """What a recipe step is: a small frozen dataclass that carries its settings and its own behaviour.
 
@@ -62,10 +57,32 @@ class Step:
     Attributes:
         kind: the name of its backup folder, ``step<index>-<kind>`` under ``backup_dir``.
         epochs: the epochs it trains (0 for none).
+        min_epochs: the fewest epochs it accepts: 1 where training is the step (pruning, QAT), 0 where
+            it changes the model itself and fine-tuning is optional (clustering, factorization).
     """
 
     kind = None
     epochs = 0
+    min_epochs = 0
+
+    def __post_init__(self):
+        """Checks ``epochs`` against `min_epochs`; a step with settings of its own checks them, then calls this."""
+        if self.epochs or self.min_epochs:
+            self.check_setting("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "a positive integer")
+
+    def check_setting(self, name, ok, expected):
+        """Raises, unless ``ok``, the error of a bad setting: ``Prune(sparsity=1.5): sparsity must be in [0, 1).``
+
+        Args:
+            name: the field checked.
+            ok: whether its value is acceptable.
+            expected: what it must be, as the message ends (``"in [0, 1)"``).
+
+        Raises:
+            ValueError: quoting the step, the field and its value.
+        """
+        if not ok:
+            raise ValueError(f"{type(self).__name__}({name}={getattr(self, name)!r}): {name} must be {expected}.")
 
     def apply(self, model, run):
         """Runs the step on ``model`` with the data and settings of ``run`` (a `RecipeRun`).
@@ -153,23 +170,23 @@ class Prune(Step):
     ramp_fraction: float = 2 / 3
 
     kind = "prune"
+    min_epochs = 1
 
     def __post_init__(self):
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"Prune(sparsity={self.sparsity!r}): sparsity must be in [0, 1).")
-        _check_epochs(self, self.epochs)
-
-    def apply(self, model, run):
-        schedule = run.ramp(self.sparsity, self.epochs, self.ramp_fraction)
-        run.fit(model, self, [PruningCallback(schedule, structure=self.structure, block_shape=self.block_shape,
-                                              verbose=0)])
-        return model, f"pruned to {100 * self.sparsity:.0f}% over {self.epochs} epoch(s)"
+        self.check_setting("sparsity", 0.0 <= self.sparsity < 1.0, "in [0, 1)")
+        super().__post_init__()
 
     def tag(self):
         return f"prune{round(100 * self.sparsity)}"
 
     def describe(self, teacher_name="the teacher"):
         return f"prune {round(100 * self.sparsity)}% ({self.epochs} ep)"
+
+    def apply(self, model, run):
+        schedule = run.ramp(self.sparsity, self.epochs, self.ramp_fraction)
+        run.fit(model, self, [PruningCallback(schedule, structure=self.structure, block_shape=self.block_shape,
+                                              verbose=0)])
+        return model, f"pruned to {100 * self.sparsity:.0f}% over {self.epochs} epoch(s)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,16 +213,22 @@ class PruneChannels(Step):
     ramp_fraction: float = 2 / 3
     max_group_ratio: float = None
 
+    kind = "channels"
+    min_epochs = 1
+
     def __post_init__(self):
-        if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"PruneChannels(ratio={self.ratio!r}): ratio must be in [0, 1).")
+        self.check_setting("ratio", 0.0 <= self.ratio < 1.0, "in [0, 1)")
         try:
             check_selection("global", self.round_to, self.max_group_ratio)
         except ValueError as exc:
             raise ValueError(f"PruneChannels: {exc}") from None
-        _check_epochs(self, self.epochs)
+        super().__post_init__()
 
-    kind = "channels"
+    def tag(self):
+        return f"channels{round(100 * self.ratio)}"
+
+    def describe(self, teacher_name="the teacher"):
+        return f"channels {round(100 * self.ratio)}% ({self.epochs} ep)"
 
     def apply(self, model, run):
         callback = ChannelPruningCallback(run.ramp(self.ratio, self.epochs, self.ramp_fraction),
@@ -218,12 +241,6 @@ class PruneChannels(Step):
         model = shrink(model, verbose=0)
         return model, (f"removed {100 * callback.sparsity:.0f}% of the removable channels over {self.epochs} "
                        f"epoch(s): {before:,} -> {model.count_params():,} parameters")
-
-    def tag(self):
-        return f"channels{round(100 * self.ratio)}"
-
-    def describe(self, teacher_name="the teacher"):
-        return f"channels {round(100 * self.ratio)}% ({self.epochs} ep)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,24 +259,23 @@ class Cluster(Step):
     per_channel: bool = True
     learning_rate: float = 1e-4
 
-    def __post_init__(self):
-        check_arguments(self.num_clusters, "kmeans++")
-        if self.epochs:
-            _check_epochs(self, self.epochs)
-
     kind = "cluster"
 
-    def apply(self, model, run):
-        model = cluster_weights(model, self.num_clusters, per_channel=self.per_channel)
-        if self.epochs:
-            run.fit(model, self, [ClusteringCallback(self.num_clusters, per_channel=self.per_channel, verbose=0)])
-        return model, f"clustered to {self.num_clusters} values per kernel, fine-tuned {self.epochs} epoch(s)"
+    def __post_init__(self):
+        check_arguments(self.num_clusters, "kmeans++")
+        super().__post_init__()
 
     def tag(self):
         return f"cluster{self.num_clusters}"
 
     def describe(self, teacher_name="the teacher"):
         return f"cluster {self.num_clusters} ({self.epochs} ep)"
+
+    def apply(self, model, run):
+        model = cluster_weights(model, self.num_clusters, per_channel=self.per_channel)
+        if self.epochs:
+            run.fit(model, self, [ClusteringCallback(self.num_clusters, per_channel=self.per_channel, verbose=0)])
+        return model, f"clustered to {self.num_clusters} values per kernel, fine-tuned {self.epochs} epoch(s)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,13 +292,17 @@ class Factorize(Step):
     epochs: int = 1
     learning_rate: float = 1e-3
 
-    def __post_init__(self):
-        if not 0.0 < self.energy <= 1.0:
-            raise ValueError(f"Factorize(energy={self.energy!r}): energy must be in (0, 1].")
-        if self.epochs:
-            _check_epochs(self, self.epochs)
-
     kind = "factorize"
+
+    def __post_init__(self):
+        self.check_setting("energy", 0.0 < self.energy <= 1.0, "in (0, 1]")
+        super().__post_init__()
+
+    def tag(self):
+        return f"lowrank{round(100 * self.energy)}"
+
+    def describe(self, teacher_name="the teacher"):
+        return f"low-rank at energy {self.energy} ({self.epochs} ep)"
 
     def apply(self, model, run):
         before = model.count_params()
@@ -290,12 +310,6 @@ class Factorize(Step):
         if self.epochs:
             run.fit(model, self)
         return model, f"factorized at energy {self.energy}: {before:,} -> {model.count_params():,} parameters"
-
-    def tag(self):
-        return f"lowrank{round(100 * self.energy)}"
-
-    def describe(self, teacher_name="the teacher"):
-        return f"low-rank at energy {self.energy} ({self.epochs} ep)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,12 +333,18 @@ class Distill(Step):
     alpha: float = None
     learning_rate: float = 3e-3
 
-    def __post_init__(self):
-        _check_epochs(self, self.epochs)
-        if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"Distill(sparsity={self.sparsity!r}): sparsity must be in [0, 1).")
-
     kind = "distill"
+    min_epochs = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_setting("sparsity", self.sparsity is None or 0.0 <= self.sparsity < 1.0, "in [0, 1)")
+
+    def tag(self):
+        return "distill" + (f"-prune{round(100 * self.sparsity)}" if self.sparsity else "")
+
+    def describe(self, teacher_name="the teacher"):
+        return f"distil from {teacher_name} ({self.epochs} ep)"
 
     def apply(self, model, run):
         kwargs = {k: v for k, v in (("temperature", self.temperature), ("alpha", self.alpha)) if v is not None}
@@ -342,12 +362,6 @@ class Distill(Step):
             # The Distiller freezes its teacher; the caller's model must come back as it was given.
             self.teacher.trainable = teacher_was_trainable
         return distiller.student, f"distilled for {self.epochs} epoch(s)"
-
-    def tag(self):
-        return "distill" + (f"-prune{round(100 * self.sparsity)}" if self.sparsity else "")
-
-    def describe(self, teacher_name="the teacher"):
-        return f"distil from {teacher_name} ({self.epochs} ep)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,20 +381,18 @@ class QuantizationAwareTraining(Step):
     config: object = None
 
     kind = "qat"
-
-    def __post_init__(self):
-        _check_epochs(self, self.epochs)
-
-    def apply(self, model, run):
-        model = quantization.quantize_model(model, config=self.config)
-        run.fit(model, self)
-        return model, f"quantization-aware training for {self.epochs} epoch(s)"
+    min_epochs = 1
 
     def tag(self):
         return "qat"
 
     def describe(self, teacher_name="the teacher"):
         return f"QAT ({self.epochs} ep)"
+
+    def apply(self, model, run):
+        model = quantization.quantize_model(model, config=self.config)
+        run.fit(model, self)
+        return model, f"quantization-aware training for {self.epochs} epoch(s)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,19 +412,17 @@ class FineTune(Step):
     learning_rate: float = 1e-3
 
     kind = "finetune"
-
-    def __post_init__(self):
-        _check_epochs(self, self.epochs)
-
-    def apply(self, model, run):
-        run.fit(model, self)
-        return model, f"fine-tuned (dense) for {self.epochs} epoch(s)"
+    min_epochs = 1
 
     def tag(self):
         return f"finetune{self.epochs}"
 
     def describe(self, teacher_name="the teacher"):
         return f"fine-tune ({self.epochs} ep)"
+
+    def apply(self, model, run):
+        run.fit(model, self)
+        return model, f"fine-tuned (dense) for {self.epochs} epoch(s)"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -294,15 +294,12 @@ class _DepthwiseMixin(QuantizedLayerMixin):
     def from_channels_last(self, name, view, shape):
         return ops.reshape(view, shape)
 
+    def depthwise(self, inputs, kernel):
+        return ops.depthwise_conv(inputs, kernel, strides=self.strides, padding=self.padding,
+                                  dilation_rate=self.dilation_rate, data_format=self.data_format)
+
     def linear(self, inputs, kernels, training):
-        return ops.depthwise_conv(
-            inputs,
-            kernels["kernel"],
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-        )
+        return self.depthwise(inputs, kernels["kernel"])
 
 
 @registry.quantizes(layers.DepthwiseConv1D)
@@ -319,7 +316,8 @@ class QuantizedDepthwiseConv2D(_DepthwiseMixin, layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` with a per-channel int8 fake-quantized kernel."""
 
 
-class _SeparableMixin(QuantizedLayerMixin):
+class _SeparableMixin(_DepthwiseMixin):
+    # The depthwise half is a depthwise layer's; the pointwise kernel is a 1x1 Conv's, channels last already.
     kernel_names = ("depthwise_kernel", "pointwise_kernel")
     fold_kernel_name = "pointwise_kernel"
 
@@ -336,23 +334,10 @@ class _SeparableMixin(QuantizedLayerMixin):
         return self.intermediate_quantizer.scale()
 
     def channels_last(self, name, kernel):
-        if name == "depthwise_kernel":
-            shape = tuple(kernel.shape)
-            return ops.reshape(kernel, shape[:-2] + (shape[-2] * shape[-1],))
-        return kernel
-
-    def from_channels_last(self, name, view, shape):
-        return ops.reshape(view, shape)
+        return super().channels_last(name, kernel) if name == "depthwise_kernel" else kernel
 
     def linear(self, inputs, kernels, training):
-        depthwise = ops.depthwise_conv(
-            inputs,
-            kernels["depthwise_kernel"],
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-        )
+        depthwise = self.depthwise(inputs, kernels["depthwise_kernel"])
         depthwise = self.intermediate_quantizer(depthwise, training=training)
         return ops.conv(depthwise, kernels["pointwise_kernel"], strides=1, padding="valid", data_format=self.data_format)
 
@@ -380,15 +365,9 @@ class _ConvTransposeMixin(QuantizedLayerMixin):
         return ops.swapaxes(view, -1, -2)
 
     def linear(self, inputs, kernels, training):
-        return ops.conv_transpose(
-            inputs,
-            kernels["kernel"],
-            strides=list(self.strides),
-            padding=self.padding,
-            output_padding=self.output_padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-        )
+        return ops.conv_transpose(inputs, kernels["kernel"], strides=list(self.strides), padding=self.padding,
+                                  output_padding=self.output_padding, dilation_rate=self.dilation_rate,
+                                  data_format=self.data_format)
 
 
 @registry.quantizes(layers.Conv2DTranspose)
