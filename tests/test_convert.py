@@ -234,7 +234,9 @@ def test_conversion_config_checks_its_options_once_and_round_trips_through_json(
     for options, message in [({"mode": "int4"}, r"mode='int4'.*float32"),
                              ({"mode": "float16", "io_type": "int8"}, r"io_type='int8'.*mode='float16'"),
                              ({"keep_float": ["fc1"]}, r"keep_float.*mode='float32'"),
-                             ({"mode": "int8", "calibration": "kl"}, r"calibration='kl'.*minmax")]:
+                             ({"mode": "int8", "calibration": "kl"}, r"calibration='kl'.*minmax"),
+                             # A calibrated file is always int8: float16 with calibration= is refused.
+                             ({"mode": "float16", "calibration": "mse"}, r"calibration='mse'.*mode='int8'.*float16")]:
         with pytest.raises(ValueError, match=message):
             ConversionConfig(**options)
     with pytest.raises(TypeError, match="keep_float must be a layer name or a list of names, got 3"):

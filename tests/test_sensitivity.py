@@ -94,6 +94,15 @@ def test_a_budget_that_cannot_be_met_says_what_was_tried(trained_digits_model, d
         sensitivity.convert_within_budget(broken, x[:200], (x_test, y_test), 0.5, max_float_layers=1)
     with pytest.raises(ValueError, match="max_accuracy_drop and validation_data go together"):
         tfc.to_tflite(broken, mode="int8", representative_data=x[:10], max_accuracy_drop=0.5)
+    # int8 inputs/outputs close the int16x8 resort (it has none): said, not a raw io_type error from the
+    # last try.
+    with pytest.raises(tfc.AccuracyBudgetError, match=r"Tried int8: .*int16x8 was not tried: it has no "
+                                                      r"io_type='int8'"):
+        sensitivity.convert_within_budget(broken, x[:200], (x_test, y_test), 0.5, max_float_layers=1, io_type="int8")
+    # A calibration method sets int8 ranges: the int16x8 try converts without it (it used to be an int8 file).
+    with pytest.raises(tfc.AccuracyBudgetError, match=r"int16x8: "):
+        sensitivity.convert_within_budget(broken, x[:200], (x_test, y_test), 0.5, max_float_layers=1,
+                                          calibration="minmax")
 
 
 def test_percentile_and_mse_calibration_beat_minmax_on_outliers(trained_digits_model, digits_data):

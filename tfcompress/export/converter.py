@@ -29,7 +29,7 @@ from tfcompress.export import representative
 from tfcompress.quantization import fake_quant, quantize, registry
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
-_IO_TYPES = {
+IO_TYPES = {
     "float32": ("float32",),
     "float16": ("float32",),
     "dynamic": ("float32",),
@@ -365,15 +365,20 @@ class ConversionConfig:
         mode, io_type, keep_float = self.mode, self.io_type, self.keep_float
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not a conversion mode; choose one of {list(MODES)}.")
-        if io_type not in _IO_TYPES[mode]:
+        if io_type not in IO_TYPES[mode]:
             raise ValueError(
-                f"io_type={io_type!r} is not available for mode={mode!r}; choose one of {list(_IO_TYPES[mode])}."
+                f"io_type={io_type!r} is not available for mode={mode!r}; choose one of {list(IO_TYPES[mode])}."
             )
         if keep_float and mode != "int8":
             raise ValueError(f"keep_float is only meaningful with mode='int8' (got mode={mode!r}).")
         if self.calibration is not None and self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration={self.calibration!r}: choose one of {list(CALIBRATIONS)} (or None for "
                              "the converter's own min-max).")
+        if self.calibration is not None and mode != "int8":
+            # The calibrated twin always converts to int8: with another mode the file would silently not be
+            # the one asked for.
+            raise ValueError(f"calibration={self.calibration!r} sets int8 activation ranges; it needs mode='int8' "
+                             f"(got mode={mode!r}). Drop calibration= or convert with mode='int8'.")
         # A tuple: the config is frozen, and one spelling (None for "no layer") serves every `if keep_float`.
         try:
             names = (keep_float,) if isinstance(keep_float, str) else tuple(keep_float or ())

@@ -352,8 +352,10 @@ def convert_within_budget(model, representative_data, validation_data, max_accur
     tries = []
 
     def attempt(mode, kept):
+        # int16x8 has its own ranges: a calibration= method (int8 ranges on the fake-quant twin) does not apply.
+        extra = {"calibration": None} if mode == "int16x8" else {}
         flatbuffer = converter.convert(model, representative_data, config, mode=mode, keep_float=kept or None,
-                                       **convert_kwargs)
+                                       **{**convert_kwargs, **extra})
         accuracy = tflite_accuracy(flatbuffer, x, y)
         tries.append({"mode": mode, "kept_float": list(kept), "accuracy": accuracy})
         if 100 * (float_accuracy - accuracy) <= max_accuracy_drop:
@@ -388,15 +390,22 @@ def convert_within_budget(model, representative_data, validation_data, max_accur
                 if smaller is not None:
                     kept, result = fewer, smaller
             return result
-    result = attempt("int16x8", [])
-    if result is not None:
-        return result
+    # int16x8 has no int8 inputs/outputs: with io_type="int8" the last resort is not open.
+    io_type = convert_kwargs.get("io_type") or (config.io_type if config is not None else "float32")
+    skipped = ""
+    if io_type in converter.IO_TYPES["int16x8"]:
+        result = attempt("int16x8", [])
+        if result is not None:
+            return result
+    else:
+        skipped = f" int16x8 was not tried: it has no io_type={io_type!r}."
     listed = "; ".join(f"{t['mode']}{' with ' + ', '.join(t['kept_float']) + ' float' if t['kept_float'] else ''}: "
                        f"{100 * t['accuracy']:.2f}%" for t in tries)
     raise AccuracyBudgetError(
         f"max_accuracy_drop={max_accuracy_drop}: no file stayed within {max_accuracy_drop} pt of the float model's "
-        f"{100 * float_accuracy:.2f}% on the {len(y)} validation samples. Tried {listed}. Raise max_accuracy_drop, "
-        "train with quantization-aware training (tfc.quantize_model, then fit), or use mode='float16'.")
+        f"{100 * float_accuracy:.2f}% on the {len(y)} validation samples. Tried {listed}.{skipped} "
+        "Raise max_accuracy_drop, train with quantization-aware training (tfc.quantize_model, then fit), or use "
+        "mode='float16'.")
 
 
 def _check_validation_data(validation_data):
