@@ -343,7 +343,8 @@ def _mnv2_seed(s, seed, data):
                 small = net
                 row.update(removed=0.0)
             bench_common.reestimate_batch_norm(small, x)
-            row.update(params=small.count_params(), macs=bench_common.macs(small), train_seconds=time.perf_counter() - start)
+            row.update(params=small.count_params(), macs=bench_common.macs(small),
+                       train_seconds=time.perf_counter() - start)
             _convert(files, row, name, small, x[: s["calibration"]])
             rows[name] = row
             _log(f"{name} seed {seed}: {row['params']:,} params, {row['macs'] / 1e6:.1f} M MACs"

@@ -164,14 +164,14 @@ def machine_record():
     return machine.current().to_dict()
 
 
-def timed_on():
+def timed_on(end="."):
     """The line under a benchmark's tables that names the machine: ``"Timed on: <CPU, features, versions>."``.
 
-    The same words `tfc.compare` puts under its tables.
+    The same words `tfc.compare` puts under its tables. ``end``: what closes it (``""`` to go on in a sentence).
     """
     from tfcompress.core import machine
 
-    return f"Timed on: {machine.current().summary()}."
+    return f"Timed on: {machine.current().summary()}{end}"
 
 
 # Logs and timers ---------------------------------------------------------------------------------

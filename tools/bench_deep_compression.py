@@ -171,7 +171,8 @@ def _model_seed(kind, s, seed, data):
     base = _fit(_build(kind), s, x, y, s["pretrain_epochs"] if kind == "cnn" else s["mlp_pretrain_epochs"],
                 cosine=False)
     weights = base.get_weights()
-    _log(f"{kind} seed {seed}: base trained ({time.perf_counter() - start:.0f} s), val {bench_common.accuracy(base, x_val, y_val):.2%}")
+    _log(f"{kind} seed {seed}: base trained ({time.perf_counter() - start:.0f} s), "
+         f"val {bench_common.accuracy(base, x_val, y_val):.2%}")
 
     # Dense control: 3E epochs, as long as prune + cluster + QAT.
     start = time.perf_counter()
@@ -304,7 +305,8 @@ def _markdown(kind, s, per_seed, sizes):
     for label, key in _rows_spec(kind, s):
         a = summary[key] = summarize_times(per_seed, key)
         lines.append(f"| {label} | {a['file_kb']:.1f} | {a['gzip_kb']:.1f} | {a['ratio']:.1f}x | "
-                     f"{a['macs'] / 1e3:,.0f} k | {bench_common.mean_pm(a['accuracy'])}% | {bench_common.mean_pm(a['delta'], fmt='{:+.2f}')} | "
+                     f"{a['macs'] / 1e3:,.0f} k | {bench_common.mean_pm(a['accuracy'])}% | "
+                     f"{bench_common.mean_pm(a['delta'], fmt='{:+.2f}')} | "
                      f"{a['ms']:.4f} | {a['speedup']:.2f}x | {a['speedup_same']:.2f}x |")
     ranks = []
     for key in summary:

@@ -254,7 +254,7 @@ def _markdown(s, reports, onnx_reports, latency, keras_accuracy, n_train, n_test
         f"{ort_own}. TFLite Micro (the `tflite-micro` interpreter, reference kernels): arena = what its allocator "
         f"used; flash = the model's bytes (without the TFLM library); agreement = top-1 agreement with LiteRT on "
         f"{micro_n} test images. int8 ONNX files are QDQ translations of the int8 `.tflite` (tf2onnx). "
-        f"{bench_common.timed_on()[:-1]}; 1-minute load average {load[0]:.1f} → {load[1]:.1f} during "
+        f"{bench_common.timed_on(end='')}; 1-minute load average {load[0]:.1f} → {load[1]:.1f} during "
         f"the timing passes; {seconds / 60:.1f} min in all.",
     ]
     # int8 vs float32 of the same model, per runtime.
