@@ -396,7 +396,7 @@ def main():
     if FLAGS.coverage:
         print("coverage:", flush=True)
         coverage = _coverage(s)
-    table = _markdown(s, ours_runs, theirs_runs, coverage) + "\n\n" + bench_common.timed_on()
+    table = _markdown(s, ours_runs, theirs_runs, coverage).rstrip() + "\n\n" + bench_common.timed_on()
     print(table)
     bench_common.write_outputs(table, {"settings": s, "tfcompress": ours_runs, "tfmot": theirs_runs,
                                        "coverage": coverage}, json_default=str)
