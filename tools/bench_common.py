@@ -6,9 +6,10 @@ A benchmark script imports this module by name: ``tools/`` is on ``sys.path`` wh
 * The start: importing this module puts the checkout first on ``sys.path`` (a script run from a
   checkout measures that checkout's tfcompress); `run` replaces ``absl.app.run`` with the start every
   benchmark makes (quiet logs, the tfmot worker's dispatch, output paths checked before any work).
-* Flags: `define_output_flags` (``--out`` JSON, ``--output`` markdown, ``--overwrite``) and
-  `define_tfmot_flags` (``--tfmot`` and the internal ``--tfmot_worker``), defined once with the
-  defaults the scripts always had.
+* Flags: `define_output_flags` (``--out`` JSON, ``--output`` markdown, ``--overwrite``),
+  `define_data_flags` (``--batch_size``, ``--train_limit``, ``--test_limit``) and `define_tfmot_flags`
+  (``--tfmot`` and the internal ``--tfmot_worker``), defined once with the defaults the scripts always
+  had; ``--help`` lists them with the script's own flags.
 * Output files: `check_outputs` fails before any training if a path cannot be written (an existing
   file is never replaced without ``--overwrite``); `write_outputs` writes them atomically
   (`tfcompress.core.files.write_atomic`), the JSON with the `machine_record`.
@@ -17,7 +18,7 @@ A benchmark script imports this module by name: ``tools/`` is on ``sys.path`` wh
   `timed_on` under the tables.
 * `Log` (timestamped progress lines), `step_timer` (seconds per training step, Keras or tf_keras).
 * Small measurements the scripts repeat: `fashion_mnist`, `accuracy`, `gzip_bytes`, `macs`,
-  `cosine_learning_rate`, `mean_pm`, `save_weights` / `load_weights`.
+  `cosine_learning_rate`, `fine_tune_learning_rate`, `mean_pm`, `save_weights` / `load_weights`.
 * tfmot (the legacy baseline, tf_keras only): `run_tfmot` runs the script itself with
   ``--tfmot_worker`` in a child process; the worker reads its job with `read_tfmot_job`, builds
   `tfmot_reference_cnn`, compiles with `tfmot_compile`, converts with `tfmot_int8_tflite` and
