@@ -136,6 +136,18 @@ def test_round_robin_runs_a_warm_burst_of_each_config_per_round():
     assert statistics.median(times["c"]) < statistics.median(times["slow"])
 
 
+def test_round_robin_times_the_cold_first_run_of_each_burst_when_asked():
+    # tools/bench_deploy.py reports both: warm runs (the burst's rest) and the cold first run of each burst.
+    log = []
+    invokers = {key: _Invoker(key, log, seconds=0.005 if key == "slow" else 0.0) for key in ("a", "slow")}
+    cold = {}
+    warm = evaluate_module.time_round_robin(invokers, num_runs=6, warmup_runs=0, burst=4, cold=cold)
+    assert {k: len(v) for k, v in warm.items()} == {"a": 6, "slow": 6}
+    assert {k: len(v) for k, v in cold.items()} == {"a": 2, "slow": 2}  # one per round, 2 rounds of 3 warm
+    assert len(log) == 2 * 2 * 4  # the cold runs are the same untimed cache-warming runs, now timed
+    assert min(cold["slow"]) >= 5.0 and max(cold["a"]) < min(cold["slow"])
+
+
 def test_round_robin_restores_gc_when_an_invoke_fails():
     log = []
     with pytest.raises(RuntimeError, match="invoke failed"):

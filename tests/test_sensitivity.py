@@ -1,5 +1,7 @@
 """Per-layer quantization sensitivity, the accuracy budget, calibration methods and the agreement check."""
 
+import os
+import sys
 import warnings
 
 import keras
@@ -10,24 +12,10 @@ import tfcompress as tfc
 from tfcompress.evaluation.litert import make_interpreter, _predict
 from tfcompress.export import sensitivity
 
-
-def _with_outlier_unit(model, scale):
-    """The same function, but one fc1 unit's output `scale` times larger (and the logits' weights for it smaller).
-
-    ReLU is positively homogeneous, so the float model is unchanged; int8 must share one range between that
-    unit and the 31 others, which then round to zero: a model that per-tensor int8 breaks.
-    """
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    fc1, logits = clone.get_layer("fc1"), clone.get_layer("logits")
-    kernel, bias = fc1.get_weights()
-    kernel[:, 0] *= scale
-    bias[0] *= scale
-    fc1.set_weights([kernel, bias])
-    kernel, bias = logits.get_weights()
-    kernel[0, :] /= scale
-    logits.set_weights([kernel, bias])
-    return clone
+# The model per-tensor int8 breaks (one fc1 unit scaled up, the float function unchanged) is shared with
+# tools/bench_sensitivity.py.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+from bench_common import with_outlier_unit as _with_outlier_unit  # noqa: E402
 
 
 def _nested_model():

@@ -20,13 +20,12 @@ Protocol:
 
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import tfcompress as tfc  # noqa: E402
-from tfcompress.pipeline import demo  # noqa: E402
+# bench_common first (tools/ is on sys.path: it is the script's own folder): it puts this checkout on sys.path.
+import bench_common
+import tfcompress as tfc
+from tfcompress.pipeline import demo
 
 
 def main():
@@ -76,7 +75,7 @@ def main():
     print("\n### Summary\n")
     print(tfc.reports.markdown_table(("model", "objective", "chosen", "vs float32 file", "XNNPACK speed-up here",
                                       "fewer MACs", "Δ test vs input", "search time", "target"), summary))
-    print(f"\nMeasured on {tfc.machine.current().summary()}.")
+    print(f"\n{bench_common.timed_on()}")
 
 
 if __name__ == "__main__":

@@ -37,19 +37,15 @@ Usage:
     python tools/bench_channels.py --seeds=1 --finetune_epochs=3 --mnv2_alphas=
 """
 
-import gzip
 import json
 import math
 import os
 import statistics
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import bench_common  # noqa: E402  (tools/ is on sys.path: the script's folder)
+import bench_common  # tools/ is on sys.path: it is the script's own folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Smoke test of every code path: little data, 1 epoch, 1 seed, MobileNetV2 0.35 only.")
@@ -71,9 +67,9 @@ flags.DEFINE_float("ramp_fraction", 2 / 3, "Share of the fine-tuning steps over 
 flags.DEFINE_bool("distillation", True, "Also run the distillation-recovery variant.")
 flags.DEFINE_float("max_group_ratio", None, "At most this fraction of any one group is removed (None: no cap).")
 flags.DEFINE_float("mnv2_max_group_ratio", None, "max_group_ratio of the MobileNetV2 part (None: no cap).")
-flags.DEFINE_integer("train_limit", 20000, "Training images of the reference CNN (0: all 60k).")
-flags.DEFINE_integer("test_limit", 0, "Test images (0: the full 10k).")
-flags.DEFINE_integer("batch_size", 64, "Batch size of the reference CNN's fits.")
+bench_common.define_data_flags(train_limit=20000, test_limit=0, batch_help="Batch size of the reference CNN's fits.",
+                               train_help="Training images of the reference CNN (0: all 60k).",
+                               test_help="Test images (0: the full 10k).")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (constant for pretraining, cosine for fine-tuning).")
 flags.DEFINE_integer("calibration", 200, "int8 calibration images.")
 flags.DEFINE_integer("num_runs", 200, "Timed runs per file in evaluate_many.")
@@ -86,15 +82,10 @@ flags.DEFINE_integer("mnv2_finetune_epochs", 2, "MobileNetV2 fine-tuning epochs 
 flags.DEFINE_float("mnv2_fraction", 0.5, "Channel fraction removed from MobileNetV2.")
 flags.DEFINE_integer("mnv2_batch_size", 32, "Batch size of MobileNetV2's fits.")
 flags.DEFINE_string("cache_dir", "/tmp/bench_channels_cache", "Where pretrained weights are cached.")
-flags.DEFINE_string("out", None, "Also write every number as JSON to this file.")
-flags.DEFINE_string("output", None, "Also write the markdown tables to this file.")
-flags.DEFINE_bool("overwrite", False, "Allow replacing --out / --output.")
+bench_common.define_output_flags(out="Also write every number as JSON to this file.",
+                                 output="Also write the markdown tables to this file.")
 
-T0 = time.perf_counter()
-
-
-def _log(message):
-    print(f"[bench_channels {time.perf_counter() - T0:6.0f} s] {message}", flush=True)
+_log = bench_common.Log("bench_channels")
 
 
 def _settings():
@@ -126,13 +117,6 @@ def _cap_text(max_group_ratio):
 # Helpers -----------------------------------------------------------------------------------
 
 
-def _macs(model):
-    """Multiply-accumulates of one inference (`tfc.pruning.layer_costs`, nested models included)."""
-    from tfcompress.pruning import layer_costs
-
-    return sum(macs for _, macs in layer_costs(model).values())
-
-
 def _producer_widths(model):
     from tfcompress.pruning.channels import PRODUCERS
 
@@ -147,10 +131,6 @@ def _max_relative_difference(a, b, x):
     return float(np.max(np.abs(ya - yb)) / max(float(np.max(np.abs(ya))), 1e-12))
 
 
-def _gzip(data):
-    return len(gzip.compress(bytes(data), 9))
-
-
 def _ramp(end_fraction_steps, fraction):
     import tfcompress as tfc
 
@@ -161,33 +141,32 @@ def _ramp(end_fraction_steps, fraction):
 def _adam(learning_rate, steps):
     import keras
 
-    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps))
+    return keras.optimizers.Adam(bench_common.cosine_learning_rate(learning_rate, steps))
 
 
-def _save_weights(path, weights):
-    import numpy as np
+def _convert(files, row, name, model, calibration):
+    """Adds ``model``'s float32 and int8 files to ``files`` (as ``"{name} {mode}"``), their sizes to ``row``."""
+    import tfcompress as tfc
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, *weights)
-    os.replace(tmp, path)
+    for mode in ("float32", "int8"):
+        flatbuffer = tfc.to_tflite(model, mode=mode, representative_data=calibration if mode == "int8" else None)
+        files[f"{name} {mode}"] = flatbuffer
+        row.update({f"{mode}_bytes": len(flatbuffer), f"{mode}_gzip": bench_common.gzip_bytes(flatbuffer)})
 
 
-def _load_weights(path):
-    import numpy as np
-
-    with np.load(path) as archive:
-        return [archive[f"arr_{i}"] for i in range(len(archive.files))]
-
+def _score(rows, reports, base):
+    """Accuracy, median XNNPACK 1-thread ms and speed-up vs ``base(row)``'s float32 file, into every row."""
+    for name, row in rows.items():
+        base_ms = reports[f"{base(row)} float32"].latency_for("xnnpack", 1).median_ms
+        for mode in ("float32", "int8"):
+            report = reports[f"{name} {mode}"]
+            ms = report.latency_for("xnnpack", 1).median_ms
+            row[f"{mode}_accuracy"] = float(report.accuracy)
+            row[f"{mode}_ms"] = ms
+            row[f"{mode}_speedup"] = base_ms / ms
 
 
 # Reference CNN -------------------------------------------------------------------------------
-
-
-def _cnn_data(s):
-    import tfcompress as tfc
-
-    return tfc.datasets.fashion_mnist(limit_train=s["train_limit"], limit_test=s["test_limit"])
 
 
 def _fresh_cnn(weights):
@@ -207,13 +186,13 @@ def _pretrained_cnn(s, seed, x, y):
     path = os.path.join(FLAGS.cache_dir, key)
     if os.path.exists(path):
         _log(f"seed {seed}: dense reference CNN loaded from {path}")
-        return _load_weights(path)
+        return bench_common.load_weights(path)
     keras.utils.set_random_seed(seed)
     model = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["learning_rate"])
     start = time.perf_counter()
     model.fit(x, y, epochs=s["pretrain_epochs"], batch_size=s["batch_size"], verbose=0)
     weights = model.get_weights()
-    _save_weights(path, weights)
+    bench_common.save_weights(path, weights)
     _log(f"seed {seed}: dense reference CNN trained in {time.perf_counter() - start:.0f} s, cached to {path}")
     return weights
 
@@ -253,8 +232,7 @@ def _cnn_seed(s, seed, data):
         start = time.perf_counter()
         keras.utils.set_random_seed(seed + 1)
         model = _fresh_cnn(weights)
-        model.compile(optimizer=_adam(s["learning_rate"], steps),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        tfc.zoo.compile_classifier(model, bench_common.cosine_learning_rate(s["learning_rate"], steps))
         row = {"fraction_target": fraction, "criterion": criterion, "distill": distill}
         if fraction is None:
             model.fit(x, y, epochs=s["finetune_epochs"], batch_size=s["batch_size"], verbose=0)
@@ -283,12 +261,9 @@ def _cnn_seed(s, seed, data):
             small = tfc.shrink(model, verbose=0)
             row.update(removed=callback.sparsity, notes=list(callback.notes),
                        shrink_max_rel_diff=_max_relative_difference(model, small, probe))
-        row.update(params=small.count_params(), macs=_macs(small), widths=_producer_widths(small),
+        row.update(params=small.count_params(), macs=bench_common.macs(small), widths=_producer_widths(small),
                    train_seconds=time.perf_counter() - start)
-        files[f"{name} float32"] = tfc.to_tflite(small, mode="float32")
-        files[f"{name} int8"] = tfc.to_tflite(small, mode="int8", representative_data=x[: s["calibration"]])
-        row.update(float32_bytes=len(files[f"{name} float32"]), int8_bytes=len(files[f"{name} int8"]),
-                   float32_gzip=_gzip(files[f"{name} float32"]), int8_gzip=_gzip(files[f"{name} int8"]))
+        _convert(files, row, name, small, x[: s["calibration"]])
         rows[name] = row
         _log(f"seed {seed}: {name}: removed {row['removed']:.1%} of the channels, {row['params']:,} params, "
              f"{row['macs'] / 1e6:.2f} M MACs, shrink max rel diff {row['shrink_max_rel_diff']:.1e}, widths "
@@ -297,14 +272,7 @@ def _cnn_seed(s, seed, data):
     reports = tfc.evaluate_many(files, x=x_test, y=y_test, backends=("xnnpack",), threads=(1,),
                                 num_runs=s["num_runs"])
     _log(f"seed {seed}: {len(files)} files evaluated together in {time.perf_counter() - start:.0f} s")
-    base_ms = reports["dense control float32"].latency_for("xnnpack", 1).median_ms
-    for name, row in rows.items():
-        for mode in ("float32", "int8"):
-            report = reports[f"{name} {mode}"]
-            ms = report.latency_for("xnnpack", 1).median_ms
-            row[f"{mode}_accuracy"] = float(report.accuracy)
-            row[f"{mode}_ms"] = ms
-            row[f"{mode}_speedup"] = base_ms / ms
+    _score(rows, reports, lambda row: "dense control")
     compare = tfc.compare(reports, baseline="dense control float32")
     _log(f"seed {seed}:\n{compare}")  # in the log as soon as measured: a later failure loses nothing
     return rows, compare, pretrained_accuracy
@@ -328,7 +296,6 @@ def _mnv2_seed(s, seed, data):
 
     x, y, x_test, y_test = data
     steps = s["mnv2_finetune_epochs"] * math.ceil(len(x) / s["mnv2_batch_size"])
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     rows, files = {}, {}
     for alpha in s["mnv2_alphas"]:
         key = (f"mnv2_a{alpha:g}_seed{seed}_n{len(x)}_e{s['mnv2_epochs']}_b{s['mnv2_batch_size']}"
@@ -336,7 +303,7 @@ def _mnv2_seed(s, seed, data):
         path = os.path.join(FLAGS.cache_dir, key)
         start = time.perf_counter()
         if os.path.exists(path):
-            weights = _load_weights(path)
+            weights = bench_common.load_weights(path)
             _log(f"MobileNetV2 {alpha:g} seed {seed}: loaded from {path}")
         else:
             keras.utils.set_random_seed(seed)
@@ -344,7 +311,7 @@ def _mnv2_seed(s, seed, data):
             net.fit(x, y, epochs=s["mnv2_epochs"], batch_size=s["mnv2_batch_size"], verbose=0)
             bench_common.reestimate_batch_norm(net, x)
             weights = net.get_weights()
-            _save_weights(path, weights)
+            bench_common.save_weights(path, weights)
             _log(f"MobileNetV2 {alpha:g} seed {seed}: trained in {time.perf_counter() - start:.0f} s, cached")
         for pruned in (False, True):
             start = time.perf_counter()
@@ -352,7 +319,7 @@ def _mnv2_seed(s, seed, data):
             keras.utils.set_random_seed(seed + 1)
             net = _mnv2(alpha)
             net.set_weights(weights)
-            net.compile(optimizer=_adam(s["learning_rate"], steps), loss=loss, metrics=["accuracy"])
+            tfc.zoo.compile_classifier(net, bench_common.cosine_learning_rate(s["learning_rate"], steps))
             before = _producer_widths(net)
             row = {"alpha": alpha, "pruned": pruned}
             if pruned:
@@ -376,11 +343,9 @@ def _mnv2_seed(s, seed, data):
                 small = net
                 row.update(removed=0.0)
             bench_common.reestimate_batch_norm(small, x)
-            row.update(params=small.count_params(), macs=_macs(small), train_seconds=time.perf_counter() - start)
-            files[f"{name} float32"] = tfc.to_tflite(small, mode="float32")
-            files[f"{name} int8"] = tfc.to_tflite(small, mode="int8", representative_data=x[: s["calibration"]])
-            row.update(float32_bytes=len(files[f"{name} float32"]), int8_bytes=len(files[f"{name} int8"]),
-                       float32_gzip=_gzip(files[f"{name} float32"]), int8_gzip=_gzip(files[f"{name} int8"]))
+            row.update(params=small.count_params(), macs=bench_common.macs(small),
+                       train_seconds=time.perf_counter() - start)
+            _convert(files, row, name, small, x[: s["calibration"]])
             rows[name] = row
             _log(f"{name} seed {seed}: {row['params']:,} params, {row['macs'] / 1e6:.1f} M MACs"
                  + (f", removed {row['removed']:.1%}, shrink max rel diff {row['shrink_max_rel_diff']:.1e} "
@@ -391,16 +356,9 @@ def _mnv2_seed(s, seed, data):
     reports = tfc.evaluate_many(files, x=x_test, y=y_test, backends=("xnnpack",), threads=(1,),
                                 num_runs=s["num_runs"])
     _log(f"MobileNetV2 seed {seed}: {len(files)} files evaluated together in {time.perf_counter() - start:.0f} s")
-    for name, row in rows.items():
-        base = f"MobileNetV2 {row['alpha']:g} dense control"
-        base_ms = reports[f"{base} float32"].latency_for("xnnpack", 1).median_ms
-        for mode in ("float32", "int8"):
-            report = reports[f"{name} {mode}"]
-            ms = report.latency_for("xnnpack", 1).median_ms
-            row[f"{mode}_accuracy"] = float(report.accuracy)
-            row[f"{mode}_ms"] = ms
-            row[f"{mode}_speedup"] = base_ms / ms
-        row["base"] = base
+    for row in rows.values():
+        row["base"] = f"MobileNetV2 {row['alpha']:g} dense control"
+    _score(rows, reports, lambda row: row["base"])
     return rows, tfc.compare(reports)
 
 
@@ -411,11 +369,8 @@ def _mean(values):
     return statistics.fmean(values)
 
 
-def _pm(values, scale=100.0, fmt="{:+.2f}"):
-    values = [v * scale for v in values]
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.fmean(values))} ± {statistics.stdev(values):.2f}"
+def _pm(values):
+    return bench_common.mean_pm(values, fmt="{:+.2f}")
 
 
 def _aggregate(per_seed, control_key, float_base_bytes_key="float32_bytes"):
@@ -555,19 +510,14 @@ def _targets(s, agg, mnv2_agg):
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
+def main():
     import keras
 
     import tfcompress as tfc
 
-    for path in (FLAGS.out, FLAGS.output):
-        if path:
-            tfc.files.check_writable(path, FLAGS.overwrite)
     s = _settings()
     _log(f"settings: {json.dumps(s)}")
-    data = _cnn_data(s)
+    data = bench_common.fashion_mnist(s)
     (x, _), (x_test, _) = data
     per_seed, compares, pretrained_accuracies = [], [], []
     for seed in range(s["seeds"]):
@@ -594,17 +544,14 @@ def main(argv):
     sections.append(f"Seed 0, every file (`tfc.compare`):\n\n{compares[0]}")
     if mnv2_compares:
         sections.append(f"MobileNetV2 seed 0, every file (`tfc.compare`):\n\n{mnv2_compares[0]}")
-    sections.append(f"Total wall time: {time.perf_counter() - T0:.0f} s.")
+    sections.append(f"Total wall time: {_log.seconds:.0f} s.")
+    sections.append(bench_common.timed_on())
     text = "\n\n".join(sections)
     print("\n" + text, flush=True)
-    if FLAGS.output:
-        tfc.write_atomic(FLAGS.output, text + "\n", overwrite=FLAGS.overwrite, argument="--output")
-    if FLAGS.out:
-        blob = json.dumps({"settings": s, "cnn": per_seed, "cnn_summary": agg,
-                           "pretrained_accuracy": pretrained_accuracies, "mnv2": mnv2_seeds,
-                           "mnv2_summary": mnv2_agg, "seconds": time.perf_counter() - T0}, indent=2, default=float)
-        tfc.write_atomic(FLAGS.out, blob, overwrite=FLAGS.overwrite, argument="--out")
+    bench_common.write_outputs(text, {"settings": s, "cnn": per_seed, "cnn_summary": agg,
+                                      "pretrained_accuracy": pretrained_accuracies, "mnv2": mnv2_seeds,
+                                      "mnv2_summary": mnv2_agg, "seconds": _log.seconds})
 
 
 if __name__ == "__main__":
-    app.run(main)
+    bench_common.run(main)

@@ -31,19 +31,14 @@ Usage:
     python tools/bench_deep_compression.py --quick                                      # smoke test, ~3 min
 """
 
-import gzip
 import json
 import math
-import os
 import statistics
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import bench_common  # noqa: E402  (tools/ is on sys.path: the script's folder)
+import bench_common  # tools/ is on sys.path: it is the script's own folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Smoke test of every code path: little data, 1 epoch, 1 seed (numbers meaningless).")
@@ -53,10 +48,11 @@ flags.DEFINE_integer("cnn_epochs", 1, "Fine-tuning epochs per stage of the refer
 flags.DEFINE_integer("pretrain_epochs", 3, "Dense base training epochs of the reference CNN.")
 flags.DEFINE_integer("mlp_pretrain_epochs", 5, "Dense base training epochs of the MLP.")
 flags.DEFINE_list("models", ["mlp", "cnn"], "Which models: mlp, cnn.")
-flags.DEFINE_integer("train_limit", 0, "Training images of the MLP, validation included (0: all 60k).")
+bench_common.define_data_flags(train_limit=0, test_limit=0, batch_help="Batch size.",
+                               train_help="Training images of the MLP, validation included (0: all 60k).",
+                               test_help="Test images (0: the full 10k).")
 flags.DEFINE_integer("cnn_train_limit", 35000, "Training images of the CNN, validation included (0: all 60k).")
 flags.DEFINE_integer("val", 5000, "Validation images held out from the end of the training images.")
-flags.DEFINE_integer("test_limit", 0, "Test images (0: the full 10k).")
 flags.DEFINE_float("mlp_sparsity", 0.9, "Magnitude-pruning sparsity of the MLP.")
 flags.DEFINE_float("cnn_sparsity", 0.85, "Magnitude-pruning sparsity of the CNN.")
 flags.DEFINE_integer("clusters", 16, "Clusters per kernel (per output channel with --per_channel).")
@@ -65,21 +61,15 @@ flags.DEFINE_float("channel_ratio", 0.3, "prune_channels ratio of the 'with chan
 flags.DEFINE_list("mlp_energies", ["0.9", "0.8", "0.7"], "factorize energies of the MLP's low-rank rows.")
 flags.DEFINE_list("cnn_energies", ["0.9", "0.7"], "factorize energies of the CNN's low-rank rows.")
 flags.DEFINE_enum("form", "auto", ["auto", "pointwise", "separable"], "factorize form for the CNN's Conv2D layers.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (constant for the base, cosine per stage).")
 flags.DEFINE_bool("reestimate_bn", True, "After every float fit, set BatchNormalization's moving statistics from "
                   "1,024 training images (bench_common.reestimate_batch_norm; the MLP has none).")
 flags.DEFINE_integer("calibration", 200, "int8 calibration images.")
 flags.DEFINE_integer("num_runs", 200, "Timed runs per file in evaluate_many.")
-flags.DEFINE_string("out", None, "Also write every number as JSON to this file.")
-flags.DEFINE_string("output", None, "Also write the markdown to this file.")
-flags.DEFINE_bool("overwrite", False, "Allow replacing --out / --output.")
+bench_common.define_output_flags(out="Also write every number as JSON to this file.",
+                                 output="Also write the markdown to this file.")
 
-T0 = time.perf_counter()
-
-
-def _log(message):
-    print(f"[bench_deep {time.perf_counter() - T0:6.0f} s] {message}", flush=True)
+_log = bench_common.Log("bench_deep")
 
 
 def _settings():
@@ -117,35 +107,18 @@ def _build(kind):
     return tfc.zoo.reference_cnn() if kind == "cnn" else lenet_300_100()
 
 
-def _gzip(data):
-    return len(gzip.compress(bytes(data), 9))
-
-
-def _loss():
-    import keras
-
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
 def _fit(model, s, x, y, epochs, callbacks=(), cosine=True, qat=False):
     """Compiles ``model`` with Adam (cosine-decayed to 0 over the fit, or constant) and fits it."""
-    import keras
+    import tfcompress as tfc
 
     steps = epochs * math.ceil(len(x) / s["batch_size"])
-    rate = keras.optimizers.schedules.CosineDecay(s["learning_rate"], decay_steps=steps) if cosine \
-        else s["learning_rate"]
-    model.compile(optimizer=keras.optimizers.Adam(rate), loss=_loss(), metrics=["accuracy"])
+    rate = bench_common.cosine_learning_rate(s["learning_rate"], steps) if cosine else s["learning_rate"]
+    tfc.zoo.compile_classifier(model, rate)
     model.fit(x, y, epochs=epochs, batch_size=s["batch_size"], verbose=0, callbacks=list(callbacks))
     if s["reestimate_bn"] and not qat:  # a QAT model folds BN, and a training-mode call would move its ranges
         # A few hundred steps leave BatchNormalization's moving statistics (momentum 0.99) behind the weights.
         bench_common.reestimate_batch_norm(model, x, batch=1024)
     return model
-
-
-def _keras_accuracy(model, x, y):
-    import numpy as np
-
-    return float(np.mean(np.asarray(model.predict(x, verbose=0, batch_size=512)).argmax(1) == y))
 
 
 def _pruning(s, sparsity, n, epochs):
@@ -162,13 +135,6 @@ def _clustering(s):
     return tfc.ClusteringCallback(s["clusters"], per_channel=s["per_channel"], preserve_sparsity=True, verbose=0)
 
 
-def _macs(model):
-    """Multiply-accumulates of one inference (`tfc.pruning.layer_costs`, nested models included)."""
-    from tfcompress.pruning import layer_costs
-
-    return sum(macs for _, macs in layer_costs(model).values())
-
-
 def _model_seed(kind, s, seed, data):
     """All files of one model and seed, evaluated together: ``{row: dict}`` and the ``tfc.compare`` table."""
     import keras
@@ -183,8 +149,8 @@ def _model_seed(kind, s, seed, data):
     rows, files = {}, {}
 
     def record(name, model, modes, seconds, qat=False, **extra):
-        row = dict(extra, seconds=seconds, params=model.count_params(), macs=_macs(model),
-                   val_keras=_keras_accuracy(model, x_val, y_val))
+        row = dict(extra, seconds=seconds, params=model.count_params(), macs=bench_common.macs(model),
+                   val_keras=bench_common.accuracy(model, x_val, y_val))
         for mode in modes:
             if qat:
                 files[f"{name}|{mode}"] = tfc.to_tflite(model, mode="int8")
@@ -205,7 +171,8 @@ def _model_seed(kind, s, seed, data):
     base = _fit(_build(kind), s, x, y, s["pretrain_epochs"] if kind == "cnn" else s["mlp_pretrain_epochs"],
                 cosine=False)
     weights = base.get_weights()
-    _log(f"{kind} seed {seed}: base trained ({time.perf_counter() - start:.0f} s), val {_keras_accuracy(base, x_val, y_val):.2%}")
+    _log(f"{kind} seed {seed}: base trained ({time.perf_counter() - start:.0f} s), "
+         f"val {bench_common.accuracy(base, x_val, y_val):.2%}")
 
     # Dense control: 3E epochs, as long as prune + cluster + QAT.
     start = time.perf_counter()
@@ -231,7 +198,7 @@ def _model_seed(kind, s, seed, data):
     start = time.perf_counter()
     keras.utils.set_random_seed(seed + 1)
     narrow = tfc.prune_channels(fresh(weights), s["channel_ratio"], round_to=8, verbose=0)
-    _log(f"{kind} seed {seed}: prune_channels {s['channel_ratio']:.0%}: {_macs(narrow):,} MACs "
+    _log(f"{kind} seed {seed}: prune_channels {s['channel_ratio']:.0%}: {bench_common.macs(narrow):,} MACs "
          f"({time.perf_counter() - start:.0f} s)")
     chain("channels+", narrow, f"prune_channels {s['channel_ratio']:.0%}")
 
@@ -275,13 +242,6 @@ def _data(s, kind):
 
 
 # Report ----------------------------------------------------------------------------------------
-
-
-def _pm(values, scale=100.0, fmt="{:.2f}"):
-    values = [v * scale for v in values]
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.fmean(values))} ± {statistics.stdev(values):.2f}"
 
 
 def _rows_spec(kind, s):
@@ -345,7 +305,8 @@ def _markdown(kind, s, per_seed, sizes):
     for label, key in _rows_spec(kind, s):
         a = summary[key] = summarize_times(per_seed, key)
         lines.append(f"| {label} | {a['file_kb']:.1f} | {a['gzip_kb']:.1f} | {a['ratio']:.1f}x | "
-                     f"{a['macs'] / 1e3:,.0f} k | {_pm(a['accuracy'])}% | {_pm(a['delta'], fmt='{:+.2f}')} | "
+                     f"{a['macs'] / 1e3:,.0f} k | {bench_common.mean_pm(a['accuracy'])}% | "
+                     f"{bench_common.mean_pm(a['delta'], fmt='{:+.2f}')} | "
                      f"{a['ms']:.4f} | {a['speedup']:.2f}x | {a['speedup_same']:.2f}x |")
     ranks = []
     for key in summary:
@@ -395,16 +356,9 @@ def _targets(kind, summary):
     return lines
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
+def main():
     import keras
 
-    import tfcompress as tfc
-
-    for path in (FLAGS.out, FLAGS.output):
-        if path:
-            tfc.files.check_writable(path, FLAGS.overwrite)
     s = _settings()
     _log(f"settings: {json.dumps(s)}")
     sections, targets, blob = [], [], {"settings": s}
@@ -423,16 +377,13 @@ def main(argv):
         sections.append(f"{kind} seed 0, every file (`tfc.compare`):\n\n{compares[0]}")
         print("\n" + text + "\n", flush=True)
     sections.append("Targets (means over seeds):\n\n" + "\n".join(targets))
-    sections.append(f"Total wall time: {time.perf_counter() - T0:.0f} s.")
+    sections.append(f"Total wall time: {_log.seconds:.0f} s.")
+    sections.append(bench_common.timed_on())
     text = "\n\n".join(sections)
     print("\n" + text, flush=True)
-    blob["seconds"] = time.perf_counter() - T0
-    if FLAGS.output:
-        tfc.write_atomic(FLAGS.output, text + "\n", overwrite=FLAGS.overwrite, argument="--output")
-    if FLAGS.out:
-        tfc.write_atomic(FLAGS.out, json.dumps(blob, indent=2, default=float), overwrite=FLAGS.overwrite,
-                         argument="--out")
+    blob["seconds"] = _log.seconds
+    bench_common.write_outputs(text, blob)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    bench_common.run(main)

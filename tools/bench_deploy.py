@@ -43,12 +43,11 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import bench_common  # tools/ is on sys.path: it is the script's own folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Smoke test (about a minute): 4,000 training / 1,000 test images, 1 epoch "
@@ -63,16 +62,11 @@ flags.DEFINE_integer("timing_repeats", 3, "Interleaved timing passes; the table 
 flags.DEFINE_integer("calibration", 200, "int8 calibration images.")
 flags.DEFINE_bool("student", True, "Also distil the demo's small student (about a minute).")
 flags.DEFINE_string("cache_dir", None, "Cache of the float model (default: the demo's, ~/.cache/tfcompress).")
-flags.DEFINE_string("out", None, "Also write every number as JSON to this file.")
-flags.DEFINE_string("output", None, "Also write the markdown to this file.")
-flags.DEFINE_bool("overwrite", False, "Allow replacing --out / --output.")
+bench_common.define_output_flags(out="Also write every number as JSON to this file.",
+                                 output="Also write the markdown to this file.")
 
-T0 = time.perf_counter()
 BURST = 10  # back-to-back runs of one configuration per round of the timing pass
-
-
-def _log(message):
-    print(f"[bench_deploy {time.perf_counter() - T0:6.0f} s] {message}", flush=True)
+_log = bench_common.Log("bench_deploy")
 
 
 def _settings():
@@ -89,7 +83,7 @@ def _settings():
 def _adam(steps, learning_rate=1e-3):
     import keras
 
-    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps))
+    return keras.optimizers.Adam(bench_common.cosine_learning_rate(learning_rate, steps))
 
 
 class _OrtSession:
@@ -114,36 +108,6 @@ class _OrtSession:
         return self.session.run(None, self.feeds)
 
 
-def _time_bursts(runners, num_runs, burst, warmup_runs=10):
-    """Times every runner's ``invoke()`` in interleaved bursts: per round, ``burst`` back-to-back runs of each.
-
-    The first run of a burst follows the other runners' runs ("cold": their weights and
-    buffers have pushed this one's out of the caches); the rest follow its own ("warm",
-    as when one model runs alone). Rounds interleave the runners, so drifts of the
-    machine's load hit all alike. Returns ``{key: {"warm": [ms], "cold": [ms]}}``.
-    """
-    import gc
-
-    times = {key: {"warm": [], "cold": []} for key in runners}
-    rounds = max(1, num_runs // burst)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside a timed run would be charged to whichever runner ran then
-    try:
-        for _ in range(warmup_runs):
-            for runner in runners.values():
-                runner.invoke()
-        for _ in range(rounds):
-            for key, runner in runners.items():
-                for i in range(burst):
-                    start = time.perf_counter()
-                    runner.invoke()
-                    times[key]["cold" if i == 0 else "warm"].append((time.perf_counter() - start) * 1e3)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return times
-
-
 def _interleaved_latency(tflite_files, onnx_files, x_one, num_runs, burst=None, threads=1):
     """Warm and cold median ms of every LiteRT (cpu, xnnpack) and ONNX Runtime configuration, timed together."""
     import numpy as np
@@ -164,9 +128,14 @@ def _interleaved_latency(tflite_files, onnx_files, x_one, num_runs, burst=None, 
             runners[(name, backend)] = interpreter
     for name, data in onnx_files.items():
         runners[(name, "onnxruntime")] = _OrtSession(data, threads, x_one)
-    times = _time_bursts(runners, num_runs, burst)
-    return {key: {"median_ms": statistics.median(t["warm"]), "cold_median_ms": statistics.median(t["cold"]),
-                  "warm_runs": len(t["warm"]), "cold_runs": len(t["cold"])} for key, t in times.items()}
+    # Per round, `burst` back-to-back runs of each runner: the first follows the other runners' runs ("cold":
+    # their weights and buffers have pushed this one's out of the caches), the rest follow its own ("warm",
+    # as when one model runs alone). Rounds interleave the runners, so drifts of the machine's load hit all alike.
+    rounds = max(1, num_runs // burst)
+    cold = {}
+    warm = evaluate.time_round_robin(runners, rounds * (burst - 1), warmup_runs=10, burst=burst, cold=cold)
+    return {key: {"median_ms": statistics.median(warm[key]), "cold_median_ms": statistics.median(cold[key]),
+                  "warm_runs": len(warm[key]), "cold_runs": len(cold[key])} for key in runners}
 
 
 def _variants(s, model, data):
@@ -250,8 +219,6 @@ def _tflm_cells(m):
 
 
 def _markdown(s, reports, onnx_reports, latency, keras_accuracy, n_train, n_test, params, seconds, load):
-    import tfcompress as tfc
-
     header = ("| variant | runtime | file KB | gzip KB | accuracy | LiteRT cpu ms | XNNPACK ms | ORT ms "
               "| runs on TFLM | TFLM arena KB | TFLM flash KB | TFLM agreement |")
     lines = [header, "|" + "---|" * 12]
@@ -287,7 +254,7 @@ def _markdown(s, reports, onnx_reports, latency, keras_accuracy, n_train, n_test
         f"{ort_own}. TFLite Micro (the `tflite-micro` interpreter, reference kernels): arena = what its allocator "
         f"used; flash = the model's bytes (without the TFLM library); agreement = top-1 agreement with LiteRT on "
         f"{micro_n} test images. int8 ONNX files are QDQ translations of the int8 `.tflite` (tf2onnx). "
-        f"Measured on {tfc.machine.current().summary()}; 1-minute load average {load[0]:.1f} → {load[1]:.1f} during "
+        f"{bench_common.timed_on(end='')}; 1-minute load average {load[0]:.1f} → {load[1]:.1f} during "
         f"the timing passes; {seconds / 60:.1f} min in all.",
     ]
     # int8 vs float32 of the same model, per runtime.
@@ -322,17 +289,12 @@ def _markdown(s, reports, onnx_reports, latency, keras_accuracy, n_train, n_test
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
+def main():
     import numpy as np
 
     import tfcompress as tfc
     from tfcompress.pipeline import demo
 
-    for path in (FLAGS.out, FLAGS.output):
-        if path:
-            tfc.files.check_writable(path, FLAGS.overwrite)
     s = _settings()
     _log(f"settings: {json.dumps(s)}")
     data = tfc.datasets.fashion_mnist(limit_train=s["train_limit"], limit_test=s["test_limit"])
@@ -380,21 +342,17 @@ def main(argv):
         _log(f"  {key[0]} / {key[1]}: warm {[round(m, 3) for m in v['pass_medians_ms']]} ms, cold "
              f"{[round(m, 3) for m in v['pass_cold_medians_ms']]} ms")
 
-    seconds = time.perf_counter() - T0
+    seconds = _log.seconds
     text = _markdown(s, reports, onnx_reports, latency, keras_accuracy, len(x), len(x_test), params, seconds, load)
     print("\n" + text + "\n", flush=True)
-    if FLAGS.output:
-        tfc.write_atomic(FLAGS.output, text + "\n", overwrite=FLAGS.overwrite, argument="--output")
-    if FLAGS.out:
-        blob = {
-            "settings": s, "keras_accuracy": keras_accuracy, "params": params, "seconds": seconds, "load": load,
-            "tflite": {k: r.to_dict() for k, r in reports.items()},
-            "onnx": {k: r.to_dict() for k, r in onnx_reports.items()},
-            "interleaved_latency": {f"{k[0]} / {k[1]}": v for k, v in latency.items()},
-        }
-        tfc.write_atomic(FLAGS.out, json.dumps(blob, indent=2, default=lambda v: np.asarray(v).tolist()),
-                         overwrite=FLAGS.overwrite, argument="--out")
+    blob = {
+        "settings": s, "keras_accuracy": keras_accuracy, "params": params, "seconds": seconds, "load": load,
+        "tflite": {k: r.to_dict() for k, r in reports.items()},
+        "onnx": {k: r.to_dict() for k, r in onnx_reports.items()},
+        "interleaved_latency": {f"{k[0]} / {k[1]}": v for k, v in latency.items()},
+    }
+    bench_common.write_outputs(text, blob, json_default=lambda v: np.asarray(v).tolist())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    bench_common.run(main)

@@ -23,14 +23,15 @@ import os
 import statistics
 import time
 
-from absl import app, flags, logging
+from absl import flags
+
+import bench_common  # tools/ is on sys.path: it is the script's own folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("epochs", 3, "Student epochs (the same for every student).")
 flags.DEFINE_integer("teacher_epochs", 5, "Teacher epochs (ignored when --teacher_path exists).")
 flags.DEFINE_integer("seeds", 3, "Seeds to average the student accuracies over.")
-flags.DEFINE_integer("batch_size", 64, "Batch size of every fit.")
-flags.DEFINE_integer("train_limit", None, "Train the students on only the first N training images.")
+bench_common.define_data_flags(test_limit=False, train_help="Train the students on only the first N training images.")
 flags.DEFINE_integer("teacher_limit", None, "Train the teacher on only the first N training images.")
 flags.DEFINE_float("learning_rate", 3e-3, "Initial Adam learning rate of the students (cosine-decayed to 0).")
 flags.DEFINE_float("temperature", None, "Distillation temperature (default: the Distiller's).")
@@ -40,8 +41,7 @@ flags.DEFINE_integer("timing_samples", 10000, "Training images per timed epoch."
 flags.DEFINE_bool("quick", False, "Smoke test of the code path (accuracies meaningless): 3000 images, 1 epoch, 1 seed.")
 flags.DEFINE_bool("sweep", False, "Sweep temperature x alpha instead of the benchmark.")
 flags.DEFINE_string("teacher_path", None, "Load the teacher from this .keras file, or train and save it there.")
-flags.DEFINE_string("output", None, "Also write the markdown report to this file.")
-flags.DEFINE_bool("overwrite", False, "Allow replacing --output.")
+bench_common.define_output_flags(out=None, output="Also write the markdown report to this file.")
 
 SWEEP_TEMPERATURES = (1.0, 2.0, 4.0)
 SWEEP_ALPHAS = (0.1, 0.5, 0.9)
@@ -107,34 +107,31 @@ def _distill(teacher, student, x, y, seed, callbacks=None, **kwargs):
     return distiller
 
 
-def _student_optimizer(num_images):
-    """Adam decayed to zero over the run, so every student is judged on settled final weights.
+def _student_learning_rate(num_images):
+    """Decayed to zero over the run, so every student is judged on settled final weights.
 
     At a constant rate the inference-mode accuracy of the last weights swings by tens of
     points between runs, which drowns the scratch-vs-distilled difference.
     """
+    return bench_common.cosine_learning_rate(FLAGS.learning_rate, FLAGS.epochs * -(-num_images // FLAGS.batch_size))
+
+
+def _student_optimizer(num_images):
+    """Adam at `_student_learning_rate`."""
     import keras
 
-    steps = FLAGS.epochs * -(-num_images // FLAGS.batch_size)
-    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(FLAGS.learning_rate, steps))
+    return keras.optimizers.Adam(_student_learning_rate(num_images))
 
 
 def _accuracy(model, x_test, y_test):
-    import numpy as np
-
-    logits = model.predict(x_test, batch_size=1024, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == y_test))
+    return bench_common.accuracy(model, x_test, y_test, batch_size=1024)
 
 
 def _scratch(x, y, seed):
-    import keras
+    import tfcompress as tfc
 
     student = _student(seed)
-    student.compile(
-        optimizer=_student_optimizer(len(x)),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    tfc.zoo.compile_classifier(student, _student_learning_rate(len(x)))
     student.fit(x, y, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, verbose=0)
     return student
 
@@ -301,12 +298,8 @@ def _sweep(teacher, x, y, x_test, y_test):
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
+def main():
     import tfcompress as tfc
-
-    # absl.app turns on INFO logging, which floods the report with TF's SavedModel export chatter.
-    logging.set_verbosity(logging.WARNING)
 
     if FLAGS.quick:
         FLAGS.train_limit = FLAGS.train_limit or 3000
@@ -314,9 +307,6 @@ def main(argv):
         FLAGS.epochs, FLAGS.seeds, FLAGS.teacher_epochs = 1, 1, 1
         FLAGS.timing_rounds = min(FLAGS.timing_rounds, 1)
         FLAGS.timing_samples = min(FLAGS.timing_samples, 2000)
-    if FLAGS.output:
-        tfc.files.check_writable(FLAGS.output, FLAGS.overwrite, argument="--output")
-
     (x, y), (x_test, y_test) = tfc.datasets.fashion_mnist(limit_train=FLAGS.train_limit)
     teacher, teacher_accuracy = _teacher(x_test, y_test)
     if FLAGS.sweep:
@@ -325,11 +315,11 @@ def main(argv):
         report = _accuracy_table(teacher, teacher_accuracy, x, y, x_test, y_test)
         if FLAGS.timing_rounds > 0:
             report += "\n\n" + _timing_table(teacher, x, y)
+    report += "\n\n" + bench_common.timed_on()
     print()
     print(report)
-    if FLAGS.output:
-        tfc.write_atomic(FLAGS.output, report + "\n", overwrite=FLAGS.overwrite, argument="--output")
+    bench_common.write_outputs(report)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    bench_common.run(main)

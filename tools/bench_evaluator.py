@@ -18,15 +18,14 @@ import contextlib
 import io
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import tfcompress as tfc  # noqa: E402
+# bench_common first (tools/ is on sys.path: it is the script's own folder): it puts this checkout on sys.path.
+import bench_common
+import tfcompress as tfc
 
 flags.DEFINE_integer("rounds", 7, "Alternating rounds (ours, reference) per file.")
 flags.DEFINE_integer("runs", 100, "Timed runs per side per round.")
@@ -116,7 +115,7 @@ def main(argv):
     ])
     print()
     print(text)
-    print(f"\nMeasured on {tfc.machine.current().summary()}.")
+    print(f"\n{bench_common.timed_on()}")
     print(f"\n[bench_evaluator] done in {time.perf_counter() - start:.0f} s")
     if FLAGS.out:
         tfc.write_atomic(FLAGS.out, text + "\n", overwrite=True)

@@ -19,18 +19,14 @@ Usage:
     python tools/bench_pruning.py --notfmot --sparsities=0.75 --out=/tmp/pruning.json
 """
 
-import gzip
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
-import tfmot_baseline  # tools/ is on sys.path: it is the script's own folder
+import bench_common  # tools/ is on sys.path: it is the script's own folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sparsities", ["0.5", "0.75", "0.9"], "Final sparsities to benchmark.")
@@ -42,23 +38,17 @@ flags.DEFINE_integer("dense_epochs", 3, "Epochs of dense training before pruning
 flags.DEFINE_integer("ramp_epochs", 2, "Epochs over which sparsity ramps from 0 to the target.")
 flags.DEFINE_integer("hold_epochs", 1, "Epochs of fine-tuning at the final sparsity.")
 flags.DEFINE_integer("frequency", 100, "Mask update frequency in steps (ours and tfmot).")
-flags.DEFINE_integer("batch_size", 64, "Batch size of every fit.")
+bench_common.define_data_flags()
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (dense training and fine-tuning).")
 flags.DEFINE_enum("finetune_schedule", "constant", ["constant", "cosine"],
                   "Learning rate over the pruning/control fine-tuning epochs (ours and tfmot alike): constant "
                   "(the issue's protocol) or cosine-decayed to 0 (what tfc.compress does).")
-flags.DEFINE_integer("train_limit", None, "Use only the first N training images.")
-flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
 flags.DEFINE_integer("seed", 0, "Random seed (same for every run).")
-flags.DEFINE_bool("tfmot", True, "Also run tfmot under tf_keras in a subprocess.")
 flags.DEFINE_integer("timing_rounds", 3, "Interleaved rounds of the overhead timing (0 skips it).")
 flags.DEFINE_integer("timing_samples", 6400, "Training images per timed epoch.")
 flags.DEFINE_bool("quick", False, "Smoke test: 4000 images, 1+1+1 epochs, one timing round.")
-flags.DEFINE_string("out", None, "Also write all results as JSON to this file.")
-flags.DEFINE_string("output", None, "Also write the markdown table to this file.")
-flags.DEFINE_bool("overwrite", False, "Allow replacing --out / --output.")
-# Internal: the tfmot worker subprocess.
-flags.DEFINE_string("tfmot_worker", None, "(internal) run the tfmot side with this JSON job file.")
+bench_common.define_tfmot_flags()
+bench_common.define_output_flags()
 
 
 def _settings():
@@ -78,14 +68,8 @@ def _settings():
     return s
 
 
-def _data(s):
-    import tfcompress as tfc
-
-    return tfc.datasets.fashion_mnist(limit_train=s["train_limit"], limit_test=s["test_limit"])
-
-
 def _finetune_learning_rate(s, steps, schedules):
-    return tfmot_baseline.fine_tune_learning_rate(s["finetune_schedule"], s["learning_rate"], steps, schedules)
+    return bench_common.fine_tune_learning_rate(s["finetune_schedule"], s["learning_rate"], steps, schedules)
 
 
 def _steps_per_epoch(s, n):
@@ -97,47 +81,21 @@ def _int8_metrics(tflite_int8, x_test, y_test, tflite_int8_sparse=None):
 
     report = tfc.evaluate_tflite(tflite_int8, x=x_test, y=y_test, backends=("xnnpack",),
                                  num_runs=1, warmup_runs=0, parity_samples=0)
-    metrics = {"int8_accuracy": report.accuracy, "int8_gzip_bytes": len(gzip.compress(tflite_int8, 9))}
+    metrics = {"int8_accuracy": report.accuracy, "int8_gzip_bytes": bench_common.gzip_bytes(tflite_int8)}
     if tflite_int8_sparse is not None:
-        metrics["int8_sparse_encoded_gzip_bytes"] = len(gzip.compress(tflite_int8_sparse, 9))
+        metrics["int8_sparse_encoded_gzip_bytes"] = bench_common.gzip_bytes(tflite_int8_sparse)
     return metrics
-
-
-class _StepTimer:
-    """Seconds per training step, first batch of the fit (tracing) excluded."""
-
-    def __new__(cls):
-        import keras
-
-        class Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.start, self.steps, self.seconds = None, 0, 0.0
-
-            def on_train_batch_end(self, batch, logs=None):
-                now = time.perf_counter()
-                if self.start is not None:
-                    self.seconds += now - self.start
-                    self.steps += 1
-                self.start = now
-
-            @property
-            def per_step(self):
-                return self.seconds / max(self.steps, 1)
-
-        return Timer()
 
 
 # Ours -----------------------------------------------------------------------------------
 
 
-def _ours(s, workdir):
+def _ours(s):
     import keras
-    import numpy as np
 
     import tfcompress as tfc
 
-    (x, y), (x_test, y_test) = _data(s)
+    (x, y), (x_test, y_test) = bench_common.fashion_mnist(s)
     spe = _steps_per_epoch(s, len(x))
     fit_kwargs = dict(batch_size=s["batch_size"], verbose=0)
 
@@ -157,10 +115,10 @@ def _ours(s, workdir):
     if s["dense_epochs"]:
         dense.fit(x, y, epochs=s["dense_epochs"], **fit_kwargs)
     weights = dense.get_weights()
-    np.savez(os.path.join(workdir, "dense_weights.npz"), *weights)
     float_bytes = len(tfc.to_tflite(dense, mode="float32"))
 
-    results = {"float32_tflite_bytes": float_bytes, "dense_pretrained_accuracy": _accuracy(dense, x_test, y_test)}
+    results = {"float32_tflite_bytes": float_bytes,
+               "dense_pretrained_accuracy": bench_common.accuracy(dense, x_test, y_test)}
     epochs = s["ramp_epochs"] + s["hold_epochs"]
     runs = [("dense control", None, "unstructured")] if s["sparsities"] or s["block_sparsities"] else []
     runs += [(f"tfcompress {v:.0%}", v, "unstructured") for v in s["sparsities"]]
@@ -173,7 +131,7 @@ def _ours(s, workdir):
                                            frequency=s["frequency"])
             callbacks = [tfc.PruningCallback(schedule, structure=structure, block_shape=(4, 1), verbose=0)]
         model.fit(x, y, epochs=epochs, callbacks=callbacks, **fit_kwargs)
-        row = {"keras_accuracy": _accuracy(model, x_test, y_test),
+        row = {"keras_accuracy": bench_common.accuracy(model, x_test, y_test),
                "sparsity": tfc.sparsity_report(model).overall if sparsity is not None else 0.0,
                "target": sparsity}
         if sparsity is not None:
@@ -187,7 +145,23 @@ def _ours(s, workdir):
 
     if s["timing_rounds"]:
         results["overhead"] = _ours_overhead(s, weights, x, y)
-    return results
+    return results, weights
+
+
+def _interleaved_step_times(keras_module, rounds, fits):
+    """Seconds per training step of each of ``fits`` (``{name: fit(timer)}``, one epoch each), per round.
+
+    Each round runs one epoch of each, the order reversed every other round, so drifts of the machine's
+    load hit both alike. Returns ``{name: [seconds per step, one per round]}``.
+    """
+    names = list(fits)
+    times = {name: [] for name in names}
+    for round_index in range(rounds):
+        for name in (names if round_index % 2 == 0 else names[::-1]):
+            timer = bench_common.step_timer(keras_module)
+            fits[name](timer)
+            times[name].append(timer.per_step)
+    return times
 
 
 def _ours_overhead(s, weights, x, y):
@@ -219,29 +193,16 @@ def _ours_overhead(s, weights, x, y):
     kwargs = dict(batch_size=s["batch_size"], verbose=0, shuffle=False)
     plain.fit(xt, yt, epochs=1, **kwargs)  # warm-up: tracing, allocator
     pruned.fit(xt, yt, epochs=1, callbacks=[callback], **kwargs)
-    ratios, plain_step_times = [], []
     callback.seconds, callback.calls = 0.0, 0
-    for round_index in range(s["timing_rounds"]):
-        times = {}
-        order = ("plain", "pruned") if round_index % 2 == 0 else ("pruned", "plain")
-        for which in order:
-            timer = _StepTimer()
-            if which == "plain":
-                plain.fit(xt, yt, epochs=1, callbacks=[timer], **kwargs)
-            else:
-                pruned.fit(xt, yt, epochs=1, callbacks=[callback, timer], **kwargs)
-            times[which] = timer.per_step
-        ratios.append(times["pruned"] / times["plain"])
-        plain_step_times.append(times["plain"])
+    times = _interleaved_step_times(keras, s["timing_rounds"], {
+        "plain": lambda timer: plain.fit(xt, yt, epochs=1, callbacks=[timer], **kwargs),
+        "pruned": lambda timer: pruned.fit(xt, yt, epochs=1, callbacks=[callback, timer], **kwargs),
+    })
+    ratios = [p / q for p, q in zip(times["pruned"], times["plain"])]
+    plain_step_times = times["plain"]
     callback_share = (callback.seconds / max(callback.calls, 1)) / statistics.median(plain_step_times)
     return {"step_time_ratio": statistics.median(ratios), "ratios": ratios,
             "callback_python_time_per_step_share": callback_share}
-
-
-def _accuracy(model, x, y):
-    import numpy as np
-
-    return float(np.mean(np.argmax(model.predict(x, verbose=0, batch_size=512), -1) == y))
 
 
 # tfmot (subprocess, tf_keras) ---------------------------------------------------------------
@@ -253,32 +214,20 @@ def _tfmot_worker(job_path):
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    with open(job_path) as f:
-        job = json.load(f)
-    s = job["settings"]
-    (x, y), (x_test, y_test) = _data(s)
+    job, s, weights = bench_common.read_tfmot_job(job_path)
+    (x, y), (x_test, y_test) = bench_common.fashion_mnist(s)
     spe = _steps_per_epoch(s, len(x))
-    with np.load(job["weights"]) as archive:
-        weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]
     sparsity_api = tfmot.sparsity.keras
-
-    def compiled(model, learning_rate=s["learning_rate"]):
-        model.compile(
-            optimizer=tf_keras.optimizers.Adam(learning_rate),
-            loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        return model
 
     def pruned_model(sparsity, end_step):
         tf_keras.utils.set_random_seed(s["seed"] + 1)
-        base = tfmot_baseline.reference_cnn(tf_keras)
+        base = bench_common.tfmot_reference_cnn(tf_keras)
         base.set_weights(weights)
         schedule = sparsity_api.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end_step,
                                                 frequency=s["frequency"])
         finetune_steps = (s["ramp_epochs"] + s["hold_epochs"]) * spe
-        return compiled(sparsity_api.prune_low_magnitude(base, pruning_schedule=schedule),
-                        _finetune_learning_rate(s, finetune_steps, tf_keras.optimizers.schedules))
+        return bench_common.tfmot_compile(tf_keras, sparsity_api.prune_low_magnitude(base, pruning_schedule=schedule),
+                                          _finetune_learning_rate(s, finetune_steps, tf_keras.optimizers.schedules))
 
     results = {}
     for sparsity in s["sparsities"]:
@@ -288,77 +237,31 @@ def _tfmot_worker(job_path):
         stripped = sparsity_api.strip_pruning(model)
         kernels = [v.numpy() for v in stripped.weights if "kernel" in v.name]
         zeros = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
-        logits = stripped.predict(x_test, verbose=0, batch_size=512)
-
-        def int8(sparse):
-            converter = tf.lite.TFLiteConverter.from_keras_model(stripped)
-            converter.optimizations = [tf.lite.Optimize.DEFAULT] + (
-                [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else [])
-            converter.representative_dataset = lambda: ([x[i: i + 1]] for i in range(200))
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            return converter.convert()
-
-        row = {"keras_accuracy": float(np.mean(logits.argmax(-1) == y_test)), "sparsity": zeros,
+        row = {"keras_accuracy": bench_common.accuracy(stripped, x_test, y_test), "sparsity": zeros,
                "target": sparsity}
-        row.update(_int8_metrics(int8(False), x_test, y_test, int8(True)))
+        row.update(_int8_metrics(bench_common.tfmot_int8_tflite(tf, stripped, x), x_test, y_test,
+                                 bench_common.tfmot_int8_tflite(tf, stripped, x, sparse=True)))
         results[f"tfmot {sparsity:.0%}"] = row
         print(f"  tfmot {sparsity:.0%}: {json.dumps(row)}", flush=True)
 
     if s["timing_rounds"]:
         xt, yt = x[: s["timing_samples"]], y[: s["timing_samples"]]
         spe_t = _steps_per_epoch(s, len(xt))
-        plain = tfmot_baseline.reference_cnn(tf_keras)
+        plain = bench_common.tfmot_reference_cnn(tf_keras)
         plain.set_weights(weights)
-        compiled(plain)
+        bench_common.tfmot_compile(tf_keras, plain, s["learning_rate"])
         pruned = pruned_model(0.75, (s["timing_rounds"] + 1) * spe_t)
         kwargs = dict(batch_size=s["batch_size"], verbose=0, shuffle=False)
         update_step = sparsity_api.UpdatePruningStep()
-
-        class Timer(tf_keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.start, self.steps, self.seconds = None, 0, 0.0
-
-            def on_train_batch_end(self, batch, logs=None):
-                now = time.perf_counter()
-                if self.start is not None:
-                    self.seconds += now - self.start
-                    self.steps += 1
-                self.start = now
-
         plain.fit(xt, yt, epochs=1, **kwargs)
         pruned.fit(xt, yt, epochs=1, callbacks=[update_step], **kwargs)
-        ratios = []
-        for round_index in range(s["timing_rounds"]):
-            times = {}
-            for which in (("plain", "pruned") if round_index % 2 == 0 else ("pruned", "plain")):
-                timer = Timer()
-                if which == "plain":
-                    plain.fit(xt, yt, epochs=1, callbacks=[timer], **kwargs)
-                else:
-                    pruned.fit(xt, yt, epochs=1, callbacks=[update_step, timer], **kwargs)
-                times[which] = timer.seconds / max(timer.steps, 1)
-            ratios.append(times["pruned"] / times["plain"])
+        times = _interleaved_step_times(tf_keras, s["timing_rounds"], {
+            "plain": lambda timer: plain.fit(xt, yt, epochs=1, callbacks=[timer], **kwargs),
+            "pruned": lambda timer: pruned.fit(xt, yt, epochs=1, callbacks=[update_step, timer], **kwargs),
+        })
+        ratios = [p / q for p, q in zip(times["pruned"], times["plain"])]
         results["overhead"] = {"step_time_ratio": statistics.median(ratios), "ratios": ratios}
-    with open(job["out"], "w") as f:
-        json.dump(results, f)
-
-
-def _run_tfmot(s, workdir):
-    job = {"settings": s, "weights": os.path.join(workdir, "dense_weights.npz"),
-           "out": os.path.join(workdir, "tfmot.json")}
-    job_path = os.path.join(workdir, "tfmot_job.json")
-    with open(job_path, "w") as f:
-        json.dump(job, f)
-    # tfmot only works with tf_keras, which must be selected before TensorFlow is imported.
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--tfmot_worker={job_path}"],
-                          env=env, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        print(f"tfmot run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
-        return {}
-    with open(job["out"]) as f:
-        return json.load(f)
+    bench_common.write_tfmot_results(job, results)
 
 
 # Report ---------------------------------------------------------------------------------
@@ -414,33 +317,19 @@ def _overhead_lines(ours, theirs):
     return lines
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # TF's SavedModel export logs every step at INFO
-    if FLAGS.tfmot_worker:
-        _tfmot_worker(FLAGS.tfmot_worker)
-        return
-    import tfcompress as tfc
-
-    for path in (FLAGS.out, FLAGS.output):
-        if path:
-            tfc.files.check_writable(path, FLAGS.overwrite)
+def main():
     s = _settings()
-    with tempfile.TemporaryDirectory(prefix="bench_pruning_") as workdir:
-        print("tfcompress runs:", flush=True)
-        ours = _ours(s, workdir)
-        theirs = {}
-        if FLAGS.tfmot:
-            print("tfmot runs (subprocess, tf_keras):", flush=True)
-            theirs = _run_tfmot(s, workdir)
-    table = _markdown(s, ours, theirs)
+    print("tfcompress runs:", flush=True)
+    ours, weights = _ours(s)
+    theirs = {}
+    if FLAGS.tfmot:
+        print("tfmot runs (subprocess, tf_keras):", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench_pruning_") as workdir:
+            theirs = bench_common.run_tfmot(__file__, s, weights, workdir)
+    table = _markdown(s, ours, theirs) + "\n\n" + bench_common.timed_on()
     print(table)
-    if FLAGS.output:
-        tfc.write_atomic(FLAGS.output, table + "\n", overwrite=FLAGS.overwrite, argument="--output")
-    if FLAGS.out:
-        blob = json.dumps({"settings": s, "tfcompress": ours, "tfmot": theirs}, indent=2, default=float)
-        tfc.write_atomic(FLAGS.out, blob, overwrite=FLAGS.overwrite, argument="--out")
+    bench_common.write_outputs(table, {"settings": s, "tfcompress": ours, "tfmot": theirs})
 
 
 if __name__ == "__main__":
-    app.run(main)
+    bench_common.run(main, tfmot_worker=_tfmot_worker)

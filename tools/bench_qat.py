@@ -43,35 +43,26 @@ Usage:
     python tools/bench_qat.py --noaccuracy    # coverage only
 """
 
-import gzip
 import json
-import os
-import subprocess
-import sys
 import tempfile
 
-from absl import app, flags, logging
+from absl import flags
 
-import tfmot_baseline  # tools/ is on sys.path: it is the script's own folder
-
-import bench_common  # noqa: E402  (tools/ is on sys.path: the script's folder)
+import bench_common  # tools/ is on sys.path: it is the script's own folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("float_epochs", 3, "Epochs of float training before quantization.")
 flags.DEFINE_integer("qat_epochs", 2, "Epochs of quantization-aware fine-tuning (ours and tfmot).")
 flags.DEFINE_integer("prune_epochs", 2, "Epochs of pruning (ramp over the first 70%) before PQAT.")
 flags.DEFINE_float("sparsity", 0.75, "Target sparsity of the pruned + QAT run.")
-flags.DEFINE_integer("batch_size", 64, "Batch size of every fit.")
+bench_common.define_data_flags()
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate of float training and pruning.")
 flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of QAT fine-tuning (ours and tfmot).")
 flags.DEFINE_integer("calibration_samples", 200, "Representative samples given to the converter.")
-flags.DEFINE_integer("train_limit", None, "Use only the first N training images.")
-flags.DEFINE_integer("test_limit", None, "Use only the first N test images.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Random seeds; every run is repeated per seed and the table shows means.")
 flags.DEFINE_enum("qat_schedule", "cosine", ["cosine", "constant"],
                   "Learning rate over the fine-tuning epochs (QAT, tfmot QAT and the float control alike): "
                   "cosine-decayed to 0 (what tfc.compress does) or constant.")
-flags.DEFINE_bool("tfmot", True, "Also run tfmot QAT under tf_keras in a subprocess.")
 flags.DEFINE_bool("accuracy", True, "Run the reference-CNN accuracy comparison (--noaccuracy: coverage only).")
 flags.DEFINE_bool("coverage", True, "Run the MobileNetV2 / EfficientNetB0 coverage check.")
 flags.DEFINE_list("coverage_models", ["MobileNetV2", "EfficientNetB0"], "Keras applications to check.")
@@ -79,11 +70,8 @@ flags.DEFINE_integer("coverage_train", 4096, "Upscaled training images for the c
 flags.DEFINE_integer("coverage_epochs", 2, "Float epochs of the coverage models before QAT (1 QAT epoch follows).")
 flags.DEFINE_integer("coverage_samples", 512, "Inputs on which Keras and TFLite top-1 are compared.")
 flags.DEFINE_bool("quick", False, "Smoke test: 4000 images, 1 epoch each, small coverage runs.")
-flags.DEFINE_string("out", None, "Also write all results as JSON to this file.")
-flags.DEFINE_string("output", None, "Also write the markdown table to this file.")
-flags.DEFINE_bool("overwrite", False, "Allow replacing --out / --output.")
-# Internal: the tfmot worker subprocess.
-flags.DEFINE_string("tfmot_worker", None, "(internal) run the tfmot side with this JSON job file.")
+bench_common.define_tfmot_flags("Also run tfmot QAT under tf_keras in a subprocess.")
+bench_common.define_output_flags()
 
 
 def _settings():
@@ -102,12 +90,6 @@ def _settings():
     return s
 
 
-def _data(s):
-    import tfcompress as tfc
-
-    return tfc.datasets.fashion_mnist(limit_train=s["train_limit"], limit_test=s["test_limit"])
-
-
 def _tflite_metrics(tflite, x_test, y_test):
     import tfcompress as tfc
 
@@ -118,7 +100,7 @@ def _tflite_metrics(tflite, x_test, y_test):
     return {
         "tflite_accuracy": report.accuracy,
         "bytes": len(tflite),
-        "gzip_bytes": len(gzip.compress(bytes(tflite), 9)),
+        "gzip_bytes": bench_common.gzip_bytes(tflite),
         "sparsity": info.sparsity,
         "zero_weights": int(round(sum(w.zero_fraction * w.size for w in int8_kernels))),
         "float_compute_ops": sorted({op.type for op in info.float_compute_ops()}),
@@ -127,25 +109,19 @@ def _tflite_metrics(tflite, x_test, y_test):
 
 def _fine_tune_learning_rate(s, train_size, schedules):
     steps = s["qat_epochs"] * -(-train_size // s["batch_size"])
-    return tfmot_baseline.fine_tune_learning_rate(s["qat_schedule"], s["qat_learning_rate"], steps, schedules)
-
-
-def _accuracy(model, x, y):
-    import numpy as np
-
-    return float(np.mean(np.argmax(model.predict(x, verbose=0, batch_size=512), -1) == y))
+    return bench_common.fine_tune_learning_rate(s["qat_schedule"], s["qat_learning_rate"], steps, schedules)
 
 
 # Ours -----------------------------------------------------------------------------------
 
 
-def _ours(s, workdir):
+def _ours(s):
     import keras
     import numpy as np
 
     import tfcompress as tfc
 
-    (x, y), (x_test, y_test) = _data(s)
+    (x, y), (x_test, y_test) = bench_common.fashion_mnist(s)
     representative = x[: s["calibration_samples"]]
     fit_kwargs = dict(batch_size=s["batch_size"], verbose=0)
     results = {}
@@ -154,9 +130,8 @@ def _ours(s, workdir):
     base = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(), learning_rate=s["learning_rate"])
     base.fit(x, y, epochs=s["float_epochs"], **fit_kwargs)
     weights = base.get_weights()
-    np.savez(os.path.join(workdir, "float_weights.npz"), *weights)
 
-    float_row = {"keras_accuracy": _accuracy(base, x_test, y_test)}
+    float_row = {"keras_accuracy": bench_common.accuracy(base, x_test, y_test)}
     float_row.update(_tflite_metrics(tfc.to_tflite(base, mode="float32"), x_test, y_test))
     results["float32 (QAT starting point)"] = float_row
     print(f"  float32 start: {json.dumps(float_row)}", flush=True)
@@ -167,7 +142,7 @@ def _ours(s, workdir):
                                          learning_rate=_fine_tune_learning_rate(s, len(x), keras.optimizers.schedules))
     control.set_weights(weights)
     control.fit(x, y, epochs=s["qat_epochs"], **fit_kwargs)
-    control_row = {"keras_accuracy": _accuracy(control, x_test, y_test)}
+    control_row = {"keras_accuracy": bench_common.accuracy(control, x_test, y_test)}
     control_row.update(_tflite_metrics(tfc.to_tflite(control, mode="float32"), x_test, y_test))
     results["float32"] = control_row
     print(f"  float32: {json.dumps(control_row)}", flush=True)
@@ -186,7 +161,7 @@ def _ours(s, workdir):
         if s["qat_epochs"] >= 2:
             callbacks.append(tfc.quantization.FreezeQuantization(start_epoch=s["qat_epochs"] - 1))
         qat_model.fit(x, y, epochs=s["qat_epochs"], callbacks=callbacks, **fit_kwargs)
-        row = {"keras_accuracy": _accuracy(qat_model, x_test, y_test)}
+        row = {"keras_accuracy": bench_common.accuracy(qat_model, x_test, y_test)}
         row.update(_tflite_metrics(tfc.to_tflite(qat_model, mode="int8", representative_data=representative),
                                    x_test, y_test))
         return row
@@ -204,12 +179,12 @@ def _ours(s, workdir):
     kernels = [layer.kernel.numpy() for layer in pruned.layers if hasattr(layer, "kernel")]
     zeros_before = int(sum(np.sum(k == 0) for k in kernels))
     row = qat(pruned)
-    row["pruned_keras_accuracy"] = _accuracy(pruned, x_test, y_test)
+    row["pruned_keras_accuracy"] = bench_common.accuracy(pruned, x_test, y_test)
     row["zeros_before_qat"] = zeros_before
     row["zeros_kept"] = row["zero_weights"] / max(zeros_before, 1)
     results[f"pruned {s['sparsity']:.0%} + tfcompress QAT int8"] = row
     print(f"  pruned + QAT: {json.dumps(row)}", flush=True)
-    return results
+    return results, weights
 
 
 # Coverage -------------------------------------------------------------------------------
@@ -295,54 +270,22 @@ def _run_tflite(tflite, x, builtin_kernels=False):
 
 
 def _tfmot_worker(job_path):
-    import numpy as np
     import tensorflow as tf
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    with open(job_path) as f:
-        job = json.load(f)
-    s = job["settings"]
-    (x, y), (x_test, y_test) = _data(s)
-    with np.load(job["weights"]) as archive:
-        weights = [archive[f"arr_{i}"] for i in range(len(archive.files))]
-    base = tfmot_baseline.reference_cnn(tf_keras)
+    job, s, weights = bench_common.read_tfmot_job(job_path)
+    (x, y), (x_test, y_test) = bench_common.fashion_mnist(s)
+    base = bench_common.tfmot_reference_cnn(tf_keras)
     base.set_weights(weights)
     tf_keras.utils.set_random_seed(s["seed"] + 1)
-    model = tfmot.quantization.keras.quantize_model(base)
-    model.compile(
-        optimizer=tf_keras.optimizers.Adam(_fine_tune_learning_rate(s, len(x), tf_keras.optimizers.schedules)),
-        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    model = bench_common.tfmot_compile(tf_keras, tfmot.quantization.keras.quantize_model(base),
+                                       _fine_tune_learning_rate(s, len(x), tf_keras.optimizers.schedules))
     model.fit(x, y, epochs=s["qat_epochs"], batch_size=s["batch_size"], verbose=0)
-    logits = model.predict(x_test, verbose=0, batch_size=512)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x[i: i + 1]] for i in range(s["calibration_samples"]))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    row = {"keras_accuracy": float(np.mean(logits.argmax(-1) == y_test))}
-    row.update(_tflite_metrics(converter.convert(), x_test, y_test))
+    row = {"keras_accuracy": bench_common.accuracy(model, x_test, y_test)}
+    row.update(_tflite_metrics(bench_common.tfmot_int8_tflite(tf, model, x, s["calibration_samples"]), x_test, y_test))
     print(f"  tfmot QAT int8: {json.dumps(row)}", flush=True)
-    with open(job["out"], "w") as f:
-        json.dump({"tfmot QAT int8": row}, f)
-
-
-def _run_tfmot(s, workdir):
-    job = {"settings": s, "weights": os.path.join(workdir, "float_weights.npz"),
-           "out": os.path.join(workdir, "tfmot.json")}
-    job_path = os.path.join(workdir, "tfmot_job.json")
-    with open(job_path, "w") as f:
-        json.dump(job, f)
-    # tfmot only works with tf_keras, which must be selected before TensorFlow is imported.
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), f"--tfmot_worker={job_path}"],
-                          env=env, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        print(f"tfmot run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
-        return {}
-    with open(job["out"]) as f:
-        return json.load(f)
+    bench_common.write_tfmot_results(job, {"tfmot QAT int8": row})
 
 
 # Report ---------------------------------------------------------------------------------
@@ -437,40 +380,27 @@ def _coverage_markdown(s, coverage):
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # TF's SavedModel export logs every step at INFO
-    if FLAGS.tfmot_worker:
-        _tfmot_worker(FLAGS.tfmot_worker)
-        return
-    import tfcompress as tfc
-
-    for path in (FLAGS.out, FLAGS.output):
-        if path:
-            tfc.files.check_writable(path, FLAGS.overwrite)
+def main():
     s = _settings()
     ours_runs, theirs_runs = [], []
     for seed in (s["seeds"] if FLAGS.accuracy else []):
         run = dict(s, seed=seed)
-        with tempfile.TemporaryDirectory(prefix="bench_qat_") as workdir:
-            print(f"seed {seed}: tfcompress runs:", flush=True)
-            ours_runs.append(_ours(run, workdir))
-            if FLAGS.tfmot:
-                print(f"seed {seed}: tfmot run (subprocess, tf_keras):", flush=True)
-                theirs_runs.append(_run_tfmot(run, workdir))
+        print(f"seed {seed}: tfcompress runs:", flush=True)
+        ours, weights = _ours(run)
+        ours_runs.append(ours)
+        if FLAGS.tfmot:
+            print(f"seed {seed}: tfmot run (subprocess, tf_keras):", flush=True)
+            with tempfile.TemporaryDirectory(prefix="bench_qat_") as workdir:
+                theirs_runs.append(bench_common.run_tfmot(__file__, run, weights, workdir))
     coverage = {}
     if FLAGS.coverage:
         print("coverage:", flush=True)
         coverage = _coverage(s)
-    table = _markdown(s, ours_runs, theirs_runs, coverage)
+    table = _markdown(s, ours_runs, theirs_runs, coverage).rstrip() + "\n\n" + bench_common.timed_on()
     print(table)
-    if FLAGS.output:
-        tfc.write_atomic(FLAGS.output, table + "\n", overwrite=FLAGS.overwrite, argument="--output")
-    if FLAGS.out:
-        blob = json.dumps({"settings": s, "tfcompress": ours_runs, "tfmot": theirs_runs, "coverage": coverage}, indent=2,
-                          default=str)
-        tfc.write_atomic(FLAGS.out, blob, overwrite=FLAGS.overwrite, argument="--out")
+    bench_common.write_outputs(table, {"settings": s, "tfcompress": ours_runs, "tfmot": theirs_runs,
+                                       "coverage": coverage}, json_default=str)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    bench_common.run(main, tfmot_worker=_tfmot_worker)

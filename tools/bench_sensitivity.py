@@ -48,20 +48,15 @@ number as JSON.
 
 import dataclasses
 import json
-import os
-import sys
 import time
 
-from absl import app, flags, logging
+import numpy as np
+from absl import flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import numpy as np  # noqa: E402
-
-import tfcompress as tfc  # noqa: E402
-from tfcompress.export import sensitivity  # noqa: E402
-
-import bench_common  # noqa: E402  (tools/ is on sys.path: the script's folder)
+# bench_common first (tools/ is on sys.path: it is the script's own folder): it puts this checkout on sys.path.
+import bench_common
+import tfcompress as tfc
+from tfcompress.export import sensitivity
 
 FLAGS = flags.FLAGS
 flags.DEFINE_boolean("quick", False, "Smoke test: little data, 1 epoch, MobileNetV2 alpha 0.35 only (numbers meaningless).")
@@ -89,8 +84,7 @@ flags.DEFINE_float("outlier_scale", 1000.0, "How much larger the outlier unit of
 flags.DEFINE_float("glitch_value", 60.0, "Value of the glitched calibration pixels (images are in [0, 1]).")
 flags.DEFINE_integer("glitches", 3, "Calibration images that get one glitched pixel each.")
 flags.DEFINE_integer("runs", 50, "Timed runs per file (interleaved by tfc.evaluate_many).")
-flags.DEFINE_string("out", None, "Also write all results as JSON to this file.")
-flags.DEFINE_bool("overwrite", True, "Allow replacing --out.")
+bench_common.define_output_flags(output=None, overwrite=True)
 
 
 def _settings():
@@ -111,29 +105,10 @@ def _settings():
     return s
 
 
-def _log(message):
-    print(f"[bench_sensitivity] {message}", flush=True)
+_log = bench_common.Log("bench_sensitivity", elapsed=False)
 
 
 # Models ------------------------------------------------------------------------------------
-
-
-
-def _with_outlier_unit(model, scale):
-    """The same function, but one fc1 unit's output ``scale`` times larger (the logits' weights for it smaller)."""
-    import keras
-
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    fc1, logits = clone.get_layer("fc1"), clone.get_layer("logits")
-    kernel, bias = fc1.get_weights()
-    kernel[:, 0] *= scale
-    bias[0] *= scale
-    fc1.set_weights([kernel, bias])
-    kernel, bias = logits.get_weights()
-    kernel[0, :] /= scale
-    logits.set_weights([kernel, bias])
-    return clone
 
 
 def _small_data(s):
@@ -143,13 +118,12 @@ def _small_data(s):
     return dict(x=x[:n], y=y[:n], x_val=x[n:], y_val=y[n:], x_test=x_test, y_test=y_test)
 
 
-
 def _mnv2_data(s):
     (x, y), (x_test, y_test) = tfc.datasets.fashion_mnist(limit_train=s["mnv2_train"] + s["mnv2_val"],
                                                           limit_test=s["mnv2_test"])
     n = s["mnv2_train"]
-    return dict(x=bench_common.upscale_to_mobilenet(x[:n]), y=y[:n], x_val=bench_common.upscale_to_mobilenet(x[n:]), y_val=y[n:], x_test=bench_common.upscale_to_mobilenet(x_test),
-                y_test=y_test)
+    upscale = bench_common.upscale_to_mobilenet
+    return dict(x=upscale(x[:n]), y=y[:n], x_val=upscale(x[n:]), y_val=y[n:], x_test=upscale(x_test), y_test=y_test)
 
 
 def _train(model, data, epochs, batch_size, learning_rate, seed):
@@ -385,13 +359,9 @@ def _stats_markdown(first_header, results):
 # Main ----------------------------------------------------------------------------------------
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
+def main():
     import keras
 
-    if FLAGS.out:
-        tfc.files.check_writable(FLAGS.out, FLAGS.overwrite)
     s = _settings()
     start = time.perf_counter()
     timings = {}
@@ -410,7 +380,7 @@ def main(argv):
     cnn = timed("train reference_cnn", _train, tfc.zoo.reference_cnn(bn_momentum=0.9), small, s["epochs"],
                 s["batch_size"], 1e-3, s["seed"])
     outlier_name = f"reference_cnn, fc1 outlier unit x{s['outlier_scale']:g}"
-    outlier = _with_outlier_unit(cnn, s["outlier_scale"])
+    outlier = bench_common.with_outlier_unit(cnn, s["outlier_scale"])
     _log(f"reference_cnn trained in {timings['train reference_cnn']:.0f} s")
     big = _mnv2_data(s) if s["mnv2_alphas"] else None
     for alpha in s["mnv2_alphas"]:
@@ -468,14 +438,13 @@ def main(argv):
     text = "\n".join(out)
     print()
     print(text)
-    print(f"\nMeasured on {tfc.machine.current().summary()}.")
-    print(f"[bench_sensitivity] done in {total:.0f} s; timings (s): {json.dumps(timings)}", flush=True)
-    if FLAGS.out:
-        blob = {"settings": s, "seconds": total, "timings": timings,
-                "sensitivity": {name: dict(r, report=r["report"].to_dict()) for name, r in sens.items()},
-                "budget": budgets, "calibration": calib, "untrained_qat": qat, "markdown": text}
-        tfc.write_atomic(FLAGS.out, json.dumps(blob, indent=2, default=str), overwrite=FLAGS.overwrite, argument="--out")
+    print(f"\n{bench_common.timed_on()}")
+    _log(f"done in {total:.0f} s; timings (s): {json.dumps(timings)}")
+    blob = {"settings": s, "seconds": total, "timings": timings,
+            "sensitivity": {name: dict(r, report=r["report"].to_dict()) for name, r in sens.items()},
+            "budget": budgets, "calibration": calib, "untrained_qat": qat, "markdown": text}
+    bench_common.write_outputs(results=blob, json_default=str)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    bench_common.run(main)

@@ -402,7 +402,7 @@ def predict(model, x, output=None, backend="xnnpack", batch_size=256):
 BURST = 4  # runs of one configuration back to back per round; the first of each is not counted
 
 
-def time_round_robin(interpreters, num_runs, warmup_runs, burst=BURST):
+def time_round_robin(interpreters, num_runs, warmup_runs, burst=BURST, cold=None):
     """Times ``invoke()`` of every interpreter (inputs already set): ``{key: [ms] * num_runs}``.
 
     Rounds visit every configuration in turn, so slow drifts of the machine hit all
@@ -412,6 +412,10 @@ def time_round_robin(interpreters, num_runs, warmup_runs, burst=BURST):
     is warm. One run per round would time cold caches, which costs small models
     most (measured: the float32 reference CNN 0.226 ms vs 0.175 ms warm on
     XNNPACK; ONNX Runtime about 2.5x).
+
+    ``interpreters`` may hold anything with ``invoke()`` (an ONNX Runtime session wrapper, say). Given a dict
+    as ``cold``, the dropped first run of each burst is timed too, into ``cold[key]``: what a model costs
+    when other work ran in between.
     """
     times = {key: [] for key in interpreters}
     gc_was_enabled = gc.isenabled()
@@ -424,7 +428,10 @@ def time_round_robin(interpreters, num_runs, warmup_runs, burst=BURST):
         for _ in range(rounds):
             for key, interpreter in interpreters.items():
                 if burst > 1:
+                    start = time.perf_counter()
                     interpreter.invoke()  # brings this model's weights back into the caches
+                    if cold is not None:
+                        cold.setdefault(key, []).append((time.perf_counter() - start) * 1e3)
                 for _ in range(max(1, burst - 1)):
                     if len(times[key]) == num_runs:
                         break
