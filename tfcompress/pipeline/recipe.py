@@ -59,16 +59,26 @@ class Step:
         epochs: the epochs it trains (0 for none).
         min_epochs: the fewest epochs it accepts: 1 where training is the step (pruning, QAT), 0 where
             it changes the model itself and fine-tuning is optional (clustering, factorization).
+        ranges: ``{setting: (what it must be, check)}``, checked when the step is made, e.g.
+            ``{"sparsity": ("in [0, 1)", lambda v: 0 <= v < 1)}``.
+        tag_format, describe_format: `tag` and `describe` as format strings over the settings, where
+            ``{name_pct}`` is a fraction setting in percent: ``"prune{sparsity_pct}"``,
+            ``"prune {sparsity_pct}%"`` (the epochs are appended to the description).
     """
 
     kind = None
     epochs = 0
     min_epochs = 0
+    ranges = {}
+    tag_format = None
+    describe_format = None
 
     def __post_init__(self):
-        """Checks ``epochs`` against `min_epochs`; a step with settings of its own checks them, then calls this."""
+        """Checks ``epochs`` against `min_epochs` and every setting of `ranges`."""
         if self.epochs or self.min_epochs:
             self.check_setting("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "a positive integer")
+        for name, (expected, check) in self.ranges.items():
+            self.check_setting(name, check(getattr(self, name)), expected)
 
     def check_setting(self, name, ok, expected):
         """Raises, unless ``ok``, the error of a bad setting: ``Prune(sparsity=1.5): sparsity must be in [0, 1).``
@@ -94,12 +104,20 @@ class Step:
 
     def tag(self):
         """Its part of the default artifact name (``"prune75"``), or None when it adds none."""
-        return None
+        return self.tag_format.format(**self._settings()) if self.tag_format else None
 
     def describe(self, teacher_name="the teacher"):
         """A few words for reports (``"prune 75% (2 ep)"``); ``teacher_name`` is what a `Distill` step's teacher is
         called there."""
-        raise NotImplementedError
+        if self.describe_format is None:
+            raise NotImplementedError(f"{type(self).__name__} has no describe_format and no describe()")
+        return f"{self.describe_format.format(**self._settings())} ({self.epochs} ep)"
+
+    def _settings(self):
+        settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        percents = {f"{name}_pct": round(100 * value) for name, value in settings.items()
+                    if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        return {**settings, **percents}
 
 
 class RecipeRun:
@@ -171,16 +189,8 @@ class Prune(Step):
 
     kind = "prune"
     min_epochs = 1
-
-    def __post_init__(self):
-        self.check_setting("sparsity", 0.0 <= self.sparsity < 1.0, "in [0, 1)")
-        super().__post_init__()
-
-    def tag(self):
-        return f"prune{round(100 * self.sparsity)}"
-
-    def describe(self, teacher_name="the teacher"):
-        return f"prune {round(100 * self.sparsity)}% ({self.epochs} ep)"
+    ranges = {"sparsity": ("in [0, 1)", lambda v: 0.0 <= v < 1.0)}
+    tag_format, describe_format = "prune{sparsity_pct}", "prune {sparsity_pct}%"
 
     def apply(self, model, run):
         schedule = run.ramp(self.sparsity, self.epochs, self.ramp_fraction)
@@ -215,20 +225,15 @@ class PruneChannels(Step):
 
     kind = "channels"
     min_epochs = 1
+    ranges = {"ratio": ("in [0, 1)", lambda v: 0.0 <= v < 1.0)}
+    tag_format, describe_format = "channels{ratio_pct}", "channels {ratio_pct}%"
 
     def __post_init__(self):
-        self.check_setting("ratio", 0.0 <= self.ratio < 1.0, "in [0, 1)")
+        super().__post_init__()
         try:
             check_selection("global", self.round_to, self.max_group_ratio)
         except ValueError as exc:
             raise ValueError(f"PruneChannels: {exc}") from None
-        super().__post_init__()
-
-    def tag(self):
-        return f"channels{round(100 * self.ratio)}"
-
-    def describe(self, teacher_name="the teacher"):
-        return f"channels {round(100 * self.ratio)}% ({self.epochs} ep)"
 
     def apply(self, model, run):
         callback = ChannelPruningCallback(run.ramp(self.ratio, self.epochs, self.ramp_fraction),
@@ -260,16 +265,11 @@ class Cluster(Step):
     learning_rate: float = 1e-4
 
     kind = "cluster"
+    tag_format, describe_format = "cluster{num_clusters}", "cluster {num_clusters}"
 
     def __post_init__(self):
         check_arguments(self.num_clusters, "kmeans++")
         super().__post_init__()
-
-    def tag(self):
-        return f"cluster{self.num_clusters}"
-
-    def describe(self, teacher_name="the teacher"):
-        return f"cluster {self.num_clusters} ({self.epochs} ep)"
 
     def apply(self, model, run):
         model = cluster_weights(model, self.num_clusters, per_channel=self.per_channel)
@@ -293,16 +293,8 @@ class Factorize(Step):
     learning_rate: float = 1e-3
 
     kind = "factorize"
-
-    def __post_init__(self):
-        self.check_setting("energy", 0.0 < self.energy <= 1.0, "in (0, 1]")
-        super().__post_init__()
-
-    def tag(self):
-        return f"lowrank{round(100 * self.energy)}"
-
-    def describe(self, teacher_name="the teacher"):
-        return f"low-rank at energy {self.energy} ({self.epochs} ep)"
+    ranges = {"energy": ("in (0, 1]", lambda v: 0.0 < v <= 1.0)}
+    tag_format, describe_format = "lowrank{energy_pct}", "low-rank at energy {energy}"
 
     def apply(self, model, run):
         before = model.count_params()
@@ -336,9 +328,7 @@ class Distill(Step):
     kind = "distill"
     min_epochs = 1
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.check_setting("sparsity", self.sparsity is None or 0.0 <= self.sparsity < 1.0, "in [0, 1)")
+    ranges = {"sparsity": ("in [0, 1)", lambda v: v is None or 0.0 <= v < 1.0)}
 
     def tag(self):
         return "distill" + (f"-prune{round(100 * self.sparsity)}" if self.sparsity else "")
@@ -382,12 +372,7 @@ class QuantizationAwareTraining(Step):
 
     kind = "qat"
     min_epochs = 1
-
-    def tag(self):
-        return "qat"
-
-    def describe(self, teacher_name="the teacher"):
-        return f"QAT ({self.epochs} ep)"
+    tag_format, describe_format = "qat", "QAT"
 
     def apply(self, model, run):
         model = quantization.quantize_model(model, config=self.config)
@@ -413,12 +398,7 @@ class FineTune(Step):
 
     kind = "finetune"
     min_epochs = 1
-
-    def tag(self):
-        return f"finetune{self.epochs}"
-
-    def describe(self, teacher_name="the teacher"):
-        return f"fine-tune ({self.epochs} ep)"
+    tag_format, describe_format = "finetune{epochs}", "fine-tune"
 
     def apply(self, model, run):
         run.fit(model, self)
