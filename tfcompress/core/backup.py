@@ -44,7 +44,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     Example:
         >>> model.fit(x, y, epochs=10, callbacks=[
         ...     tfc.PruningCallback(tfc.PolynomialDecay(0.0, 0.8, 0, 2000)),
-        ...     tfc.BackupAndRestore("/tmp/run1_backup", save_freq=100)])
+        ...     tfc.BackupAndRestore("run1_backup", save_freq=100)])
         >>> # killed? run the same script again: it continues where the last backup was taken.
     """
 

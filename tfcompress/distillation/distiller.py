@@ -148,9 +148,7 @@ class Distiller(keras.distillation.Distiller):
 
     Example:
 
-        >>> (x, y), (x_test, y_test) = tfc.datasets.fashion_mnist(limit_train=5000)
-        >>> teacher = tfc.zoo.compile_classifier(tfc.zoo.reference_cnn(width=2))
-        >>> teacher.fit(x, y, epochs=2)
+        >>> teacher = model                            # a trained classifier (logits)
         >>> distiller = tfc.Distiller(teacher, tfc.zoo.small_student())
         >>> distiller.compile(optimizer="adam", metrics=["accuracy"])
         >>> distiller.fit(distiller.cache_teacher(x, y, batch_size=64), epochs=2)

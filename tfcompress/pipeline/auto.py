@@ -285,7 +285,8 @@ def auto_compress(model, data, max_accuracy_drop=1.0, objective="latency", time_
         tfcompress.OutputExistsError: ``out_dir`` holds files and ``overwrite`` is False.
 
     Example:
-        >>> r = tfc.auto_compress(model, "fashion_mnist", max_accuracy_drop=1.0, time_budget=900, out_dir="auto")
+        >>> data = ((x, y), (x_test, y_test))          # or a name: "fashion_mnist"
+        >>> r = tfc.auto_compress(model, data, max_accuracy_drop=1.0, time_budget=900, out_dir="auto")
         >>> r.best, r.reports[r.best].latency_for("xnnpack").median_ms
     """
     started = time.perf_counter()

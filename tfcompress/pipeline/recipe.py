@@ -588,7 +588,8 @@ def compress(model, data, recipe="int8", batch_size=128, copy=True, evaluate=Tru
         A `CompressionResult`.
 
     Example:
-        >>> r = tfc.compress(model, "fashion_mnist", [tfc.Prune(0.75, epochs=2), tfc.Convert("int8")])
+        >>> data = ((x, y), (x_test, y_test))          # or a name: "fashion_mnist"
+        >>> r = tfc.compress(model, data, [tfc.Prune(0.75, epochs=2), tfc.Convert("int8")])
         >>> print(r.to_markdown())
     """
     graph.check_model(model, action="compress")
