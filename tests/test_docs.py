@@ -60,7 +60,9 @@ def page_id(path):
 # Runs the blocks given as JSON on stdin; each python block is compiled under "page:line", so a failure
 # names the block that failed.
 RUNNER = r"""
-import json, subprocess, sys
+import json, subprocess, sys, warnings
+# An example whose pruning schedule never reached its sparsity shows nothing: make that warning fail it.
+warnings.filterwarnings("error", message=r".*the schedule asks for")
 blocks = json.load(sys.stdin)
 namespace = {"__name__": "__main__"}
 for where, language, code in blocks:

@@ -123,18 +123,27 @@ def test_bad_schedule_arguments_raise_clear_errors(make, message):
     assert message in str(info.value)
 
 
-def _pruned_fit(end_step, epochs=1):
+def _pruned_fit(end_step, epochs=1, frequency=2, kind=tfc.PruningCallback):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, name="d"), keras.layers.Dense(3, name="o")],
                              name="tiny")
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.random.default_rng(0).random((64, 8), dtype=np.float32)
     y = np.arange(64) % 3
-    callback = tfc.PruningCallback(tfc.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=end_step, frequency=2),
-                                   verbose=0)
+    schedule = tfc.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=end_step, frequency=frequency)
+    callback = kind(schedule, verbose=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[callback])
-    return [str(w.message) for w in caught if "PruningCallback" in str(w.message)]
+    return [str(w.message) for w in caught if f"{kind.__name__}:" in str(w.message)]
+
+
+def test_mask_updates_that_miss_a_short_run_warn_and_name_frequency():
+    # 8 steps, masks every 100 from step 0: step 0 came before the first batch, step 100 never comes.
+    for kind in (tfc.PruningCallback, tfc.ChannelPruningCallback):
+        messages = _pruned_fit(end_step=6, frequency=100, kind=kind)
+        assert len(messages) == 1, (kind, messages)
+        assert "ended at 0.0%" in messages[0] and "every 100 steps" in messages[0] and "frequency=" in messages[0]
+    assert _pruned_fit(end_step=6, frequency=2, kind=tfc.ChannelPruningCallback) == []
 
 
 def test_a_schedule_longer_than_training_warns_with_the_numbers():

@@ -1,5 +1,7 @@
 """``ChannelPruningCallback``: structural (channel) pruning during ``model.fit``, then `shrink`."""
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -103,6 +105,7 @@ class ChannelPruningCallback(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy()) + 1
+        self._last_step = step
         should_prune, sparsity = self.schedule(step)
         if not should_prune:
             return
@@ -126,6 +129,13 @@ class ChannelPruningCallback(keras.callbacks.Callback):
         for key, (variable, _) in self._masks.items():
             variable.constraint = self._saved_constraints.pop(key, None)
         self.model.make_train_function(force=True)
+        # Kept widths are rounded (round_to, group floors and caps, which `notes` explain): only a shortfall
+        # beyond that is the schedule's, e.g. masks updated every 100 steps in a 30-step run.
+        shortfall = None if self.notes else schedules_module.shortfall(
+            self.schedule, self.sparsity, getattr(self, "_last_step", 0),
+            f"channel pruning of model {self._pruned_model().name!r}", tolerance=0.05)
+        if shortfall:
+            warnings.warn(f"ChannelPruningCallback: {shortfall}", UserWarning, stacklevel=2)
 
     @property
     def sparsity(self):

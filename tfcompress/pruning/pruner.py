@@ -393,25 +393,10 @@ class Pruner:
         ``begin_step``) lies beyond the steps training ran leaves the model far
         less sparse than asked, silently otherwise.
         """
-        final = schedules_module.final_sparsity(self.schedule)
-        if final is None or self.structure == "m_by_n":
+        if self.structure == "m_by_n":
             return None
-        reached = self.overall_sparsity()
-        if reached >= final - tolerance:
-            return None
-        end = getattr(self.schedule, "end_step", None)
-        begin = getattr(self.schedule, "begin_step", 0)
-        if begin > self.step:
-            why = f"begin_step={begin} lies beyond the {self.step} steps pruning ran"
-        elif end not in (None, -1) and end > self.step:
-            why = f"end_step={end} lies beyond the {self.step} steps pruning ran"
-        else:
-            why = f"the last mask update (every {getattr(self.schedule, 'frequency', '?')} steps) came too early"
-        return (
-            f"pruning of model {self.model.name!r} ended at {reached:.1%} sparsity, but the schedule asks for "
-            f"{final:.1%} ({why}). Make the schedule fit the training run (end_step <= the steps fit runs: steps per "
-            f"epoch x epochs), or train longer; the model is saved as it is, at {reached:.1%}."
-        )
+        return schedules_module.shortfall(self.schedule, self.overall_sparsity(), self.step,
+                                          f"pruning of model {self.model.name!r}", tolerance)
 
     def table(self):
         """The scope table: every weight, its shape, and whether it is pruned and why."""

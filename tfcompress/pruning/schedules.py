@@ -231,6 +231,44 @@ def final_sparsity(schedule):
     return None
 
 
+def shortfall(schedule, reached, step, subject, tolerance=0.005):
+    """Why pruning fell short of ``schedule``'s final sparsity, or None when it reached it.
+
+    For the warning at the end of training: a schedule whose ``begin_step`` or ``end_step`` lies beyond
+    the steps training ran, or whose mask updates (every ``frequency`` steps) all fell outside them,
+    leaves the model far less sparse than asked, silently otherwise.
+
+    Args:
+        schedule: the pruning schedule.
+        reached: the sparsity reached (fraction).
+        step: the last training step pruning saw.
+        subject: what was pruned, as the message begins (``"pruning of model 'cnn'"``).
+        tolerance: a shortfall up to this fraction is not one (rounding of kept counts).
+
+    Returns:
+        The message, or None.
+    """
+    final = final_sparsity(schedule)
+    if final is None or reached >= final - tolerance:
+        return None
+    end = getattr(schedule, "end_step", None)
+    begin = getattr(schedule, "begin_step", 0)
+    frequency = getattr(schedule, "frequency", None)
+    if begin > step:
+        why = f"begin_step={begin} lies beyond the {step} steps pruning ran"
+        fix = "Make the schedule fit the training run (begin_step below the steps fit runs), or train longer"
+    elif end not in (None, -1) and end > step:
+        why = f"end_step={end} lies beyond the {step} steps pruning ran"
+        fix = ("Make the schedule fit the training run (end_step <= the steps fit runs: steps per epoch x epochs), "
+               "or train longer")
+    else:
+        # Masks change only at begin_step + k * frequency (tfmot's rule): a short run can fall between two.
+        why = f"masks are updated every {frequency} steps from begin_step={begin}, and too few updates fell in the run"
+        fix = f"Set the schedule's frequency= well below the steps fit runs (e.g. frequency=max(1, steps // 10))"
+    return f"{subject} ended at {reached:.1%} sparsity, but the schedule asks for {final:.1%} ({why}). {fix}; the " \
+           f"model is saved as it is, at {reached:.1%}."
+
+
 def first_step_reaching(schedule, sparsity, start=0):
     """The first step >= ``start`` at which ``schedule`` asks for at least ``sparsity``, or None.
 
