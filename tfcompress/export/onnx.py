@@ -5,9 +5,10 @@ Two paths, one per mode:
 * ``"float32"``: tf2onnx on the model's inference function, as Keras 3's own
   ``model.export(format="onnx")`` does, with the input signature taken from the
   model so a model built by ``keras.Input`` but never called exports too. Called
-  directly rather than through ``model.export`` for a fix that needs the traced
-  function: tensors the function captures (e.g. a ``Normalization`` layer's mean
-  and variance) become constants, not graph inputs.
+  directly rather than through ``model.export`` for two fixes that need the traced
+  function and tf2onnx's arguments: tensors the function captures (e.g. a
+  ``Normalization`` layer's mean and variance) become constants, not graph inputs,
+  and TF's ``Erfc`` (exact GELU) is translated as ``1 - Erf``.
 * ``"int8"``: the int8 ``.tflite`` of `to_tflite` translated by tf2onnx into a QDQ
   ONNX model (``QuantizeLinear``/``DequantizeLinear`` around float ops, which
   ONNX Runtime fuses into int8 kernels). Its outputs equal the ``.tflite``'s:
@@ -144,6 +145,60 @@ def _input_signature(model, input_shape):
     return [tensors]
 
 
+def _erfc_as_one_minus_erf(ctx, node, name, args):
+    """tf2onnx handler for TF's ``Erfc``, which exact GELU computes (``0.5 * x * erfc(-x / sqrt(2))``).
+
+    ONNX has ``Erf`` but no ``Erfc`` and tf2onnx translates only the former. ``1 - erf`` is off
+    by at most float32's rounding of 1 (~6e-8) where ``erfc`` is tiny, so GELU by ~3e-8 * |x|:
+    far below the 1e-4 to which the export matches Keras.
+    """
+    from tf2onnx import utils
+
+    del name, args  # the handler signature of tf2onnx's custom_op_handlers
+    node.type = "Erf"
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    one = ctx.make_const(utils.make_name(f"{node.name}/one"), np.array(1, dtype=dtype))
+    erf = node.output[0]
+    minus = ctx.insert_new_node_on_output("Sub", erf, name=utils.make_name(f"{node.name}/one_minus"))
+    ctx.replace_inputs(minus, [one.output[0], erf])
+
+
+def _tfl_gelu(ctx, node, name, args):
+    """tf2onnx handler for the ``.tflite`` ``GELU`` op (it has none), in float between the QDQ pair.
+
+    tf2onnx dequantizes an int8 op's inputs and quantizes its outputs around the float op it
+    writes, which is how LiteRT's int8 GELU is defined too (a table of float GELU values), so the
+    two agree to rounding. Exact: ``0.5 * x * (1 + erf(x / sqrt(2)))``; ``approximate``: the tanh form.
+    """
+    from tf2onnx import utils
+
+    del name, args
+    x = node.input[0]
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
+
+    def const(tag, value):
+        return ctx.make_const(utils.make_name(f"{node.name}/{tag}"), np.array(value, dtype=dtype)).output[0]
+
+    def op(op_type, *inputs):
+        return ctx.make_node(op_type, list(inputs), name=utils.make_name(f"{node.name}/{op_type}")).output[0]
+
+    if node.get_attr_value("approximate", False):
+        cubic = op("Add", x, op("Mul", const("c", 0.044715), op("Mul", op("Mul", x, x), x)))
+        gate = op("Tanh", op("Mul", const("sqrt_2_over_pi", np.sqrt(2 / np.pi)), cubic))
+    else:
+        gate = op("Erf", op("Mul", x, const("one_over_sqrt_2", 1 / np.sqrt(2))))
+    half_x = op("Mul", x, const("half", 0.5))
+    # The GELU node itself becomes the last Mul, so its output (what later ops read) keeps its name.
+    ctx.replace_inputs(node, [half_x, op("Add", gate, const("one", 1.0))])
+    node.type = "Mul"
+    node.attr.pop("approximate", None)
+
+
+# Ops tf2onnx has no handler for, translated here (tf2onnx's ``custom_op_handlers``: {op: (handler, args)}).
+_TF_HANDLERS = {"Erfc": (_erfc_as_one_minus_erf, [])}
+_TFLITE_HANDLERS = {"TFL_GELU": (_tfl_gelu, [])}
+
+
 def _graph_inputs_used(graph):
     """Names every node of ``graph`` and of its subgraphs (If/Loop bodies) reads."""
     import onnx
@@ -195,7 +250,8 @@ def _export_float(model, input_shape, opset):
         try:
             concrete = function.get_concrete_function(*signature)
             # The same function as the concrete one above: tf.function traces once per signature.
-            proto, _ = tf2onnx.convert.from_function(function, signature, opset=opset)
+            proto, _ = tf2onnx.convert.from_function(function, signature, opset=opset,
+                                                     custom_op_handlers=_TF_HANDLERS)
         except Exception as exc:  # noqa: BLE001 - Keras and tf2onnx raise anything; the reason is what counts
             converter.raise_if_out_of_space(exc, model.name)
             raise ONNXExportError(f"{what}: {type(exc).__name__}: {onnxruntime.one_line(exc)}") from None
@@ -228,7 +284,7 @@ def _tflite_to_onnx(raw, model_name, opset):
             f.write(raw)
         with _quiet_tf2onnx() as log_lines, native_stderr.buffered_filter(_TFLITE_READER_CHATTER):
             try:
-                proto, _ = tf2onnx.convert.from_tflite(path, opset=opset)
+                proto, _ = tf2onnx.convert.from_tflite(path, opset=opset, custom_op_handlers=_TFLITE_HANDLERS)
             except Exception as exc:  # noqa: BLE001
                 raise ONNXExportError(f"{what}: {type(exc).__name__}: {onnxruntime.one_line(exc)}") from None
     finally:
@@ -259,7 +315,7 @@ def to_onnx(model, mode="float32", representative_data=None, output_path=None, o
             ``.tflite`` is translated as it is.
         mode: ``"float32"``: tf2onnx on the model's inference function, as
             Keras' ``model.export(format="onnx")``, with its constants kept as
-            constants.
+            constants and exact GELU translated.
             ``"int8"``: the model is converted with ``to_tflite(mode="int8")`` and
             that file translated by tf2onnx into a QDQ ONNX model whose outputs
             equal the ``.tflite``'s.
