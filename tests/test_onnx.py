@@ -76,6 +76,77 @@ def test_float_two_input_functional_matches_keras():
     assert np.abs(by_name - expected[0]).max() < 1e-4
 
 
+def _onnx_input_names(result):
+    import onnx
+
+    return [i.name for i in onnx.load_from_string(bytes(result)).graph.input]
+
+
+def _assert_int8_onnx_matches_tflite(result, x):
+    """The int8 ONNX model's outputs are the int8 .tflite's up to requantization rounding, as in
+    test_int8_matches_int8_tflite: most equal, none more than two output steps apart. (The int8
+    LayerNormalization's many requantizations are where they part: Dense → GELU alone agrees exactly.)"""
+    step = result.tflite.info.output_steps[0]
+    steps = np.abs(onnxruntime.predict_onnx(result, x) - evaluate.predict(bytes(result.tflite), x)) / step
+    assert steps.max() <= 2 + 1e-4 and np.mean(steps < 0.5) >= 0.95, (steps.max(), np.mean(steps < 0.5))
+
+
+@pytest.mark.parametrize("adapted", [False, True], ids=["mean_variance_given", "adapted"])
+def test_normalization_constants_are_not_graph_inputs(adapted):
+    """Normalization keeps its mean and variance as plain tensors, which the traced function captures: they
+    must be constants in the ONNX model, not inputs ONNX Runtime asks the caller for (as in EfficientNet)."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    x = rng.normal(5.0, 3.0, (32, 4, 4, 3)).astype(np.float32)
+    if adapted:
+        normalization = keras.layers.Normalization()
+        normalization.adapt(x)
+    else:
+        normalization = keras.layers.Normalization(mean=[5.0, 4.0, 6.0], variance=[9.0, 4.0, 1.0])
+    image = keras.Input((4, 4, 3), name="image")
+    h = keras.layers.Conv2D(4, 3, activation="relu")(normalization(image))
+    model = keras.Model(image, keras.layers.Dense(3)(keras.layers.Flatten()(h)), name="normalized")
+
+    result = onnx_export.to_onnx(model)
+    assert _onnx_input_names(result) == ["image"]
+    expected = model.predict(x, verbose=0)
+    got = onnxruntime.predict_onnx(result, x)  # the image alone, as a user passes it
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    report = onnxruntime.evaluate_onnx(result, x=x, y=expected.argmax(1), num_runs=1)
+    assert report.accuracy == pytest.approx(float(np.mean(got.argmax(1) == expected.argmax(1))))
+
+    int8 = onnx_export.to_onnx(model, mode="int8", representative_data=x)
+    assert len(_onnx_input_names(int8)) == 1
+    _assert_int8_onnx_matches_tflite(int8, x)
+
+
+def test_exact_gelu_exports():
+    """Exact GELU computes TF's Erfc, which tf2onnx cannot translate, and its int8 .tflite a GELU op tf2onnx
+    has no handler for: both are translated (1 - Erf; GELU in float between its QDQ pair)."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    tokens = keras.Input((6, 8), name="tokens")
+    h = keras.layers.LayerNormalization()(tokens)
+    h = keras.layers.Dense(16, activation="gelu", name="mlp_exact")(h)
+    h = keras.layers.Dense(16, activation=lambda t: keras.activations.gelu(t, approximate=True), name="mlp_tanh")(h)
+    model = keras.Model(tokens, keras.layers.Dense(4)(keras.layers.Flatten()(h)), name="gelu_block")
+    # Wide enough that exact and tanh GELU differ (up to ~1e-3 near |x| = 2) and both tails are reached.
+    x = np.random.default_rng(4).normal(0.0, 3.0, (64, 6, 8)).astype(np.float32)
+
+    result = onnx_export.to_onnx(model)
+    assert _onnx_input_names(result) == ["tokens"]
+    expected = model.predict(x, verbose=0)
+    diff = np.abs(onnxruntime.predict_onnx(result, x) - expected).max()
+    assert diff <= 1e-4 * np.abs(expected).max(), diff
+
+    int8 = onnx_export.to_onnx(model, mode="int8", representative_data=x)
+    assert "GELU" in {op.type for op in int8.tflite.info.operators}  # the .tflite's own op, not a decomposition
+    _assert_int8_onnx_matches_tflite(int8, x)
+
+
 def test_int8_matches_int8_tflite(int8_onnx, digits_data, tmp_path):
     _, (x_test, _) = digits_data
     assert int8_onnx.mode == "int8" and int8_onnx.tflite.mode == "int8"

@@ -2,9 +2,13 @@
 
 Two paths, one per mode:
 
-* ``"float32"``: Keras 3's own ``model.export(format="onnx")`` (tf2onnx on the
-  model's inference function), with the input signature taken from the model so
-  a model built by ``keras.Input`` but never called exports too.
+* ``"float32"``: tf2onnx on the model's inference function, as Keras 3's own
+  ``model.export(format="onnx")`` does, with the input signature taken from the
+  model so a model built by ``keras.Input`` but never called exports too. Called
+  directly rather than through ``model.export`` for two fixes that need the traced
+  function and tf2onnx's arguments: tensors the function captures (e.g. a
+  ``Normalization`` layer's mean and variance) become constants, not graph inputs,
+  and TF's ``Erfc`` (exact GELU) is translated as ``1 - Erf``.
 * ``"int8"``: the int8 ``.tflite`` of `to_tflite` translated by tf2onnx into a QDQ
   ONNX model (``QuantizeLinear``/``DequantizeLinear`` around float ops, which
   ONNX Runtime fuses into int8 kernels). Its outputs equal the ``.tflite``'s:
@@ -20,6 +24,8 @@ import os
 import re
 import shutil
 import warnings
+
+import numpy as np
 
 from tfcompress.core import native_stderr
 from tfcompress.core.files import check_writable, make_temp_dir, write_atomic
@@ -139,30 +145,125 @@ def _input_signature(model, input_shape):
     return [tensors]
 
 
-def _export_float(model, input_shape, opset):
-    """``model.export(format="onnx")`` into a temp folder; the ONNX bytes, or an `ONNXExportError`."""
+def _erfc_as_one_minus_erf(ctx, node, name, args):
+    """tf2onnx handler for TF's ``Erfc``, which exact GELU computes (``0.5 * x * erfc(-x / sqrt(2))``).
+
+    ONNX has ``Erf`` but no ``Erfc`` and tf2onnx translates only the former. ``1 - erf`` is off
+    by at most float32's rounding of 1 (~6e-8) where ``erfc`` is tiny, so GELU by ~3e-8 * |x|:
+    far below the 1e-4 to which the export matches Keras.
+    """
+    from tf2onnx import utils
+
+    del name, args  # the handler signature of tf2onnx's custom_op_handlers
+    node.type = "Erf"
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    one = ctx.make_const(utils.make_name(f"{node.name}/one"), np.array(1, dtype=dtype))
+    erf = node.output[0]
+    minus = ctx.insert_new_node_on_output("Sub", erf, name=utils.make_name(f"{node.name}/one_minus"))
+    ctx.replace_inputs(minus, [one.output[0], erf])
+
+
+def _tfl_gelu(ctx, node, name, args):
+    """tf2onnx handler for the ``.tflite`` ``GELU`` op (it has none), in float between the QDQ pair.
+
+    tf2onnx dequantizes an int8 op's inputs and quantizes its outputs around the float op it
+    writes, which is how LiteRT's int8 GELU is defined too (a table of float GELU values), so the
+    two agree to rounding. Exact: ``0.5 * x * (1 + erf(x / sqrt(2)))``; ``approximate``: the tanh form.
+    """
+    from tf2onnx import utils
+
+    del name, args
+    x = node.input[0]
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
+
+    def const(tag, value):
+        return ctx.make_const(utils.make_name(f"{node.name}/{tag}"), np.array(value, dtype=dtype)).output[0]
+
+    def op(op_type, *inputs):
+        return ctx.make_node(op_type, list(inputs), name=utils.make_name(f"{node.name}/{op_type}")).output[0]
+
+    if node.get_attr_value("approximate", False):
+        cubic = op("Add", x, op("Mul", const("c", 0.044715), op("Mul", op("Mul", x, x), x)))
+        gate = op("Tanh", op("Mul", const("sqrt_2_over_pi", np.sqrt(2 / np.pi)), cubic))
+    else:
+        gate = op("Erf", op("Mul", x, const("one_over_sqrt_2", 1 / np.sqrt(2))))
+    half_x = op("Mul", x, const("half", 0.5))
+    # The GELU node itself becomes the last Mul, so its output (what later ops read) keeps its name.
+    ctx.replace_inputs(node, [half_x, op("Add", gate, const("one", 1.0))])
+    node.type = "Mul"
+    node.attr.pop("approximate", None)
+
+
+# Ops tf2onnx has no handler for, translated here (tf2onnx's ``custom_op_handlers``: {op: (handler, args)}).
+_TF_HANDLERS = {"Erfc": (_erfc_as_one_minus_erf, [])}
+_TFLITE_HANDLERS = {"TFL_GELU": (_tfl_gelu, [])}
+
+
+def _graph_inputs_used(graph):
+    """Names every node of ``graph`` and of its subgraphs (If/Loop bodies) reads."""
     import onnx
 
-    what = f"Keras could not export model {model.name!r} to ONNX"
+    used = set()
+    for node in graph.node:
+        used.update(node.input)
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+            for subgraph in subgraphs:
+                used |= _graph_inputs_used(subgraph)
+    return used
+
+
+def _captures_as_initializers(proto, concrete):
+    """Turns the graph inputs tf2onnx made of the function's captured tensors back into constants.
+
+    tf2onnx takes every non-resource input of the concrete function as a graph input, and captured
+    tensors are inputs of it too: variables are resource handles (frozen into constants), but a layer
+    that keeps a plain tensor (``Normalization``'s mean and variance, set or adapted) is captured by
+    value, and its placeholder became a graph input with no value, which ONNX Runtime then requires.
+    """
+    import onnx
+    import tensorflow as tf
+
+    first_capture = len(concrete.inputs) - len(concrete.captured_inputs)
+    values = {placeholder.name: value for placeholder, value in
+              zip(concrete.inputs[first_capture:], concrete.captured_inputs) if value.dtype != tf.resource}
+    if not values:
+        return
+    used = _graph_inputs_used(proto.graph)
+    initialized = {t.name for t in proto.graph.initializer}
+    kept = [i for i in proto.graph.input if i.name not in values]
+    for name in sorted(set(values) & used - initialized):
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(values[name]), name))
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+
+
+def _export_float(model, input_shape, opset):
+    """tf2onnx on ``model``'s inference function; the ONNX bytes, or an `ONNXExportError`."""
+    import tensorflow as tf
+    import tf2onnx
+
+    what = f"tf2onnx could not export model {model.name!r} to ONNX"
     signature = _input_signature(model, input_shape)  # a ValueError naming input_shape= for an unknown shape
-    workdir = make_temp_dir("tfcompress_onnx_")
-    path = os.path.join(workdir, "model.onnx")
-    try:
-        with _quiet_tf2onnx() as log_lines:
-            try:
-                model.export(path, format="onnx", verbose=False, input_signature=signature, opset_version=opset)
-            except ImportError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Keras and tf2onnx raise anything; the reason is what counts
-                converter.raise_if_out_of_space(exc, model.name)
-                raise ONNXExportError(f"{what}: {type(exc).__name__}: {onnxruntime.one_line(exc)}") from None
-        if not os.path.exists(path):
-            raise ONNXExportError(f"{what}: the exporter wrote no file ({onnxruntime.one_line(' '.join(log_lines[-2:]))}).")
-        proto = onnx.load(path)
-        _raise_unsupported(proto, log_lines, what)
-        return proto.SerializeToString()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    function = tf.function(lambda inputs: model(inputs, training=False), autograph=False)
+    with _quiet_tf2onnx() as log_lines:
+        try:
+            concrete = function.get_concrete_function(*signature)
+            # The same function as the concrete one above: tf.function traces once per signature.
+            proto, _ = tf2onnx.convert.from_function(function, signature, opset=opset,
+                                                     custom_op_handlers=_TF_HANDLERS)
+        except Exception as exc:  # noqa: BLE001 - Keras and tf2onnx raise anything; the reason is what counts
+            converter.raise_if_out_of_space(exc, model.name)
+            raise ONNXExportError(f"{what}: {type(exc).__name__}: {onnxruntime.one_line(exc)}") from None
+    _raise_unsupported(proto, log_lines, what)
+    _captures_as_initializers(proto, concrete)
+    expected = len(tf.nest.flatten(signature))
+    if len(proto.graph.input) != expected:
+        raise ONNXExportError(
+            f"{what}: the ONNX graph has {len(proto.graph.input)} inputs "
+            f"({', '.join(i.name for i in proto.graph.input)}) where the model has {expected}. Deploy the model "
+            "as .tflite (tfc.to_tflite), or report this with the model.")
+    return proto.SerializeToString()
 
 
 def _keras_output_order(raw_tflite):
@@ -183,7 +284,7 @@ def _tflite_to_onnx(raw, model_name, opset):
             f.write(raw)
         with _quiet_tf2onnx() as log_lines, native_stderr.buffered_filter(_TFLITE_READER_CHATTER):
             try:
-                proto, _ = tf2onnx.convert.from_tflite(path, opset=opset)
+                proto, _ = tf2onnx.convert.from_tflite(path, opset=opset, custom_op_handlers=_TFLITE_HANDLERS)
             except Exception as exc:  # noqa: BLE001
                 raise ONNXExportError(f"{what}: {type(exc).__name__}: {onnxruntime.one_line(exc)}") from None
     finally:
@@ -212,7 +313,9 @@ def to_onnx(model, mode="float32", representative_data=None, output_path=None, o
             ``tfcompress.Distiller`` exports its student), or for ``"int8"`` a
             ``.tflite``: the result of ``to_tflite``, its bytes or a file path. A
             ``.tflite`` is translated as it is.
-        mode: ``"float32"``: Keras' own ``model.export(format="onnx")``.
+        mode: ``"float32"``: tf2onnx on the model's inference function, as
+            Keras' ``model.export(format="onnx")``, with its constants kept as
+            constants and exact GELU translated.
             ``"int8"``: the model is converted with ``to_tflite(mode="int8")`` and
             that file translated by tf2onnx into a QDQ ONNX model whose outputs
             equal the ``.tflite``'s.
@@ -277,7 +380,7 @@ def to_onnx(model, mode="float32", representative_data=None, output_path=None, o
             if convert_kwargs:
                 raise ValueError(f"{sorted(convert_kwargs)}: only used with mode='int8' (passed to to_tflite).")
             data = _export_float(model, input_shape, opset)
-            notes.append("exported by Keras (model.export(format='onnx'))")
+            notes.append("exported by tf2onnx from the model's inference function")
             result = ONNXModel(data, mode=mode, model_name=model.name, notes=notes)
         else:
             if representative_data is None and not converter.is_qat_model(model):
