@@ -149,3 +149,46 @@ def test_form_is_validated_and_one_wide_kernels_have_no_separable_pair(trained_d
     small = tfc.factorize(model, rank=1, form="separable", verbose=0)
     assert small.factorization_report.rows[0][-1].startswith("kept: no separable form")
     assert tfc.factorize(model, rank=1, verbose=0).factorization_report.rows[0][1] == "pointwise"
+
+
+def _mnist_mlp(with_input=True, seed=0):
+    """The MNIST MLP of issue 23 as a Sequential model, its Dense kernels of rank 12 (so energy 0.999 splits them)."""
+    layers = [keras.layers.Flatten(), keras.layers.Dense(300, "relu"), keras.layers.Dense(100, "relu"),
+              keras.layers.Dense(10)]
+    model = keras.Sequential(([keras.Input((28, 28, 1))] if with_input else []) + layers, name="mlp")
+    if not with_input:
+        model(np.zeros((1, 28, 28, 1), np.float32))  # built by a first call, as fit or predict would
+    rng = np.random.default_rng(seed)
+    for layer in model.layers[1:3]:
+        m, n = layer.kernel.shape
+        layer.kernel.assign((0.02 * rng.normal(size=(m, 12)) @ rng.normal(size=(12, n))).astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize("with_input", [True, False], ids=["keras_input", "called_once"])
+def test_sequential_in_sequential_out_exact_smaller_and_saved(with_input, tmp_path):
+    model = _mnist_mlp(with_input)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(1).random((16, 28, 28, 1), dtype=np.float32)
+    reference = np.asarray(model(x))
+    small = tfc.factorize(model, energy=0.999, verbose=0)
+    assert isinstance(small, keras.Sequential) and small.name == "mlp" and small.compiled
+    rows = small.factorization_report.rows
+    assert [row[-1] for row in rows] == ["factorized", "factorized", "kept: the rank is the full rank (no-op)"]
+    assert sum(row[5] for row in rows) < 0.2 * sum(row[4] for row in rows)  # MACs after vs before
+    assert _relative_error(small(x), reference) < 1e-3
+    # At full rank nothing is split, and the model computes the same.
+    full = tfc.factorize(model, rank=1000, verbose=0)
+    assert isinstance(full, keras.Sequential) and len(full.layers) == len(model.layers)
+    assert _relative_error(full(x), reference) < 1e-6
+    path = str(tmp_path / "mlp.keras")
+    small.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, keras.Sequential) and np.allclose(loaded(x), small(x), atol=1e-6)
+    assert np.abs(np.asarray(model(x)) - reference).max() == 0  # the input model is not modified
+
+
+def test_unbuilt_sequential_is_refused_saying_how_to_build_it():
+    model = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(10)], name="unbuilt_mlp")
+    with pytest.raises(ValueError, match=r"'unbuilt_mlp' is not built.*call it once.*keras\.Input"):
+        tfc.factorize(model)

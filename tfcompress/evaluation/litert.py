@@ -775,8 +775,12 @@ def _evaluate_micro(raw, probe, heads, head, inputs_float, y, samples, batch_siz
         sample = [np.concatenate([dequantize_output(_synthetic_input(d, rng), d) for _ in range(8)]) for d in details]
     name, detail = heads[head]
     output_index = [d["index"] for d in probe.get_output_details()].index(detail["index"])
-    raw_outputs, report.host_ms = micro.run(raw, report.arena_bytes,
-                                            [quantize_input(a, d) for a, d in zip(sample, details)], output_index)
+    try:
+        raw_outputs, report.host_ms = micro.run(raw, report.arena_bytes,
+                                                [quantize_input(a, d) for a, d in zip(sample, details)], output_index)
+    except micro.MicroCompatibilityError as exc:
+        report.error = str(exc)
+        return report
     outputs = dequantize_output(raw_outputs, detail).reshape(len(raw_outputs), -1)
     if litert_outputs is None:
         litert_outputs = _predict(make_interpreter(raw, "xnnpack", 1), sample, batch_size, head)

@@ -50,6 +50,13 @@ _FIX_INT8 = "convert with mode='int8' and representative data (full integer quan
 # Blocking rules under which TFLM still runs the file (with wrong outputs): measured, then reported as failed.
 RUNS_WRONGLY = {"per_channel_dequantize"}
 _ARENA_LINE = re.compile(r"Arena allocation total (\d+) bytes")
+# What TFLM prints when the arena is too small: the allocator's own messages, or a kernel whose temporary
+# allocation failed while preparing (not the Python wrapper's "TFLM failed to allocate tensors", which
+# follows every refusal, a missing op's too).
+_SHORT_OF_ARENA = re.compile(r"Failed to allocate (?!tensors)|Unable to allocate|failed to prepare")
+# The largest arena `first_load` tries: far beyond any microcontroller's RAM, so a model that does not
+# allocate in it is refused rather than tried forever.
+MAX_ARENA_BYTES = 256 << 20
 
 
 class MicroCompatibilityError(ValueError):
@@ -69,8 +76,9 @@ class MicroFinding:
 class MicroReport:
     """What the ``"micro"`` backend of `evaluate_tflite` measured.
 
-    ``arena_bytes`` is the tensor arena TFLM's allocator used (the smallest
-    ``arena_size`` that allocates is within 16 bytes of it); ``flash_bytes`` the
+    ``arena_bytes`` is the tensor arena the model needs: the smallest
+    ``arena_size`` in which TFLM allocates it (to 16 bytes), found by `first_load`
+    for models of any size; ``flash_bytes`` the
     file, which firmware keeps in flash. ``agreement`` is top-1 agreement with
     LiteRT on the same ``samples``; ``host_ms`` the median time per inference on
     this host (not on a microcontroller).
@@ -185,28 +193,86 @@ it.print_allocations()
 
 
 def first_load(raw, num_inputs, timeout=120):
-    """Loads and runs the file once on TFLM in a child; returns the allocator's arena bytes, or raises."""
-    # A generous arena: the allocator then reports what it really used.
-    arena = max(1 << 20, 16 * len(raw))
+    """Finds the smallest tensor arena TFLM runs ``raw`` in, crash-safely: every try is a child process.
+
+    A first try in a generous arena (``max(1 MB, 16 × file size)``) doubles on an
+    allocation failure until it loads, up to `MAX_ARENA_BYTES`. The allocator then
+    reports the arena it kept, but kernels also borrow temporary memory while they
+    prepare (per-channel quantization parameters of a wide layer, for instance), so
+    the arena firmware needs can be larger: that figure is checked, and when it does
+    not allocate, the smallest size that does is searched for (to 16 bytes).
+
+    Args:
+        raw: the .tflite bytes.
+        num_inputs: the file's inputs (each is fed zeros for one `invoke`).
+        timeout: seconds for each try.
+
+    Returns:
+        The smallest ``arena_size`` (bytes, to 16 bytes) in which TFLM allocates the model.
+
+    Raises:
+        MicroCompatibilityError: TFLM refused the file, crashed on it, or could not
+            allocate it even in a `MAX_ARENA_BYTES` arena.
+    """
     with isolation.child_file(raw, "tfcompress_micro_", ".tflite") as path:
-        try:
-            outcome = isolation.run(["-c", _CHILD, path, str(arena), str(num_inputs)], timeout)
-        except isolation.Timeout:
-            raise MicroCompatibilityError(f"TFLite Micro did not load and run the model within {timeout} s.") from None
-    if not outcome.ok:
-        lines = [ln.strip() for ln in outcome.stderr.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000"))]
-        # TFLM prints its reason (e.g. "Didn't find op for builtin opcode 'TOPK_V2'") before the Python error.
-        reason = next((ln for ln in lines if "TFLM failed" not in ln and not ln.startswith(("Traceback", "File ", "RuntimeError"))
-                       and "failed to prepare" not in ln), None) or outcome.last_error_line()
-        if outcome.returncode < 0:
-            reason = f"the TFLite Micro interpreter {outcome.reason}"
-        raise MicroCompatibilityError(f"TFLite Micro cannot run the model: {reason[:300]}")
-    match = _ARENA_LINE.search(outcome.stderr)
-    if match is None:
-        raise MicroCompatibilityError(
-            "TFLite Micro ran the model but printed no arena figure; this tflite-micro build is unexpected "
-            f"(stderr ended with: {outcome.last_error_line()[:200]}).")
-    return int(match.group(1))
+        def attempt(arena):
+            try:
+                return isolation.run(["-c", _CHILD, path, str(arena), str(num_inputs)], timeout)
+            except isolation.Timeout:
+                raise MicroCompatibilityError(
+                    f"TFLite Micro did not load and run the model within {timeout} s (arena of {arena} bytes).") from None
+
+        arena = min(MAX_ARENA_BYTES, max(1 << 20, 16 * len(raw)))
+        outcome = attempt(arena)
+        while not outcome.ok and _arena_too_small(outcome) and arena < MAX_ARENA_BYTES:
+            arena = min(MAX_ARENA_BYTES, 2 * arena)
+            outcome = attempt(arena)
+        if not outcome.ok:
+            reason = _refusal(outcome)
+            if _arena_too_small(outcome):
+                raise MicroCompatibilityError(
+                    f"TFLite Micro could not allocate the model's tensors even in a {_size(arena)} arena "
+                    f"({arena} bytes, the largest tfcompress tries: tfcompress.micro.MAX_ARENA_BYTES); TFLM said: "
+                    f"{reason[:300]}. No microcontroller has that much RAM: make the activations smaller (a smaller "
+                    "input, fewer channels or units) and convert with mode='int8'.")
+            raise MicroCompatibilityError(f"TFLite Micro cannot run the model: {reason[:300]}")
+        match = _ARENA_LINE.search(outcome.stderr)
+        if match is None:
+            raise MicroCompatibilityError(
+                "TFLite Micro ran the model but printed no arena figure; this tflite-micro build is unexpected "
+                f"(stderr ended with: {outcome.last_error_line()[:200]}).")
+        figure = int(match.group(1))
+        if figure >= arena or attempt(figure).ok:
+            return figure
+        # The allocator's figure is too small (temporary memory while preparing): gallop up from it, then
+        # bisect, to the smallest size that allocates. Every failed try is a size known to be too small.
+        too_small, step = figure, 1024
+        while too_small + step < arena and not attempt(too_small + step).ok:
+            too_small, step = too_small + step, 2 * step
+        fits = min(arena, too_small + step)
+        while fits - too_small > 16:
+            middle = (too_small + fits) // 2
+            too_small, fits = (too_small, middle) if attempt(middle).ok else (middle, fits)
+        return fits
+
+
+def _size(n):
+    return f"{n / (1 << 20):.0f} MB" if n >= 1 << 20 else format_kb(n)
+
+
+def _arena_too_small(outcome):
+    """Whether a failed try looks like a too-small arena (then a larger one may load)."""
+    return outcome.returncode < 0 or _SHORT_OF_ARENA.search(outcome.stderr) is not None
+
+
+def _refusal(outcome):
+    """TFLM's own reason for refusing a file, from a failed child's stderr."""
+    if outcome.returncode < 0:
+        return f"the TFLite Micro interpreter {outcome.reason}"
+    lines = [ln.strip() for ln in outcome.stderr.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000"))]
+    # TFLM prints its reason (e.g. "Didn't find op for builtin opcode 'TOPK_V2'") before the Python error.
+    return next((ln for ln in lines if "TFLM failed" not in ln and not ln.startswith(("Traceback", "File ", "RuntimeError"))
+                 and "failed to prepare" not in ln), None) or outcome.last_error_line()
 
 
 def check_samples(samples):
@@ -250,8 +316,16 @@ def run(raw, arena_bytes, samples, output_index):
 
     Returns:
         ``(outputs, host_ms)``: the raw outputs ``(n, ...)`` and the median time per inference.
+
+    Raises:
+        MicroCompatibilityError: TFLM did not allocate the model in ``arena_bytes``.
     """
-    interpreter = runtime().Interpreter.from_bytes(raw, arena_size=arena_bytes + 1024)
+    try:
+        interpreter = runtime().Interpreter.from_bytes(raw, arena_size=arena_bytes + 1024)
+    except RuntimeError as exc:  # `first_load` allocated it in a child: this process differs somehow
+        raise MicroCompatibilityError(
+            f"TFLite Micro loaded the model in a {arena_bytes}-byte arena in a child process but not here "
+            f"({exc}); report it with the .tflite file.") from None
     outputs, times = [], []
     for i in range(len(samples[0])):
         for k, array in enumerate(samples):

@@ -156,7 +156,7 @@ def factorize(model, energy=0.9, rank=None, layers=None, form="auto", verbose=1)
     """Replaces Dense / Conv2D layers by low-rank pairs where that reduces MACs.
 
     Args:
-        model: a Functional or Sequential Keras model (not modified).
+        model: a built Functional or Sequential Keras model (not modified).
         energy: fraction in (0, 1] of each kernel's squared singular values to keep; picks the rank.
         rank: a fixed rank for every layer instead of ``energy``.
         layers: names of the only layers to factorize (default: every Dense and Conv2D).
@@ -166,11 +166,20 @@ def factorize(model, energy=0.9, rank=None, layers=None, form="auto", verbose=1)
         verbose: 1 prints the per-layer table.
 
     Returns:
-        A new Functional ``keras.Model`` with ``.factorization_report``. At ``energy`` close to 1 it computes
-        what ``model`` computes; fine-tune it with ``fit`` at lower energies.
+        A new model of the same kind (a ``keras.Sequential`` for a Sequential ``model``, else a Functional
+        ``keras.Model``) with ``.factorization_report``. At ``energy`` close to 1 it computes what ``model``
+        computes; fine-tune it with ``fit`` at lower energies.
 
     Raises:
-        ValueError: bad ``energy`` / ``rank`` / ``layers`` / ``form``, a subclassed model.
+        ValueError: bad ``energy`` / ``rank`` / ``layers`` / ``form``, a subclassed model, a model that is
+            not built (a Sequential needs its input shape: a ``keras.Input``, ``build`` or one call).
+
+    Example:
+        >>> mlp = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+        ...                         keras.layers.Dense(300, "relu"), keras.layers.Dense(10)])
+        >>> small = tfc.factorize(mlp, energy=0.9, verbose=0)  # a Sequential too
+        >>> small.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> small.fit(x_train, y_train, epochs=2, verbose=0)   # fine-tune to recover the accuracy
     """
     graph.check_model(model, action="factorize")
     graph.check_functional(model, "factorize")
@@ -199,8 +208,7 @@ def factorize(model, energy=0.9, rank=None, layers=None, form="auto", verbose=1)
         rows.append(row)
         if plan is not None:
             plans[layer.name] = plan
-    functional = keras.Model(model.input, model.output, name=model.name) if isinstance(model, keras.Sequential) \
-        else model
+    functional = _as_functional(model)
     built = {}
 
     def call_function(layer, *args, **kwargs):
@@ -236,12 +244,39 @@ def factorize(model, energy=0.9, rank=None, layers=None, form="auto", verbose=1)
         if layer.use_bias:
             second.bias.assign(layer.bias)
     result = _unshared_copy(result)
+    if isinstance(model, keras.Sequential):
+        result = _as_sequential(result, model)
     if model.compiled:
         result.compile_from_config(model.get_compile_config())
     result.factorization_report = FactorizationReport(rows)
     if verbose:
         print(result.factorization_report.to_markdown())
     return result
+
+
+def _as_functional(model):
+    """``model``'s graph as a Functional model, for `keras.models.clone_model`'s ``call_function``.
+
+    A Sequential model keeps its graph in a Functional model of its own once it knows its input shape (a
+    ``keras.Input``, ``build`` or a first call); ``model.input`` raises even then, ``model.inputs`` does not.
+    """
+    if not isinstance(model, keras.Sequential):
+        return model
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except AttributeError:
+        raise ValueError(
+            f"model {model.name!r} (Sequential) has weights but no input shape, so its layers' shapes are "
+            "unknown: give it a keras.Input(shape) as its first layer, or call model.build(input_shape) once, "
+            "then factorize it.") from None
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def _as_sequential(functional, model):
+    """The factorized chain as a Sequential model, as ``model`` was: a Sequential in, a Sequential out."""
+    source = model.inputs[0]
+    layers = [layer for layer in functional.layers if not isinstance(layer, L.InputLayer)]
+    return keras.Sequential([keras.Input(batch_shape=source.shape, dtype=source.dtype)] + layers, name=model.name)
 
 
 def _unshared_copy(model):
