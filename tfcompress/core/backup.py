@@ -42,7 +42,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         delete_checkpoint: delete the backup when `fit` completes.
 
     Example:
-        >>> model.fit(x, y, epochs=10, callbacks=[
+        >>> model.fit(x, y, epochs=3, callbacks=[
         ...     tfc.PruningCallback(tfc.PolynomialDecay(0.0, 0.8, 0, 2000)),
         ...     tfc.BackupAndRestore("run1_backup", save_freq=100)])
         >>> # killed? run the same script again: it continues where the last backup was taken.
