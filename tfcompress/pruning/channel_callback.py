@@ -105,7 +105,6 @@ class ChannelPruningCallback(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy()) + 1
-        self._last_step = step
         should_prune, sparsity = self.schedule(step)
         if not should_prune:
             return
@@ -132,7 +131,7 @@ class ChannelPruningCallback(keras.callbacks.Callback):
         # Kept widths are rounded (round_to, group floors and caps, which `notes` explain): only a shortfall
         # beyond that is the schedule's, e.g. masks updated every 100 steps in a 30-step run.
         shortfall = None if self.notes else schedules_module.shortfall(
-            self.schedule, self.sparsity, getattr(self, "_last_step", 0),
+            self.schedule, self.sparsity, int(self.model.optimizer.iterations.numpy()),  # the last step run
             f"channel pruning of model {self._pruned_model().name!r}", tolerance=0.05)
         if shortfall:
             warnings.warn(f"ChannelPruningCallback: {shortfall}", UserWarning, stacklevel=2)
