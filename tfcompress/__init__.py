@@ -45,6 +45,7 @@ with _quiet_import:
     from tfcompress.evaluation.profiling import Delegation, OpProfile, delegation, op_profile, peak_memory  # noqa: E402
     from tfcompress.evaluation.micro import MicroCompatibilityError  # noqa: E402
     from tfcompress.core.extras import MissingExtraError  # noqa: E402
+    from tfcompress.core.loading import ModelLoadError, load_model  # noqa: E402
     # Pruning
     from tfcompress import pruning  # noqa: E402
     from tfcompress.pruning import (  # noqa: E402
@@ -100,7 +101,7 @@ __all__ = [
     # recipes
     "compress", "CompressionResult", "auto_compress", "AutoCompressionResult", "Prune", "PruneChannels", "Cluster", "Factorize", "Distill", "QuantizationAwareTraining", "FineTune", "Convert",
     # callbacks, files, data, models
-    "callbacks", "BackupAndRestore", "write_atomic", "OutputExistsError", "datasets", "zoo",
+    "load_model", "ModelLoadError", "callbacks", "BackupAndRestore", "write_atomic", "OutputExistsError", "datasets", "zoo",
     # the other documented namespaces
     "evaluate", "reports", "tflite_file", "representative", "files", "graph", "pruning",
 ]

@@ -119,16 +119,18 @@ def _check_model_file(path):
 
 
 def load_keras_model(path, unsafe=False):
-    import keras
+    from tfcompress.core.loading import ModelLoadError, load_model
 
     _check_model_file(path)
     try:
-        return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+        return load_model(path, compile=False, safe_mode=not unsafe)  # Keras 2 .h5 files too
     except Exception as exc:
         if isinstance(exc, ValueError) and ("safe_mode" in str(exc) or "Lambda" in str(exc)):
             raise UsageError(
                 f"{path!r} contains a Lambda layer with Python code, refused in safe mode. If you trust the "
                 "file, pass --unsafe.") from None
+        if isinstance(exc, ModelLoadError):  # names the layer and key already
+            raise UsageError(str(exc)) from None
         first = (str(exc).strip().splitlines() or [""])[0]
         raise UsageError(f"could not load {path!r} as a Keras model ({type(exc).__name__}: {first}); the file may "
                          "be corrupt or need custom objects. Save the model again with model.save('MODEL.keras').") \
