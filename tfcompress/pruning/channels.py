@@ -315,6 +315,9 @@ class ChannelGraph:
             reason = f"its activation {_activation_name(layer)!r} maps 0 to non-0"
         elif getattr(layer, "groups", 1) != 1:
             reason = "grouped convolution"
+        if getattr(layer, "groups", 1) != 1:  # its kernel's input axis holds one group's channels: cannot slice
+            for elements in ins:
+                self._fix(elements, f"read by {layer.name} (grouped convolution)")
         for elements, why in zip(ins, flags):
             self._read(layer, elements, why)
         width = int(layer.output.shape[-1])
@@ -338,11 +341,11 @@ class ChannelGraph:
             self.nonzero[name] = list(flags[0]) if kind in OP_ZERO_PRESERVING else [f"{name} ({kind})"] * width
         elif kind in OP_ELEMENTWISE:
             self._elementwise_operation(op, kind, arguments, width)
-        elif kind in OP_REDUCTIONS and len(ins) == 1 and rank >= 1 and len(ins[0]) == width:
+        elif kind in OP_REDUCTIONS and len(ins) == 1:
             axis = op.get_config().get("axis")
             axes = [axis] if isinstance(axis, int) else list(axis or [])
             in_rank = len(self.operation(producers[0]).output.shape)
-            if not axes or any(a % in_rank == in_rank - 1 for a in axes):
+            if not axes or any(a % in_rank == in_rank - 1 for a in axes) or len(ins[0]) != width:
                 return self._opaque(op, ins, f"operation {kind} reduces over the channel axis")
             self.elements[name] = list(ins[0])
             self.nonzero[name] = list(flags[0])  # the mean/sum/max of zeros is zero

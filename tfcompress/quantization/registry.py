@@ -54,6 +54,9 @@ _PASSTHROUGH = QuantizeSpec("passthrough")
 REGISTRY = {
     # BatchNormalization that cannot be folded runs as int8 MUL + ADD.
     layers.BatchNormalization: _OUTPUT,
+    # LayerNormalization runs as int8 MEAN, SQUARED_DIFFERENCE, RSQRT, MUL and ADD; the converter calibrates the
+    # tensors inside it from the representative data, the QAT model gives its input and output ranges.
+    layers.LayerNormalization: _OUTPUT,
     layers.ReLU: _OUTPUT,
     layers.LeakyReLU: _OUTPUT,
     layers.PReLU: _OUTPUT,
