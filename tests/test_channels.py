@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from conftest import operation_node_model
+from conftest import convnext_style_model, operation_node_model
 from tfcompress.core import graph as core_graph
 from tfcompress.pruning import channels
 
@@ -432,3 +432,18 @@ def test_mobilenet_v3_with_operation_nodes_prunes_and_shrinks_exactly():
     assert small.count_params() < 0.8 * model.count_params()
     # Softmax outputs: absolute agreement (the masked model's own float rounding is ~1e-7).
     np.testing.assert_allclose(np.asarray(small(x, training=False)), masked, atol=1e-5)
+
+
+def test_convnext_style_mlp_width_is_pruned_and_its_residual_stream_kept():
+    model = convnext_style_model()
+    graph = channels.ChannelGraph(model)
+    decisions = {p.layer: p.decision for p in graph.plan}
+    # The residual stream runs through LayerNormalization (not analysed): kept, and the plan says so.
+    assert "LayerNormalization is not analysed" in decisions["s0_pw2"], decisions
+    assert sorted(name for names in graph.groups.values() for name in names) == ["s0_pw1", "s1_pw1"]
+    channels.zero_units(graph, graph.units[::2])
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    masked = np.asarray(model(x))
+    small = tfc.shrink(model, verbose=0)
+    assert small.get_layer("s0_pw1").units < 64 and small.get_layer("s1_pw1").units < 128
+    assert _relative_error(small(x), masked) < 1e-5

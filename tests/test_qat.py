@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import keras
-from conftest import operation_node_model, trained_on_digits
+from conftest import convnext_style_model, operation_node_model, trained_on_digits
 from keras import layers
 
 import tfcompress as tfc
@@ -654,3 +654,17 @@ def test_mobilenet_v3_operation_nodes_through_qat_to_int8():
     assert qat.quantization_report.float_layers == []
     assert len(qat_info.float_compute_ops()) <= len(ptq_info.float_compute_ops()), qat_info.op_census_by_dtype
     assert error.max() <= 2.0, error.max()
+
+
+@pytest.mark.skipif(not os.environ.get("TFC_SLOW_TESTS"),
+                    reason="converting LayerNormalization twice takes ~1 min on 2 cores; set TFC_SLOW_TESTS=1")
+def test_convnext_style_operation_nodes_and_layer_norm_through_qat_to_int8():
+    keras.utils.set_random_seed(0)
+    model = convnext_style_model()
+    x = np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype("float32")
+    qat, qat_info, ptq_info, error = _qat_to_int8_versus_ptq(model, x, "head_quant")
+    assert qat.quantization_report.float_layers == []
+    assert len(qat_info.float_compute_ops()) <= len(ptq_info.float_compute_ops()), qat_info.op_census_by_dtype
+    # LayerNormalization's inner tensors (MEAN, SQUARED_DIFFERENCE, RSQRT, MUL) get int8 ranges the converter
+    # calibrates and QAT does not simulate; five of them in a row add rounding steps (3 measured).
+    assert error.max() <= 4.0, error.max()
