@@ -447,3 +447,23 @@ def test_convnext_style_mlp_width_is_pruned_and_its_residual_stream_kept():
     small = tfc.shrink(model, verbose=0)
     assert small.get_layer("s0_pw1").units < 64 and small.get_layer("s1_pw1").units < 128
     assert _relative_error(small(x), masked) < 1e-5
+
+
+def test_grouped_convolution_keeps_its_input_channels_and_shrinks_exactly():
+    # Keras's ConvNeXt runs its 7x7 convolutions as Conv2D(groups=channels): the kernel's input axis holds one
+    # group's channels, so neither side can be sliced.
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 1, name="before")(inputs)
+    x = L.Conv2D(8, 3, padding="same", groups=4, name="grouped")(x)
+    x = L.Conv2D(6, 1, activation="relu", name="after")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
+    graph = channels.ChannelGraph(model)
+    decisions = {p.layer: p.decision for p in graph.plan}
+    assert decisions["before"] == "kept: read by grouped (grouped convolution)", decisions
+    assert decisions["grouped"] == "kept: grouped convolution" and decisions["after"] == "prunable", decisions
+    channels.zero_units(graph, graph.units[:2])
+    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    masked = np.asarray(model(x))
+    small = tfc.shrink(model, verbose=0)
+    assert small.get_layer("after").filters == 4 and small.get_layer("grouped").filters == 8
+    assert _relative_error(small(x), masked) < 1e-5

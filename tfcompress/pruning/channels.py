@@ -638,7 +638,8 @@ def _sliced_weights(channel_graph, layer, removed):
             weight, out_axis, in_axis = PRODUCERS[kind]
             if name == weight:
                 value = np.take(value, out_keep, axis=out_axis)
-                if in_axis is not None and in_keep is not None:
+                # A grouped conv's input channels are all kept (see `_producer`); its kernel holds one group's.
+                if in_axis is not None and in_keep is not None and getattr(layer, "groups", 1) == 1:
                     value = np.take(value, in_keep, axis=in_axis)
                 elif in_axis is None and in_keep is not None:  # separable: pointwise rows = in * multiplier
                     multiplier = int(layer.depth_multiplier)
