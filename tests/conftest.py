@@ -40,6 +40,55 @@ def small_cnn(input_shape=(8, 8, 1), name="small_cnn"):
     return keras.Model(inputs, outputs, name=name)
 
 
+def operation_node_model(seed=0):
+    """A Functional model whose graph holds keras.ops operation nodes (not layers): hard-swish written out as
+    ``x * (relu6(x + 3.0) / 6.0)``, ``ops.hard_sigmoid``, ``ops.add``, ``x * 3.0``, a LayerScale-like ``(C,)``
+    constant multiply and ``ops.mean``."""
+    import keras
+    from keras import ops
+
+    L = keras.layers
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input((12, 12, 3), name="image")
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = x * (ops.relu6(x + 3.0) / 6.0)
+    gate = ops.hard_sigmoid(L.Conv2D(8, 1, name="gate_conv")(x))
+    x = ops.add(x, x * gate)
+    z = L.Conv2D(16, 1, name="expand")(x)
+    z = ops.relu(z) * rng.uniform(0.5, 1.5, 16).astype("float32")
+    z = L.Conv2D(8, 1, name="project")(z)
+    x = x + z * 3.0
+    x = ops.mean(x, axis=[1, 2])
+    return keras.Model(inputs, L.Dense(4, name="head")(x), name="operation_nodes")
+
+
+def convnext_style_model(input_shape=(32, 32, 3), dims=(16, 32), classes=10, seed=0):
+    """A two-stage ConvNeXt-style Functional model: depthwise conv, LayerNormalization, an inverted MLP with
+    GELU, LayerScale as a ``(C,)`` constant multiply operation, ``ops.add`` residuals, ``ops.mean`` head."""
+    import keras
+    from keras import ops
+
+    L = keras.layers
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input(input_shape)
+    x = L.Conv2D(dims[0], 2, strides=2, name="stem")(inputs)
+    x = L.LayerNormalization(epsilon=1e-6, name="stem_ln")(x)
+    for stage, dim in enumerate(dims):
+        if stage:
+            x = L.LayerNormalization(epsilon=1e-6, name=f"down{stage}_ln")(x)
+            x = L.Conv2D(dim, 2, strides=2, name=f"down{stage}")(x)
+        shortcut = x
+        x = L.DepthwiseConv2D(3, padding="same", name=f"s{stage}_dw")(x)
+        x = L.LayerNormalization(epsilon=1e-6, name=f"s{stage}_ln")(x)
+        x = L.Dense(4 * dim, name=f"s{stage}_pw1")(x)
+        x = L.Activation("gelu", name=f"s{stage}_gelu")(x)
+        x = L.Dense(dim, name=f"s{stage}_pw2")(x)
+        x = ops.add(shortcut, x * rng.uniform(0.5, 1.5, dim).astype("float32"))
+    x = L.LayerNormalization(epsilon=1e-6, name="head_ln")(ops.mean(x, axis=[1, 2]))
+    return keras.Model(inputs, L.Dense(classes, name="head")(x), name="convnext_style")
+
+
 def trained_on_digits(build, digits_data, epochs, seed=0):
     """``build()`` after seeding Keras with ``seed``, compiled as a classifier (Adam, 3e-3) and fitted on the
     digits training split in batches of 32: the same seed, builder and epochs give the same weights."""

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
+from conftest import convnext_style_model, operation_node_model
+from tfcompress.core import graph as core_graph
 from tfcompress.pruning import channels
 
 L = keras.layers
@@ -369,3 +371,99 @@ def test_mixed_precision_model_is_pruned_shrunk_and_converted(mixed_float16, dig
     assert int8.agreement > 0.9
     with pytest.raises(tfc.ConversionError, match="mixed precision and is subclassed.*set_global_policy\\('float32'\\)"):
         tfc.to_tflite(_subclassed_dense(), mode="float32")
+
+
+# --- keras.ops operation nodes ----------------------------------------------------------------
+
+
+def test_operation_nodes_carry_and_tie_channels_and_shrink_exactly(tmp_path):
+    model = operation_node_model()
+    _randomise_batch_norm(model)
+    graph = channels.ChannelGraph(model)
+    groups = {frozenset(names) for names in graph.groups.values()}
+    # hard-swish, x * hard_sigmoid(gate), ops.add and x + z * 3.0 tie the stream; the LayerScale-like
+    # constant multiply carries expand's channels (shrink slices the constant).
+    assert groups == {frozenset({"stem", "gate_conv", "project"}), frozenset({"expand"})}, groups
+    assert [p.layer for p in graph.plan if p.decision.startswith("kept")] == ["head"]
+    assert len(graph.sliced_constants) == 1
+    channels.zero_units(graph, graph.units[::3])
+    x = np.random.default_rng(1).random((5, 12, 12, 3), dtype=np.float32)
+    masked = np.asarray(model(x, training=False))
+    small = tfc.shrink(model, verbose=0)
+    assert small.get_layer("expand").filters < 16 and small.get_layer("stem").filters < 8
+    assert _relative_error(small(x, training=False), masked) < 1e-5
+    small.save(tmp_path / "small.keras")
+    assert _relative_error(keras.models.load_model(tmp_path / "small.keras")(x, training=False), masked) < 1e-5
+    pruned = tfc.prune_channels(model, 0.3, verbose=0)
+    assert pruned.count_params() < model.count_params()
+
+
+def test_operation_nodes_that_move_channels_or_make_a_removed_one_non_zero_keep_them():
+    inputs = keras.Input((6, 6, 4))
+    a = L.Conv2D(4, 1, name="a")(inputs)
+    b = L.Conv2D(4, 1, name="b")(inputs)
+    c = L.Conv2D(4, 1, name="c")(inputs)
+    d = L.Conv2D(4, 1, name="d")(inputs)
+    moved = keras.ops.transpose(a, (0, 2, 1, 3))[..., :3]
+    reduced = keras.ops.mean(b, axis=-1, keepdims=True)
+    shifted = L.Conv2D(2, 1, name="reads_shifted")(c + 1.0)  # a removed channel of c would read 1.0 here
+    gated = L.Conv2D(2, 1, name="reads_gated")(d * keras.ops.sigmoid(d))  # 0 * sigmoid(0) is 0 again
+    merged = L.Concatenate()([L.Flatten()(t) for t in (moved, reduced, shifted, gated)])
+    model = keras.Model(inputs, L.Dense(2, name="out")(merged))
+    plan = {p.layer: p.decision for p in channels.ChannelGraph(model).plan}
+    assert "operation numpy.Transpose may move or mix channels" in plan["a"], plan
+    assert "numpy.Mean reduces over the channel axis" in plan["b"], plan
+    assert plan["c"].startswith("kept: read by reads_shifted after") and "numpy.Add" in plan["c"], plan
+    assert plan["d"] == "prunable", plan
+
+
+def test_mobilenet_v3_with_operation_nodes_prunes_and_shrinks_exactly():
+    # Keras's MobileNetV3 writes hard-sigmoid/hard-swish as x + 3.0, ReLU(6), x * (1 / 6) operation nodes.
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), alpha=0.75, weights=None, classes=10)
+    assert any(core_graph.is_operation(op) for op in model.operations)
+    _randomise_batch_norm(model)
+    graph = channels.ChannelGraph(model)
+    assert [p.layer for p in graph.plan if p.decision.startswith("kept")] == ["logits"]
+    channels.zero_units(graph, graph.units[::3])
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    masked = np.asarray(model(x, training=False))
+    small = tfc.shrink(model, verbose=0)
+    assert small.count_params() < 0.8 * model.count_params()
+    # Softmax outputs: absolute agreement (the masked model's own float rounding is ~1e-7).
+    np.testing.assert_allclose(np.asarray(small(x, training=False)), masked, atol=1e-5)
+
+
+def test_convnext_style_mlp_width_is_pruned_and_its_residual_stream_kept():
+    model = convnext_style_model()
+    graph = channels.ChannelGraph(model)
+    decisions = {p.layer: p.decision for p in graph.plan}
+    # The residual stream runs through LayerNormalization (not analysed): kept, and the plan says so.
+    assert "LayerNormalization is not analysed" in decisions["s0_pw2"], decisions
+    assert sorted(name for names in graph.groups.values() for name in names) == ["s0_pw1", "s1_pw1"]
+    channels.zero_units(graph, graph.units[::2])
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    masked = np.asarray(model(x))
+    small = tfc.shrink(model, verbose=0)
+    assert small.get_layer("s0_pw1").units < 64 and small.get_layer("s1_pw1").units < 128
+    assert _relative_error(small(x), masked) < 1e-5
+
+
+def test_grouped_convolution_keeps_its_input_channels_and_shrinks_exactly():
+    # Keras's ConvNeXt runs its 7x7 convolutions as Conv2D(groups=channels): the kernel's input axis holds one
+    # group's channels, so neither side can be sliced.
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 1, name="before")(inputs)
+    x = L.Conv2D(8, 3, padding="same", groups=4, name="grouped")(x)
+    x = L.Conv2D(6, 1, activation="relu", name="after")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(x)))
+    graph = channels.ChannelGraph(model)
+    decisions = {p.layer: p.decision for p in graph.plan}
+    assert decisions["before"] == "kept: read by grouped (grouped convolution)", decisions
+    assert decisions["grouped"] == "kept: grouped convolution" and decisions["after"] == "prunable", decisions
+    channels.zero_units(graph, graph.units[:2])
+    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    masked = np.asarray(model(x))
+    small = tfc.shrink(model, verbose=0)
+    assert small.get_layer("after").filters == 4 and small.get_layer("grouped").filters == 8
+    assert _relative_error(small(x), masked) < 1e-5

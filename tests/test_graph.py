@@ -1,6 +1,9 @@
 """core/graph.py: the one layer walker and the Functional graph read from the model."""
 
 import keras
+import numpy as np
+import pytest
+from conftest import operation_node_model
 
 from tfcompress.core import graph
 
@@ -28,3 +31,24 @@ def test_read_graph_finds_producers_consumers_and_outputs():
     assert sorted(nodes["add"].producers) == ["block", "stem"]
     assert sorted(nodes["stem"].consumers) == ["add", "block"]
     assert nodes["head"].is_output and not nodes["add"].is_output
+
+
+def test_operation_nodes_are_graph_nodes_reached_by_name():
+    model = operation_node_model()
+    nodes, _ = graph.read_graph(model)
+    operations = [op for op in model.operations if graph.is_operation(op)]
+    kinds = {graph.operation_kind(op) for op in operations}
+    assert {"numpy.Add", "numpy.Multiply", "nn.Relu6", "numpy.TrueDivide", "nn.HardSigmoid", "numpy.Mean"} <= kinds
+    for op in operations:
+        assert graph.get_operation(model, op.name) is op and op.name in nodes
+        with pytest.raises(ValueError):  # why every verb goes through get_operation
+            model.get_layer(op.name)
+    mean = next(op for op in operations if graph.operation_kind(op) == "numpy.Mean")
+    assert nodes[mean.name].consumers == ["head"] and nodes["head"].producers == [mean.name]
+    scale = next(op for op in operations if graph.operation_kind(op) == "numpy.Multiply"
+                 and any(kind == "constant" and value.shape == (16,) for kind, value in nodes[op.name].arguments()))
+    (tensor, producer), (constant, value) = nodes[scale.name].arguments()
+    assert tensor == "tensor" and graph.operation_kind(graph.get_operation(model, producer)) == "nn.Relu"
+    assert constant == "constant" and value.dtype == np.float32
+    with pytest.raises(ValueError, match="no layer or operation named 'nope'"):
+        graph.get_operation(model, "nope")

@@ -1,15 +1,18 @@
 """Quantization-aware training: numerics, BN folding, layer coverage, int8 conversion, calibration, PQAT, saving,
 errors."""
 
+import os
+
 import numpy as np
 import pytest
 import keras
-from conftest import trained_on_digits
+from conftest import convnext_style_model, operation_node_model, trained_on_digits
 from keras import layers
 
 import tfcompress as tfc
 from tfcompress import quantization as tq
 from tfcompress.evaluation.litert import make_interpreter, _predict
+from tfcompress.core import graph
 from tfcompress.quantization import folding
 
 
@@ -584,3 +587,84 @@ def test_tflite_converter_used_directly_gives_an_int8_model(trained_float, digit
     assert not _middle_dequantize_ops(info), info.op_census_by_dtype
     ours = tfc.inspect_tflite(bytes(tfc.to_tflite(qat, mode="int8", representative_data=x[:16])))
     assert sorted(op.type for op in info.operators) == sorted(op.type for op in ours.operators)
+
+
+# --- keras.ops operation nodes ----------------------------------------------------------------
+
+
+def _qat_to_int8_versus_ptq(model, x, output_quantizer):
+    """QAT ``model`` for one step, convert it and the float model to int8; returns (qat, QAT info, PTQ info,
+    the QAT Keras model's output error against its .tflite in int8 steps of the output)."""
+    qat = tq.quantize_model(model)
+    qat.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x, np.arange(len(x)) % model.output.shape[-1], batch_size=len(x), epochs=1, verbose=0)
+    qat_tflite = tfc.to_tflite(qat, mode="int8", representative_data=x[:16])
+    ptq_tflite = tfc.to_tflite(model, mode="int8", representative_data=x[:16])
+    step = float(qat.get_layer(output_quantizer).scale())
+    error = np.abs(keras.ops.convert_to_numpy(qat(x, training=False)) - _run_tflite(qat_tflite, x)) / step
+    return qat, qat_tflite.info, ptq_tflite.info, error
+
+
+def test_operation_nodes_are_quantized_where_their_layers_would_be():
+    keras.utils.set_random_seed(0)
+    model = operation_node_model()
+    x = np.random.default_rng(0).uniform(0, 1, (32, 12, 12, 3)).astype("float32")
+    operations = {graph.operation_kind(op): op.name for op in model.operations if graph.is_operation(op)}
+    qat, qat_info, ptq_info, error = _qat_to_int8_versus_ptq(model, x, "head_quant")
+    assert qat.quantization_report.float_layers == []
+    # A plain Functional model that re-calls the operations on the quantized tensors.
+    kinds = sorted(graph.operation_kind(op) for op in model.operations if graph.is_operation(op))
+    assert graph.is_functional(qat)
+    assert sorted(graph.operation_kind(op) for op in qat.operations if graph.is_operation(op)) == kinds
+    names = {layer.name for layer in qat.layers}
+    # As for layers: an Add followed by a ReLU6 that TFLite fuses into it has no range of its own; the
+    # ReLU6, the gate and the mean have theirs.
+    plus_three = graph.read_graph(model)[0][operations["nn.Relu6"]].producers[0]
+    assert graph.operation_kind(graph.get_operation(model, plus_three)) == "numpy.Add"
+    assert f"{plus_three}_quant" not in names
+    for kind in ("nn.Relu6", "nn.HardSigmoid", "numpy.Mean", "numpy.TrueDivide"):
+        assert f"{operations[kind]}_quant" in names, (kind, sorted(names))
+    assert len(qat_info.float_compute_ops()) <= len(ptq_info.float_compute_ops()), qat_info.op_census_by_dtype
+    # The converter computes what QAT simulates; one int8 step is rounding at the output, a second one
+    # the rounding of intermediate tensors whose scale TFLite rescales with fixed-point multipliers.
+    assert error.max() <= 2.0, error.max()
+
+
+def test_unknown_operation_node_stays_float_and_is_reported():
+    inputs = keras.Input((6, 6, 3))
+    x = layers.Conv2D(4, 1, name="conv")(inputs)
+    x = keras.ops.cumsum(x, axis=-1)
+    model = keras.Model(inputs, layers.Dense(2, name="head")(layers.Flatten()(x)))
+    name = next(op.name for op in model.operations if graph.operation_kind(op) == "numpy.Cumsum")
+    with pytest.warns(UserWarning, match=name):
+        qat = tq.quantize_model(model)
+    assert qat.quantization_report.float_layers == [(name, "operation numpy.Cumsum (keras.ops) has no int8 rewrite "
+                                                           "in tfcompress")]
+    x = np.random.default_rng(0).uniform(0, 1, (4, 6, 6, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(qat(x)), keras.ops.convert_to_numpy(model(x)), atol=0.2)
+
+
+@pytest.mark.skipif(not os.environ.get("TFC_SLOW_TESTS"),
+                    reason="converting MobileNetV3 twice takes minutes on 2 cores; set TFC_SLOW_TESTS=1")
+def test_mobilenet_v3_operation_nodes_through_qat_to_int8():
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), alpha=0.75, weights=None, classes=10)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    qat, qat_info, ptq_info, error = _qat_to_int8_versus_ptq(model, x, "predictions_quant")
+    assert qat.quantization_report.float_layers == []
+    assert len(qat_info.float_compute_ops()) <= len(ptq_info.float_compute_ops()), qat_info.op_census_by_dtype
+    assert error.max() <= 2.0, error.max()
+
+
+@pytest.mark.skipif(not os.environ.get("TFC_SLOW_TESTS"),
+                    reason="converting LayerNormalization twice takes ~1 min on 2 cores; set TFC_SLOW_TESTS=1")
+def test_convnext_style_operation_nodes_and_layer_norm_through_qat_to_int8():
+    keras.utils.set_random_seed(0)
+    model = convnext_style_model()
+    x = np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype("float32")
+    qat, qat_info, ptq_info, error = _qat_to_int8_versus_ptq(model, x, "head_quant")
+    assert qat.quantization_report.float_layers == []
+    assert len(qat_info.float_compute_ops()) <= len(ptq_info.float_compute_ops()), qat_info.op_census_by_dtype
+    # LayerNormalization's inner tensors (MEAN, SQUARED_DIFFERENCE, RSQRT, MUL) get int8 ranges the converter
+    # calibrates and QAT does not simulate; five of them in a row add rounding steps (3 measured).
+    assert error.max() <= 4.0, error.max()

@@ -6,14 +6,19 @@ Everything in tfcompress that looks inside a Keras model goes through here:
   for every verb: convert, prune, quantize, distill, compress).
 * `iter_layers`: every layer under a model, recursively, with its '/'-path
   (nested models, and layers a custom layer holds as attributes).
-* `read_graph`: the producers and consumers of every layer of a Functional
-  model, read from its public config (no private Keras node objects).
+* `read_graph`: the producers and consumers of every node of a Functional
+  model, read from its public config (no private Keras node objects). A node is
+  a layer or an *operation*: Keras 3 records ``keras.ops`` calls and tensor
+  operators (``x * 3.0``, ``ops.add(a, b)``, ``x[..., :3]``) as graph nodes that
+  are not layers (``model.get_layer`` does not find them).
+* `get_operation`: the layer or operation of a graph node, by name.
 """
 
 import dataclasses
 import os
 
 import keras
+import numpy as np
 
 
 def check_model(model, argument="model", action="compress", allow_layer=False, require_built=True):
@@ -118,21 +123,82 @@ def layer_names(model):
     return {name for path, layer in iter_layers(model) for name in (path, layer.name)}
 
 
+def is_operation(node):
+    """True for a graph node that is a ``keras.ops`` operation, not a layer (``x * 3.0``, ``ops.mean``...)."""
+    return not isinstance(node, keras.layers.Layer)
+
+
+def operation_kind(node):
+    """``"<ops module>.<class>"`` of an operation node, e.g. ``"numpy.Add"``, ``"nn.HardSigmoid"``.
+
+    Keras 3 has no public classes for its operations; the kind is read off the class.
+    """
+    # Private Keras touch point (README, "Private Keras APIs"): the operation classes live in
+    # keras.src.ops.<module>; their module and class names are the only way to tell them apart.
+    module = type(node).__module__ or ""
+    prefix = "keras.src.ops."
+    return (module[len(prefix):] if module.startswith(prefix) else module) + "." + type(node).__name__
+
+
+def operations_by_name(model):
+    """``{name: layer or operation}`` for every node of ``model``'s top-level graph."""
+    nodes = getattr(model, "operations", None)
+    return {node.name: node for node in (nodes if nodes is not None else model.layers)}
+
+
+def get_operation(model, name):
+    """The layer or operation of ``model``'s graph node ``name`` (what ``model.get_layer`` is for layers).
+
+    Raises:
+        ValueError: ``model`` has no layer or operation of that name.
+    """
+    nodes = operations_by_name(model)
+    if name not in nodes:
+        raise ValueError(f"Model {model.name!r} has no layer or operation named {name!r}; its graph nodes are "
+                         f"{sorted(nodes)}.")
+    return nodes[name]
+
+
+def _decode_constant(value):
+    """A constant argument of a serialized call as a Python/NumPy value (None for a structure it is not)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__numpy__":
+            return np.asarray(value["config"]["value"], dtype=value["config"]["dtype"])
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return np.asarray(value, dtype="float32")
+    return None
+
+
 @dataclasses.dataclass
 class LayerNode:
-    """One layer of a Functional model.
+    """One node (a layer or an operation) of a Functional model.
 
     Attributes:
-        name: the layer name.
-        inbound: one list of producer layer names per call of the layer.
-        consumers: names of the layers that take its output (one entry per use).
+        name: the layer or operation name.
+        inbound: one list of producer node names per call of the node.
+        consumers: names of the nodes that take its output (one entry per use).
         is_output: its output is a model output.
+        calls: the serialized arguments (``{"args": ..., "kwargs": ...}``) of each call.
     """
 
     name: str
     inbound: list = dataclasses.field(default_factory=list)
     consumers: list = dataclasses.field(default_factory=list)
     is_output: bool = False
+    calls: list = dataclasses.field(default_factory=list)
+
+    def arguments(self):
+        """The positional arguments of the node's single call: ``[("tensor", producer name) or
+        ("constant", value) or ("other", serialized)]``; constants are NumPy arrays (a scalar has shape ())."""
+        found = []
+        for arg in self.calls[0].get("args", []) if self.single_call else []:
+            if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
+                found.append(("tensor", arg["config"]["keras_history"][0]))
+                continue
+            constant = _decode_constant(arg)
+            found.append(("constant", constant) if constant is not None else ("other", arg))
+        return found
 
     @property
     def single_call(self):
@@ -213,7 +279,7 @@ def _replay(model, args, layer_outputs):
     config = model.get_config()
     produced = dict(zip(_endpoints(config["input_layers"]), args))
     for layer_config in config["layers"]:
-        layer = model.get_layer(layer_config["name"])
+        layer = get_operation(model, layer_config["name"])
         if isinstance(layer, keras.layers.InputLayer):
             continue
         for node_index, call in enumerate(layer_config.get("inbound_nodes", [])):
@@ -246,9 +312,10 @@ def _endpoints(entries):
 
 
 def read_graph(model):
-    """Returns ``({layer name: LayerNode}, [input layer names])`` for a Functional model.
+    """Returns ``({node name: LayerNode}, [input layer names])`` for a Functional model.
 
-    ``model.get_config()`` lists each layer's inbound nodes with the name of every
+    Nodes are layers and operations (see the module doc; `get_operation` gets either by
+    name). ``model.get_config()`` lists each node's inbound calls with the name of every
     producing layer (``keras_history``); that is all the graph needs.
 
     Raises:
@@ -267,6 +334,7 @@ def read_graph(model):
         node = LayerNode(name=layer_config["name"])
         for call in layer_config.get("inbound_nodes", []):
             node.inbound.append(_tensor_producers(call, []))
+            node.calls.append(call)
         nodes[node.name] = node
     for node in nodes.values():
         for call in node.inbound:

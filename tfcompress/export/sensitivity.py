@@ -158,7 +158,7 @@ def _call_inputs(model, layer, nodes):
         node = nodes.get(layer.name)
         if node is None or not node.single_call:
             return None
-        producers = [model.get_layer(name) for name in node.producers]
+        producers = [graph.get_operation(model, name) for name in node.producers]
     if any(isinstance(p, keras.Model) for p in producers):
         return None
     tensors = [p.output for p in producers]

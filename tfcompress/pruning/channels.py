@@ -12,6 +12,18 @@ it). Units that reach a model output, a model input, or a layer this analysis
 cannot reason about (Reshape, Lambda, custom layers, attention...) are kept, and
 the plan says why.
 
+Operation nodes (``keras.ops`` calls and tensor operators a Functional graph records,
+e.g. ``x * 3.0``, ``ops.add(a, b)``, ``ops.hard_sigmoid(x)``) are nodes like layers:
+element-wise ones carry or tie channels as the layer of the same computation does;
+a constant operand of shape ``(C,)`` (a LayerScale-like ``x * gamma``) is sliced by
+`shrink`; reshapes, transposes, slicing, and reductions over the channels keep the
+channels they touch, with the reason in the plan.
+
+Where a removed channel does not compute zero (``x + 3.0``, ``hard_sigmoid(x)``: 0
+becomes non-zero) the analysis follows that tensor: multiplied by a removed channel
+it is zero again (hard-swish is ``x * hard_sigmoid(x)``), but a layer that reads it
+(a Conv, a Dense) or a model output keeps that channel, so `shrink` stays exact.
+
 A zeroed unit (its producers' kernel slice and bias, and the gamma/beta of
 BatchNormalization on it, all exactly zero) computes zero; `shrink` removes such
 units physically: new layer configs and sliced weights, a plain Keras model.
@@ -50,6 +62,25 @@ ELEMENTWISE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 # Activations with f(0) = 0: a zeroed channel stays zero through them.
 ZERO_PRESERVING = {"linear", "relu", "relu6", "leaky_relu", "elu", "selu", "tanh", "swish", "silu", "gelu",
                    "hard_swish", "hard_silu", "mish", "softsign"}
+
+# keras.ops operation nodes, by `graph.operation_kind`.
+# Output channel c is f(input channel c) with f(0) = 0: they carry their input's elements (as ReLU does).
+OP_ZERO_PRESERVING = {
+    "nn.Relu", "nn.Relu6", "nn.LeakyRelu", "nn.Elu", "nn.Selu", "nn.Silu", "nn.Gelu", "nn.HardSilu", "nn.Softsign",
+    "nn.Mish", "nn.HardTanh", "numpy.Tanh", "numpy.Negative", "numpy.Abs", "numpy.Absolute", "numpy.Square",
+    "numpy.Sign", "numpy.Sin", "numpy.Sinh", "numpy.Arctan", "numpy.Arcsinh", "numpy.Arctanh", "numpy.Expm1",
+    "numpy.Log1p", "numpy.Round", "numpy.Floor", "numpy.Ceil", "numpy.Trunc",
+}
+# Output channel c is f(input channel c) with f(0) != 0: they carry the elements, but a removed channel is non-zero.
+OP_CHANNELWISE = {"nn.HardSigmoid", "nn.Sigmoid", "nn.Softplus", "numpy.Exp", "numpy.Cos", "numpy.Cosh"}
+# Element-wise binary ops: how a zero operand propagates ("add": zero only if all are; "multiply": if any is;
+# "divide": the dividend's, with a non-zero constant divisor only).
+OP_ELEMENTWISE = {
+    "numpy.Add": "add", "numpy.Subtract": "add", "numpy.Maximum": "add", "numpy.Minimum": "add",
+    "numpy.Multiply": "multiply", "numpy.Divide": "divide", "numpy.TrueDivide": "divide",
+}
+# Reductions that keep the channel axis when they do not reduce over it (ops.mean(x, axis=[1, 2])).
+OP_REDUCTIONS = {"numpy.Mean", "numpy.Sum", "numpy.Max", "numpy.Min"}
 
 
 class ChannelPruningError(ValueError):
@@ -96,6 +127,7 @@ class ChannelGraph:
     def __init__(self, model, layers=None, skip=None):
         graph.check_model(model, action="prune channels of")
         graph.check_functional(model, "channel pruning", error=ChannelPruningError)
+        self._operations = None
         self.source = model  # the model given; `model` is its flat graph (the same layers) when it nests models
         self._flat_outputs = {}
         try:
@@ -109,6 +141,10 @@ class ChannelGraph:
         self.input_elements = {}
         self.reasons = {}  # producer -> why its channels are kept
         self.bn_on = {}  # producer name -> BN layer names over its elements (for gamma/beta masking)
+        # node name -> per channel: None if a removed channel is zero there, else the op that makes it non-zero
+        self.nonzero = {}
+        self.sliced_constants = set()  # operation nodes with a (C,) constant operand that `shrink` slices
+        self._nodes = {}
         self._slice_cache = {}  # unit index -> unit_slices(): the weights and units never change
         self._walk(layers, skip)
         self._build_units()
@@ -117,7 +153,13 @@ class ChannelGraph:
         """The output tensor of layer ``name`` in `model`'s graph (for probes such as the taylor criterion)."""
         if name in self._flat_outputs:
             return self._flat_outputs[name]
-        return self.model.get_layer(name).output
+        return self.operation(name).output
+
+    def operation(self, name):
+        """The layer or operation node ``name`` of `model`'s graph."""
+        if self._operations is None:
+            self._operations = graph.operations_by_name(self.model)
+        return self._operations[name]
 
     # -- union-find ----------------------------------------------------------------------
     def _new(self, owner, fixed=None):
@@ -156,8 +198,9 @@ class ChannelGraph:
                 previous = [layer.name]
             return order, ["__input__"], [model.layers[-1].name]
         nodes, inputs = graph.read_graph(model)
+        self._nodes = nodes
         order = []
-        for layer in model.layers:
+        for layer in model.operations:  # layers and operation nodes (x * 3.0, keras.ops.add...), in graph order
             node = nodes[layer.name]
             if isinstance(layer, L.InputLayer):
                 continue
@@ -169,8 +212,9 @@ class ChannelGraph:
         order, input_names, output_names = self._order()
         model = self.model
         for name in input_names:
-            width = int(model.inputs[0].shape[-1]) if name == "__input__" else int(model.get_layer(name).output.shape[-1])
+            width = int(model.inputs[0].shape[-1]) if name == "__input__" else int(self.operation(name).output.shape[-1])
             self.elements[name] = [self._new(None, "a model input's channels") for _ in range(width)]
+            self.nonzero[name] = [None] * width
         named = set(layers) if layers else None
         skipped = set(skip or ())
         known = {layer.name for layer, _ in order}
@@ -186,31 +230,42 @@ class ChannelGraph:
                 continue
             ins = [self.elements[p] for p in producers]
             self.input_elements[layer.name] = ins
-            self._visit(layer, ins, named, skipped)
+            flags = [self.nonzero[p] for p in producers]
+            if graph.is_operation(layer):
+                self._visit_operation(layer, producers, ins, flags)
+            else:
+                self._visit(layer, ins, flags, named, skipped)
+            self.nonzero.setdefault(layer.name, [None] * len(self.elements[layer.name]))
         for name in output_names:
             self._fix(self.elements[name], "reaches a model output")
 
     def _opaque(self, layer, ins, why):
         for elements in ins:
             self._fix(elements, f"read by {layer.name} ({why})")
-        width = layer.output.shape[-1] if hasattr(layer, "output") else None
         try:
-            width = int(width)
-        except (TypeError, ValueError):
+            width = int(layer.output.shape[-1])
+        except (TypeError, ValueError, AttributeError, IndexError):  # several outputs, several calls, a scalar
             width = 0
         self.elements[layer.name] = [self._new(None, f"produced by {layer.name} ({why})") for _ in range(width)]
 
-    def _visit(self, layer, ins, named, skipped):
+    def _read(self, layer, elements, flags):
+        """``layer`` reads the channels ``elements`` into other channels: a non-zero removed channel must stay."""
+        for e, why in zip(elements, flags):
+            if why is not None:
+                self._fix([e], f"read by {layer.name} after {why} (a removed channel would not be 0 there)")
+
+    def _visit(self, layer, ins, flags, named, skipped):
         kind = type(layer)
         rank = len(layer.output.shape)
         data_format = getattr(layer, "data_format", "channels_last")
         if data_format == "channels_first":
             return self._opaque(layer, ins, "channels_first")
         if kind in PRODUCERS:
-            self._producer(layer, ins, named, skipped)
+            self._producer(layer, ins, flags, named, skipped)
         elif kind is L.DepthwiseConv2D or kind is L.DepthwiseConv1D:
             multiplier = int(layer.depth_multiplier)
             self.elements[layer.name] = [e for e in ins[0] for _ in range(multiplier)]
+            self.nonzero[layer.name] = [f for f in flags[0] for _ in range(multiplier)]
             if layer.use_bias:  # its bias on a zeroed channel would make it non-zero again: zeroed with the unit
                 for e in ins[0]:
                     if self._owner[e] is not None:
@@ -225,8 +280,11 @@ class ChannelGraph:
             if kind is L.Flatten:
                 spatial = int(np.prod(layer.input.shape[1:-1])) if len(layer.input.shape) > 2 else 1
                 self.elements[layer.name] = list(ins[0]) * spatial
+                self.nonzero[layer.name] = list(flags[0]) * spatial
             else:
                 self.elements[layer.name] = list(ins[0])
+                # BatchNormalization's gamma and beta are zeroed with the unit: its output is 0 there again.
+                self.nonzero[layer.name] = [None] * len(ins[0]) if kind is L.BatchNormalization else list(flags[0])
             if kind is L.BatchNormalization:
                 for e in ins[0]:
                     owner = self._owner[e]
@@ -240,12 +298,14 @@ class ChannelGraph:
                 for a, b in zip(ins[0], other):
                     self._union(a, b)
             self.elements[layer.name] = list(ins[0])
+            self.nonzero[layer.name] = _combine("multiply" if kind is L.Multiply else "add", flags)
         elif kind is L.Concatenate and layer.axis in (-1, rank - 1):
             self.elements[layer.name] = [e for elements in ins for e in elements]
+            self.nonzero[layer.name] = [f for fs in flags for f in fs]
         else:
             self._opaque(layer, ins, f"{kind.__name__} is not analysed")
 
-    def _producer(self, layer, ins, named, skipped):
+    def _producer(self, layer, ins, flags, named, skipped):
         reason = None
         if named is not None and layer.name not in named:
             reason = "not named in layers="
@@ -255,8 +315,90 @@ class ChannelGraph:
             reason = f"its activation {_activation_name(layer)!r} maps 0 to non-0"
         elif getattr(layer, "groups", 1) != 1:
             reason = "grouped convolution"
+        if getattr(layer, "groups", 1) != 1:  # its kernel's input axis holds one group's channels: cannot slice
+            for elements in ins:
+                self._fix(elements, f"read by {layer.name} (grouped convolution)")
+        for elements, why in zip(ins, flags):
+            self._read(layer, elements, why)
         width = int(layer.output.shape[-1])
         self.elements[layer.name] = [self._new((layer.name, c), reason) for c in range(width)]
+
+    def _visit_operation(self, op, producers, ins, flags):
+        """An operation node (see the module doc): element-wise ones carry or tie channels, others keep them."""
+        kind = graph.operation_kind(op)
+        name = op.name
+        try:
+            out_shape = op.output.shape
+            width, rank = int(out_shape[-1]), len(out_shape)
+        except (TypeError, ValueError, AttributeError, IndexError):
+            return self._opaque(op, ins, f"operation {kind} is not analysed")
+        arguments = self._nodes[name].arguments()
+        tensors = [a for a in arguments if a[0] == "tensor"]
+        if kind in OP_ZERO_PRESERVING or kind in OP_CHANNELWISE:
+            if len(ins) != 1 or len(tensors) != 1 or len(ins[0]) != width:
+                return self._opaque(op, ins, f"operation {kind} with other arguments than one tensor")
+            self.elements[name] = list(ins[0])
+            self.nonzero[name] = list(flags[0]) if kind in OP_ZERO_PRESERVING else [f"{name} ({kind})"] * width
+        elif kind in OP_ELEMENTWISE:
+            self._elementwise_operation(op, kind, arguments, width)
+        elif kind in OP_REDUCTIONS and len(ins) == 1:
+            axis = op.get_config().get("axis")
+            axes = [axis] if isinstance(axis, int) else list(axis or [])
+            in_rank = len(self.operation(producers[0]).output.shape)
+            if not axes or any(a % in_rank == in_rank - 1 for a in axes) or len(ins[0]) != width:
+                return self._opaque(op, ins, f"operation {kind} reduces over the channel axis")
+            self.elements[name] = list(ins[0])
+            self.nonzero[name] = list(flags[0])  # the mean/sum/max of zeros is zero
+        elif kind == "numpy.Concatenate" and op.get_config().get("axis") in (-1, rank - 1):
+            self.elements[name] = [e for elements in ins for e in elements]
+            self.nonzero[name] = [f for fs in flags for f in fs]
+        else:
+            self._opaque(op, ins, f"operation {kind} may move or mix channels (reshape, transpose, slicing, "
+                                  "reduction...): not analysed")
+
+    def _elementwise_operation(self, op, kind, arguments, width):
+        """``x + y``, ``x * 3.0``, ``x * gamma``...: ties tensor operands of one width; follows constants' zeros."""
+        name, rule = op.name, OP_ELEMENTWISE[kind]
+        operand_elements, operand_flags, wide, narrow, sliced = [], [], [], [], False
+        for position, (what, value) in enumerate(arguments):
+            if what == "tensor":
+                elements, flags = self.elements[value], self.nonzero[value]
+                if len(elements) == width:
+                    wide.append(elements)
+                    operand_flags.append(flags)
+                elif len(elements) == 1:  # broadcast over the channels: its one channel stays
+                    narrow.append(elements)
+                    operand_flags.append(flags * width)
+                else:
+                    return self._opaque(op, self.input_elements[name], "inputs of different widths (broadcast)")
+                continue
+            if what != "constant":
+                return self._opaque(op, self.input_elements[name], f"operation {kind} with a non-tensor argument")
+            shape = value.shape
+            if value.size == 1:
+                per_channel = np.repeat(value.reshape(-1), width)
+            elif shape and shape[-1] == width and int(np.prod(shape[:-1])) == 1:
+                per_channel, sliced = value.reshape(-1), True
+            else:
+                return self._opaque(op, self.input_elements[name], f"a constant of shape {shape} over the channels")
+            if rule == "divide" and (position == 0 or np.any(per_channel == 0)):
+                return self._opaque(op, self.input_elements[name], f"operation {kind} divides by a tensor or by 0")
+            operand_flags.append([None if c == 0 else f"{name} ({kind} by a non-zero constant)" for c in per_channel])
+        if not wide or (rule == "divide" and arguments[1][0] == "tensor"):
+            return self._opaque(op, self.input_elements[name], f"operation {kind} divides by a tensor or has no "
+                                                              "channel-wide tensor operand")
+        for elements in narrow:
+            self._fix(elements, f"broadcast over the channels by {name}")
+        for other in wide[1:]:
+            for a, b in zip(wide[0], other):
+                self._union(a, b)
+        self.elements[name] = list(wide[0])
+        if rule == "divide":
+            self.nonzero[name] = list(operand_flags[0])
+        else:
+            self.nonzero[name] = _combine(rule, operand_flags)
+        if sliced:
+            self.sliced_constants.add(name)
 
     def _build_units(self):
         components = {}
@@ -296,7 +438,7 @@ class ChannelGraph:
         self.groups = {g: sorted(names) for g, names in self.groups.items()}
         group_of = {name: g for g, names in self.groups.items() for name in names}
         for name in self.order:
-            layer = self.model.get_layer(name)
+            layer = self.operation(name)
             if type(layer) not in PRODUCERS:
                 continue
             width = int(layer.output.shape[-1])
@@ -316,6 +458,21 @@ class ChannelGraph:
         return markdown_table(("layer", "kind", "channels", "group", "decision"), rows,
                               title=f"Channel pruning plan for {self.model.name!r}: {len(self.units)} removable units "
                                     f"in {len(self.groups)} group(s)")
+
+
+def _combine(rule, flags):
+    """Per channel, why a removed channel is non-zero after an element-wise op of operands with ``flags``.
+
+    ``"multiply"``: zero if any operand is zero there; otherwise (``"add"``, max, min) only if all are.
+    """
+    combined = []
+    for values in zip(*flags):
+        reasons = [v for v in values if v is not None]
+        if rule == "multiply":
+            combined.append(reasons[0] if len(reasons) == len(values) else None)
+        else:
+            combined.append(reasons[0] if reasons else None)
+    return combined
 
 
 # -- weights ---------------------------------------------------------------------------------
@@ -345,10 +502,10 @@ def _unit_slices(channel_graph, unit):
     model = channel_graph.model
     out = []
     for name, channel in unit.members:
-        layer = model.get_layer(name)
+        layer = channel_graph.operation(name)
         out += [(v, axis, channel) for v, axis in _producer_slices(layer)]
         for reader_name in channel_graph.bn_on.get(name, ()):
-            reader = model.get_layer(reader_name)
+            reader = channel_graph.operation(reader_name)
             if isinstance(reader, L.BatchNormalization):
                 positions = channel_graph.input_elements[reader_name][0]
                 attrs = ("gamma", "beta")
@@ -427,7 +584,7 @@ def shrink(model, verbose=1):
     removed = {e for e, owner in enumerate(channel_graph._owner) if owner in removed_members}
     new_widths = {}
     for name in channel_graph.order:
-        layer = model.get_layer(name)
+        layer = channel_graph.operation(name)
         if type(layer) in PRODUCERS:
             new_widths[name] = len(_kept(channel_graph.elements[name], removed))
 
@@ -438,7 +595,17 @@ def shrink(model, verbose=1):
             config[key] = new_widths[layer.name]
         return type(layer).from_config(config)
 
-    clone = keras.models.clone_model(model, clone_function=clone_function)
+    def call_function(op, *args, **kwargs):
+        if op.name in channel_graph.sliced_constants:  # x * gamma: gamma loses the removed channels too
+            elements = channel_graph.elements[op.name]
+            keep = _kept(elements, removed)
+            args = [np.take(np.asarray(a), keep, axis=-1)
+                    if not isinstance(a, keras.KerasTensor) and np.ndim(a) and np.shape(a)[-1] == len(elements) else a
+                    for a in args]
+        return op(*args, **kwargs)
+
+    clone = keras.models.clone_model(model, clone_function=clone_function,
+                                     call_function=None if isinstance(model, keras.Sequential) else call_function)
     for layer in model.layers:
         if isinstance(layer, L.InputLayer) or not layer.weights:
             continue
@@ -471,7 +638,8 @@ def _sliced_weights(channel_graph, layer, removed):
             weight, out_axis, in_axis = PRODUCERS[kind]
             if name == weight:
                 value = np.take(value, out_keep, axis=out_axis)
-                if in_axis is not None and in_keep is not None:
+                # A grouped conv's input channels are all kept (see `_producer`); its kernel holds one group's.
+                if in_axis is not None and in_keep is not None and getattr(layer, "groups", 1) == 1:
                     value = np.take(value, in_keep, axis=in_axis)
                 elif in_axis is None and in_keep is not None:  # separable: pointwise rows = in * multiplier
                     multiplier = int(layer.depth_multiplier)

@@ -53,7 +53,7 @@ def _magnitudes(layer, order):
 def _bn_scales(channel_graph, name):
     model = channel_graph.model
     for reader in channel_graph.bn_on.get(name, ()):
-        bn = model.get_layer(reader)
+        bn = channel_graph.operation(reader)
         if not isinstance(bn, keras.layers.BatchNormalization) or bn.gamma is None:
             continue
         gamma = np.abs(keras.ops.convert_to_numpy(bn.gamma))
@@ -78,7 +78,7 @@ def _taylor(channel_graph, names, data, batch_size=64, max_samples=512):
     loss_fn = getattr(model, "loss", None) or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if isinstance(loss_fn, str):
         loss_fn = keras.losses.get(loss_fn)
-    totals = [np.zeros(int(model.get_layer(n).output.shape[-1])) for n in names]
+    totals = [np.zeros(len(channel_graph.elements[n])) for n in names]
     for start in range(0, len(x), batch_size):
         with tf.GradientTape() as tape:
             outputs = probe([x[start:start + batch_size]], training=False)
@@ -117,7 +117,7 @@ def unit_scores(channel_graph, importance="l2", data=None):
     if importance == "taylor":
         per_layer = _taylor(channel_graph, names, data)
     for name in names:
-        layer = model.get_layer(name)
+        layer = channel_graph.operation(name)
         if callable(importance):
             scores = _own_scores(importance, layer, len(channel_graph.elements[name]))
         elif importance == "l1":

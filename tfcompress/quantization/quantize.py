@@ -23,6 +23,11 @@ from tfcompress.quantization.quantized_layers import (
 
 # Ops TFLite can fuse a following ReLU/ReLU6 into, so their own output needs no range.
 _FUSES_ACTIVATION = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply)
+# The same for keras.ops operation nodes (`graph.operation_kind`).
+_FUSES_ACTIVATION_OPS = ("numpy.Add", "numpy.Subtract", "numpy.Multiply")
+_FUSABLE_ACTIVATION_OPS = ("nn.Relu", "nn.Relu6")
+# Operation nodes whose output has a fixed int8 grid in TFLite, as the activation of that name.
+_OPERATION_ACTIVATIONS = {"nn.Sigmoid": "sigmoid", "nn.Softmax": "softmax", "numpy.Tanh": "tanh"}
 
 
 @dataclasses.dataclass
@@ -253,6 +258,8 @@ def _check_keep_float(model, keep_float):
     except TypeError:
         raise TypeError(f"keep_float must be a layer name or a list of names, got {keep_float!r}.") from None
     known = [layer.name for layer in graph.layers_of(model) if not isinstance(layer, keras.layers.InputLayer)]
+    # Operation nodes (x * 3.0, keras.ops.add...) of the top-level graph can be kept float by name too.
+    known += [name for name, node in graph.operations_by_name(model).items() if graph.is_operation(node)]
     for name in names:
         if not isinstance(name, str):
             raise TypeError(f"keep_float must hold layer names (str), got {name!r} in {keep_float!r}.")
@@ -269,7 +276,16 @@ def _as_functional(model):
     return model
 
 
+def _fuses_activation(layer):
+    """True for an op TFLite can fuse a following ReLU/ReLU6 into (a layer or an operation node)."""
+    if graph.is_operation(layer):
+        return graph.operation_kind(layer) in _FUSES_ACTIVATION_OPS
+    return type(layer) in _FUSES_ACTIVATION
+
+
 def _is_fusable_activation(layer):
+    if graph.is_operation(layer):
+        return graph.operation_kind(layer) in _FUSABLE_ACTIVATION_OPS
     if type(layer) is keras.layers.ReLU:
         config = layer.get_config()
         return not config.get("negative_slope") and not config.get("threshold") and config.get("max_value") in (None, 6.0, 6)
@@ -280,6 +296,8 @@ def _is_fusable_activation(layer):
 
 def _output_activation(layer):
     """Name of the activation that produces ``layer``'s output, if it has one."""
+    if graph.is_operation(layer):
+        return _OPERATION_ACTIVATIONS.get(graph.operation_kind(layer))
     if type(layer) is keras.layers.Softmax:
         return "softmax"
     if hasattr(layer, "activation") and not isinstance(layer, keras.Model):
@@ -291,6 +309,12 @@ def _float_reason(layer, spec, keep_float):
     """Why ``layer`` stays float, or None when it can be quantized."""
     if layer.name in keep_float:
         return "listed in keep_float"
+    if graph.is_operation(layer):
+        if spec is None:
+            return f"operation {graph.operation_kind(layer)} (keras.ops) has no int8 rewrite in tfcompress"
+        if any("float32" not in str(t.dtype) for t in keras.tree.flatten(layer.output)):
+            return f"operation {graph.operation_kind(layer)} outputs {layer.output.dtype}, not float32"
+        return None
     if spec is None:
         return f"{type(layer).__name__} is not in the quantization registry"
     if getattr(layer, "quantization_mode", None):
@@ -308,7 +332,7 @@ def _float_reason(layer, spec, keep_float):
 def _plan(model, nodes, keep_float, config, report, prefix):
     plans = {}
     for name, node in nodes.items():
-        layer = model.get_layer(name)
+        layer = graph.get_operation(model, name)
         if isinstance(layer, keras.layers.InputLayer):
             plans[name] = _Plan("keep")
             continue
@@ -325,7 +349,7 @@ def _plan(model, nodes, keep_float, config, report, prefix):
             report.float_layers.append((prefix + name, reason))
             # A weighted op between two ranged tensors is one the converter quantizes by itself (weights
             # included), so a float layer with weights gets no output range: it stays float in the file.
-            plans[name] = _Plan("keep", quantize_output=not layer.weights)
+            plans[name] = _Plan("keep", quantize_output=not getattr(layer, "weights", None))
         elif spec.kind == "weighted":
             masked = ()
             if config.preserve_zeros:
@@ -337,14 +361,14 @@ def _plan(model, nodes, keep_float, config, report, prefix):
 
     if config.fold_batch_norm:
         for name, node in nodes.items():
-            layer = model.get_layer(name)
+            layer = graph.get_operation(model, name)
             if type(layer) is not keras.layers.BatchNormalization or name in keep_float or not node.single_call:
                 continue
             producers = node.producers
             if len(producers) != 1 or plans[producers[0]].action != "quantize":
                 continue
             source = nodes[producers[0]]
-            source_layer = model.get_layer(source.name)
+            source_layer = graph.get_operation(model, source.name)
             rank = len(source_layer.output.shape)
             if (
                 source.single_call
@@ -361,7 +385,7 @@ def _plan(model, nodes, keep_float, config, report, prefix):
     # The same for an activation the converter would fuse into such a float layer.
     for name, node in nodes.items():
         plan = plans[name]
-        if plan.action != "keep" or plan.quantize_output or not model.get_layer(name).weights:
+        if plan.action != "keep" or plan.quantize_output or not getattr(graph.get_operation(model, name), "weights", None):
             continue
         consumer = _fused_activation(model, nodes, node)
         if consumer is not None:
@@ -370,8 +394,8 @@ def _plan(model, nodes, keep_float, config, report, prefix):
     # A ReLU/ReLU6 that TFLite fuses into the op before it carries that op's output range.
     for name, node in nodes.items():
         plan = plans[name]
-        layer = model.get_layer(name)
-        fuses = plan.action == "quantize" or (type(layer) in _FUSES_ACTIVATION and name not in keep_float)
+        layer = graph.get_operation(model, name)
+        fuses = plan.action == "quantize" or (_fuses_activation(layer) and name not in keep_float)
         if not fuses or not node.single_call:
             continue
         output_node = node if plan.folded_bn is None else nodes[plan.folded_bn.name]
@@ -386,7 +410,7 @@ def _fused_activation(model, nodes, node):
     if node.is_output or len(node.consumers) != 1:
         return None
     consumer = nodes[node.consumers[0]]
-    if consumer.single_call and _is_fusable_activation(model.get_layer(consumer.name)):
+    if consumer.single_call and _is_fusable_activation(graph.get_operation(model, consumer.name)):
         return consumer
     return None
 

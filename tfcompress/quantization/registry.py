@@ -12,6 +12,12 @@ is not assumed to compute what its parent does):
   input's scale (pooling, reshapes, padding, nearest-neighbour upsampling, and
   layers that vanish at inference like Dropout).
 
+Operation nodes (``keras.ops`` calls and tensor operators recorded in a Functional
+graph, e.g. ``x * 3.0``, ``ops.mean``) are looked up by `graph.operation_kind` in
+``OPERATIONS``: an operation with a TFLite int8 kernel is ``output`` exactly where
+the layer of the same computation is (``x + y`` as ``Add``), shape-only ones are
+``passthrough``. An operation not listed stays float.
+
 The ``output`` and ``passthrough`` kinds are listed here. Each ``Quantized*`` class registers
 itself as the ``weighted`` replacement of its Keras layer where it is defined
 (``@registry.quantizes(layers.Conv2D)`` in `quantized_layers`), so this module imports none of
@@ -22,6 +28,8 @@ import dataclasses
 
 import numpy as np
 from keras import layers
+
+from tfcompress.core import graph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +54,9 @@ _PASSTHROUGH = QuantizeSpec("passthrough")
 REGISTRY = {
     # BatchNormalization that cannot be folded runs as int8 MUL + ADD.
     layers.BatchNormalization: _OUTPUT,
+    # LayerNormalization runs as int8 MEAN, SQUARED_DIFFERENCE, RSQRT, MUL and ADD; the converter calibrates the
+    # tensors inside it from the representative data, the QAT model gives its input and output ranges.
+    layers.LayerNormalization: _OUTPUT,
     layers.ReLU: _OUTPUT,
     layers.LeakyReLU: _OUTPUT,
     layers.PReLU: _OUTPUT,
@@ -84,6 +95,36 @@ REGISTRY = {
     layers.UpSampling1D: _PASSTHROUGH,
     layers.UpSampling2D: _PASSTHROUGH,
     layers.InputLayer: _PASSTHROUGH,
+}
+
+# keras.ops operations by `graph.operation_kind`: the same kinds as the layers that compute the same.
+OPERATIONS = {
+    "numpy.Add": _OUTPUT,
+    "numpy.Subtract": _OUTPUT,
+    "numpy.Multiply": _OUTPUT,
+    # x / constant: the converter folds it into an int8 MUL by 1/constant.
+    "numpy.Divide": _OUTPUT,
+    "numpy.TrueDivide": _OUTPUT,
+    "numpy.Maximum": _OUTPUT,
+    "numpy.Minimum": _OUTPUT,
+    "numpy.Negative": _OUTPUT,
+    "numpy.Concatenate": _OUTPUT,
+    "numpy.Mean": _OUTPUT,  # MEAN rounds to its own output scale (as GlobalAveragePooling)
+    "numpy.Tanh": _OUTPUT,
+    "nn.Relu": _OUTPUT,
+    "nn.Relu6": _OUTPUT,
+    "nn.LeakyRelu": _OUTPUT,
+    "nn.Sigmoid": _OUTPUT,
+    "nn.HardSigmoid": _OUTPUT,
+    "nn.HardSilu": _OUTPUT,
+    "nn.Silu": _OUTPUT,
+    "nn.Gelu": _OUTPUT,
+    "nn.Softmax": _OUTPUT,
+    "numpy.Reshape": _PASSTHROUGH,
+    "numpy.Transpose": _PASSTHROUGH,
+    "numpy.GetItem": _PASSTHROUGH,
+    "numpy.ExpandDims": _PASSTHROUGH,
+    "numpy.Squeeze": _PASSTHROUGH,
 }
 
 # Activations TFLite has int8 kernels for (fused or standalone). Not ELU: its TFLite kernel is float only.
@@ -133,7 +174,9 @@ def quantizes(layer_class, weights=("kernel",)):
 
 
 def lookup(layer):
-    """Returns the `QuantizeSpec` for ``layer``'s exact class, or None when unsupported."""
+    """Returns the `QuantizeSpec` for ``layer``'s exact class (an operation's kind), or None when unsupported."""
+    if graph.is_operation(layer):
+        return OPERATIONS.get(graph.operation_kind(layer))
     return REGISTRY.get(type(layer))
 
 
