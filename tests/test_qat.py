@@ -644,8 +644,7 @@ def test_unknown_operation_node_stays_float_and_is_reported():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(qat(x)), keras.ops.convert_to_numpy(model(x)), atol=0.2)
 
 
-@pytest.mark.skipif(not os.environ.get("TFC_SLOW_TESTS"),
-                    reason="converting MobileNetV3 twice takes minutes on 2 cores; set TFC_SLOW_TESTS=1")
+@pytest.mark.slow  # converting it twice takes minutes on 2 cores: `python -m pytest -m slow`
 def test_mobilenet_v3_operation_nodes_through_qat_to_int8():
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), alpha=0.75, weights=None, classes=10)
@@ -656,8 +655,7 @@ def test_mobilenet_v3_operation_nodes_through_qat_to_int8():
     assert error.max() <= 2.0, error.max()
 
 
-@pytest.mark.skipif(not os.environ.get("TFC_SLOW_TESTS"),
-                    reason="converting LayerNormalization twice takes ~1 min on 2 cores; set TFC_SLOW_TESTS=1")
+@pytest.mark.slow  # converting it twice takes minutes on 2 cores: `python -m pytest -m slow`
 def test_convnext_style_operation_nodes_and_layer_norm_through_qat_to_int8():
     keras.utils.set_random_seed(0)
     model = convnext_style_model()
