@@ -1,7 +1,6 @@
 """Quantization-aware training: numerics, BN folding, layer coverage, int8 conversion, calibration, PQAT, saving,
 errors."""
 
-import os
 
 import numpy as np
 import pytest
