@@ -359,7 +359,7 @@ class ChannelGraph:
     def _elementwise_operation(self, op, kind, arguments, width):
         """``x + y``, ``x * 3.0``, ``x * gamma``...: ties tensor operands of one width; follows constants' zeros."""
         name, rule = op.name, OP_ELEMENTWISE[kind]
-        operand_elements, operand_flags, wide, narrow, sliced = [], [], [], [], False
+        operand_flags, wide, narrow, sliced = [], [], [], False
         for position, (what, value) in enumerate(arguments):
             if what == "tensor":
                 elements, flags = self.elements[value], self.nonzero[value]
@@ -499,7 +499,6 @@ def unit_slices(channel_graph, unit):
 
 
 def _unit_slices(channel_graph, unit):
-    model = channel_graph.model
     out = []
     for name, channel in unit.members:
         layer = channel_graph.operation(name)

@@ -51,7 +51,6 @@ def _magnitudes(layer, order):
 
 
 def _bn_scales(channel_graph, name):
-    model = channel_graph.model
     for reader in channel_graph.bn_on.get(name, ()):
         bn = channel_graph.operation(reader)
         if not isinstance(bn, keras.layers.BatchNormalization) or bn.gamma is None:
@@ -112,7 +111,6 @@ def unit_scores(channel_graph, importance="l2", data=None):
     """
     check_criterion(importance, data)
     names = sorted({name for unit in channel_graph.units for name, _ in unit.members})
-    model = channel_graph.model
     per_layer = {}
     if importance == "taylor":
         per_layer = _taylor(channel_graph, names, data)

@@ -264,7 +264,7 @@ def shortfall(schedule, reached, step, subject, tolerance=0.005):
     else:
         # Masks change only at begin_step + k * frequency (tfmot's rule): a short run can fall between two.
         why = f"masks are updated every {frequency} steps from begin_step={begin}, and too few updates fell in the run"
-        fix = f"Set the schedule's frequency= well below the steps fit runs (e.g. frequency=max(1, steps // 10))"
+        fix = "Set the schedule's frequency= well below the steps fit runs (e.g. frequency=max(1, steps // 10))"
     return f"{subject} ended at {reached:.1%} sparsity, but the schedule asks for {final:.1%} ({why}). {fix}; the " \
            f"model is saved as it is, at {reached:.1%}."
 
