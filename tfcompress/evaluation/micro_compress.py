@@ -206,16 +206,17 @@ def _run_compressor(raw, plan, bits_of):
         return bytes(_compression_package().compress(raw, _spec(plan, bits_of)))
 
 
-def compress(tflite, bits=None, min_saving_bytes=256):
+def compress(tflite, bits=None, min_saving_bytes=256, max_tensor_bytes=None):
     """Stores clustered int8 weights as TFLite Micro look-up tables, so the file takes less flash.
 
     Every constant filter and bias of ``CONV_2D``, ``DEPTHWISE_CONV_2D``,
     ``FULLY_CONNECTED`` and ``TRANSPOSE_CONV`` is considered. Its value tables are
-    one per output channel or one for the tensor, whichever costs fewer bytes;
-    its index width the fewest bits that number the most distinct values of one
-    table (``bits`` fixes it), at most 7: a kernel clustered to 16 values per
-    channel (or per tensor, as int8's per-channel scales keep at most 16 codes per
-    channel) takes 4 bits. A tensor is compressed when doing it alone shrinks the
+    one per channel of its quantized dimension (per-channel int8 scales; TFLM
+    decodes such a kernel right only that way), else one for the tensor; its
+    index width the fewest bits that number the most distinct values of one table
+    (``bits`` fixes it), at most 7: a kernel clustered to 16 values (per tensor or
+    per channel: one int8 scale per channel maps 16 floats to at most 16 codes)
+    takes 4 bits. A tensor is compressed when doing it alone shrinks the
     file by at least ``min_saving_bytes``, measured: that counts its ``DECODE``
     op and the new tensors, so a small kernel whose tables cost more than its
     values is left as it is.
@@ -232,6 +233,11 @@ def compress(tflite, bits=None, min_saving_bytes=256):
             every tensor; tensors that need more are left as they are.
         min_saving_bytes: the least file saving for which a tensor gets a
             ``DECODE`` op (each costs some time per inference).
+        max_tensor_bytes: tensors larger than this (their int8 bytes) stay as
+            they are. ``DECODE`` writes a whole tensor into the arena while its op
+            runs, so this caps what compression adds to the RAM a board needs
+            (None: no cap; on the reference CNN the 72 KB conv3 kernel grows the
+            arena from 36 KB to 87 KB).
 
     Returns:
         A `MicroCompressedModel`: the ``.tflite`` bytes, with ``tensors`` (what
@@ -255,6 +261,10 @@ def compress(tflite, bits=None, min_saving_bytes=256):
             or min_saving_bytes < 1):
         raise ValueError(f"min_saving_bytes={min_saving_bytes!r} must be a positive integer (bytes of flash a "
                          "tensor must save to get a DECODE op; 256 by default).")
+    if max_tensor_bytes is not None and (isinstance(max_tensor_bytes, bool) or not isinstance(
+            max_tensor_bytes, (int, np.integer)) or max_tensor_bytes < 1):
+        raise ValueError(f"max_tensor_bytes={max_tensor_bytes!r} must be None or a positive integer (bytes of the "
+                         "largest tensor to compress: each is decoded into the arena while its op runs).")
     raw, info = _check_input(tflite)
     _compression_package()
     input_names = getattr(tflite, "input_names", None)
@@ -265,7 +275,10 @@ def compress(tflite, bits=None, min_saving_bytes=256):
         width = bits or _needed_bits(table_len)
         row = dict(name=w.name, op=op_type, shape=tuple(w.shape), distinct=table_len, tables=description, bits=None,
                    bytes_before=w.stored_bytes, bytes_after=w.stored_bytes, file_saving=None, compressed=False)
-        if _needed_bits(table_len) > (bits or MAX_BITS):
+        if max_tensor_bytes is not None and w.stored_bytes > max_tensor_bytes:
+            row["reason"] = (f"{w.stored_bytes} B > max_tensor_bytes={max_tensor_bytes} (decoded, it would take "
+                             "that much arena)")
+        elif _needed_bits(table_len) > (bits or MAX_BITS):
             row["reason"] = f"{table_len} distinct values {description} need more than {bits or MAX_BITS} bits"
         else:
             cost = _cost(values.size, values.dtype.itemsize, tables, table_len, width)

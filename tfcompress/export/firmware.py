@@ -31,7 +31,7 @@ def export_c_array(tflite, path, name="g_model", overwrite=False, compress=False
         compress: first store clustered int8 weights as TFLite Micro look-up
             tables (`tfcompress.micro.compress` with its defaults): less flash,
             the same outputs; the firmware must register the ``DECODE`` op
-            (TFLM's ``Register_DECODE``, custom name ``TFLM_DECODE``). A file
+            (``op_resolver.AddDecode()``, custom name ``TFLM_DECODE``). A file
             with nothing to compress is written as it is, with a warning.
 
     Returns:
