@@ -100,7 +100,7 @@ class MicroCompressedModel(bytes):
         return [t for t in self.tensors if t.compressed]
 
     def to_markdown(self):
-        rows = [(t.name, t.op, "x".join(map(str, t.shape)), t.distinct, t.tables, "—" if t.bits is None else t.bits,
+        rows = [(t.name if len(t.name) <= 48 else t.name[:47] + "…", t.op, "x".join(map(str, t.shape)), t.distinct, t.tables, "—" if t.bits is None else t.bits,
                  t.bytes_before, "—" if not t.bits else t.bytes_after,
                  "—" if t.file_saving is None else t.file_saving, "yes" if t.compressed else f"no: {t.reason}")
                 for t in self.tensors]
@@ -379,6 +379,11 @@ def decompress(tflite):
 
     Raises:
         tfcompress.InvalidTFLiteFileError: ``tflite`` is not a ``.tflite``.
+
+    Example:
+        >>> b16 = tfc.to_tflite(tfc.cluster_weights(model, 16), mode="int8", representative_data=x)
+        >>> twin = tfc.micro.decompress(tfc.micro.compress(b16))
+        >>> logits = tfc.evaluate.predict(twin, x_test[:10])   # LiteRT runs the twin, not the compressed file
     """
     try:
         raw = tflite_file.read_bytes(tflite)
