@@ -100,8 +100,8 @@ class MicroCompressedModel(bytes):
         return [t for t in self.tensors if t.compressed]
 
     def to_markdown(self):
-        rows = [(t.name if len(t.name) <= 48 else t.name[:47] + "…", t.op, "x".join(map(str, t.shape)), t.distinct, t.tables, "—" if t.bits is None else t.bits,
-                 t.bytes_before, "—" if not t.bits else t.bytes_after,
+        rows = [(t.name if len(t.name) <= 48 else t.name[:47] + "…", t.op, "x".join(map(str, t.shape)), t.distinct,
+                 t.tables, "—" if t.bits is None else t.bits, t.bytes_before, "—" if not t.bits else t.bytes_after,
                  "—" if t.file_saving is None else t.file_saving, "yes" if t.compressed else f"no: {t.reason}")
                 for t in self.tensors]
         table = markdown_table(("tensor", "op", "shape", "max distinct", "tables", "bits", "bytes", "indices + tables",
@@ -119,7 +119,8 @@ def _layout(values, quantization):
 
     Measured with tflite-micro 0.dev20261023: a per-channel-quantized kernel decodes bit-exactly only with one
     table per channel of its quantized dimension; a per-tensor table, or tables along another axis, give wrong
-    outputs. So the layout follows the quantization: per channel for per-channel scales, else per tensor.
+    outputs; a per-tensor-quantized kernel with one table decodes bit-exactly. So the layout follows the
+    quantization: per channel for per-channel scales, else per tensor.
     """
     scales = 0 if quantization is None or quantization.scale is None else len(quantization.scale)
     if scales > 1:
@@ -298,8 +299,9 @@ def compress(tflite, bits=None, min_saving_bytes=256, max_tensor_bytes=None):
         if saving >= min_saving_bytes:
             chosen[key] = plan[key]
         else:
-            rows[key]["reason"] = (f"the file shrinks by {saving} B only (the DECODE op and its tensors cost the "
-                                   f"rest), less than min_saving_bytes={min_saving_bytes}")
+            change = f"shrinks by {saving} B only" if saving > 0 else f"grows by {-saving} B"
+            rows[key]["reason"] = (f"alone, the file {change} (its DECODE op and tensors cost the rest), less than "
+                                   f"min_saving_bytes={min_saving_bytes}")
     result = _run_compressor(raw, chosen, bits_of) if chosen else raw
     if chosen and len(result) >= len(raw):  # savings that do not add up: keep the file as it was
         result, reason = raw, f"together the tensors did not shrink the file ({len(raw)} → {len(result)} B)"
@@ -317,8 +319,14 @@ def compress(tflite, bits=None, min_saving_bytes=256, max_tensor_bytes=None):
 def _nothing_compressed(tensors, bits, min_saving_bytes):
     limit = 2 ** (bits or MAX_BITS)
     fitting = [t for t in tensors if t.bits is not None]
+    capped = [t for t in tensors if "max_tensor_bytes" in t.reason]
+    if capped and not fitting:
+        return (f"{len(capped)} weight tensors are larger than max_tensor_bytes (e.g. {capped[0].name!r}, "
+                f"{capped[0].bytes_before} B) and none of the others fits a look-up table, so the file is unchanged: "
+                "raise max_tensor_bytes (or leave it None).")
     if not tensors:
-        return "tflite has no constant weight tensor of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED: nothing compressed."
+        return ("tflite has no constant weight tensor of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / "
+                "TRANSPOSE_CONV: nothing to compress.")
     if not fitting:
         fewest = min(tensors, key=lambda t: t.distinct)
         return (f"no weight tensor has <= {limit} distinct values per channel (the fewest: {fewest.distinct} in "
