@@ -180,10 +180,10 @@ def _check_input(tflite):
         raise ValueError("tflite is already compressed for TFLite Micro (it has TFLM_DECODE ops); pass the file "
                          "from tfc.to_tflite, or tfc.micro.decompress(tflite) to get it back.")
     weight_ops = [op for op in info.operators if op.type in _WEIGHT_INPUTS]
-    if weight_ops and all(op.dtype != "int8" for op in weight_ops):
+    if weight_ops and all(op.dtype in ("float32", "float16") for op in weight_ops):
         kinds = sorted({f"{op.type}/{op.dtype}" for op in weight_ops})
         raise ValueError(
-            f"tflite computes {', '.join(kinds)}: not a full-integer (int8) model. TFLite Micro look-up tables "
+            f"tflite computes {', '.join(kinds)}: a float model, not a full-integer (int8) one. TFLite Micro look-up tables "
             "compress int8 weights, and microcontrollers run int8: convert with tfc.to_tflite(model, mode='int8', "
             "representative_data=x) first.")
     return raw, info
