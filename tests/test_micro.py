@@ -249,6 +249,14 @@ def test_unclustered_file_is_returned_unchanged_with_a_warning(files):
 
 
 def test_bits_and_bad_inputs(clustered_int8, files, tmp_path):
+    default = tfc.micro.compress(clustered_int8)
+    conv2 = next(t for t in default.tensors if t.shape == (32, 3, 3, 16))
+    # A threshold near a tensor's estimated saving has it compressed alone and measured: the estimate (tables,
+    # indices, 12 B of quantization per channel, names, the DECODE op) is within a few bytes of the measurement.
+    near = tfc.micro.compress(clustered_int8, min_saving_bytes=conv2.file_saving)
+    measured = next(t for t in near.tensors if t.shape == (32, 3, 3, 16))
+    assert abs(measured.file_saving - conv2.file_saving) <= 64 and measured.compressed == (
+        measured.file_saving >= conv2.file_saving)
     five = tfc.micro.compress(clustered_int8, bits=5)
     assert five.compressed and {t.bits for t in five.compressed} == {5}
     assert len(five) > len(tfc.micro.compress(clustered_int8))
