@@ -176,3 +176,119 @@ def test_arena_past_the_cap_is_a_clear_error_naming_the_size(autoencoder_file, m
         tfc.evaluate_tflite(raw, x=x[:10], backends=("micro",))
     report = tfc.evaluate_tflite(raw, x=x[:10], backends=("xnnpack", "micro"), num_runs=1)
     assert not report.micro.runs and "8192 bytes" in report.failed_backends["micro"] and report.latency
+
+
+# --- clustered weights as TFLite Micro look-up tables (tfc.micro.compress) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def clustered_int8(trained_digits_model, digits_data):
+    """The digits CNN clustered to 16 values per kernel, fine-tuned one epoch with the centroids training, as int8."""
+    (x, y), _ = digits_data
+    model = tfc.cluster_weights(trained_digits_model, 16)
+    model.fit(x[:512], y[:512], epochs=1, batch_size=32, verbose=0,
+              callbacks=[tfc.ClusteringCallback(16, verbose=0)])
+    return bytes(tfc.to_tflite(model, mode="int8", representative_data=x[:64]))
+
+
+def _tflm_outputs(raw, x):
+    arena = tfc.micro.first_load(raw, 1)
+    return tfc.micro.run(raw, arena, [x.astype(np.float32)], 0)[0], arena  # a float input: the file quantizes it
+
+
+def test_clustered_int8_compresses_to_4_bit_tables_with_bit_identical_tflm_outputs(clustered_int8, digits_data):
+    (_, _), (x, y) = digits_data
+    small = tfc.micro.compress(clustered_int8)
+    assert isinstance(small, bytes) and small.original_bytes == len(clustered_int8)
+    by_name = {t.op + ":" + "x".join(map(str, t.shape)): t for t in small.tensors}
+    # conv2 (32x3x3x16 int8, 4,608 B) and fc1 (32x512, 16,384 B): 16 clusters per tensor stay at most 16 int8
+    # codes per output channel (one scale per channel maps 16 floats to at most 16 codes), so 4 bits.
+    for key in ("CONV_2D:32x3x3x16", "FULLY_CONNECTED:32x512"):
+        t = by_name[key]
+        assert t.compressed and t.bits == 4 and t.distinct <= 16 and t.tables == "per channel (axis 0)", t
+        # 4-bit indices (half the int8 bytes) + a 16-byte header + 16 int8 values per output channel.
+        assert t.bytes_after == t.bytes_before // 2 + 16 + 16 * t.shape[0] and t.file_saving > 0
+    # conv1 (16x3x3x1: 144 B) costs more as 16 tables than as values: left alone, and the report says why.
+    tiny = by_name["CONV_2D:16x3x3x1"]
+    assert not tiny.compressed and "min_saving_bytes" in tiny.reason
+    assert all(not t.compressed for t in small.tensors if t.op == "CONV_2D" and len(t.shape) == 1)  # biases
+    saved = sum(t.bytes_before - t.bytes_after for t in small.compressed)
+    assert len(clustered_int8) - len(small) > 0.5 * saved  # DECODE ops and new tensors cost some of it
+    assert "DECODE" not in " ".join(f.message for f in tfc.micro.audit(small))  # TFLM has the op
+    ours, arena = _tflm_outputs(bytes(small), x[:40])
+    theirs, plain_arena = _tflm_outputs(clustered_int8, x[:40])
+    # DECODE writes exactly the int8 values the uncompressed file stores: the same kernels see the same bytes.
+    assert np.array_equal(ours, theirs)
+    assert arena >= plain_arena  # a decoded kernel lives in the arena while its op runs
+    assert "4" in small.to_markdown() and "flash:" in small.to_markdown()
+
+
+def test_evaluator_runs_a_compressed_file_on_tflm_against_its_decoded_twin(clustered_int8, digits_data):
+    (_, _), (x, y) = digits_data
+    small = tfc.micro.compress(clustered_int8)
+    twin = tfc.micro.decompress(small)
+    assert "CUSTOM:TFLM_DECODE" not in tfc.inspect_tflite(twin).op_census
+    litert = tfc.evaluate_tflite(clustered_int8, x=x[:100], y=y[:100], backends=("cpu",), num_runs=1)
+    r = tfc.evaluate_tflite(small, x=x[:100], y=y[:100], backends=("cpu", "micro"), num_runs=1, micro_samples=40)
+    # The decoded twin holds the same weights: LiteRT's built-in kernels give the same outputs on both files.
+    assert r.accuracy == litert.accuracy and r.latency and r.latency[0].backend == "cpu"
+    assert np.array_equal(tfc.evaluate.predict(twin, x[:100]), tfc.evaluate.predict(clustered_int8, x[:100]))
+    m = r.micro
+    assert m.runs and m.flash_bytes == len(small) == r.file_bytes and m.samples == 40
+    # TFLM's reference kernels and LiteRT's built-in ones requantize alike; see the int8 agreement test above.
+    assert m.agreement >= 0.97
+    assert r.op_census["CUSTOM:TFLM_DECODE"] == len(small.compressed)
+    assert any("DECODE" in n for n in r.notes)
+
+
+def test_unclustered_file_is_returned_unchanged_with_a_warning(files):
+    # Its small kernels have at most 128 distinct int8 codes per channel (7 bits), which saves less than the tables.
+    with pytest.warns(UserWarning, match=r"need 7 bits.*none saves.*cluster the model first.*cluster_weights\(model, 16\)"):
+        out = tfc.micro.compress(files["int8"])
+    assert bytes(out) == files["int8"] and out.compressed == []
+    assert all(t.reason for t in out.tensors)
+
+
+def test_bits_and_bad_inputs(clustered_int8, files, tmp_path):
+    default = tfc.micro.compress(clustered_int8)
+    conv2 = next(t for t in default.tensors if t.shape == (32, 3, 3, 16))
+    # A threshold near a tensor's estimated saving has it compressed alone and measured: the estimate (tables,
+    # indices, 12 B of quantization per channel, names, the DECODE op) is within a few bytes of the measurement.
+    near = tfc.micro.compress(clustered_int8, min_saving_bytes=conv2.file_saving)
+    measured = next(t for t in near.tensors if t.shape == (32, 3, 3, 16))
+    assert abs(measured.file_saving - conv2.file_saving) <= 64 and measured.compressed == (
+        measured.file_saving >= conv2.file_saving)
+    five = tfc.micro.compress(clustered_int8, bits=5)
+    assert five.compressed and {t.bits for t in five.compressed} == {5}
+    assert len(five) > len(tfc.micro.compress(clustered_int8))
+    with pytest.warns(UserWarning, match="cluster"):
+        assert tfc.micro.compress(clustered_int8, bits=2).compressed == []  # 16 values need 4 bits
+    for bits in (0, 8, 4.0, True):
+        with pytest.raises(ValueError, match=r"bits=.*\[1, 7\]"):
+            tfc.micro.compress(clustered_int8, bits=bits)
+    with pytest.raises(ValueError, match="min_saving_bytes"):
+        tfc.micro.compress(clustered_int8, min_saving_bytes=0)
+    with pytest.raises(ValueError, match=r"tflite computes .*float32.*mode='int8'"):
+        tfc.micro.compress(files["float32"])
+    with pytest.raises(tfc.InvalidTFLiteFileError, match="^tflite: "):
+        tfc.micro.compress(b"not a model at all")
+    with pytest.raises(ValueError, match="already compressed"):
+        tfc.micro.compress(tfc.micro.compress(clustered_int8))
+
+
+def test_export_c_array_compress_writes_the_smaller_file(clustered_int8, tmp_path):
+    def length(path):
+        return int(re.search(r"g_model_len = (\d+);", path.read_text()).group(1))
+
+    tfc.export_c_array(clustered_int8, tmp_path / "plain.cc")
+    tfc.export_c_array(clustered_int8, tmp_path / "small.cc", compress=True)
+    assert length(tmp_path / "small.cc") == len(tfc.micro.compress(clustered_int8)) < length(tmp_path / "plain.cc")
+
+
+def test_cli_export_micro_compress(clustered_int8, tmp_path):
+    path = tmp_path / "clustered.tflite"
+    path.write_bytes(clustered_int8)
+    run = subprocess.run([sys.executable, "-m", "tfcompress", "export", str(path), f"--c_array={tmp_path / 'cli.cc'}",
+                          "--micro_compress"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    length = int(re.search(r"g_model_len = (\d+);", (tmp_path / "cli.cc").read_text()).group(1))
+    assert length == len(tfc.micro.compress(clustered_int8)) < len(clustered_int8) and "flash:" in run.stdout

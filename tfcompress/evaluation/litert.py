@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from tfcompress.core import machine, validation
-from tfcompress.evaluation import micro, profiling, reports, tflite_file
+from tfcompress.evaluation import micro, micro_compress, profiling, reports, tflite_file
 from tfcompress.evaluation.tflite_file import ConvertedModel
 
 BACKENDS = ("cpu", "xnnpack")  # the default: LiteRT's two CPU paths
@@ -386,12 +386,12 @@ def predict(model, x, output=None, backend="xnnpack", batch_size=256):
     Returns:
         An array with one row per sample.
     """
-    raw = tflite_file.read_bytes(model)
-    probe = make_interpreter(raw, "cpu", 1)
+    litert_raw = micro_compress.for_litert(tflite_file.read_bytes(model))
+    probe = make_interpreter(litert_raw, "cpu", 1)
     head = pick_head(output_heads(probe), output, scoring=False)
     arrays = check_inputs(x, probe.get_input_details(), getattr(model, "input_names", None))
     try:
-        return _predict(make_interpreter(raw, backend, 1), arrays, batch_size, head)
+        return _predict(make_interpreter(litert_raw, backend, 1), arrays, batch_size, head)
     except (RuntimeError, ValueError):
         if backend == "cpu":
             raise
@@ -515,7 +515,7 @@ def evaluate_many(models, x=None, y=None, backends=BACKENDS, threads=(1,), num_r
                                      name=name, seed=seed, **kwargs) for name, m in models.items()}
     interpreters = {}
     for name, m in models.items():
-        raw = tflite_file.read_bytes(m)
+        raw = micro_compress.for_litert(tflite_file.read_bytes(m))
         checked = None  # the same inputs on every backend of one model: checked once
         for r in reports[name].latency:
             interpreter = make_interpreter(raw, r.backend, r.threads)
@@ -612,12 +612,16 @@ def evaluate_tflite(
 
     raw = tflite_file.read_bytes(model)
     info = tflite_file.inspect(raw)
+    # LiteRT has no TFLM DECODE op: it runs the uncompressed equivalent of a tfc.micro.compress file (the same
+    # weights), TFLite Micro the file itself.
+    compressed = micro_compress.is_compressed(info)
+    litert_raw = micro_compress.decompress(raw) if compressed else raw
     if verify is True or (verify == "auto" and not isinstance(model, ConvertedModel)):
-        tflite_file.check_loads(raw)
+        tflite_file.check_loads(litert_raw)
     name = name or getattr(model, "mode", None) or "model"
     rng = np.random.default_rng(seed)
     try:
-        probe = make_interpreter(raw, backends[0] if backends else "xnnpack", 1)
+        probe = make_interpreter(litert_raw, backends[0] if backends else "xnnpack", 1)
     except (ValueError, RuntimeError) as exc:
         raise tflite_file.InvalidTFLiteFileError(
             f"LiteRT could not load the model: {str(exc).strip().splitlines()[-1]}. The file is corrupted or uses "
@@ -646,7 +650,7 @@ def evaluate_tflite(
             continue
         try:
             start = time.perf_counter()
-            interpreters[cfg] = make_interpreter(raw, *cfg)
+            interpreters[cfg] = make_interpreter(litert_raw, *cfg)
             init_ms[cfg] = (time.perf_counter() - start) * 1e3
             start = time.perf_counter()
             _run(interpreters[cfg], latency_inputs)
@@ -670,7 +674,7 @@ def evaluate_tflite(
         sample = [a[:parity_samples] for a in inputs_float] if inputs_float is not None else [
             np.concatenate([dequantize_output(_synthetic_input(d, rng), d) for _ in range(8)]) for d in details
         ]
-        outs = {b: _predict(make_interpreter(raw, b, threads[0]), sample, batch_size, head) for b in backends}
+        outs = {b: _predict(make_interpreter(litert_raw, b, threads[0]), sample, batch_size, head) for b in backends}
         reference = backends[0]
         parity = {"reference": reference, "samples": int(len(sample[0])), "output": heads[head][0], "backends": {}}
         # A quantized output's differences in its own steps: kernels that requantize with different rounding
@@ -687,12 +691,12 @@ def evaluate_tflite(
     accuracy, accuracy_backend, logits = None, None, None
     if y is not None and backends:
         accuracy_backend = "xnnpack" if "xnnpack" in backends else backends[0]
-        logits = _predict(make_interpreter(raw, accuracy_backend, max(threads)), inputs_float, batch_size, head)
+        logits = _predict(make_interpreter(litert_raw, accuracy_backend, max(threads)), inputs_float, batch_size, head)
         accuracy = float(np.mean(logits.reshape(len(logits), -1).argmax(1) == y))
 
     micro_report = None
     if want_micro:
-        micro_report = _evaluate_micro(raw, probe, heads, head, inputs_float, y, micro_samples, batch_size, rng,
+        micro_report = _evaluate_micro(raw, litert_raw, probe, heads, head, inputs_float, y, micro_samples, batch_size, rng,
                                        litert_outputs=logits)
         if not micro_report.runs:
             if not backends:
@@ -704,16 +708,19 @@ def evaluate_tflite(
     delegation, op_profiles, peak_bytes = None, {}, {}
     if "xnnpack" in backends:
         try:
-            delegation = profiling.delegation(raw, threads=threads[0])
+            delegation = profiling.delegation(litert_raw, threads=threads[0])
         except (AttributeError, KeyError, TypeError):
             pass  # it reads a private LiteRT node list (see profiling): a LiteRT that changed it costs the count only
     if profile:
         for b in backends:
-            op_profiles[b] = profiling.op_profile(raw, backend=b, threads=threads[0], num_runs=num_runs)
-            peak_bytes[b] = profiling.peak_memory(raw, backend=b, threads=threads[0])
+            op_profiles[b] = profiling.op_profile(litert_raw, backend=b, threads=threads[0], num_runs=num_runs)
+            peak_bytes[b] = profiling.peak_memory(litert_raw, backend=b, threads=threads[0])
 
     host = machine.current()
     notes = list(getattr(model, "notes", []))
+    if compressed:
+        notes.append(f"weights compressed for TFLite Micro ({info.op_census[micro_compress.DECODE_OP]} DECODE ops): "
+                     "LiteRT ran the decoded weights (tfc.micro.decompress); the size is the compressed file's")
     if backends and tflite_file.computes_int8(info.op_census_by_dtype) and host.int8_dot_product is False:
         notes.append(machine.int8_without_dot_product_note(host, brief=True))
     if len(heads) > 1:
@@ -757,7 +764,7 @@ def evaluate_tflite(
 
 
 
-def _evaluate_micro(raw, probe, heads, head, inputs_float, y, samples, batch_size, rng, litert_outputs=None):
+def _evaluate_micro(raw, litert_raw, probe, heads, head, inputs_float, y, samples, batch_size, rng, litert_outputs=None):
     """The ``"micro"`` backend: a `micro.MicroReport` (a file TFLM cannot run gives one with ``error``).
 
     ``litert_outputs``: LiteRT's outputs on all of x, when the accuracy pass computed them already.
@@ -783,7 +790,7 @@ def _evaluate_micro(raw, probe, heads, head, inputs_float, y, samples, batch_siz
         return report
     outputs = dequantize_output(raw_outputs, detail).reshape(len(raw_outputs), -1)
     if litert_outputs is None:
-        litert_outputs = _predict(make_interpreter(raw, "xnnpack", 1), sample, batch_size, head)
+        litert_outputs = _predict(make_interpreter(litert_raw, "xnnpack", 1), sample, batch_size, head)
     reference = np.asarray(litert_outputs)[:len(outputs)].reshape(len(outputs), -1)
     report.samples = len(outputs)
     report.agreement = float(np.mean(outputs.argmax(1) == reference.argmax(1)))

@@ -1,6 +1,7 @@
 """TFLite Micro: will a .tflite run on a microcontroller, in how much RAM, and does it agree with LiteRT?
 
     >>> findings = tfc.micro.audit(b)      # before flashing: what TFLM cannot run, and the fix
+    >>> small = tfc.micro.compress(b)      # clustered weights as look-up tables: less flash
     >>> r = tfc.evaluate_tflite(b, x=x_test, y=y_test, backends=("xnnpack", "micro"))
     >>> r.micro.arena_bytes, r.micro.flash_bytes, r.micro.agreement
 
@@ -26,6 +27,10 @@ import numpy as np
 from tfcompress.core import extras, isolation
 from tfcompress.core.tables import format_kb, markdown_table
 from tfcompress.evaluation import tflite_file
+# `tfc.micro.compress` / `decompress`: TFLite Micro's look-up-table weights live in their own module.
+from tfcompress.evaluation.micro_compress import (  # noqa: F401
+    DECODE_OP, MicroCompressedModel, TensorCompression, compress, decompress,
+)
 
 # Builtin ops registered by the TFLM Python interpreter's resolver (python_ops_resolver.cc of tflite-micro,
 # snapshot 2026-10). Custom ops (signal processing, Ethos-U, detection post-processing) need their own
@@ -139,7 +144,8 @@ def audit(tflite):
     """
     info = tflite_file.inspect(tflite_file.read_bytes(tflite))
     findings = []
-    missing = sorted({op.type for op in info.operators if op.type not in TFLM_OPS})
+    # DECODE (custom op TFLM_DECODE, from `compress`) is registered by TFLM's resolver like a builtin.
+    missing = sorted({op.type for op in info.operators if op.type not in TFLM_OPS and op.type != DECODE_OP})
     if missing:
         findings.append(MicroFinding("missing_op", True, (
             f"ops {missing} are not in TFLite Micro's op resolver: replace the layers that produce them (e.g. a "

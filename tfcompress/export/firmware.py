@@ -1,6 +1,7 @@
 """A ``.tflite`` as a C array for firmware, in TensorFlow Lite Micro's convention.
 
     >>> tfc.export_c_array(b, "model_data.cc", name="g_model")   # also writes model_data.h
+    >>> tfc.export_c_array(b, "model_data.cc", compress=True)    # clustered weights as look-up tables
 
 ``xxd -i`` gives a non-const, unaligned array; TFLM reads the flatbuffer in place and needs
 it 16-byte aligned, and keeping it ``const`` puts it in flash instead of RAM.
@@ -10,12 +11,12 @@ import os
 import re
 
 from tfcompress.core.files import check_writable, write_atomic
-from tfcompress.evaluation import tflite_file
+from tfcompress.evaluation import micro_compress, tflite_file
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def export_c_array(tflite, path, name="g_model", overwrite=False):
+def export_c_array(tflite, path, name="g_model", overwrite=False, compress=False):
     """Writes ``path`` (``.cc``) and a header beside it (``.h``) holding the model as a C array.
 
     The source defines ``alignas(16) const unsigned char <name>[]`` and
@@ -27,12 +28,18 @@ def export_c_array(tflite, path, name="g_model", overwrite=False):
         path: the ``.cc`` (or ``.c``/``.cpp``) file to write.
         name: the C identifier of the array.
         overwrite: replace existing files.
+        compress: first store clustered int8 weights as TFLite Micro look-up
+            tables (`tfcompress.micro.compress` with its defaults): less flash,
+            the same outputs; the firmware must register the ``DECODE`` op
+            (``op_resolver.AddDecode()``, custom name ``TFLM_DECODE``). A file
+            with nothing to compress is written as it is, with a warning.
 
     Returns:
         ``(source path, header path)``.
 
     Raises:
-        ValueError: ``name`` is not a C identifier, or ``path`` is not a C/C++ source name.
+        ValueError: ``name`` is not a C identifier, ``path`` is not a C/C++ source name,
+            or ``compress=True`` with a float or already compressed file.
         tfcompress.InvalidTFLiteFileError: the bytes are not a ``.tflite``.
         tfcompress.OutputExistsError: a file exists and ``overwrite`` is False.
     """
@@ -44,6 +51,8 @@ def export_c_array(tflite, path, name="g_model", overwrite=False):
         raise ValueError(f"path={path!r}: give a C or C++ source file name ending in .cc, .cpp or .c.")
     raw = tflite_file.read_bytes(tflite)
     tflite_file.inspect(raw)  # a clear error for bytes that are not a .tflite, before anything is written
+    if compress:
+        raw = bytes(micro_compress.compress(raw))
     header = stem + ".h"
     check_writable(path, overwrite, argument="path")
     check_writable(header, overwrite, argument="path (its header)")

@@ -22,6 +22,7 @@ from tfcompress.evaluation.litert import evaluate_many
 from tfcompress.evaluation.onnxruntime import evaluate_onnx
 from tfcompress.evaluation.reports import compare
 from tfcompress.evaluation.tflite_file import InvalidTFLiteFileError
+from tfcompress.evaluation import micro_compress
 from tfcompress.export.firmware import export_c_array
 from tfcompress.export.onnx import to_onnx
 from tfcompress.export.representative import RepresentativeDataError
@@ -417,17 +418,25 @@ def _define_export():
     flags.DEFINE_string("c_array", None, "Write the model as a C array to this .cc file (and a .h beside it), in "
                         "TensorFlow Lite Micro's convention (default: none - required).")
     flags.DEFINE_string("name", "g_model", "C identifier of the array.")
+    flags.DEFINE_boolean("micro_compress", False, "Store clustered int8 weights as TFLite Micro look-up tables "
+                         "first (tfc.micro.compress): less flash, the same outputs; the firmware registers DECODE.")
 
 
 def _export(argv):
     if len(argv) != 2:
-        raise UsageError("usage: tfcompress export MODEL.tflite --c_array=model_data.cc [--name=g_model]")
+        raise UsageError("usage: tfcompress export MODEL.tflite --c_array=model_data.cc [--name=g_model] "
+                         "[--micro_compress]")
     if not FLAGS.c_array:
         raise UsageError("--c_array=model_data.cc is required: the C source file to write.")
     if not os.path.isfile(argv[1]):
         raise UsageError(f"model file {argv[1]!r} not found.")
-    source, header = export_c_array(argv[1], FLAGS.c_array, name=FLAGS.name, overwrite=FLAGS.overwrite)
-    _progress(f"wrote {source} and {header}: {os.path.getsize(argv[1]):,} bytes as {FLAGS.name}[]")
+    model = argv[1]
+    if FLAGS.micro_compress:
+        model = micro_compress.compress(argv[1])
+        _progress(model.to_markdown())
+    source, header = export_c_array(model, FLAGS.c_array, name=FLAGS.name, overwrite=FLAGS.overwrite)
+    size = len(model) if FLAGS.micro_compress else os.path.getsize(argv[1])
+    _progress(f"wrote {source} and {header}: {size:,} bytes as {FLAGS.name}[]")
 
 
 # --- demo --------------------------------------------------------------------------------------
