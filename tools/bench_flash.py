@@ -18,7 +18,6 @@ Usage:
     python tools/bench_flash.py --quick   # smoke test (about two minutes on 2 loaded cores)
 """
 
-import time
 import warnings
 
 from absl import flags
