@@ -665,3 +665,30 @@ def test_convnext_style_operation_nodes_and_layer_norm_through_qat_to_int8():
     # LayerNormalization's inner tensors (MEAN, SQUARED_DIFFERENCE, RSQRT, MUL) get int8 ranges the converter
     # calibrates and QAT does not simulate; five of them in a row add rounding steps (3 measured).
     assert error.max() <= 4.0, error.max()
+
+
+def test_the_guides_support_table_lists_what_the_registry_quantizes():
+    """docs/guides/quantization-aware-training.md's table is checked against the code, so it cannot drift."""
+    import pathlib
+    import re
+
+    from tfcompress.quantization import registry
+
+    guide = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "guides" / "quantization-aware-training.md")
+    table = guide.read_text().split("| QAT layer support |")[1].split("\n\n")[0]
+    rows = [line.split("|")[1] for line in table.splitlines()[2:]]
+    layer_rows = [r for r in rows if "keras.ops" not in r and "anything else" not in r]
+    documented = set(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", " ".join(layer_rows)))
+    assert documented == {c.__name__ for c in registry.REGISTRY} - {"InputLayer"}
+    activation_row = next(r for r in layer_rows if "Activation" in r)
+    assert set(re.findall(r"`(\w+)`", activation_row)) == set(registry.SUPPORTED_ACTIVATIONS)
+
+    def snake(kind):
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", kind.split(".")[-1]).lower()
+
+    op_rows = {("passthrough" if "the input's scale" in line else "output"): line.split("|")[1]
+               for line in table.splitlines()[2:]
+               if "keras.ops" in line.split("|")[1] and "anything else" not in line}
+    for kind in ("output", "passthrough"):
+        listed = set(re.findall(r"`([a-z_0-9]+)`", op_rows[kind]))
+        assert listed == {snake(k) for k, spec in registry.OPERATIONS.items() if spec.kind == kind}, kind
