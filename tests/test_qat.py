@@ -604,19 +604,38 @@ def _output_step(tflite):
     return float(details[dequantize.inputs[0]]["quantization_parameters"]["scales"][0])
 
 
+def _all_conv_digits_cnn():
+    # Logits from a 1x1 convolution and a global average: every kernel is per-channel in both files.
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = layers.ReLU(6.0, name="dw_relu")(x)
+    x = layers.Conv2D(10, 1, name="head")(x)
+    return keras.Model(inputs, layers.GlobalAveragePooling2D(name="logits")(x), name="all_conv")
+
+
 def test_calibrated_start_converts_to_the_ptq_file(trained_digits_model, digits_data):
     (x, _), (x_test, _) = digits_data
-    qat = tfc.quantize_model(trained_digits_model, x[:200])
+    model = trained_on_digits(_all_conv_digits_cnn, digits_data, epochs=10)
+    qat = tfc.quantize_model(model, x[:200])
     assert tq.quantize.untrained_ranges(qat) == []
     qat_file = tfc.to_tflite(qat, mode="int8")
-    ptq_file = tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:200])
+    ptq_file = tfc.to_tflite(model, mode="int8", representative_data=x[:200])
     assert qat_file.info.op_census_by_dtype == ptq_file.info.op_census_by_dtype
     step = _output_step(ptq_file)
     assert _output_step(qat_file) == pytest.approx(step, rel=1e-5)
-    # Same ranges and same int8 weights; a one-step difference is left to where the converter rounds a folded
-    # BN's kernel or a bias once more or less than the fake-quant graph (a rounding tie flips by one step).
+    # Same ranges, same int8 kernels and biases; one step is left to float32 rounding ties (the folded BN's
+    # kernel and the requantization multipliers computed in a different order by the two paths).
     difference = np.abs(_run_tflite(qat_file, x_test) - _run_tflite(ptq_file, x_test))
     assert difference.max() <= step * 1.001
+    # With Dense layers: the same ops and activation scales; only the Dense kernels differ, per-tensor in the
+    # QAT file (the converter rejects per-channel FakeQuant on FULLY_CONNECTED) and per-channel in PTQ's.
+    qat_file = tfc.to_tflite(tfc.quantize_model(trained_digits_model, x[:200]), mode="int8")
+    ptq_file = tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:200])
+    assert qat_file.info.op_census_by_dtype == ptq_file.info.op_census_by_dtype
+    assert _output_step(qat_file) == pytest.approx(_output_step(ptq_file), rel=1e-5)
 
 
 def test_quantize_model_data_argument_and_errors(trained_digits_model, digits_data):
