@@ -377,7 +377,8 @@ class QuantizationAwareTraining(Step):
 
     def apply(self, model, run):
         # The calibration samples the int8 conversion would get: the ranges start where PTQ's are.
-        model = quantization.quantize_model(model, run.x[:run.calibration_samples], config=self.config)
+        calibration = run.x[:run.calibration_samples] if run.calibration_samples else None
+        model = quantization.quantize_model(model, calibration, config=self.config)
         run.fit(model, self)
         return model, f"quantization-aware training for {self.epochs} epoch(s)"
 
