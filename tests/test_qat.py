@@ -618,7 +618,7 @@ def _all_conv_digits_cnn():
 
 def test_calibrated_start_converts_to_the_ptq_file(trained_digits_model, digits_data):
     (x, _), (x_test, _) = digits_data
-    model = trained_on_digits(_all_conv_digits_cnn, digits_data, epochs=10)
+    model = trained_on_digits(_all_conv_digits_cnn, digits_data, epochs=6)
     qat = tfc.quantize_model(model, x[:200])
     assert tq.quantize.untrained_ranges(qat) == []
     qat_file = tfc.to_tflite(qat, mode="int8")
