@@ -1,6 +1,7 @@
 """Quantization-aware training: numerics, BN folding, layer coverage, int8 conversion, calibration, PQAT, saving,
 errors."""
 
+import warnings
 
 import numpy as np
 import pytest
@@ -93,11 +94,16 @@ def test_activation_quantizer_moving_average_and_numerics():
     # The first update copies the batch range.
     assert float(quantizer.range_min.numpy()) == pytest.approx(first.min(), rel=1e-6)
     assert float(quantizer.range_max.numpy()) == pytest.approx(first.max(), rel=1e-6)
+    # A wider batch widens the range at once (the envelope of the extremes, as min/max calibration)...
     second = rng.uniform(-2.0, 5.0, (32, 5)).astype(np.float32)
     quantizer(second, training=True)
-    decay = min(0.9, 2.0 / 11.0)
-    expected_min = decay * first.min() + (1 - decay) * second.min()
-    expected_max = decay * first.max() + (1 - decay) * second.max()
+    assert float(quantizer.range_min.numpy()) == pytest.approx(second.min(), rel=1e-6)
+    assert float(quantizer.range_max.numpy()) == pytest.approx(second.max(), rel=1e-6)
+    # ...a narrower one shrinks it by (1 - decay) of the gap.
+    third = rng.uniform(-0.5, 1.0, (32, 5)).astype(np.float32)
+    quantizer(third, training=True)
+    expected_min = 0.9 * second.min() + 0.1 * third.min()
+    expected_max = 0.9 * second.max() + 0.1 * third.max()
     assert float(quantizer.range_min.numpy()) == pytest.approx(expected_min, rel=1e-5)
     assert float(quantizer.range_max.numpy()) == pytest.approx(expected_max, rel=1e-5)
     x = rng.uniform(-4.0, 7.0, (64, 5)).astype(np.float32)
@@ -692,3 +698,173 @@ def test_the_guides_support_table_lists_what_the_registry_quantizes():
     for kind in ("output", "passthrough"):
         listed = set(re.findall(r"`([a-z_0-9]+)`", op_rows[kind]))
         assert listed == {snake(k) for k, spec in registry.OPERATIONS.items() if spec.kind == kind}, kind
+
+
+# --- calibrated start: QAT starts where PTQ ends ---------------------------------------------
+
+
+def _output_step(tflite):
+    """The int8 scale of the file's output tensor (the tensor its final DEQUANTIZE reads)."""
+    interpreter = make_interpreter(bytes(tflite), "cpu", 1)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    dequantize = [op for op in tflite.info.operators if op.type == "DEQUANTIZE"][-1]
+    return float(details[dequantize.inputs[0]]["quantization_parameters"]["scales"][0])
+
+
+def _all_conv_digits_cnn():
+    # Logits from a 1x1 convolution and a global average: every kernel is per-channel in both files.
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = layers.ReLU(6.0, name="dw_relu")(x)
+    x = layers.Conv2D(10, 1, name="head")(x)
+    return keras.Model(inputs, layers.GlobalAveragePooling2D(name="logits")(x), name="all_conv")
+
+
+def test_calibrated_start_converts_to_the_ptq_file(trained_digits_model, digits_data):
+    (x, _), (x_test, _) = digits_data
+    model = trained_on_digits(_all_conv_digits_cnn, digits_data, epochs=6)
+    qat = tfc.quantize_model(model, x[:200])
+    assert tq.quantize.untrained_ranges(qat) == []
+    qat_file = tfc.to_tflite(qat, mode="int8")
+    ptq_file = tfc.to_tflite(model, mode="int8", representative_data=x[:200])
+    assert qat_file.info.op_census_by_dtype == ptq_file.info.op_census_by_dtype
+    step = _output_step(ptq_file)
+    assert _output_step(qat_file) == pytest.approx(step, rel=1e-5)
+    # Same ranges, same int8 kernels and biases; one step is left to float32 rounding ties (the folded BN's
+    # kernel and the requantization multipliers computed in a different order by the two paths).
+    difference = np.abs(_run_tflite(qat_file, x_test) - _run_tflite(ptq_file, x_test))
+    assert difference.max() <= step * 1.001
+    # With Dense layers: the same ops and activation scales; only the Dense kernels differ, per-tensor in the
+    # QAT file (the converter rejects per-channel FakeQuant on FULLY_CONNECTED) and per-channel in PTQ's.
+    qat_file = tfc.to_tflite(tfc.quantize_model(trained_digits_model, x[:200]), mode="int8")
+    ptq_file = tfc.to_tflite(trained_digits_model, mode="int8", representative_data=x[:200])
+    assert qat_file.info.op_census_by_dtype == ptq_file.info.op_census_by_dtype
+    assert _output_step(qat_file) == pytest.approx(_output_step(ptq_file), rel=1e-5)
+
+
+def test_quantize_model_data_argument_and_errors(trained_digits_model, digits_data):
+    (x, _), _ = digits_data
+    with pytest.raises(TypeError, match=r"looks like layer names.*keep_float=\['fc1'\]"):
+        tfc.quantize_model(trained_digits_model, ["fc1"])
+    with pytest.raises(ValueError, match=r"calibration='nope'.*minmax"):
+        tfc.quantize_model(trained_digits_model, x[:10], calibration="nope")
+    with pytest.raises(tfc.RepresentativeDataError, match="representative_data"):
+        tfc.quantize_model(trained_digits_model, x[:10, :4])
+    # A dataset of (x, y) pairs calibrates as an array does; keep_float and config keep working as keywords.
+    import tensorflow as tf
+    from_array = _ranges(tfc.quantize_model(trained_digits_model, x[:64], keep_float="fc1"))
+    dataset = tf.data.Dataset.from_tensor_slices((x[:64], np.zeros(64))).batch(16)
+    from_dataset = _ranges(tfc.quantize_model(trained_digits_model, representative_data=dataset, keep_float=["fc1"],
+                                              config=tfc.QATConfig()))
+    assert from_array == pytest.approx(from_dataset)
+
+
+def _raw_pixel_cnn():
+    # No BatchNormalization: raw 0..255 inputs make the conv outputs reach hundreds (far beyond [-6, 6]).
+    inputs = keras.Input((8, 8, 1))
+    h = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    h = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(h)
+    h = layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, layers.Dense(10)(h), name="raw_pixel_cnn")
+
+
+def _dense_autoencoder():
+    inputs = keras.Input((64,))
+    h = layers.Dense(32, activation="relu")(inputs)
+    h = layers.Dense(8)(h)
+    h = layers.Dense(32, activation="relu")(h)
+    return keras.Model(inputs, layers.Dense(64)(h), name="dense_autoencoder")
+
+
+def _one_short_qat_epoch(model, x_train):
+    """quantize_model with PTQ's data, then one epoch of Adam 1e-5 towards the float model's own outputs."""
+    keras.utils.set_random_seed(0)
+    qat = tfc.quantize_model(model, x_train[:500])
+    qat.compile(keras.optimizers.Adam(1e-5), "mse")
+    qat.fit(x_train, model.predict(x_train, verbose=0), epochs=1, batch_size=32, verbose=0)
+    return tfc.to_tflite(qat, mode="int8")
+
+
+def test_short_qat_on_raw_pixels_is_as_good_as_ptq(digits_data):
+    (x, y), (x_test, _) = digits_data
+    x, x_test = 255.0 * x, 255.0 * x_test
+    keras.utils.set_random_seed(0)
+    classifier = tfc.zoo.compile_classifier(_raw_pixel_cnn(), learning_rate=1e-3)
+    classifier.fit(x, y, epochs=8, batch_size=32, verbose=0)
+    reference = classifier.predict(x_test, verbose=0).argmax(1)
+    ptq = _run_tflite(tfc.to_tflite(classifier, mode="int8", representative_data=x[:500]), x_test).argmax(1)
+    qat = _run_tflite(_one_short_qat_epoch(classifier, x), x_test).argmax(1)
+    # One epoch at 1e-5 moves a weight by ~42 x 1e-5, a fraction of its int8 step, and calibrated ranges shrink
+    # by at most 1 - 0.999^42 = 4% of their slack: the file can only flip near-ties, a few of the 450 samples.
+    assert np.mean(qat == reference) >= np.mean(ptq == reference) - 0.01
+
+
+def test_short_qat_with_activations_beyond_six_is_as_good_as_ptq(digits_data):
+    (x, _), (x_test, _) = digits_data
+    flat, flat_test = 255.0 * x.reshape(len(x), 64), 255.0 * x_test.reshape(len(x_test), 64)
+    keras.utils.set_random_seed(0)
+    autoencoder = _dense_autoencoder()
+    autoencoder.compile(keras.optimizers.Adam(1e-3), "mse")
+    autoencoder.fit(flat, flat, epochs=15, batch_size=32, verbose=0)
+    target = autoencoder.predict(flat_test, verbose=0)
+    assert np.abs(target).max() > 6.0 * 10
+
+    def relative_error(tflite):
+        return np.linalg.norm(_run_tflite(tflite, flat_test) - target) / np.linalg.norm(target)
+
+    ptq_error = relative_error(tfc.to_tflite(autoencoder, mode="int8", representative_data=flat[:500]))
+    qat_error = relative_error(_one_short_qat_epoch(autoencoder, flat))
+    # 10%: the run-to-run spread of the error from the slightly moved weights. The mean of per-batch extremes
+    # (the former moving average) clipped the decoder's output range: 25% worse than PTQ on this model.
+    assert qat_error <= 1.10 * ptq_error
+
+
+def test_parity_callback_warns_when_qat_is_worse_than_ptq(digits_data):
+    (x, _), (x_test, _) = digits_data
+    flat, flat_test = 255.0 * x.reshape(len(x), 64), 255.0 * x_test.reshape(len(x_test), 64)
+    keras.utils.set_random_seed(0)
+    autoencoder = _dense_autoencoder()
+    autoencoder.compile(keras.optimizers.Adam(1e-3), "mse")
+    autoencoder.fit(flat, flat, epochs=5, batch_size=32, verbose=0)
+    qat = tfc.quantize_model(autoencoder, flat[:500])
+    qat.compile(keras.optimizers.Adam(1e-5), "mse")
+    targets = autoencoder.predict(flat[:256], verbose=0)
+
+    class Perturb(keras.callbacks.Callback):  # QAT made worse on purpose: every kernel scaled by 1.3
+        def on_epoch_end(self, epoch, logs=None):
+            for layer in self.model.layers:
+                if hasattr(layer, "kernel"):
+                    layer.kernel.assign(layer.kernel * 1.3)
+
+    guard = tfc.TFLiteParityCallback(1, flat_test[:200], representative_data=flat[:500], float_model=autoencoder)
+    with pytest.warns(UserWarning, match=r"QAT int8 file is worse than post-training int8.*relative error .*"
+                                         r"\d\.\d{4} vs \d\.\d{4} for PTQ"):
+        qat.fit(flat[:256], targets, epochs=1, batch_size=32, verbose=0, callbacks=[Perturb(), guard])
+    record = guard.history[-1]
+    assert record["tflite_relative_error"] > 2 * record["ptq_relative_error"]
+    # Unperturbed, the same guard (its PTQ score kept) stays quiet.
+    guard.tolerance = 10.0
+    qat = tfc.quantize_model(autoencoder, flat[:500])
+    qat.compile(keras.optimizers.Adam(1e-5), "mse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        qat.fit(flat[:256], targets, epochs=1, batch_size=32, verbose=0, callbacks=[guard])
+    assert guard.history[-1]["tflite_relative_error"] <= 1.1 * record["ptq_relative_error"]
+    with pytest.raises(ValueError, match="y is None"):
+        tfc.TFLiteParityCallback(1, flat_test)
+
+
+def test_freeze_keeps_calibrated_ranges_and_thaw_resumes(trained_digits_model, digits_data):
+    (x, y), _ = digits_data
+    qat = tfc.zoo.compile_classifier(tfc.quantize_model(trained_digits_model, x[:200]), learning_rate=1e-4)
+    calibrated = _ranges(qat)
+    tq.freeze(qat)
+    qat.fit(3.0 * x[:128], y[:128], epochs=1, batch_size=32, verbose=0)  # wider data: would widen every range
+    assert _ranges(qat) == calibrated
+    tq.freeze(qat, False)
+    qat.fit(3.0 * x[:128], y[:128], epochs=1, batch_size=32, verbose=0)
+    widened = _ranges(qat)
+    assert widened["image_quant"][1] == pytest.approx(3.0 * calibrated["image_quant"][1], rel=1e-5)

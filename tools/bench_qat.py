@@ -31,6 +31,15 @@ requantizes in float32, the built-in kernels in fixed point with two roundings),
 so their agreement with each other shows how much of a disagreement is the
 network amplifying 1-step differences rather than the simulation being off.
 
+Where QAT starts (``--start``): PTQ vs QAT after 0 and 1 epochs on trained models, in the setting of a
+user's report (Adam ``--start_learning_rate``, ``--start_samples`` unlabeled training inputs, targets = the float
+model's own outputs, batch 32): the reference CNN on Fashion-MNIST (inputs in [0, 1]), a ResNet-8-style CNN with
+BatchNormalization on raw 0-255 pixels, and a Dense autoencoder whose activations reach hundreds. Rows: PTQ int8;
+QAT converted right after ``quantize_model(model, x[:500])`` (0 epochs: must equal PTQ); QAT after 1 epoch from
+that calibrated start, and from no data (ranges from the first batches); the dense control fine-tuned the same
+epoch (float, and its own PTQ). Scores: top-1 agreement with the float model and test accuracy (classifiers),
+relative output error ``||file - float|| / ||float||`` (autoencoder), every file on XNNPACK.
+
 Every run is repeated for each of ``--seeds`` (the table shows means); the
 fine-tuning learning rate is cosine-decayed to 0, as ``tfc.compress`` does,
 for QAT, tfmot QAT and the float control alike (``--qat_schedule=constant``
@@ -41,6 +50,7 @@ Usage:
     python tools/bench_qat.py --quick         # smoke test (a few minutes; accuracies meaningless)
     python tools/bench_qat.py --notfmot --nocoverage --seeds=0 --output=/tmp/qat.md
     python tools/bench_qat.py --noaccuracy    # coverage only
+    python tools/bench_qat.py --quick --noaccuracy --nocoverage --notfmot   # where QAT starts only (~3 min)
 """
 
 import json
@@ -69,6 +79,9 @@ flags.DEFINE_list("coverage_models", ["MobileNetV2", "EfficientNetB0"], "Keras a
 flags.DEFINE_integer("coverage_train", 4096, "Upscaled training images for the coverage models.")
 flags.DEFINE_integer("coverage_epochs", 2, "Float epochs of the coverage models before QAT (1 QAT epoch follows).")
 flags.DEFINE_integer("coverage_samples", 512, "Inputs on which Keras and TFLite top-1 are compared.")
+flags.DEFINE_bool("start", True, "Run the PTQ vs QAT after 0 and 1 epochs comparison (--nostart: skip it).")
+flags.DEFINE_integer("start_samples", 2000, "Unlabeled training inputs of the 1-epoch QAT / control fine-tuning.")
+flags.DEFINE_float("start_learning_rate", 1e-5, "Adam learning rate of the 1-epoch QAT / control fine-tuning.")
 flags.DEFINE_bool("quick", False, "Smoke test: 4000 images, 1 epoch each, small coverage runs.")
 bench_common.define_tfmot_flags("Also run tfmot QAT under tf_keras in a subprocess.")
 bench_common.define_output_flags()
@@ -83,10 +96,11 @@ def _settings():
         seed=int(FLAGS.seeds[0]), qat_schedule=FLAGS.qat_schedule,
         coverage_models=list(FLAGS.coverage_models), coverage_train=FLAGS.coverage_train,
         coverage_epochs=FLAGS.coverage_epochs, coverage_samples=FLAGS.coverage_samples,
+        start_samples=FLAGS.start_samples, start_learning_rate=FLAGS.start_learning_rate, start_float_epochs=3,
     )
     if FLAGS.quick:
         s.update(float_epochs=1, qat_epochs=1, prune_epochs=1, train_limit=4000, test_limit=1000,
-                 coverage_train=256, coverage_epochs=1, coverage_samples=128)
+                 coverage_train=256, coverage_epochs=1, coverage_samples=128, start_float_epochs=2)
     return s
 
 
@@ -266,6 +280,117 @@ def _run_tflite(tflite, x, builtin_kernels=False):
 
 
 
+# Where QAT starts: PTQ vs QAT after 0 and 1 epochs --------------------------------------------
+
+
+def _resnet8(keras, bn_momentum, input_shape=(28, 28, 1)):
+    layers = keras.layers
+
+    def bn():
+        return layers.BatchNormalization(momentum=bn_momentum)
+
+    inputs = keras.Input(input_shape)
+    h = layers.ReLU()(bn()(layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)))
+    for filters, stride in ((16, 1), (32, 2), (64, 2)):
+        b = layers.Conv2D(filters, 3, stride, padding="same", use_bias=False)(h)
+        b = layers.ReLU()(bn()(b))
+        b = bn()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(b))
+        shortcut = h if stride == 1 and h.shape[-1] == filters else layers.Conv2D(filters, 1, stride, use_bias=False)(h)
+        h = layers.ReLU()(layers.Add()([b, shortcut]))
+    return keras.Model(inputs, layers.Dense(10)(layers.GlobalAveragePooling2D()(h)), name="resnet8_raw_pixels")
+
+
+def _dense_autoencoder(keras):
+    layers = keras.layers
+    inputs = keras.Input((784,))
+    h = layers.Dense(32)(layers.Dense(128, activation="relu")(inputs))
+    outputs = layers.Dense(784)(layers.Dense(128, activation="relu")(h))
+    return keras.Model(inputs, outputs, name="dense_autoencoder")
+
+
+def _start(s):
+    import keras
+    import numpy as np
+
+    import tfcompress as tfc
+    from tfcompress.evaluation import litert
+
+    (x, y), (x_test, y_test) = bench_common.fashion_mnist(s)
+    # Keras's BN momentum 0.99 needs ~1,000 steps before the moving statistics fit the data; the quick mode's
+    # float training is shorter, so it uses 0.9 (as the zoo advises for short runs).
+    momentum = 0.9 if s["start_float_epochs"] * len(x) // s["batch_size"] < 1000 else 0.99
+    cases = [("reference CNN, inputs 0-1", lambda: tfc.zoo.reference_cnn(bn_momentum=momentum), x, x_test,
+              "classifier"),
+             ("ResNet-8 + BN, raw 0-255 inputs", lambda: _resnet8(keras, momentum), 255.0 * x, 255.0 * x_test,
+              "classifier"),
+             ("Dense autoencoder, raw 0-255", lambda: _dense_autoencoder(keras), 255.0 * x.reshape(len(x), -1),
+              255.0 * x_test.reshape(len(x_test), -1), "autoencoder")]
+    results = {}
+    for name, build, train, test, kind in cases:
+        keras.utils.set_random_seed(s["seed"])
+        model = build()
+        if kind == "classifier":
+            tfc.zoo.compile_classifier(model, learning_rate=s["learning_rate"])
+            model.fit(train, y, epochs=s["start_float_epochs"], batch_size=s["batch_size"], verbose=0)
+        else:
+            model.compile(keras.optimizers.Adam(s["learning_rate"]), "mse")
+            model.fit(train, train, epochs=2 * s["start_float_epochs"], batch_size=s["batch_size"], verbose=0)
+        reference = model.predict(test, verbose=0, batch_size=512)
+        unlabeled = train[: s["start_samples"]]
+        targets = model.predict(unlabeled, verbose=0, batch_size=512)
+        representative = train[:500]
+
+        def score(tflite, outputs=None):
+            out = litert.predict(bytes(tflite), test) if outputs is None else outputs
+            if kind == "autoencoder":
+                return {"relative_error": float(np.linalg.norm(out - reference) / np.linalg.norm(reference))}
+            return {"agreement": float(np.mean(out.argmax(1) == reference.argmax(1))),
+                    "accuracy": float(np.mean(out.argmax(1) == y_test))}
+
+        def one_epoch(net):
+            keras.utils.set_random_seed(s["seed"] + 1)
+            net.compile(keras.optimizers.Adam(s["start_learning_rate"]), "mse")
+            net.fit(unlabeled, targets, epochs=1, batch_size=32, verbose=0)
+            return net
+
+        rows = {"float (start)": score(None, reference)}
+        rows["PTQ int8"] = score(tfc.to_tflite(model, mode="int8", representative_data=representative))
+        rows["QAT 0 epochs (calibrated start)"] = score(tfc.to_tflite(tfc.quantize_model(model, representative),
+                                                                      mode="int8"))
+        rows["QAT 1 epoch, calibrated start"] = score(tfc.to_tflite(one_epoch(tfc.quantize_model(model, representative)),
+                                                                    mode="int8"))
+        rows["QAT 1 epoch, no data (first batches)"] = score(tfc.to_tflite(one_epoch(tfc.quantize_model(model)),
+                                                                           mode="int8"))
+        control = keras.models.clone_model(model)
+        control.set_weights(model.get_weights())
+        one_epoch(control)
+        rows["float control, 1 epoch"] = score(None, control.predict(test, verbose=0, batch_size=512))
+        rows["PTQ int8 of the control"] = score(tfc.to_tflite(control, mode="int8", representative_data=representative))
+        results[name] = rows
+        print(f"  {name}: {json.dumps(rows)}", flush=True)
+    return results
+
+
+def _start_markdown(s, results):
+    if not results:
+        return ""
+    names = list(next(iter(results.values())))
+    lines = [f"Where QAT starts: Fashion-MNIST ({s['train_limit'] or 60000} training images, "
+             f"{s['test_limit'] or 10000} test), 1 epoch = Adam {s['start_learning_rate']:g} on "
+             f"{s['start_samples']} unlabeled inputs towards the float model's outputs (batch 32); PTQ and the "
+             "calibrated start use 500 training inputs. Classifiers: top-1 agreement with the float model / test "
+             "accuracy; autoencoder: relative output error (lower is better).", "",
+             "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for model, rows in results.items():
+        cells = []
+        for name in names:
+            r = rows[name]
+            cells.append(f"{r['relative_error']:.4f}" if "relative_error" in r
+                         else f"{r['agreement']:.1%} / {r['accuracy']:.1%}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # tfmot (subprocess, tf_keras) ---------------------------------------------------------------
 
 
@@ -392,14 +517,20 @@ def main():
             print(f"seed {seed}: tfmot run (subprocess, tf_keras):", flush=True)
             with tempfile.TemporaryDirectory(prefix="bench_qat_") as workdir:
                 theirs_runs.append(bench_common.run_tfmot(__file__, run, weights, workdir))
+    start = {}
+    if FLAGS.start:
+        print("where QAT starts:", flush=True)
+        start = _start(dict(s, seed=s["seeds"][0]))
     coverage = {}
     if FLAGS.coverage:
         print("coverage:", flush=True)
         coverage = _coverage(s)
-    table = _markdown(s, ours_runs, theirs_runs, coverage).rstrip() + "\n\n" + bench_common.timed_on()
+    table = "\n\n".join(part for part in (_start_markdown(s, start),
+                                            _markdown(s, ours_runs, theirs_runs, coverage).rstrip()) if part)
+    table += "\n\n" + bench_common.timed_on()
     print(table)
     bench_common.write_outputs(table, {"settings": s, "tfcompress": ours_runs, "tfmot": theirs_runs,
-                                       "coverage": coverage}, json_default=str)
+                                       "coverage": coverage, "start": start}, json_default=str)
 
 
 if __name__ == "__main__":

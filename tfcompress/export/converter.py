@@ -36,7 +36,7 @@ IO_TYPES = {
     "int8": ("float32", "int8", "uint8"),
     "int16x8": ("float32", "int16"),
 }
-DEFAULT_MAX_CALIBRATION_SAMPLES = 500
+DEFAULT_MAX_CALIBRATION_SAMPLES = representative.DEFAULT_MAX_CALIBRATION_SAMPLES
 DEFAULT_TIMEOUT_S = 600
 MIN_AGREEMENT = 0.97
 CALIBRATIONS = ("minmax", "percentile", "mse")
@@ -113,14 +113,7 @@ def input_specs(model, samples_hint=None, input_shape=None):
     with contextlib.suppress(AttributeError, ValueError):
         inputs = model.inputs
     if inputs:
-        return [
-            representative.InputSpec(
-                name=_input_name(t, i),
-                shape=(None,) + tuple(t.shape[1:]),
-                dtype=str(getattr(t.dtype, "name", t.dtype)),
-            )
-            for i, t in enumerate(inputs)
-        ]
+        return representative.functional_input_specs(model)
     if input_shape is not None:
         shapes = input_shape if isinstance(input_shape[0], (list, tuple)) else [input_shape]
         return [
@@ -215,10 +208,6 @@ def is_qat_model(model):
     return any(type(layer).__module__.startswith("tfcompress.quantization") for layer in graph.layers_of(model))
 
 
-def _input_name(tensor, index):
-    name = getattr(tensor, "name", None) or f"input_{index}"
-    name = re.sub(r"[^A-Za-z0-9_]", "_", name.split(":")[0])
-    return name if re.match(r"[A-Za-z]", name) else f"input_{index}"
 
 
 def _export_saved_model(model, specs, directory):

@@ -357,7 +357,8 @@ class Distill(Step):
 @dataclasses.dataclass(frozen=True)
 class QuantizationAwareTraining(Step):
     """Quantization-aware training (QAT): `quantize_model`, then ``fit``; a later ``Convert("int8")`` uses the
-    trained ranges. (Post-training quantization is ``Convert(mode)`` alone.)
+    trained ranges. (Post-training quantization is ``Convert(mode)`` alone.) The ranges start calibrated on the
+    run's ``calibration_samples`` training inputs, where post-training int8's would be.
 
     Args:
         epochs: QAT epochs.
@@ -375,7 +376,9 @@ class QuantizationAwareTraining(Step):
     tag_format, describe_format = "qat", "QAT"
 
     def apply(self, model, run):
-        model = quantization.quantize_model(model, config=self.config)
+        # The calibration samples the int8 conversion would get: the ranges start where PTQ's are.
+        calibration = run.x[:run.calibration_samples] if run.calibration_samples else None
+        model = quantization.quantize_model(model, calibration, config=self.config)
         run.fit(model, self)
         return model, f"quantization-aware training for {self.epochs} epoch(s)"
 

@@ -15,11 +15,13 @@ class QATConfig:
     asymmetric int8 with ranges learned as moving averages of batch min/max.
 
     Args:
-        ema_decay: decay of the moving averages that track activation ranges
-            (and of nothing else: folded BatchNormalization keeps the momentum
-            of the original layer). Closer to 1 gives steadier ranges; 0.999
-            is tfmot's default. Early updates use a smaller effective decay, so
-            ranges are usable after the first few batches.
+        ema_decay: how slowly an activation range shrinks (and of nothing
+            else: folded BatchNormalization keeps the momentum of the original
+            layer). A range widens at once to a batch's extremes beyond it and
+            otherwise shrinks toward them by ``1 - ema_decay`` of the gap per
+            step, so it tracks the extremes post-training calibration uses; 0.999
+            (half-life ~700 steps) keeps a calibrated start through a short
+            fine-tune. The first batch sets a range that never saw data.
         per_channel: per-channel weight ranges for Conv1D/2D, DepthwiseConv,
             SeparableConv and Conv2DTranspose. Dense kernels are always
             per-tensor because TFLite cannot convert per-channel Dense weights.

@@ -140,17 +140,24 @@ def choose_range(collector, method, percentile=99.9):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class ActivationQuantizer(keras.layers.Layer):
-    """Fake-quantizes a tensor to asymmetric int8 with a moving-average range.
+    """Fake-quantizes a tensor to asymmetric int8 with a range that tracks the extremes of the data.
 
     During training each batch's min and max (widened to include 0, as int8
-    needs an exact zero) update the range as exponential moving averages; at
+    needs an exact zero) update the range as a decaying envelope: the range
+    widens at once to a batch extreme beyond it, and otherwise shrinks toward the
+    batch's extremes by ``1 - ema_decay`` of the gap per step. The range is thus
+    the extremes of the recent data, the statistic post-training calibration
+    (min/max over the representative samples) computes, not the mean of per-batch
+    extremes, which is narrower by construction and clips what PTQ keeps. At
     inference, and once frozen, the range is fixed. The TFLite converter uses the
     range as the int8 scale and zero point of this tensor.
 
     Args:
-        ema_decay: decay of the moving averages. The first update copies the
-            batch range, and early ones use ``min(ema_decay, (1 + n) / (10 + n))``
-            so a fresh quantizer settles within a few batches.
+        ema_decay: how slowly a range wider than the data shrinks: by
+            ``1 - ema_decay`` of the gap per training step (half-life
+            ``ln 2 / (1 - ema_decay)`` steps). The first update of a range that
+            never saw data copies the batch range, so the initial [-6, 6] is
+            never used in training.
         fixed_range: ``(min, max)`` to use instead of learning one, for outputs
             whose int8 grid TFLite fixes (see ``FIXED_OUTPUT_RANGES``).
         **kwargs: base layer arguments such as ``name``.
@@ -226,9 +233,10 @@ class ActivationQuantizer(keras.layers.Layer):
         batch_min = ops.minimum(ops.min(values), 0.0)
         batch_max = ops.maximum(ops.max(values), 0.0)
         n = self.num_updates
-        decay = ops.where(n > 0, ops.minimum(self.ema_decay, (1.0 + n) / (10.0 + n)), 0.0)
-        new_min = decay * self.range_min + (1.0 - decay) * batch_min
-        new_max = decay * self.range_max + (1.0 - decay) * batch_max
+        # A range that never saw data copies the batch's; later ones are an envelope of the batch extremes.
+        decay = ops.where(n > 0, self.ema_decay, 0.0)
+        new_min = ops.minimum(batch_min, decay * self.range_min + (1.0 - decay) * batch_min)
+        new_max = ops.maximum(batch_max, decay * self.range_max + (1.0 - decay) * batch_max)
         frozen = self.frozen > 0
         self.range_min.assign(ops.where(frozen, self.range_min, new_min))
         self.range_max.assign(ops.where(frozen, self.range_max, new_max))

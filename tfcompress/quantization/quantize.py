@@ -7,7 +7,7 @@ import warnings
 import keras
 import numpy as np
 
-from tfcompress.core import graph
+from tfcompress.core import graph, representative
 from tfcompress.core.tables import markdown_table
 from tfcompress.quantization import registry
 from tfcompress.quantization.config import QATConfig
@@ -66,7 +66,7 @@ class _Plan:
     masked_kernels: tuple = ()
 
 
-def quantize_model(model, keep_float=None, config=None):
+def quantize_model(model, representative_data=None, keep_float=None, config=None, calibration="minmax"):
     """Turns a Keras 3 model into a quantization-aware-training (QAT) model.
 
     Kernels are fake-quantized to symmetric int8 (per-channel for convolutions,
@@ -87,8 +87,23 @@ def quantize_model(model, keep_float=None, config=None):
     The QAT model contains tfcompress layer classes registered with Keras, so
     ``keras.models.load_model("qat.keras")`` works after ``import tfcompress``.
 
+    Where the activation ranges start: with ``representative_data``, every
+    range starts where post-training int8 (``to_tflite(model, mode="int8",
+    representative_data=...)``) would put it: the same data checks, the same
+    sample limit and, with ``calibration="minmax"``, the converter's own min/max
+    choice (the others are `to_tflite`'s ``calibration=`` methods, run by the same
+    `calibrate`). Converted before any training, the QAT model then gives the PTQ
+    file. Without data, the first batch of ``fit`` sets each range and the next
+    ones widen it to the extremes they see, before the ranges are exported; the
+    initial [-6, 6] is never used (`to_tflite` refuses a QAT model whose ranges
+    never saw data unless given calibration data). Weight ranges always follow
+    the weights.
+
     Args:
         model: a built ``keras.Model`` (Sequential or Functional).
+        representative_data: optional calibration inputs, in any form `to_tflite`
+            accepts (an array, a ``tf.data.Dataset``, a generator, a dict keyed by
+            input name); ~200-500 typical training inputs.
         keep_float: layer name or names to leave in float. A kept layer
             without weights (an activation, an Add) still gets an int8 range on
             its output, so the next layer reads int8. A kept layer with weights
@@ -96,6 +111,9 @@ def quantize_model(model, keep_float=None, config=None):
             otherwise, so it runs float in the ``.tflite`` too, and so does the
             op that reads its output.
         config: a `QATConfig`; defaults to ``QATConfig()``.
+        calibration: how ``representative_data`` sets the ranges: ``"minmax"``
+            (post-training int8's default), ``"percentile"`` or ``"mse"`` (as
+            `to_tflite`'s ``calibration=``). Ignored without data.
 
     Returns:
         A new Functional ``keras.Model`` with the original layer names (folded
@@ -106,12 +124,15 @@ def quantize_model(model, keep_float=None, config=None):
     Raises:
         TypeError: ``model`` is not a Keras 3 model, is subclassed, or
             ``config`` is not a `QATConfig`.
-        ValueError: the model is not built, is already quantized, or a
-            ``keep_float`` name is not a layer of it.
+        ValueError: the model is not built, is already quantized, a
+            ``keep_float`` name is not a layer of it, or ``calibration`` is
+            not a method.
+        RepresentativeDataError: ``representative_data`` does not fit the
+            model (the message names the input and the sample).
 
     Example:
 
-    >>> qat = tfc.quantize_model(model)
+    >>> qat = tfc.quantize_model(model, x[:500])   # ranges start where post-training int8's are
     >>> tfc.zoo.compile_classifier(qat, learning_rate=1e-4)
     >>> qat.fit(x, y, epochs=2)
     >>> int8_bytes = tfc.to_tflite(qat, mode="int8")   # the trained ranges: no calibration data
@@ -119,7 +140,18 @@ def quantize_model(model, keep_float=None, config=None):
     """
     config = _check_config(config)
     _check_model(model)
+    _check_representative_data(representative_data)
+    if calibration not in CALIBRATION_METHODS[1:]:
+        raise ValueError(f"calibration={calibration!r}: choose one of {list(CALIBRATION_METHODS[1:])} "
+                         "(\"minmax\" is what post-training int8 uses).")
     keep_float = _check_keep_float(model, keep_float)
+    samples = None
+    if representative_data is not None:
+        # Checked on the float model before anything is built, as to_tflite checks it.
+        specs = representative.functional_input_specs(_as_functional(model))
+        samples = representative.prepare(representative_data, specs,
+                                         max_samples=representative.DEFAULT_MAX_CALIBRATION_SAMPLES)
+        representative.check_model_outputs(model, samples, specs)
     report = QuantizationReport()
     quantized = _quantize_functional(model, keep_float, config, report, quantize_inputs=True)
     if model.compiled:
@@ -128,7 +160,19 @@ def quantize_model(model, keep_float=None, config=None):
         listed = ", ".join(f"{name} ({reason})" for name, reason in report.float_layers)
         warnings.warn(f"quantize_model left {len(report.float_layers)} layer(s) in float: {listed}.", stacklevel=2)
     quantized.quantization_report = report
+    if samples is not None:
+        arrays = representative.stacked(samples)
+        calibrate(quantized, arrays if len(arrays) > 1 else arrays[0], method=calibration)
     return quantized
+
+
+def _check_representative_data(data):
+    """Catches keep_float passed by position where ``representative_data`` now is."""
+    names = [data] if isinstance(data, str) else data
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        raise TypeError(
+            f"representative_data={data!r} looks like layer names: quantize_model's second argument is the "
+            f"calibration data. Pass layer names as keep_float={data!r}.")
 
 
 def quantization_report(model):
@@ -526,9 +570,10 @@ def calibrate(model, x, batch_size=128, only_untrained=False, method="ema", perc
 
     The model runs in inference mode (BatchNormalization statistics, folded or
     not, stay as they are; Dropout is off) while its activation quantizers
-    set their ranges from the data. Optional before QAT: training sets ranges on
-    its own within a few batches; calibrating first gives the very first steps
-    realistic ranges instead of the initial [-6, 6]. `to_tflite` calls it on a
+    set their ranges from the data. With a method other than ``"ema"`` the
+    values are those of the float model (float activations and weights), as the
+    TFLite converter calibrates for post-training int8. ``quantize_model(model,
+    x)`` calls it; `to_tflite` calls it on a
     QAT model that was never trained (``only_untrained=True``), and for
     ``calibration=`` other than the converter's own.
 
@@ -565,10 +610,13 @@ def calibrate(model, x, batch_size=128, only_untrained=False, method="ema", perc
         collectors = {id(q): fake_quant.ValueCollector() for q in chosen}
     inputs = x if isinstance(x, (list, tuple)) else [x]
     count = len(inputs[0])
+    weighted = [layer for layer in graph.layers_of(model) if isinstance(layer, QuantizedLayerMixin)] if collectors else []
     try:
         fake_quant.COLLECTORS.update(collectors)
         for quantizer in chosen:
             quantizer.calibrating = True
+        for layer in weighted:
+            layer.float_weights = True
         if chosen:
             for start in range(0, count, batch_size):
                 batch = [np.asarray(a[start:start + batch_size]) for a in inputs]
@@ -576,6 +624,8 @@ def calibrate(model, x, batch_size=128, only_untrained=False, method="ema", perc
     finally:
         for quantizer in chosen:
             quantizer.calibrating = False
+        for layer in weighted:
+            layer.float_weights = False
         for key in collectors:
             fake_quant.COLLECTORS.pop(key, None)
     for quantizer in chosen if collectors else ():

@@ -150,10 +150,14 @@ class QuantizedLayerMixin:
         quantizer = self._input_quantizer_ref() if self._input_quantizer_ref is not None else None
         return quantizer.scale() if quantizer is not None else None
 
+    # Set by `calibrate` while it collects activation values (eagerly): kernels and bias stay float, so the
+    # ranges are those of the float model, which is what the TFLite converter calibrates for post-training int8.
+    float_weights = False
+
     def _quantize_bias(self, bias, bias_weight_scale):
         # TFLite stores the bias as int32 with scale input_scale * weight_scale: add exactly that.
         input_scale = self.bias_input_scale()
-        if input_scale is None:
+        if input_scale is None or self.float_weights:
             return bias
         return fake_quant_bias(bias, input_scale * bias_weight_scale)
 
@@ -208,7 +212,8 @@ class QuantizedLayerMixin:
                 view = view * scale
             if name == self.fold_kernel_name:
                 bias_weight_scale = weight_scale(view, per_channel)
-            view = fake_quant_weights(view, per_channel)
+            if not self.float_weights:
+                view = fake_quant_weights(view, per_channel)
             kernels[name] = self.from_channels_last(name, view, tuple(kernel.shape))
         return kernels, scale, bias_weight_scale
 
