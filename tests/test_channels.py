@@ -467,3 +467,23 @@ def test_grouped_convolution_keeps_its_input_channels_and_shrinks_exactly():
     small = tfc.shrink(model, verbose=0)
     assert small.get_layer("after").filters == 4 and small.get_layer("grouped").filters == 8
     assert _relative_error(small(x), masked) < 1e-5
+
+
+def test_the_guides_graph_table_lists_what_the_channel_graph_handles():
+    """docs/guides/channel-pruning.md's table is checked against the code, so it cannot drift."""
+    import pathlib
+    import re
+
+    from tfcompress.pruning import channels
+
+    guide = pathlib.Path(__file__).resolve().parent.parent / "docs" / "guides" / "channel-pruning.md"
+    table = guide.read_text().split("| role in the graph | Keras layers |")[1].split("\n\n")[0]
+    rows = {line.split("|")[1].strip(): set(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", line.split("|")[2]))
+            for line in table.splitlines()[2:]}
+
+    def names(classes):
+        return {c.__name__ for c in classes}
+
+    assert rows["every output channel is a new element"] == names(channels.PRODUCERS)
+    assert rows["carry their input's elements"] == names(channels.PASSTHROUGH) | {"DepthwiseConv1D", "DepthwiseConv2D"}
+    assert rows["tie their inputs' elements (a residual stream is one group)"] == names(channels.ELEMENTWISE)
