@@ -25,7 +25,7 @@ from tfcompress.core import graph, isolation, native_stderr
 from tfcompress.core.files import check_writable, make_temp_dir, write_atomic
 from tfcompress.evaluation import litert, tflite_file
 from tfcompress.evaluation.tflite_file import ConvertedModel
-from tfcompress.export import representative
+from tfcompress.export import recurrent, representative
 from tfcompress.quantization import fake_quant, quantize, registry
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
@@ -210,11 +210,12 @@ def is_qat_model(model):
 
 
 
-def _export_saved_model(model, specs, directory):
+def _export_saved_model(model, specs, directory, batch_size=None):
     import keras
     import tensorflow as tf
 
-    signature = [tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in specs]
+    # batch_size=1 for RNNs exported as WHILE loops (`recurrent`): their TensorLists need a static batch.
+    signature = [tf.TensorSpec((batch_size,) + tuple(s.shape[1:]), s.dtype, name=s.name) for s in specs]
 
     def serve(*args):
         return model(args[0] if len(args) == 1 else list(args), training=False)
@@ -456,6 +457,7 @@ def convert(model, representative_data=None, config=None, verify=None, **options
         )
     checked_data = needs_calibration and representative_data is not None
     specs = input_specs(model, representative_data if checked_data else None, config.input_shape)
+    rnn_plan = recurrent.plan_export(model, mode)
     samples, notes = None, []
     if trained_ranges:
         notes.append("QAT model: int8 ranges from training, no calibration")
@@ -476,7 +478,12 @@ def convert(model, representative_data=None, config=None, verify=None, **options
     saved_model_dir = os.path.join(workdir, "saved_model")
     try:
         try:
-            _export_saved_model(model, specs, saved_model_dir)
+            if rnn_plan is None:
+                _export_saved_model(model, specs, saved_model_dir)
+            else:
+                notes.append(rnn_plan.note)
+                with rnn_plan.applied():
+                    _export_saved_model(model, specs, saved_model_dir, batch_size=rnn_plan.batch_size)
         except Exception as exc:
             raise_if_out_of_space(exc, model.name)
             raise ConversionError(
