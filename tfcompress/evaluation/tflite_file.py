@@ -30,7 +30,10 @@ _FLOAT_TYPES = {"float32", "float16", "float64", "bfloat16"}
 _BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 # Ops that do a model's multiply-accumulates (counted by `TFLiteInfo.macs`).
 MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "FULLY_CONNECTED", "BATCH_MATMUL")
-_LAYOUT_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SHAPE", "PACK", "UNPACK", "STRIDED_SLICE", "GATHER", "DENSIFY"}
+# SPLIT only slices, like STRIDED_SLICE: an int8 unrolled LSTM/GRU keeps one in float, splitting the constant
+# gate pre-activations of its first step (zero initial state, folded by the converter).
+_LAYOUT_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SHAPE", "PACK", "UNPACK", "STRIDED_SLICE", "GATHER", "DENSIFY",
+               "SPLIT"}
 
 
 class InvalidTFLiteFileError(ValueError):

@@ -214,7 +214,7 @@ def _export_saved_model(model, specs, directory, batch_size=None):
     import keras
     import tensorflow as tf
 
-    # batch_size=1 for RNNs exported as WHILE loops (`recurrent`): their TensorLists need a static batch.
+    # batch_size=1 for RNNs (`recurrent`): their TensorLists and zero initial states need a static batch.
     signature = [tf.TensorSpec((batch_size,) + tuple(s.shape[1:]), s.dtype, name=s.name) for s in specs]
 
     def serve(*args):

@@ -3,16 +3,19 @@
 Keras 3 runs an RNN as a ``tf.while_loop`` over a TensorList whose element shape holds the batch size.
 With the batch dynamic (the default export), the TFLite converter refuses it (``'tf.TensorListReserve' op
 requires element_shape to be static``), and Keras 3 no longer marks its LSTM for the converter's fused
-UNIDIRECTIONAL_SEQUENCE_LSTM kernel. Two exports work, measured on TF 2.21:
+UNIDIRECTIONAL_SEQUENCE_LSTM kernel. What works, measured on TF 2.21, always with the file's batch fixed
+at 1: the RNN's zero initial state is then a constant (with a dynamic batch it is a FILL of the input's
+SHAPE, which TFLite Micro refuses: "Non-constant dims tensor is not supported"), and `evaluate_tflite`
+feeds such files one sample at a time.
 
 - **Unrolled** (``unroll=True`` set on each RNN layer while it is exported, then restored): each time step
   becomes FULLY_CONNECTED, ADD, MUL, LOGISTIC, TANH (and SPLIT, SUB for GRU) ops, which every mode
-  quantizes, int8 included, and which keep a dynamic batch. The file grows with the sequence (about 15
-  ops per step and layer) and so does conversion time (49 steps: ~15 s; 128 steps: ~100 s), so sequences
-  up to `MAX_UNROLL_STEPS` steps are unrolled.
-- **A WHILE loop with the batch fixed at 1**, for longer or variable-length sequences: float32, float16 and
-  dynamic only. The int8 calibration of a WHILE body crashes the converter (a segfault in TF 2.21), so
-  int8 and int16x8 are refused for these, with the fix.
+  quantizes, int8 included. The file grows with the sequence (about 15 ops per step and layer) and so
+  does conversion time (LSTM(32)+GRU(32) in int8: 49 steps ~15 s, 128 steps ~100 s), so sequences up to
+  `MAX_UNROLL_STEPS` steps are unrolled.
+- **A WHILE loop**, for longer or variable-length sequences: float32, float16 and dynamic only. The int8
+  calibration of a WHILE body crashes the converter (a segfault in TF 2.21), so int8 and int16x8 are
+  refused for these, with the fix.
 
 What a ``.tflite`` cannot hold is refused before converting: ``stateful=True`` (a TFLite call keeps no
 state between invocations) and, in int8, masked sequences (the int8 SELECT_V2 graph they unroll to fails
@@ -60,25 +63,25 @@ def _masks_inputs(model):
 
 @dataclasses.dataclass
 class ExportPlan:
-    """How a model with RNN layers is exported: unrolled (dynamic batch), or with the batch fixed at 1.
+    """How a model with RNN layers is exported: unrolled, or as WHILE loops; with the batch fixed at 1.
 
     Attributes:
         layers: ``(path, layer)`` of the RNN layers.
         unroll: True to unroll them while exporting.
-        batch_size: the signature's batch size: None (dynamic) or 1.
+        batch_size: the signature's batch size.
     """
 
     layers: list
     unroll: bool
-    batch_size: object = None
+    batch_size: int = 1
 
     @property
     def note(self):
         names = ", ".join(path for path, _ in self.layers[:4]) + (", ..." if len(self.layers) > 4 else "")
         if self.unroll:
-            return f"RNN layers unrolled over their time steps for TFLite: {names}"
+            return f"RNN layers unrolled over their time steps for TFLite, batch size fixed at 1: {names}"
         return (f"RNN layers kept as WHILE loops (sequences longer than {MAX_UNROLL_STEPS} steps or of variable "
-                f"length): {names}; the file's batch size is fixed at 1")
+                f"length), batch size fixed at 1: {names}")
 
     @contextlib.contextmanager
     def applied(self):
@@ -142,4 +145,4 @@ def plan_export(model, mode):
             f"over a fixed sequence of at most {MAX_UNROLL_STEPS} steps (a quantized WHILE loop crashes the "
             "converter). Build the model on keras.Input((steps, features)) with a shorter fixed length (e.g. "
             "strided Conv1D or pooling before the RNN), or convert with mode='dynamic' or 'float32'.")
-    return ExportPlan(layers, unroll=False, batch_size=1)
+    return ExportPlan(layers, unroll=False)

@@ -152,7 +152,8 @@ class Pruner:
                 f"(layers={layers!r}, skip={skip!r}, structure={structure!r}).\n"
                 + report.weights_table(self.entries)
                 + "\nPrunable by default: kernels of Dense, EinsumDense, Conv*, Conv*Transpose, "
-                "SeparableConv pointwise kernels, Embedding tables; DepthwiseConv when named in "
+                "SeparableConv pointwise kernels, Embedding tables, LSTM/GRU/SimpleRNN kernels and recurrent kernels; "
+                "DepthwiseConv when named in "
                 "layers=; custom layers that define get_prunable_weights()."
             )
         self.masks = None

@@ -2,8 +2,11 @@
 
 Default targets are the matrix-multiply weights that dominate size and that
 TFLite can store sparsely: kernels of Dense, EinsumDense, Conv1D/2D/3D and
-their transposes, the pointwise kernel of SeparableConv1D/2D, and Embedding
-tables. Depthwise kernels are pruned only when named in ``layers=``: they are
+their transposes, the pointwise kernel of SeparableConv1D/2D, Embedding
+tables, and both kernels (input ``kernel`` and ``recurrent_kernel``) of the
+LSTM, GRU and SimpleRNN cells, Bidirectional's two directions included (the
+cell owns them: naming the RNN layer or its Bidirectional wrapper in
+``layers=`` or ``skip=`` covers its cell). Depthwise kernels are pruned only when named in ``layers=``: they are
 tiny and every zero removes a whole spatial tap of a channel. A custom layer
 opts in by defining ``get_prunable_weights()`` (the same hook tfmot uses),
 returning the variables to prune.
@@ -16,7 +19,8 @@ from keras import layers as klayers
 
 from tfcompress.core import graph
 
-# (layer classes, weight name). Checked in order; first match wins.
+# (layer classes, weight name or names). Checked in order; first match wins.
+RNN_CELLS = (klayers.LSTMCell, klayers.GRUCell, klayers.SimpleRNNCell)
 DEFAULT_RULES = (
     ((klayers.Dense, klayers.EinsumDense), "kernel"),
     (
@@ -26,6 +30,9 @@ DEFAULT_RULES = (
     ),
     ((klayers.SeparableConv1D, klayers.SeparableConv2D), "pointwise_kernel"),
     ((klayers.Embedding,), "embeddings"),
+    # Both matrices of a recurrent cell are matrix multiplies each step; in the .tflite they are
+    # FULLY_CONNECTED weights (unrolled RNNs), where the zeros are kept.
+    (RNN_CELLS, ("kernel", "recurrent_kernel")),
 )
 ON_REQUEST_RULES = (((klayers.DepthwiseConv1D, klayers.DepthwiseConv2D), "kernel"),)
 
@@ -66,14 +73,22 @@ def _own_variables(layer):
 
 
 def _rule_weight(layer, rules):
-    for classes, weight_name in rules:
+    """The names of the weights ``rules`` target in ``layer`` (a tuple), or None."""
+    for classes, weight_names in rules:
         if isinstance(layer, classes):
-            return weight_name
+            return (weight_names,) if isinstance(weight_names, str) else weight_names
     return None
 
 
 def _matches(names, layer_path, layer):
-    return layer.name in names or layer_path in names
+    if layer.name in names or layer_path in names:
+        return True
+    if isinstance(layer, RNN_CELLS):
+        # Users name the LSTM (or its Bidirectional), not the cell that owns the weights: any enclosing
+        # layer's name or path counts.
+        parts = layer_path.split("/")[:-1]
+        return any(part in names or "/".join(parts[: i + 1]) in names for i, part in enumerate(parts))
+    return False
 
 
 def find_weights(model, layers=None, skip=None):
@@ -126,23 +141,24 @@ def find_weights(model, layers=None, skip=None):
             targets = {id(v) for v in custom()}
             rule_reason = f"{type(layer).__name__}.get_prunable_weights()"
         else:
-            name = _rule_weight(layer, DEFAULT_RULES)
-            on_request = name is None and _rule_weight(layer, ON_REQUEST_RULES)
+            names = _rule_weight(layer, DEFAULT_RULES)
+            on_request = names is None and _rule_weight(layer, ON_REQUEST_RULES)
             if on_request and named:
-                name = on_request
-            targets = {id(v) for v in own if v.trainable and v.name == name} if name else set()
-            rule_reason = f"{type(layer).__name__}.{name}"
+                names = on_request
+            targets = {id(v) for v in own if v.trainable and v.name in names} if names else set()
+            rule_reason = None  # named after the weight, below
         for variable in own:
             is_target = id(variable) in targets
             candidate = is_target or (
-                _rule_weight(layer, ON_REQUEST_RULES) == variable.name and variable.trainable
+                variable.name in (_rule_weight(layer, ON_REQUEST_RULES) or ()) and variable.trainable
             )
             if is_target and skipped:
                 add(layer_path, layer, variable, False, "skipped: named in skip=", candidate)
             elif is_target and layers is not None and not named:
                 add(layer_path, layer, variable, False, "skipped: not named in layers=", candidate)
             elif is_target:
-                add(layer_path, layer, variable, True, f"pruned: {rule_reason}", candidate)
+                add(layer_path, layer, variable, True,
+                    f"pruned: {rule_reason or f'{type(layer).__name__}.{variable.name}'}", candidate)
             elif candidate:
                 add(layer_path, layer, variable, False,
                     "skipped: depthwise kernel (name the layer in layers= to prune it)", candidate)

@@ -359,6 +359,12 @@ def _float_reason(layer, spec, keep_float):
         if any("float32" not in str(t.dtype) for t in keras.tree.flatten(layer.output)):
             return f"operation {graph.operation_kind(layer)} outputs {layer.output.dtype}, not float32"
         return None
+    if spec is None and (isinstance(layer, keras.layers.RNN) or isinstance(getattr(layer, "layer", None),
+                                                                          keras.layers.RNN)):
+        # Fake-quant inside the recurrence would need a quantizer per gate and per step; the file's RNN is
+        # then quantized by to_tflite's calibration instead (mode='int8' with representative_data).
+        return (f"{type(layer).__name__}: recurrent layers are not fake-quantized (QAT); convert the trained model "
+                "with to_tflite(mode='int8', representative_data=...) to quantize them post-training")
     if spec is None:
         return f"{type(layer).__name__} is not in the quantization registry"
     if getattr(layer, "quantization_mode", None):
