@@ -29,7 +29,7 @@ def digits_sequences(digits_data):
 
 @pytest.fixture(scope="module")
 def trained_rnn(digits_sequences):
-    """LSTM(24, return_sequences) -> GRU(24) -> Dense(10), trained on digits sequences (~90% test accuracy)."""
+    """LSTM(24, return_sequences) -> GRU(24) -> Dense(10), trained on digits sequences (91% test accuracy)."""
     (x, y), _ = digits_sequences
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((STEPS, FEATURES)), L.LSTM(24, return_sequences=True, name="lstm"),
@@ -91,8 +91,9 @@ def test_trained_rnn_int8_keeps_accuracy_on_digits(trained_rnn, digits_sequences
 
     b = tfc.to_tflite(trained_rnn, mode="int8", representative_data=x[:200], verify=x_test)
     report = tfc.evaluate_tflite(b, x=x_test, y=y_test, backends=("cpu", "xnnpack"), num_runs=3, warmup_runs=1)
-    # Measured on AMD EPYC (AVX2): Keras 93.3%, int8 93.3%, 99.6% top-1 agreement. The int8 rounding
-    # (above) flips a prediction only where two logits are within a few output steps of each other.
+    # Measured on AMD EPYC (AVX2): Keras 91.3%, int8 91.5%, 99.3% top-1 agreement on the 449 test
+    # sequences. The int8 rounding (above) flips a prediction only where two logits are within a few
+    # output steps of each other.
     assert b.agreement >= 0.97
     assert abs(report.accuracy - reference) <= 0.02, (report.accuracy, reference)
     assert {lat.backend for lat in report.latency} == {"cpu", "xnnpack"}

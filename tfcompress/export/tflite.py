@@ -88,6 +88,11 @@ def to_tflite(model, mode="float32", representative_data=None, output_path=None,
 
     Raises:
         TypeError / ValueError: a bad model or argument; the message says which.
+        recurrent.UnsupportedRecurrentLayerError: (a ValueError) an RNN layer the file cannot
+            reproduce: ``stateful=True``; in ``"int8"``/``"int16x8"``, a sequence longer than
+            ``recurrent.MAX_UNROLL_STEPS`` or of variable length, or masked sequences. Models with
+            LSTM, GRU, SimpleRNN or Bidirectional layers are converted with the batch fixed at 1
+            (see `tfcompress.export.recurrent`).
         representative.RepresentativeDataError: unusable calibration data.
         ConversionError: the converter failed; names the mode, the model and the
             converter's own reason.
