@@ -39,6 +39,13 @@ def trained_rnn(digits_sequences):
     return model
 
 
+@pytest.fixture(scope="module")
+def trained_rnn_int8(trained_rnn, digits_sequences):
+    """``trained_rnn`` in int8, calibrated on 200 training sequences, its agreement measured on the test split."""
+    (x, _), (x_test, _) = digits_sequences
+    return tfc.to_tflite(trained_rnn, mode="int8", representative_data=x[:200], verify=x_test)
+
+
 def _recurrent(kind):
     return {
         "lstm": lambda: L.LSTM(16, name="rnn"),
@@ -84,12 +91,12 @@ def test_every_rnn_kind_converts_to_float32_and_fully_int8(kind):
     assert diff <= 8 * step, (kind, diff, step)
 
 
-def test_trained_rnn_int8_keeps_accuracy_on_digits(trained_rnn, digits_sequences):
-    (x, _), (x_test, y_test) = digits_sequences
+def test_trained_rnn_int8_keeps_accuracy_on_digits(trained_rnn, trained_rnn_int8, digits_sequences):
+    _, (x_test, y_test) = digits_sequences
     reference = keras_accuracy(trained_rnn, x_test, y_test)
     assert reference > 0.85  # a model that learnt something: agreement below means something
 
-    b = tfc.to_tflite(trained_rnn, mode="int8", representative_data=x[:200], verify=x_test)
+    b = trained_rnn_int8
     report = tfc.evaluate_tflite(b, x=x_test, y=y_test, backends=("cpu", "xnnpack"), num_runs=3, warmup_runs=1)
     # Measured on AMD EPYC (AVX2): Keras 91.3%, int8 91.5%, 99.3% top-1 agreement on the 449 test
     # sequences. The int8 rounding (above) flips a prediction only where two logits are within a few
@@ -202,11 +209,23 @@ def test_qat_keeps_rnn_layers_float_with_the_reason_and_converts():
     np.testing.assert_allclose(tfc.evaluate.predict(bytes(b), x), qat.predict(x, verbose=0), atol=0.05)
 
 
-def test_int8_rnn_runs_on_tflite_micro(trained_rnn, digits_sequences):
+def test_int8_rnn_runs_on_tflite_micro(trained_rnn_int8, digits_sequences):
     pytest.importorskip("tflite_micro")
-    (x, _), (x_test, y_test) = digits_sequences
-    b = tfc.to_tflite(trained_rnn, mode="int8", representative_data=x[:100])
+    _, (x_test, y_test) = digits_sequences
+    b = trained_rnn_int8
     assert not [f for f in tfc.micro.audit(b) if f.blocking]
     report = tfc.evaluate_tflite(b, x=x_test[:100], y=y_test[:100], backends=("xnnpack", "micro"), num_runs=2)
     # TFLM's int8 reference kernels and XNNPACK's round alike but not identically: top-1 may flip on ties.
     assert report.micro.runs and report.micro.agreement >= 0.97, report.micro.to_markdown()
+
+
+def test_micro_audit_blocks_variable_length_sequences():
+    pytest.importorskip("tflite_micro")
+    model = keras.Sequential([keras.Input((None, FEATURES), name="frames"), L.LSTM(4), L.Dense(3)])
+    b = tfc.to_tflite(model)  # a WHILE loop over any number of steps: LiteRT resizes it, TFLM cannot
+    assert b.info.input_details[0]["shape_signature"] == [1, -1, FEATURES]
+    blocking = [f for f in tfc.micro.audit(b) if f.blocking]
+    assert [f.rule for f in blocking] == ["variable_shape"] and "keras.Input((49, 10))" in blocking[0].message
+    x = np.random.default_rng(0).uniform(0, 1, (4, 12, FEATURES)).astype("float32")
+    report = tfc.evaluate_tflite(b, x=x, backends=("xnnpack", "micro"), num_runs=2)
+    assert not report.micro.runs and "variable dimension" in report.micro.error

@@ -126,7 +126,8 @@ class MicroReport:
 def audit(tflite):
     """Checks a .tflite file against what TFLite Micro runs, before anything is flashed.
 
-    Rules: ops missing from TFLM's resolver; dynamic-range (hybrid) weights; float16
+    Rules: ops missing from TFLM's resolver; inputs with a variable dimension other than the batch
+    (TFLM cannot resize); dynamic-range (hybrid) weights; float16
     weights; int4 weights; weight-only int8 with per-channel scales (TFLM's
     DEQUANTIZE applies one scale per tensor, so such a file runs but computes wrong
     outputs); and, as a note, ops that still compute in float (they run, slowly, on
@@ -150,6 +151,13 @@ def audit(tflite):
         findings.append(MicroFinding("missing_op", True, (
             f"ops {missing} are not in TFLite Micro's op resolver: replace the layers that produce them (e.g. a "
             "Lambda or tf.* call) with ops TFLM has, or register your own kernel in the firmware.")))
+    # TFLM cannot resize an input; samples run one at a time, so only a variable batch dimension is fine.
+    variable = [d["name"] for d in info.input_details if any(n < 0 for n in d.get("shape_signature", [])[1:])]
+    if variable:
+        findings.append(MicroFinding("variable_shape", True, (
+            f"inputs {variable} have a variable dimension besides the batch (e.g. keras.Input((None, 10)) for "
+            "sequences of any length), and TFLite Micro cannot resize inputs: build the model on a fixed size "
+            "(keras.Input((49, 10))), set_weights from this one, and convert that.")))
     hybrid = sorted({op.type for op in info.operators if op.type in _WEIGHT_OPS and op.dtype == "float32"
                      and any(w.dtype in ("int8", "uint8") for w in info.constant_inputs(op))})
     if hybrid:

@@ -412,6 +412,9 @@ def _parse(raw):
                 "name": tensor.Name().decode("utf-8", "replace"),
                 "dtype": _tensor_dtype(tensor),
                 "shape": [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else [],
+                # -1 marks a dimension the file lets callers resize (the batch, or a variable sequence length).
+                "shape_signature": ([int(d) for d in tensor.ShapeSignatureAsNumpy()] if tensor.ShapeSignatureLength()
+                                    else [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []),
                 "scale": scale,
                 "zero_point": zero_point,
             })
