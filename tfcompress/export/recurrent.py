@@ -10,7 +10,7 @@ feeds such files one sample at a time.
 
 - **Unrolled** (``unroll=True`` set on each RNN layer while it is exported, then restored): each time step
   becomes FULLY_CONNECTED, ADD, MUL, LOGISTIC, TANH (and SPLIT, SUB for GRU) ops, which every mode
-  quantizes, int8 included. The file grows with the sequence (about 15 ops per step and layer) and so
+  quantizes, int8 and int16x8 included. The file grows with the sequence (about 15 ops per step and layer) and so
   does conversion time (LSTM(32)+GRU(32) in int8: 49 steps ~15 s, 128 steps ~100 s), so sequences up to
   `MAX_UNROLL_STEPS` steps are unrolled.
 - **A WHILE loop**, for longer or variable-length sequences: float32, float16 and dynamic only. The int8
