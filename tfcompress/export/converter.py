@@ -200,7 +200,16 @@ def _recorded_input_specs(model, required=True):
 
 
 def _has_float_weighted_layers(model):
-    return any(registry.is_float_weighted_layer(layer) for layer in graph.layers_of(model))
+    """True when a QAT model keeps weighted layers float (its calibration data is then left unused).
+
+    RNN layers have no fake-quant form, so `quantize_model` leaves them float: they do not count, and
+    calibration quantizes them as in a post-training int8 file, unless they were kept float on purpose
+    (``keep_float`` of `quantize_model`, read from its report).
+    """
+    report = getattr(model, "quantization_report", None)
+    kept = {name for name, reason in (report.float_layers if report is not None else ()) if reason == "listed in keep_float"}
+    rnn = recurrent.recurrent_parts(model, exclude=kept)
+    return any(registry.is_float_weighted_layer(layer) for layer in graph.layers_of(model) if id(layer) not in rnn)
 
 
 def is_qat_model(model):
@@ -457,7 +466,7 @@ def convert(model, representative_data=None, config=None, verify=None, **options
         )
     checked_data = needs_calibration and representative_data is not None
     specs = input_specs(model, representative_data if checked_data else None, config.input_shape)
-    rnn_plan = recurrent.plan_export(model, mode)
+    rnn_plan = recurrent.plan_export(model, mode, config.sparse)
     samples, notes = None, []
     if trained_ranges:
         notes.append("QAT model: int8 ranges from training, no calibration")

@@ -362,9 +362,9 @@ def _float_reason(layer, spec, keep_float):
     if spec is None and (isinstance(layer, keras.layers.RNN) or isinstance(getattr(layer, "layer", None),
                                                                           keras.layers.RNN)):
         # Fake-quant inside the recurrence would need a quantizer per gate and per step; the file's RNN is
-        # then quantized by to_tflite's calibration instead (mode='int8' with representative_data).
-        return (f"{type(layer).__name__}: recurrent layers are not fake-quantized (QAT); convert the trained model "
-                "with to_tflite(mode='int8', representative_data=...) to quantize them post-training")
+        # quantized by to_tflite's calibration instead (mode='int8' with representative_data).
+        return (f"{type(layer).__name__}: recurrent layers are not fake-quantized (QAT); to_tflite(qat, mode='int8', "
+                "representative_data=...) quantizes them post-training")
     if spec is None:
         return f"{type(layer).__name__} is not in the quantization registry"
     if getattr(layer, "quantization_mode", None):
