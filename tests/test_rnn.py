@@ -108,7 +108,7 @@ def test_trained_rnn_int8_keeps_accuracy_on_digits(trained_rnn, trained_rnn_int8
 
 
 def test_dynamic_range_rnn_matches_keras(trained_rnn, digits_sequences):
-    _, (x_test, y_test) = digits_sequences
+    _, (x_test, _) = digits_sequences
     b = tfc.to_tflite(trained_rnn, mode="dynamic", verify=x_test)
     # int8 weights, float activations: top-1 changes only on near ties.
     assert b.agreement >= 0.98
