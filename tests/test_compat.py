@@ -63,7 +63,7 @@ def test_documented_namespaces_and_new_paths_do_not_warn():
         warnings.simplefilter("error")
         namespaces = {name: getattr(tfc, name) for name in DOCUMENTED}
         assert namespaces["evaluate"] is sys.modules["tfcompress.evaluation.litert"]
-        assert namespaces["representative"] is sys.modules["tfcompress.export.representative"]
+        assert namespaces["representative"] is sys.modules["tfcompress.core.representative"]
         assert tfc.evaluate.predict and tfc.micro.audit and tfc.reports.markdown_table and tfc.files.check_writable
         assert tfc.graph.layers_of and tfc.tflite_file.computes_int8 and tfc.machine.current
         assert tfc.pruning.importance.unit_scores and tfc.pruning.layer_costs and tfc.quantization.calibrate

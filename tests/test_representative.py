@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfcompress as tfc
-from tfcompress.export.representative import InputSpec, prepare
+from tfcompress.core.representative import InputSpec, prepare
 
 SPEC = [InputSpec("image", (None, 8, 8, 1))]
 

@@ -28,14 +28,13 @@ _quiet_import = (
 )
 with _quiet_import:
     # The documented namespaces: tfc.datasets, tfc.zoo, tfc.machine, tfc.files, tfc.graph (core), tfc.evaluate,
-    # tfc.micro, tfc.reports, tfc.tflite_file (evaluation), tfc.representative (export), and the packages
+    # tfc.representative (core), tfc.micro, tfc.reports, tfc.tflite_file (evaluation), and the packages
     # tfc.pruning, tfc.quantization, tfc.clustering, tfc.callbacks.
-    from tfcompress.core import datasets, files, graph, machine, zoo  # noqa: E402
+    from tfcompress.core import datasets, files, graph, machine, representative, zoo  # noqa: E402
     from tfcompress.evaluation import litert as evaluate, micro, reports, tflite_file  # noqa: E402
-    from tfcompress.export import representative  # noqa: E402
     # Conversion (post-training quantization is a conversion mode) and the .tflite audit
     from tfcompress.export.tflite import ConversionError, ConvertedModel, QuantizationAuditError, to_tflite  # noqa: E402
-    from tfcompress.export.representative import RepresentativeDataError  # noqa: E402
+    from tfcompress.core.representative import RepresentativeDataError  # noqa: E402
     from tfcompress.evaluation.tflite_file import InvalidTFLiteFileError, inspect as inspect_tflite  # noqa: E402
     # Evaluation and reports
     from tfcompress.evaluation.litert import EvaluationReport, evaluate_many, evaluate_tflite  # noqa: E402

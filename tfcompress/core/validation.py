@@ -1,6 +1,6 @@
 """The one validation path for data given to a model: inputs (calibration data, evaluation data) and labels.
 
-`export.representative` (calibration data for the converter) and `evaluation.litert` (inputs of a
+`core.representative` (calibration data for the converter and QAT's calibrated start) and `evaluation.litert` (inputs of a
 ``.tflite`` file) both check user arrays against a model input through these
 functions, so a wrong shape, dtype, NaN or label reads the same everywhere and
 always names the argument, the input, the sample and the fix.

@@ -25,7 +25,8 @@ from tfcompress.core import graph, isolation, native_stderr
 from tfcompress.core.files import check_writable, make_temp_dir, write_atomic
 from tfcompress.evaluation import litert, tflite_file
 from tfcompress.evaluation.tflite_file import ConvertedModel
-from tfcompress.export import recurrent, representative
+from tfcompress.core import representative
+from tfcompress.export import recurrent
 from tfcompress.quantization import fake_quant, quantize, registry
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")

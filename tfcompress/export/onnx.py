@@ -31,7 +31,8 @@ from tfcompress.core import native_stderr
 from tfcompress.core.files import check_writable, make_temp_dir, write_atomic
 from tfcompress.evaluation import litert, onnxruntime, tflite_file
 from tfcompress.evaluation.tflite_file import ConvertedModel
-from tfcompress.export import converter, representative
+from tfcompress.core import representative
+from tfcompress.export import converter
 from tfcompress.export.tflite import to_tflite
 
 MODES = ("float32", "int8")

@@ -30,7 +30,8 @@ from tfcompress.core import graph, validation
 from tfcompress.core.tables import markdown_table
 from tfcompress.evaluation import litert
 from tfcompress.evaluation.reports import plot_sensitivity
-from tfcompress.export import converter, representative
+from tfcompress.core import representative
+from tfcompress.export import converter
 from tfcompress.quantization import quantize, registry
 from tfcompress.quantization.fake_quant import ActivationQuantizer
 from tfcompress.quantization.quantized_layers import QuantizedLayerMixin

@@ -17,6 +17,7 @@ from absl import logging as absl_logging
 from tfcompress.core import datasets
 from tfcompress.core.extras import MissingExtraError
 from tfcompress.core.files import check_writable, save_keras_atomic, write_atomic
+from tfcompress.core.loading import ModelLoadError, load_model
 from tfcompress.distillation import Distiller
 from tfcompress.evaluation.litert import evaluate_many
 from tfcompress.evaluation.onnxruntime import evaluate_onnx
@@ -25,7 +26,7 @@ from tfcompress.evaluation.tflite_file import InvalidTFLiteFileError
 from tfcompress.evaluation import micro_compress
 from tfcompress.export.firmware import export_c_array
 from tfcompress.export.onnx import to_onnx
-from tfcompress.export.representative import RepresentativeDataError
+from tfcompress.core.representative import RepresentativeDataError
 from tfcompress.export.tflite import DEFAULT_TIMEOUT_S, MODES, ConversionError, to_tflite
 from tfcompress.pipeline import demo
 from tfcompress.pipeline.auto import auto_compress
@@ -120,8 +121,6 @@ def _check_model_file(path):
 
 
 def load_keras_model(path, unsafe=False):
-    from tfcompress.core.loading import ModelLoadError, load_model
-
     _check_model_file(path)
     try:
         return load_model(path, compile=False, safe_mode=not unsafe)  # Keras 2 .h5 files too
