@@ -117,6 +117,7 @@ def _start_and_kill(command, ready, delay=0.0):
     return child.wait()
 
 
+@pytest.mark.slow  # a soak (several kills and restarts, ~70 s); one kill-and-resume per path runs by default
 def test_repeated_sigkills_mid_epoch_then_resume_follow_the_same_schedule(tmp_path):
     reference = _python(RESUMABLE_PRUNING, tmp_path / "ref_backup", tmp_path / "ref.log")
     assert reference.returncode == 0, reference.stderr[-2000:]

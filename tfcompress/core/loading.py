@@ -138,8 +138,7 @@ def load_model(path, custom_objects=None, compile=True, safe_mode=True):  # noqa
         return keras.models.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
     except Exception as first_error:  # noqa: BLE001 - any Keras load failure gets the same treatment below
         if not path.endswith((".h5", ".hdf5")):
-            raise ModelLoadError(f"{path!r}: keras.models.load_model failed ({type(first_error).__name__}: "
-                                 f"{str(first_error)[:300]}).") from first_error
+            raise  # a .keras archive is Keras 3's own format: Keras's error is the one to see
         error = first_error
     import h5py  # Keras's own dependency for .h5 files
 
