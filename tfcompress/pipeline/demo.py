@@ -113,7 +113,7 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
 
     Args:
         out_dir: folder for ``report.md``, ``report.json``, ``report.png`` and the ``.tflite`` files.
-        quick: 8,000 training images for the float model, 4,000 and 1 epoch for each
+        quick: 5,000 training images for the float model, 2,000 and 1 epoch for each
             technique, fewer pruning levels, 1,000 test images (under two minutes).
         epochs: training epochs of the float model (default 3).
         threads: thread counts timed by the evaluator.
@@ -128,7 +128,7 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
     epochs = epochs or 3
     start = time.perf_counter()
     (x, y), (x_test, y_test) = datasets.fashion_mnist(
-        limit_train=8000 if quick else None, limit_test=1000 if quick else None)
+        limit_train=5000 if quick else None, limit_test=1000 if quick else None)
     _say(f"Fashion-MNIST: {len(x):,} train / {len(x_test):,} test images", start)
 
     start = time.perf_counter()
@@ -141,8 +141,8 @@ def run(out_dir="demo_out", quick=False, epochs=None, threads=(1, 2), overwrite=
     _say(f"float Keras model: test accuracy {100 * keras_accuracy:.2f}%", start)
     save_keras_atomic(model, os.path.join(out_dir, "reference_cnn.keras"))
 
-    # The quick run is a smoke test of every stage: it fine-tunes on fewer images to stay near two minutes.
-    x_tune, y_tune = (x[:4000], y[:4000]) if quick else (x, y)
+    # The quick run is a smoke test of every stage: it fine-tunes on fewer images to stay near 90 seconds.
+    x_tune, y_tune = (x[:2000], y[:2000]) if quick else (x, y)
     artifacts, models, trained_epochs = {}, {}, {}
     plans = _plans(model, quick)
     for title, start_model, recipe, variant_epochs in plans:
