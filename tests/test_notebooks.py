@@ -83,7 +83,13 @@ def test_notebooks_are_stored_without_outputs():
                 assert not cell.outputs and cell.execution_count is None, f"{path}: clear the outputs"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
+# The quantization and distillation tutorials train and convert for 1-2 minutes each on 2 cores; the same
+# APIs run in the guides' examples (tests/test_docs.py), so they run with `python -m pytest -m slow`.
+_SLOW_NOTEBOOKS = ("02_distillation.ipynb", "03_quantization.ipynb")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in _SLOW_NOTEBOOKS
+                                  else p for p in NOTEBOOKS], ids=[os.path.basename(p) for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     # The kernel inherits this process's environment.
     monkeypatch.setenv("TFCOMPRESS_NOTEBOOK_SMALL", "1")
