@@ -581,3 +581,17 @@ def test_a_list_of_teachers_teaches_their_averaged_soft_targets(teacher, digits_
     wrong = keras.Sequential([keras.Input(INPUT_SHAPE), keras.layers.Flatten(), keras.layers.Dense(5)], name="five")
     with pytest.raises(ValueError, match=r"teacher\[0\] 'teacher' output shape .* teacher\[1\] 'five'"):
         tfc.Distiller([teacher, wrong], _student())
+
+
+def test_teachers_of_one_name_ensemble_without_renaming_them(teacher, digits_data):
+    """Teachers built by one function share a name, which Keras refuses twice in one model; each gets a wrapper."""
+    (x, y), (x_test, _) = digits_data
+    twin = keras.models.clone_model(teacher)
+    twin.set_weights([w * 0.5 for w in teacher.get_weights()])
+    assert twin.name == teacher.name
+    ensemble = _distiller([teacher, twin], temperature=2.0).teacher
+    soft = keras.ops.convert_to_numpy(keras.ops.softmax(ensemble(x_test[:16]) / 2.0))
+    expected = np.mean([keras.ops.convert_to_numpy(keras.ops.softmax(t(x_test[:16]) / 2.0)) for t in (teacher, twin)],
+                       axis=0)
+    np.testing.assert_allclose(soft, expected, atol=1e-5)
+    assert twin.name == teacher.name == "teacher"  # not renamed

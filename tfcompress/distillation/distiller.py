@@ -40,6 +40,11 @@ class SoftEnsemble(keras.layers.Layer):
         return {**super().get_config(), "temperature": self.temperature}
 
 
+def _named_wrapper(model, name):
+    inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
+    return keras.Model(inputs, model(inputs), name=name)
+
+
 def ensemble_teacher(teachers, temperature):
     """One teacher model from several trained ones: their softened distributions, averaged (`SoftEnsemble`).
 
@@ -63,6 +68,11 @@ def ensemble_teacher(teachers, temperature):
     if len(teachers) == 1:
         return teachers[0]
     inputs = keras.Input(batch_shape=teachers[0].inputs[0].shape, dtype=teachers[0].inputs[0].dtype, name="image")
+    names = [t.name for t in teachers]
+    if len(set(names)) < len(names):
+        # Keras refuses two layers of one name in a model: teachers built by one function (or one model passed
+        # twice) get a uniquely named wrapper each; the teachers themselves are not renamed.
+        teachers = [_named_wrapper(t, f"teacher_{i}_{t.name}") for i, t in enumerate(teachers)]
     outputs = SoftEnsemble(temperature, name="soft_ensemble")([t(inputs) for t in teachers])
     return keras.Model(inputs, outputs, name=f"ensemble_of_{len(teachers)}")
 
