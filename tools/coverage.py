@@ -259,7 +259,7 @@ class Verbs:
         xs = self.x if isinstance(self.x, list) else [self.x]
         feed = {i.name: np.asarray(v) for i, v in zip(session.get_inputs(), xs)}
         error = _max_error(session.run(None, feed), self.y if isinstance(self.y, list) else [self.y])
-        return f"max |ONNX - Keras| {error:.1e}", {"error": error}
+        return f"max abs(ONNX - Keras) {error:.1e}", {"error": error}
 
     def micro(self):
         if not hasattr(self, "int8"):
