@@ -779,6 +779,17 @@ def _dense_autoencoder():
     return keras.Model(inputs, layers.Dense(64)(h), name="dense_autoencoder")
 
 
+def _trained_raw_pixel_autoencoder(digits_data, epochs):
+    """Digits as 64 raw 0-255 pixels, and `_dense_autoencoder` trained on them (seed 0)."""
+    (x, _), (x_test, _) = digits_data
+    flat, flat_test = 255.0 * x.reshape(len(x), 64), 255.0 * x_test.reshape(len(x_test), 64)
+    keras.utils.set_random_seed(0)
+    autoencoder = _dense_autoencoder()
+    autoencoder.compile(keras.optimizers.Adam(1e-3), "mse")
+    autoencoder.fit(flat, flat, epochs=epochs, batch_size=32, verbose=0)
+    return flat, flat_test, autoencoder
+
+
 def _one_short_qat_epoch(model, x_train):
     """quantize_model with PTQ's data, then one epoch of Adam 1e-5 towards the float model's own outputs."""
     keras.utils.set_random_seed(0)
@@ -803,12 +814,7 @@ def test_short_qat_on_raw_pixels_is_as_good_as_ptq(digits_data):
 
 
 def test_short_qat_with_activations_beyond_six_is_as_good_as_ptq(digits_data):
-    (x, _), (x_test, _) = digits_data
-    flat, flat_test = 255.0 * x.reshape(len(x), 64), 255.0 * x_test.reshape(len(x_test), 64)
-    keras.utils.set_random_seed(0)
-    autoencoder = _dense_autoencoder()
-    autoencoder.compile(keras.optimizers.Adam(1e-3), "mse")
-    autoencoder.fit(flat, flat, epochs=15, batch_size=32, verbose=0)
+    flat, flat_test, autoencoder = _trained_raw_pixel_autoencoder(digits_data, epochs=15)
     target = autoencoder.predict(flat_test, verbose=0)
     assert np.abs(target).max() > 6.0 * 10
 
@@ -823,12 +829,7 @@ def test_short_qat_with_activations_beyond_six_is_as_good_as_ptq(digits_data):
 
 
 def test_parity_callback_warns_when_qat_is_worse_than_ptq(digits_data):
-    (x, _), (x_test, _) = digits_data
-    flat, flat_test = 255.0 * x.reshape(len(x), 64), 255.0 * x_test.reshape(len(x_test), 64)
-    keras.utils.set_random_seed(0)
-    autoencoder = _dense_autoencoder()
-    autoencoder.compile(keras.optimizers.Adam(1e-3), "mse")
-    autoencoder.fit(flat, flat, epochs=5, batch_size=32, verbose=0)
+    flat, flat_test, autoencoder = _trained_raw_pixel_autoencoder(digits_data, epochs=5)
     qat = tfc.quantize_model(autoencoder, flat[:500])
     qat.compile(keras.optimizers.Adam(1e-5), "mse")
     targets = autoencoder.predict(flat[:256], verbose=0)

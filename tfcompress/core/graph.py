@@ -278,8 +278,9 @@ def _replay(model, args, layer_outputs):
         return [x]
     config = model.get_config()
     produced = dict(zip(_endpoints(config["input_layers"]), args))
+    operations = operations_by_name(model)
     for layer_config in config["layers"]:
-        layer = get_operation(model, layer_config["name"])
+        layer = operations[layer_config["name"]]
         if isinstance(layer, keras.layers.InputLayer):
             continue
         for node_index, call in enumerate(layer_config.get("inbound_nodes", [])):

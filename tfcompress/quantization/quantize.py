@@ -381,8 +381,9 @@ def _float_reason(layer, spec, keep_float):
 
 def _plan(model, nodes, keep_float, config, report, prefix):
     plans = {}
+    operations = graph.operations_by_name(model)  # once: get_operation would rebuild it per node
     for name, node in nodes.items():
-        layer = graph.get_operation(model, name)
+        layer = operations[name]
         if isinstance(layer, keras.layers.InputLayer):
             plans[name] = _Plan("keep")
             continue
@@ -411,14 +412,14 @@ def _plan(model, nodes, keep_float, config, report, prefix):
 
     if config.fold_batch_norm:
         for name, node in nodes.items():
-            layer = graph.get_operation(model, name)
+            layer = operations[name]
             if type(layer) is not keras.layers.BatchNormalization or name in keep_float or not node.single_call:
                 continue
             producers = node.producers
             if len(producers) != 1 or plans[producers[0]].action != "quantize":
                 continue
             source = nodes[producers[0]]
-            source_layer = graph.get_operation(model, source.name)
+            source_layer = operations[source.name]
             rank = len(source_layer.output.shape)
             if (
                 source.single_call
@@ -435,32 +436,32 @@ def _plan(model, nodes, keep_float, config, report, prefix):
     # The same for an activation the converter would fuse into such a float layer.
     for name, node in nodes.items():
         plan = plans[name]
-        if plan.action != "keep" or plan.quantize_output or not getattr(graph.get_operation(model, name), "weights", None):
+        if plan.action != "keep" or plan.quantize_output or not getattr(operations[name], "weights", None):
             continue
-        consumer = _fused_activation(model, nodes, node)
+        consumer = _fused_activation(operations, nodes, node)
         if consumer is not None:
             plans[consumer.name].quantize_output = False
 
     # A ReLU/ReLU6 that TFLite fuses into the op before it carries that op's output range.
     for name, node in nodes.items():
         plan = plans[name]
-        layer = graph.get_operation(model, name)
+        layer = operations[name]
         fuses = plan.action == "quantize" or (_fuses_activation(layer) and name not in keep_float)
         if not fuses or not node.single_call:
             continue
         output_node = node if plan.folded_bn is None else nodes[plan.folded_bn.name]
-        consumer = _fused_activation(model, nodes, output_node)
+        consumer = _fused_activation(operations, nodes, output_node)
         if consumer is not None and consumer.name not in keep_float:
             plan.quantize_output = False
     return plans
 
 
-def _fused_activation(model, nodes, node):
+def _fused_activation(operations, nodes, node):
     """The node of the activation layer TFLite fuses into the op that produces ``node``'s output, or None."""
     if node.is_output or len(node.consumers) != 1:
         return None
     consumer = nodes[node.consumers[0]]
-    if consumer.single_call and _is_fusable_activation(graph.get_operation(model, consumer.name)):
+    if consumer.single_call and _is_fusable_activation(operations[consumer.name]):
         return consumer
     return None
 
