@@ -333,7 +333,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
     parser.add_argument("--verbs", default=",".join(VERBS), help="comma-separated, from: " + ", ".join(VERBS))
-    parser.add_argument("--json", help="write the cells to this JSON file")
+    parser.add_argument("--json", help="write the cells to this JSON file (with the CPU that timed them)")
+    parser.add_argument("--overwrite", action="store_true", help="allow replacing an existing --json file")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per model")
     parser.add_argument("--check", action="store_true", help="exit 1 on a CRASH cell or QAT with more float ops")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -345,6 +346,13 @@ def main(argv=None):
     if args.child:
         print(json.dumps(run_model(args.child, verbs)))
         return 0
+    from tfcompress.core import files, machine  # the parent only: it writes the result, the children measure
+
+    if args.json:
+        try:
+            files.check_writable(args.json, overwrite=args.overwrite, argument="--json")
+        except (files.OutputExistsError, OSError) as exc:  # before an hour of work, not after
+            parser.error(str(exc))
     results = {}
     for name in args.models.split(","):
         start = time.perf_counter()
@@ -359,10 +367,12 @@ def main(argv=None):
         except subprocess.TimeoutExpired:
             results[name] = {v: {"status": "CRASH", "text": f"over {args.timeout:.0f} s"} for v in verbs}
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    host = machine.current().summary()
     print(_markdown(results, verbs))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    print(f"\nTimed on: {host}.")
+    if args.json:  # atomically: a killed run leaves the old file or none, never half of one
+        files.write_atomic(args.json, json.dumps({"machine": host, **results}, indent=2),
+                           overwrite=args.overwrite, argument="--json")
     found = problems(results)
     for line in found:
         print("PROBLEM", line, file=sys.stderr)
